@@ -1,0 +1,163 @@
+"""BLIP for FiftyOne datasets: captions, with more capabilities built on one engine.
+
+    import fiftyone as fo
+    import fiftyone_blip as fob
+
+    dataset = fo.load_dataset("my-images")
+    summary = fob.caption(dataset, model="Salesforce/blip-image-captioning-base", strategy="beam")
+    print(summary)                       # counts and time
+    print(fob.runs(dataset)[-1])         # the run record
+
+Importing this package is cheap: torch and transformers load on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["caption", "runs", "load_model", "load_shapes_dataset", "ModelLoadError", "ImageDecodeError"]
+
+
+def caption(
+    samples,
+    model: str | None = None,
+    field: str = "caption",
+    strategy: str = "greedy",
+    num_beams: int | None = None,
+    num_beam_groups: int = 2,
+    diversity_penalty: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    seed: int = 0,
+    min_new_tokens: int = 1,
+    max_new_tokens: int = 30,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    prompt: str | None = None,
+    resize: str = "squash",
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "auto",
+    num_workers: int | None = None,
+    shard: str | None = None,
+    overwrite: bool = False,
+    progress=True,
+):
+    """Captions every image of a dataset or view into a string field.
+
+    Writes `field` (the caption), `{field}_confidence` (geometric mean of the
+    token probabilities, 0..1), `{field}_error` (why a sample failed, or None)
+    and `{field}_run` (a fingerprint of model and settings). Samples that
+    already hold a caption from the same model and settings are skipped unless
+    `overwrite` is set, so an interrupted run resumes where it stopped.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        model: a hub id, a local directory or "shapes-tiny" (None:
+            Salesforce/blip-image-captioning-base).
+        field: the caption field ("caption").
+        strategy: "greedy", "beam", "diverse-beam" or "sample" ("greedy").
+        num_beams: beams, 1..10 (None: 3 for beam, 4 for diverse-beam).
+        num_beam_groups: diverse-beam groups; must divide num_beams (2).
+        diversity_penalty: diverse-beam penalty (1.0).
+        top_k: sampling: keep the k most likely tokens, 0 for all (50).
+        top_p: sampling: nucleus mass in (0, 1] (1.0).
+        temperature: sampling temperature (1.0).
+        seed: sampling seed (0).
+        min_new_tokens: least generated tokens (1).
+        max_new_tokens: most generated tokens, 1..128 (30).
+        repetition_penalty: above 1 discourages repeats (1.0).
+        no_repeat_ngram_size: forbid repeated n-grams of this size, 0 off (0).
+        prompt: text the caption continues, e.g. "a picture of"; not repeated
+            in the stored caption (None).
+        resize: "squash", "center-crop" or "letterbox" ("squash").
+        batch_size: images per model step, 1..1024 (16).
+        device: "auto", "cpu", "cuda" or "mps" ("auto").
+        dtype: "auto", "float32", "bfloat16" or "float16" ("auto").
+        num_workers: decode threads (None: one per core, at most 8).
+        shard: "I/N" to caption only shard I of N, for N parallel workers.
+        overwrite: recompute samples already captioned with these settings.
+        progress: True for a progress bar, False for none, or a callable
+            `progress(done, total)`.
+
+    Returns:
+        an `engine.RunSummary` (done, failed, skipped, total, seconds).
+
+    Raises:
+        ValueError: an invalid setting, before any sample is touched.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from fiftyone_blip import captions, engine, images, models
+
+    settings = captions.CaptionSettings(
+        strategy=strategy,
+        num_beams=num_beams,
+        num_beam_groups=num_beam_groups,
+        diversity_penalty=diversity_penalty,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        seed=seed,
+        min_new_tokens=min_new_tokens,
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        prompt=prompt,
+    )
+    if resize not in images.RESIZE_MODES:
+        raise ValueError(f"`resize` must be one of {images.RESIZE_MODES}, got {resize!r}")
+    engine.check_run_options(field, batch_size, shard)
+    loaded = models.load_model(model, task="caption", device=device, dtype=dtype)
+    task = captions.caption_task(loaded, settings, field=field, resize=resize)
+    return engine.run(
+        samples,
+        task,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def runs(dataset) -> list[dict]:
+    """Returns the run records of a dataset, oldest first.
+
+    Each record holds the capability, field, model (name, path, revision,
+    dtype), settings, shard, package versions, start and end time, status, and
+    counts of done / failed / skipped samples.
+    """
+    from fiftyone_blip import engine
+
+    return engine.list_runs(dataset)
+
+
+def load_model(name: str | None = None, task: str = "caption", device: str = "auto", dtype: str = "auto"):
+    """Loads a BLIP model and processor; see `fiftyone_blip.models.load_model`."""
+    from fiftyone_blip import models
+
+    return models.load_model(name, task=task, device=device, dtype=dtype)
+
+
+def load_shapes_dataset(name: str = "shapes-demo", count: int = 200, split: str = "test", **kwargs):
+    """Builds (or loads) a persistent FiftyOne dataset of synthetic shapes images.
+
+    See `fiftyone_blip.shapes.load_dataset`.
+    """
+    from fiftyone_blip import shapes
+
+    return shapes.load_dataset(name=name, count=count, split=split, **kwargs)
+
+
+def __getattr__(name):
+    # Error types resolve lazily so that `import fiftyone_blip` stays cheap.
+    if name == "ModelLoadError":
+        from fiftyone_blip.models import ModelLoadError
+
+        return ModelLoadError
+    if name == "ImageDecodeError":
+        from fiftyone_blip.images import ImageDecodeError
+
+        return ImageDecodeError
+    raise AttributeError(f"module 'fiftyone_blip' has no attribute {name!r}")

@@ -1,0 +1,203 @@
+"""One loader for every BLIP checkpoint: a hub id, a local directory or a bundled name.
+
+    loaded = load_model("shapes-tiny", task="caption")
+    loaded = load_model("Salesforce/blip-image-captioning-base", device="cuda")
+    loaded = load_model("/models/blip-itm-base-coco", task="match")
+
+Weights load from safetensors only and remote code is never trusted. Loaded
+models are cached per process, so an App operator run twice loads once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+BUNDLED_DIR = Path(__file__).parent / "shapes" / "models"
+BUNDLED = {"shapes-tiny": {"caption": BUNDLED_DIR / "captioner", "match": BUNDLED_DIR / "matcher"}}
+DEFAULT_MODELS = {
+    "caption": "Salesforce/blip-image-captioning-base",
+    "match": "Salesforce/blip-itm-base-coco",
+}
+TASKS = tuple(DEFAULT_MODELS)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or is not a BLIP model of the right kind."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A BLIP model with its processor and where it came from."""
+
+    model: object
+    processor: object
+    name: str
+    path: str
+    revision: str | None
+    task: str
+    device: str
+    dtype: str
+
+    @property
+    def identity(self) -> dict:
+        """What a run record stores to say which weights produced a result."""
+        return {"model": self.name, "path": self.path, "revision": self.revision, "dtype": self.dtype}
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of the vision grid, read from the config."""
+        vision = self.model.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.vision_config.image_size
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Turns "auto" into the best available device; checks the others exist."""
+    import torch
+
+    if device not in DEVICES:
+        raise ValueError(f"`device` must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("`device` is 'cuda' but no CUDA device is available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("`device` is 'mps' but MPS is not available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """"auto" is float32 on CPU (bf16 there runs as autocast, see engine) and bfloat16 on GPUs."""
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}, got {dtype!r}")
+    if dtype == "auto":
+        return "float32" if device == "cpu" else "bfloat16"
+    return dtype
+
+
+def resolve_name(name: str | None, task: str) -> tuple[str, Path | None]:
+    """Returns (name, local directory or None for a hub id)."""
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
+    name = name or DEFAULT_MODELS[task]
+    if name in BUNDLED:
+        return name, BUNDLED[name][task]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return name, path.resolve()
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model directory {name!r} does not exist")
+    return name, None
+
+
+def check_blip_config(config: dict, source: str, task: str) -> None:
+    model_type = config.get("model_type")
+    if model_type != "blip":
+        raise ModelLoadError(f"{source} is not a BLIP model (config model_type is {model_type!r})")
+    expected = {"caption": "BlipForConditionalGeneration", "match": "BlipForImageTextRetrieval"}[task]
+    architectures = config.get("architectures") or []
+    if architectures and expected not in architectures:
+        raise ModelLoadError(
+            f"{source} is a {architectures[0]} checkpoint; {task} needs a {expected} checkpoint"
+        )
+
+
+def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(name, "config.json", revision=revision)
+    except Exception as error:  # the hub client raises many types for "offline"
+        raise ModelLoadError(
+            f"cannot load {name!r}: it is not in the local Hugging Face cache and the hub could not be "
+            f"reached ({type(error).__name__}); download it where the hub is reachable "
+            f"(`hf download {name} --local-dir DIR`) and pass that directory as the model"
+        ) from None
+    # Cached files live under .../snapshots/<commit>/config.json.
+    return json.loads(Path(path).read_text()), Path(path).parent.name
+
+
+@functools.lru_cache(maxsize=4)
+def _load(
+    name: str, local: Path | None, task: str, device: str, dtype: str, revision: str | None
+) -> LoadedModel:
+    import torch
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor
+
+    if local is not None:
+        config_file = local / "config.json"
+        if not config_file.exists():
+            raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
+        config = json.loads(config_file.read_text())
+        source, resolved_revision = str(local), revision
+        if not any(local.glob("*.safetensors")):
+            raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
+    else:
+        config, resolved_revision = _hub_config(name, revision)
+        source = name
+    check_blip_config(config, repr(source), task)
+
+    cls = BlipForConditionalGeneration if task == "caption" else BlipForImageTextRetrieval
+    # fp16 weights on CPU are slow and lossy; CPU keeps fp32 weights and uses bf16 autocast instead.
+    weight_dtype = torch.float32 if device == "cpu" else getattr(torch, dtype)
+    try:
+        model = cls.from_pretrained(
+            source, revision=revision, use_safetensors=True, trust_remote_code=False, dtype=weight_dtype
+        )
+        processor = BlipProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
+    except OSError as error:
+        raise ModelLoadError(f"cannot load {source!r}: {str(error).splitlines()[0]}") from None
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        name=name,
+        path=source,
+        revision=resolved_revision,
+        task=task,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def load_model(
+    name: str | None = None,
+    task: str = "caption",
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+) -> LoadedModel:
+    """Loads a BLIP model and its processor.
+
+    Args:
+        name: a hub id ("Salesforce/blip-image-captioning-base"), a local
+            directory, or a bundled name ("shapes-tiny"). Defaults to the
+            Salesforce base checkpoint of the task.
+        task: "caption" (BlipForConditionalGeneration) or "match"
+            (BlipForImageTextRetrieval).
+        device: "auto", "cpu", "cuda" or "mps" ("auto").
+        dtype: "auto", "float32", "bfloat16" or "float16" ("auto": float32 on
+            CPU, bfloat16 on GPUs).
+        revision: a hub revision (branch, tag or commit); None for the default.
+
+    Raises:
+        ModelLoadError: the model cannot be found, or is not the BLIP
+            architecture the task needs.
+        ValueError: an unknown task, device or dtype.
+    """
+    resolved, local = resolve_name(name, task)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    return _load(resolved, local, task, device, dtype, revision)

@@ -1,0 +1,91 @@
+"""Test set-up: a private FiftyOne home (its own embedded MongoDB) and the plugin installed.
+
+The environment is set before FiftyOne is imported, so every test, the CLI and
+the operators share one real database in a temporary folder, and nothing
+touches the user's own datasets.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+_HOME = Path(tempfile.mkdtemp(prefix="fiftyone-blip-tests-"))
+os.environ["FIFTYONE_DATABASE_DIR"] = str(_HOME / "db")
+os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(_HOME / "zoo")
+os.environ["FIFTYONE_PLUGINS_DIR"] = str(_HOME / "plugins")
+os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_HOME / "hf")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fo():
+    import fiftyone
+
+    return fiftyone
+
+
+@pytest.fixture(scope="session")
+def plugin_installed(fo):
+    from fiftyone_blip import plugin
+
+    return plugin.install()
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(fo):
+    """48 held-out shapes images, shared read-only across tests."""
+    import fiftyone_blip
+
+    return fiftyone_blip.load_shapes_dataset("tests-shapes", count=48, split="test")
+
+
+@pytest.fixture
+def fresh_dataset(fo, request):
+    """A writable clone of the shapes dataset for one test."""
+    import fiftyone_blip
+
+    base = fiftyone_blip.load_shapes_dataset("tests-shapes", count=48, split="test")
+    name = "t-" + request.node.name[:40].replace("[", "-").replace("]", "")
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = base.clone(name)
+    yield dataset
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_random_captioner(tmp_path_factory):
+    """A tiny random BLIP captioner built in the test, saved as a local directory.
+
+    Its vision input is 64 px with patch 16 (a 4x4 grid): a config unlike the
+    bundled one, to show nothing depends on shapes-tiny's sizes.
+    """
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+
+    from fiftyone_blip.models import BUNDLED
+
+    directory = tmp_path_factory.mktemp("tiny-random-captioner")
+    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["caption"])
+    processor.image_processor.size = {"height": 64, "width": 64}
+    tokenizer = processor.tokenizer
+    torch.manual_seed(0)
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=32, encoder_hidden_size=32, intermediate_size=64,
+            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
+            bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"), eos_token_id=tokenizer.sep_token_id,
+            sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=64, patch_size=16),
+    )
+    config.architectures = ["BlipForConditionalGeneration"]
+    BlipForConditionalGeneration(config).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

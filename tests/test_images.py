@@ -1,0 +1,121 @@
+"""Decoding every image mode and the three resize modes, with their geometry."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fiftyone_blip import images
+
+
+def save(image, path, **kwargs):
+    image.save(path, **kwargs)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("RGBA", (30, 20), (255, 0, 0, 128)),
+        lambda: Image.new("LA", (30, 20), (100, 50)),
+        lambda: Image.new("L", (30, 20), 128),
+        lambda: Image.new("1", (30, 20), 1),
+        lambda: Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)),
+        lambda: Image.new("CMYK", (30, 20), (0, 255, 255, 0)),
+        lambda: Image.new("F", (30, 20), 0.5),
+    ],
+    ids=["rgba", "la", "gray", "bilevel", "16-bit", "cmyk", "float"],
+)
+def test_every_mode_becomes_rgb(make):
+    image = images.to_rgb(make())
+    assert image.mode == "RGB" and image.size == (30, 20)
+
+
+def test_palette_transparency_composites_over_white(tmp_path):
+    palette = Image.new("P", (10, 10), 0)
+    palette.putpalette([255, 0, 0] + [0, 0, 0] * 255)
+    palette.info["transparency"] = 0
+    path = save(palette, tmp_path / "p.png", transparency=0)
+    assert images.load_image(path).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_cmyk_jpeg_and_16_bit_png_decode(tmp_path):
+    cmyk = save(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), tmp_path / "c.jpg")
+    red = images.load_image(cmyk).getpixel((5, 5))
+    assert red[0] > 200 and red[1] < 60
+    gray16 = save(Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)), tmp_path / "g.png")
+    assert images.load_image(gray16).getpixel((0, 0))[0] == 255
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    path = save(image, tmp_path / "r.jpg", exif=exif.tobytes())
+    assert images.load_image(path).size == (20, 40)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (None, "file not found"),
+        (b"", "not an image"),
+        (b"\x00\x01garbage" * 50, "not an image"),
+    ],
+)
+def test_bad_files_raise_one_line_reasons(tmp_path, content, reason):
+    path = tmp_path / "bad.jpg"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(images.ImageDecodeError, match=reason) as info:
+        images.load_image(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_jpeg_is_an_error(tmp_path):
+    buffer = io.BytesIO()
+    Image.effect_noise((200, 200), 50).convert("RGB").save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(images.ImageDecodeError, match="decode"):
+        images.load_image(str(path))
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
+    path = save(Image.new("RGB", (200, 200)), tmp_path / "big.png")
+    with pytest.raises(images.ImageDecodeError, match="too large"):
+        images.load_image(path)
+
+
+def test_squash_center_crop_and_letterbox_geometry():
+    image = Image.new("RGB", (200, 100), (255, 0, 0))
+    squash, g = images.fit_image(image, 50, "squash")
+    assert squash.size == (50, 50) and (g.scale_x, g.scale_y, g.offset_x, g.offset_y) == (0.25, 0.5, 0, 0)
+
+    crop, g = images.fit_image(image, 50, "center-crop")
+    assert crop.size == (50, 50) and g.scale_x == g.scale_y == 0.5 and g.offset_x == -25 and g.offset_y == 0
+
+    box, g = images.fit_image(image, 50, "letterbox", fill=(0, 0, 0))
+    assert box.size == (50, 50) and g.scale_x == g.scale_y == 0.25 and (g.offset_x, g.offset_y) == (0, 12)
+    pixels = np.asarray(box)
+    assert pixels[:12].max() == 0 and pixels[-12:].max() == 0  # padding above and below
+    assert (pixels[12:37, :, 0] == 255).all()  # the image in the middle
+
+    with pytest.raises(ValueError, match="resize"):
+        images.fit_image(image, 50, "stretch")
+
+
+def test_squash_matches_the_blip_processor():
+    from transformers import BlipProcessor
+
+    from fiftyone_blip.models import BUNDLED
+
+    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["caption"])
+    preprocess = images.Preprocessor(processor.image_processor, 96, "squash")
+    image = Image.effect_noise((150, 110), 60).convert("RGB")
+    ours, _ = preprocess.from_image(image)
+    theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
+    assert ours.shape == theirs.shape == (3, 96, 96)
+    assert np.abs(ours - theirs).max() < 1e-4

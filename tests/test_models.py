@@ -1,0 +1,67 @@
+"""The one loader: bundled names, local directories, hub ids offline, and refusals."""
+
+import json
+import shutil
+
+import pytest
+
+from fiftyone_blip import models
+
+
+def test_bundled_models_load_with_the_salesforce_classes():
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+
+    captioner = models.load_model("shapes-tiny", task="caption", device="cpu")
+    matcher = models.load_model("shapes-tiny", task="match", device="cpu")
+    assert isinstance(captioner.model, BlipForConditionalGeneration)
+    assert isinstance(matcher.model, BlipForImageTextRetrieval)
+    assert captioner.name == "shapes-tiny" and captioner.dtype == "float32"
+    assert captioner.grid_size == 96 // 16
+    # the same layout as the Salesforce checkpoints
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
+        assert (models.BUNDLED["shapes-tiny"]["caption"] / name).exists()
+    # loading twice reuses the cached model
+    assert models.load_model("shapes-tiny", device="cpu") is captioner
+
+
+def test_local_directory(tiny_random_captioner):
+    loaded = models.load_model(str(tiny_random_captioner), device="cpu")
+    assert loaded.path == str(tiny_random_captioner) and loaded.grid_size == 4
+
+
+def test_uncached_hub_id_offline_is_one_clear_line():
+    with pytest.raises(models.ModelLoadError) as info:
+        models.load_model("Salesforce/blip-image-captioning-large", device="cpu")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "cache" in message and "hub" in message and "directory" in message
+
+
+def test_non_blip_and_wrong_task_configs_are_refused(tmp_path, tiny_random_captioner):
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (other / "model.safetensors").write_bytes(b"")
+    with pytest.raises(models.ModelLoadError, match="not a BLIP model"):
+        models.load_model(str(other), device="cpu")
+    with pytest.raises(models.ModelLoadError, match="BlipForImageTextRetrieval"):
+        models.load_model(str(tiny_random_captioner), task="match", device="cpu")
+
+
+def test_pickle_weights_are_refused(tmp_path, tiny_random_captioner):
+    copy = tmp_path / "pickled"
+    shutil.copytree(tiny_random_captioner, copy)
+    (copy / "model.safetensors").rename(copy / "pytorch_model.bin")
+    with pytest.raises(models.ModelLoadError, match="safetensors"):
+        models.load_model(str(copy), device="cpu")
+
+
+def test_bad_arguments():
+    with pytest.raises(models.ModelLoadError, match="does not exist"):
+        models.load_model("./no/such/dir")
+    with pytest.raises(ValueError, match="device"):
+        models.load_model("shapes-tiny", device="tpu")
+    with pytest.raises(ValueError, match="dtype"):
+        models.load_model("shapes-tiny", dtype="int8")
+    with pytest.raises(ValueError, match="task"):
+        models.load_model("shapes-tiny", task="vqa")

@@ -1,0 +1,96 @@
+"""The App operators through FiftyOne's own operator execution: registry, immediate, delegated."""
+
+import pytest
+
+URI = "@fiftyone-blip/blip/caption_samples"
+
+
+@pytest.fixture(autouse=True)
+def _plugin(plugin_installed):
+    return plugin_installed
+
+
+@pytest.fixture(scope="module")
+def registry(plugin_installed):
+    import fiftyone.operators as foo
+
+    return foo.OperatorRegistry()
+
+
+def test_every_operator_is_registered(registry):
+    import yaml
+
+    from fiftyone_blip.plugin import PLUGIN_DIR
+
+    declared = yaml.safe_load((PLUGIN_DIR / "fiftyone.yml").read_text())["operators"]
+    uris = {op.uri for op in registry.list_operators()}
+    for name in declared:
+        assert f"@fiftyone-blip/blip/{name}" in uris
+    assert registry.operator_exists(URI)
+
+
+def test_immediate_execution_on_the_current_view(fresh_dataset):
+    import fiftyone.operators as foo
+
+    view = fresh_dataset.limit(10)
+    result = foo.execute_operator(
+        URI, ctx=dict(view=view, params=dict(model="shapes-tiny", field="caption", view_target="CURRENT_VIEW"))
+    )
+    result.raise_exceptions()
+    assert fresh_dataset.count("caption") == 10
+    assert fresh_dataset.limit(10).values("caption") == fresh_dataset.limit(10).values("gt_caption") or \
+        sum(a == b for a, b in zip(*fresh_dataset.limit(10).values(["caption", "gt_caption"]))) >= 9
+
+
+def test_selected_samples_only(fresh_dataset):
+    import fiftyone.operators as foo
+
+    ids = fresh_dataset.take(5, seed=1).values("id")
+    result = foo.execute_operator(
+        URI,
+        ctx=dict(dataset=fresh_dataset, selected=ids,
+                 params=dict(model="shapes-tiny", field="caption", strategy="beam", num_beams=2,
+                             view_target="SELECTED_SAMPLES")),
+    )
+    result.raise_exceptions()
+    assert set(fresh_dataset.exists("caption").values("id")) == set(ids)
+
+
+def test_delegated_execution_queues_then_runs(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.factory.repos.delegated_operation import DelegatedOperationRepo  # noqa: F401
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    result = foo.execute_operator(
+        URI,
+        ctx=dict(dataset=fresh_dataset, params=dict(model="shapes-tiny", field="queued", view_target="DATASET")),
+        request_delegation=True,
+    )
+    result.raise_exceptions()
+    assert "queued" not in fresh_dataset.get_field_schema()  # only queued so far
+    service = DelegatedOperationService()
+    queued = service.list_operations(dataset_name=fresh_dataset.name, run_state="queued")
+    assert [op.operator for op in queued] == [URI]
+    service.execute_queued_operations(dataset_name=fresh_dataset.name)
+    done = service.get(queued[0].id)
+    assert done.run_state == "completed", done.run_result
+    assert fresh_dataset.count("queued") == 48
+
+
+def test_invalid_form_is_marked_invalid_and_nothing_runs(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    operator = foo.get_operator(URI)
+    ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name,
+                                               params=dict(strategy="beam", num_beams=42)))
+    form = operator.resolve_input(ctx)
+    invalid = [p for p in form.type.properties.values() if getattr(p, "invalid", False)]
+    assert invalid and "num_beams" in invalid[0].error_message
+
+    with pytest.raises(Exception, match="num_beams"):
+        foo.execute_operator(
+            URI, ctx=dict(dataset=fresh_dataset,
+                          params=dict(model="shapes-tiny", field="caption", strategy="beam", num_beams=42)),
+        ).raise_exceptions()
+    assert "caption" not in fresh_dataset.get_field_schema()

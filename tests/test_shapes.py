@@ -1,0 +1,102 @@
+"""Shapes data: deterministic scenes, unambiguous captions in three languages, a FiftyOne loader."""
+
+import numpy as np
+import pytest
+
+from fiftyone_blip.shapes import data
+
+
+def test_same_arguments_give_the_same_scene_and_pixels():
+    a, b = data.make_scene(7, "test", seed=3), data.make_scene(7, "test", seed=3)
+    assert a == b
+    assert np.array_equal(np.asarray(a.render()), np.asarray(b.render()))
+
+
+def test_splits_and_seeds_differ():
+    captions = {split: [s.caption() for s in data.make_scenes(50, split)] for split in data.SPLIT_SEEDS}
+    assert captions["train"] != captions["test"] != captions["validation"]
+    assert [s.caption() for s in data.make_scenes(50, "test", seed=1)] != captions["test"]
+
+
+def test_scenes_vary_and_objects_sit_in_distinct_cells():
+    scenes = data.make_scenes(300, "train")
+    assert {len(s.objects) for s in scenes} == {1, 2, 3}
+    assert {o.kind for s in scenes for o in s.objects} == set(data.KINDS)
+    assert {o.colour for s in scenes for o in s.objects} == set(data.COLOURS)
+    assert {o.cell for s in scenes for o in s.objects} == set(data.POSITIONS)
+    assert len({s.background for s in scenes}) == len(data.BACKGROUNDS)
+    sides = [o.box[2] - o.box[0] for s in scenes for o in s.objects]
+    assert max(sides) - min(sides) >= 10
+    for scene in scenes:
+        cells = [o.cell for o in scene.objects]
+        assert len(set(cells)) == len(cells)
+        assert cells == sorted(cells)  # caption order is reading order
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            assert 0 <= x0 < x1 <= scene.size and 0 <= y0 < y1 <= scene.size
+            # the box lies inside its grid cell, so the position word is never ambiguous
+            row, col = obj.cell
+            cell = scene.size / 3
+            assert col * cell <= x0 and x1 <= (col + 1) * cell + 1
+            assert row * cell <= y0 and y1 <= (row + 1) * cell + 1
+
+
+def test_captions_in_three_languages():
+    scene = data.ShapeScene(
+        0, "test", 96, (250, 250, 250),
+        (
+            data.ShapeObject("circle", "red", (0, 0), (2, 2, 20, 20)),
+            data.ShapeObject("square", "green", (1, 1), (35, 35, 55, 55)),
+            data.ShapeObject("star", "yellow", (2, 2), (70, 70, 90, 90)),
+        ),
+        0,
+    )
+    assert scene.caption("en") == (
+        "a red circle at the top left, a green square in the center and a yellow star at the bottom right"
+    )
+    assert scene.caption("de") == (
+        "ein roter Kreis oben links, ein grünes Quadrat in der Mitte und ein gelber Stern unten rechts"
+    )
+    assert scene.caption("ru") == "красный круг вверху слева, зелёный квадрат в центре и жёлтая звезда внизу справа"
+    assert scene.objects[0].words == ["red", "circle"]
+    with pytest.raises(ValueError, match="language"):
+        scene.caption("fr")
+
+
+def test_label_is_the_largest_shape():
+    scene = data.ShapeScene(
+        0, "test", 96, (0, 0, 0),
+        (data.ShapeObject("circle", "red", (0, 0), (0, 0, 10, 10)),
+         data.ShapeObject("star", "blue", (0, 1), (32, 0, 60, 28))),
+        0,
+    )
+    assert scene.label == "star"
+
+
+def test_load_dataset_builds_a_persistent_dataset_with_ground_truth(fo, tmp_path):
+    import fiftyone_blip
+
+    dataset = fiftyone_blip.load_shapes_dataset("shapes-loader-test", count=5, images_dir=tmp_path, overwrite=True)
+    assert dataset.persistent and len(dataset) == 5
+    sample = dataset.first()
+    scene = data.make_scene(0, "test")
+    assert sample["gt_caption"] == scene.caption("en")
+    assert sample["gt_caption_de"] == scene.caption("de")
+    assert sample["gt_caption_ru"] == scene.caption("ru")
+    assert sample["gt_label"].label == scene.label
+    detections = sample["gt_objects"].detections
+    assert [d.label for d in detections] == [o.kind for o in scene.objects]
+    assert detections[0]["words"] == scene.objects[0].words
+    x, y, w, h = detections[0].bounding_box
+    assert 0 <= x and 0 <= y and x + w <= 1 and y + h <= 1
+    # loading again with the same settings reuses it
+    again = fiftyone_blip.load_shapes_dataset("shapes-loader-test", count=5, images_dir=tmp_path)
+    assert again.first().id == sample.id
+    dataset.delete()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        data.make_scene(0, "holdout")
+    with pytest.raises(ValueError, match="count"):
+        data.make_scenes(-1)
