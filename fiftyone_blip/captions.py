@@ -116,10 +116,11 @@ class CaptionSettings:
             kwargs.update(do_sample=True, top_k=self.top_k, top_p=self.top_p, temperature=self.temperature)
         else:
             kwargs.update(do_sample=False, num_beams=self.num_beams)
-        if self.strategy in ("greedy", "sample"):
-            kwargs["output_logits"] = True
-        else:
-            kwargs.update(output_scores=True, early_stopping=True)
+        # logits give the confidence of greedy and sampled captions; beam search
+        # scores its own (`sequences_scores`), which needs `output_scores`.
+        kwargs.update(output_logits=True, output_scores=self.strategy in ("beam", "diverse-beam"))
+        if self.strategy in ("beam", "diverse-beam"):
+            kwargs["early_stopping"] = True
         return kwargs
 
 
@@ -191,9 +192,7 @@ class Captioner:
                 sequences, confidences = self._generate(image_embeds, self.settings.generate_kwargs())
         prompt_length = self.prompt_ids.shape[1]
         captions = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
-        return [
-            {"caption": text.strip(), "confidence": float(conf)} for text, conf in zip(captions, confidences)
-        ]
+        return [{"caption": text.strip(), "confidence": float(conf)} for text, conf in zip(captions, confidences)]
 
     def _generate(self, image_embeds, kwargs, logits_processor=None):
         torch = self.torch

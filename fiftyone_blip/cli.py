@@ -59,8 +59,13 @@ def main():
 
 @main.command()
 @click.argument("dataset")
-@click.option("-m", "--model", envvar="FIFTYONE_BLIP_CAPTION_MODEL", default=None,
-              help="Hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-image-captioning-base]")
+@click.option(
+    "-m",
+    "--model",
+    envvar="FIFTYONE_BLIP_CAPTION_MODEL",
+    default=None,
+    help="Hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-image-captioning-base]",
+)
 @click.option("-f", "--field", default="caption", show_default=True, help="Field to write the caption to.")
 @click.option("-s", "--strategy", type=click.Choice(caption_settings.STRATEGIES), default="greedy", show_default=True)
 @click.option("-b", "--num-beams", type=int, default=None, help="Beams, 1..10. [default: 3 beam, 4 diverse-beam]")
@@ -75,13 +80,24 @@ def main():
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
 @click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True)
 @click.option("-p", "--prompt", default=None, help="Text the caption continues, e.g. 'a picture of'.")
-@click.option("--resize", type=click.Choice(["squash", "center-crop", "letterbox"]), default="squash",
-              show_default=True, help="How images reach the model's square input.")
+@click.option(
+    "--resize",
+    type=click.Choice(["squash", "center-crop", "letterbox"]),
+    default="squash",
+    show_default=True,
+    help="How images reach the model's square input.",
+)
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
-              envvar="FIFTYONE_BLIP_DEVICE", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    envvar="FIFTYONE_BLIP_DEVICE",
+    show_default=True,
+)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True
+)
 @click.option("--workers", type=int, default=None, help="Decode threads. [default: one per core, at most 8]")
 @click.option("--shard", default=None, help="Caption only shard I of N, as I/N (e.g. 0/4).")
 @click.option("--view", "view_name", default=None, help="A saved view of the dataset to caption.")

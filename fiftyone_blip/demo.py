@@ -31,5 +31,5 @@ def run(name: str = "shapes-demo", count: int = 200, echo=print) -> dict:
     echo(f"plugin         {link}")
     echo(f"total time     {seconds:.1f} s")
     echo("")
-    echo(f"open it in the App:  .venv/bin/fiftyone app launch {dataset.name} --wait")
+    echo(f"open it in the App:  .venv/bin/fiftyone app launch {dataset.name}")
     return {"exact_match": score, "done": summary.done, "failed": summary.failed, "seconds": seconds}

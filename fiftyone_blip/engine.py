@@ -8,9 +8,9 @@ file into a model input, how to run a batch, and which fields it writes. The
 engine does the rest:
 
 - decoding runs in a thread pool ahead of the model, in a bounded window;
-- results are written with `set_values(..., key_field="id")` in chunks of
-  bounded size and age, never per sample and never all at the end, so a crash
-  loses at most the last unwritten chunk;
+- results are written by sample id in bulk writes of bounded size and age,
+  never per sample and never all at the end, so a crash loses at most the
+  last unwritten chunk; each sample's fields are set in one atomic update;
 - each sample records which model and settings produced its result (a short
   fingerprint), so a re-run skips what is done and finishes the rest;
 - `shard="I/N"` splits a collection with no overlap and no gaps;
@@ -32,7 +32,8 @@ import platform
 import re
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class RunSummary:
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """"I/N" -> (I, N), checking 0 <= I < N."""
+    """ "I/N" -> (I, N), checking 0 <= I < N."""
     if shard is None or shard == "":
         return None
     if isinstance(shard, str):
@@ -163,8 +164,27 @@ def _versions() -> dict:
     return versions
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mark_interrupted(dataset_id: str) -> None:
+    """Records of runs on this host whose process is gone become "interrupted"."""
+    runs = _runs_collection()
+    for record in runs.find({"dataset_id": dataset_id, "status": "running", "host": platform.node()}):
+        if record.get("pid") and not _pid_alive(record["pid"]):
+            runs.update_one({"run_id": record["run_id"]}, {"$set": {"status": "interrupted"}})
+
+
 def list_runs(dataset) -> list[dict]:
     """Returns the run records of a dataset, oldest first."""
+    _mark_interrupted(str(dataset._doc.id))
     cursor = _runs_collection().find({"dataset_id": str(dataset._doc.id)}, {"_id": 0}).sort("started", 1)
     return list(cursor)
 
@@ -196,10 +216,20 @@ class _Writer:
 
     def flush(self) -> None:
         if self.buffer:
-            names = list(self.task.fields) + [self.task.error_field, self.task.run_field]
-            for name in names:
-                values = {sid: row.get(name) for sid, row in self.buffer.items()}
-                self.dataset.set_values(name, values, key_field="id", validate=False)
+            from bson import ObjectId
+            from pymongo import UpdateOne
+
+            # One update per sample setting all of its fields at once: MongoDB applies
+            # a single-document update atomically, so a crash mid-chunk never leaves a
+            # sample with a result but no fingerprint (or the reverse).
+            now = datetime.datetime.now(datetime.timezone.utc)
+            ids = [ObjectId(sid) for sid in self.buffer]
+            ops = [
+                UpdateOne({"_id": oid}, {"$set": {**{k: _to_bson(v) for k, v in row.items()}, "last_modified_at": now}})
+                for oid, row in zip(ids, self.buffer.values())
+            ]
+            # FiftyOne's own bulk-write primitive: it also refreshes Sample objects in memory.
+            self.dataset._bulk_write(ops, ids=ids)
             failed = sum(1 for row in self.buffer.values() if row.get(self.task.error_field))
             self.failed += failed
             self.done += len(self.buffer) - failed
@@ -208,6 +238,15 @@ class _Writer:
                 {"run_id": self.record_id}, {"$set": {"done": self.done, "failed": self.failed}}
             )
         self.last_flush = time.monotonic()
+
+
+def _to_bson(value):
+    """Plain values pass; numpy arrays and scalars become lists and numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _step_with_retry(step: Callable[[list], list[dict]], inputs: list) -> list[dict]:
@@ -350,6 +389,7 @@ def run(
             "batch_size": batch_size,
             "versions": _versions(),
             "host": platform.node(),
+            "pid": os.getpid(),
             "started": datetime.datetime.now(datetime.timezone.utc),
             "ended": None,
             "status": "running",
@@ -384,9 +424,9 @@ def run(
                 row[task.error_field] = None
                 row[task.run_field] = fingerprint
             else:
-                row = {name: None for name in task.fields}
-                row[task.error_field] = err
-                row[task.run_field] = None
+                # Only the error is written: a result from an earlier run stays, and
+                # `{field}_run` still describes it.
+                row = {task.error_field: err}
             writer.add(sid, row)
         processed += len(batch)
         if bar is not None:

@@ -60,9 +60,7 @@ def load_image(path: str, min_size: int | None = None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             if image.width * image.height > MAX_PIXELS:
-                raise ImageDecodeError(
-                    f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,})"
-                )
+                raise ImageDecodeError(f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,})")
             if min_size and image.format == "JPEG":
                 image.draft(image.mode, (min_size, min_size))
             image.load()

@@ -24,6 +24,7 @@ DEFAULT_MODELS = {
 TASKS = tuple(DEFAULT_MODELS)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTIONS = ("sdpa", "eager")
 
 
 class ModelLoadError(RuntimeError):
@@ -42,6 +43,7 @@ class LoadedModel:
     task: str
     device: str
     dtype: str
+    attention: str = "eager"
 
     @property
     def identity(self) -> dict:
@@ -79,7 +81,7 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """"auto" is float32 on CPU (bf16 there runs as autocast, see engine) and bfloat16 on GPUs."""
+    """ "auto" is float32 on CPU (bf16 there runs as autocast, see engine) and bfloat16 on GPUs."""
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}, got {dtype!r}")
     if dtype == "auto":
@@ -109,9 +111,7 @@ def check_blip_config(config: dict, source: str, task: str) -> None:
     expected = {"caption": "BlipForConditionalGeneration", "match": "BlipForImageTextRetrieval"}[task]
     architectures = config.get("architectures") or []
     if architectures and expected not in architectures:
-        raise ModelLoadError(
-            f"{source} is a {architectures[0]} checkpoint; {task} needs a {expected} checkpoint"
-        )
+        raise ModelLoadError(f"{source} is a {architectures[0]} checkpoint; {task} needs a {expected} checkpoint")
 
 
 def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
@@ -131,7 +131,7 @@ def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
 
 @functools.lru_cache(maxsize=4)
 def _load(
-    name: str, local: Path | None, task: str, device: str, dtype: str, revision: str | None
+    name: str, local: Path | None, task: str, device: str, dtype: str, revision: str | None, attention: str
 ) -> LoadedModel:
     import torch
     from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor
@@ -160,6 +160,10 @@ def _load(
     except OSError as error:
         raise ModelLoadError(f"cannot load {source!r}: {str(error).splitlines()[0]}") from None
     model.to(device).eval()
+    if attention == "sdpa":
+        from fiftyone_blip.attention import use_sdpa
+
+        use_sdpa(model)
     return LoadedModel(
         model=model,
         processor=processor,
@@ -169,6 +173,7 @@ def _load(
         task=task,
         device=device,
         dtype=dtype,
+        attention=attention,
     )
 
 
@@ -178,6 +183,7 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     revision: str | None = None,
+    attention: str = "sdpa",
 ) -> LoadedModel:
     """Loads a BLIP model and its processor.
 
@@ -191,13 +197,18 @@ def load_model(
         dtype: "auto", "float32", "bfloat16" or "float16" ("auto": float32 on
             CPU, bfloat16 on GPUs).
         revision: a hub revision (branch, tag or commit); None for the default.
+        attention: "sdpa" (fused scaled-dot-product attention, see
+            `fiftyone_blip.attention`) or "eager" (transformers' own, which
+            can return attention weights) ("sdpa").
 
     Raises:
         ModelLoadError: the model cannot be found, or is not the BLIP
             architecture the task needs.
         ValueError: an unknown task, device or dtype.
     """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"`attention` must be one of {ATTENTIONS}, got {attention!r}")
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    return _load(resolved, local, task, device, dtype, revision)
+    return _load(resolved, local, task, device, dtype, revision, attention)

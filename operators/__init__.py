@@ -97,8 +97,13 @@ class CaptionSamples(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str("model", label="Model", default=_default_model(ctx), required=True,
-                   description="A hub id, a local directory, or shapes-tiny")
+        inputs.str(
+            "model",
+            label="Model",
+            default=_default_model(ctx),
+            required=True,
+            description="A hub id, a local directory, or shapes-tiny",
+        )
         inputs.str("field", label="Caption field", default="caption", required=True)
         strategy = types.Dropdown(label="Decoding")
         for value, label in _STRATEGY_LABELS.items():
@@ -118,14 +123,20 @@ class CaptionSamples(foo.Operator):
         inputs.int("max_new_tokens", label="Max new tokens", default=30, min=1, max=captions.MAX_NEW_TOKENS)
         inputs.float("repetition_penalty", label="Repetition penalty", default=1.0)
         inputs.int("no_repeat_ngram_size", label="No-repeat n-gram size", default=0, min=0)
-        inputs.str("prompt", label="Prompt", required=False, description="Text the caption continues, e.g. 'a picture of'")
+        inputs.str(
+            "prompt", label="Prompt", required=False, description="Text the caption continues, e.g. 'a picture of'"
+        )
         resize = types.Dropdown(label="Resize")
         for value, label in _RESIZE_LABELS.items():
             resize.add_choice(value, label=label)
         inputs.enum("resize", resize.values(), default="squash", view=resize)
         inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
-        inputs.str("shard", label="Shard (I/N)", required=False,
-                   description="Caption only shard I of N, for N delegated workers")
+        inputs.str(
+            "shard",
+            label="Shard (I/N)",
+            required=False,
+            description="Caption only shard I of N, for N delegated workers",
+        )
         inputs.bool("overwrite", label="Recompute samples already captioned", default=False)
 
         # The library's own checks, so the form and the SDK agree on what is valid.

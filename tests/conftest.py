@@ -66,26 +66,26 @@ def tiny_random_captioner(tmp_path_factory):
     bundled one, to show nothing depends on shapes-tiny's sizes.
     """
     import torch
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers import BlipForConditionalGeneration, BlipProcessor
 
     from fiftyone_blip.models import BUNDLED
+    from fiftyone_blip.shapes.train import build_config
 
     directory = tmp_path_factory.mktemp("tiny-random-captioner")
     processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["caption"])
     processor.image_processor.size = {"height": 64, "width": 64}
-    tokenizer = processor.tokenizer
-    torch.manual_seed(0)
-    config = BlipConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, encoder_hidden_size=32, intermediate_size=64,
-            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
-            bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"), eos_token_id=tokenizer.sep_token_id,
-            sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=64, patch_size=16),
+    config = build_config(
+        processor.tokenizer,
+        "captioner",
+        image_size=64,
+        patch_size=16,
+        vision_width=32,
+        vision_layers=1,
+        text_width=32,
+        text_layers=1,
+        heads=2,
     )
-    config.architectures = ["BlipForConditionalGeneration"]
+    torch.manual_seed(0)
     BlipForConditionalGeneration(config).save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

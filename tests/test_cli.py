@@ -13,8 +13,19 @@ def invoke(*args):
 
 
 def test_caption_then_runs(fresh_dataset):
-    result = invoke("caption", fresh_dataset.name, "--model", "shapes-tiny", "-s", "beam", "-b", "2",
-                    "--max-new-tokens", "30", "--quiet")
+    result = invoke(
+        "caption",
+        fresh_dataset.name,
+        "--model",
+        "shapes-tiny",
+        "-s",
+        "beam",
+        "-b",
+        "2",
+        "--max-new-tokens",
+        "30",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "48 done, 0 failed, 0 skipped of 48" in result.output
     assert fresh_dataset.count("caption") == 48

@@ -21,7 +21,7 @@ def save(image, path, **kwargs):
         lambda: Image.new("LA", (30, 20), (100, 50)),
         lambda: Image.new("L", (30, 20), 128),
         lambda: Image.new("1", (30, 20), 1),
-        lambda: Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)),
+        lambda: Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100),
         lambda: Image.new("CMYK", (30, 20), (0, 255, 255, 0)),
         lambda: Image.new("F", (30, 20), 0.5),
     ],

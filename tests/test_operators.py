@@ -38,8 +38,8 @@ def test_immediate_execution_on_the_current_view(fresh_dataset):
     )
     result.raise_exceptions()
     assert fresh_dataset.count("caption") == 10
-    assert fresh_dataset.limit(10).values("caption") == fresh_dataset.limit(10).values("gt_caption") or \
-        sum(a == b for a, b in zip(*fresh_dataset.limit(10).values(["caption", "gt_caption"]))) >= 9
+    captioned = fresh_dataset.exists("caption")
+    assert sum(a == b for a, b in zip(*captioned.values(["caption", "gt_caption"]))) >= 9
 
 
 def test_selected_samples_only(fresh_dataset):
@@ -48,9 +48,13 @@ def test_selected_samples_only(fresh_dataset):
     ids = fresh_dataset.take(5, seed=1).values("id")
     result = foo.execute_operator(
         URI,
-        ctx=dict(dataset=fresh_dataset, selected=ids,
-                 params=dict(model="shapes-tiny", field="caption", strategy="beam", num_beams=2,
-                             view_target="SELECTED_SAMPLES")),
+        ctx=dict(
+            dataset=fresh_dataset,
+            selected=ids,
+            params=dict(
+                model="shapes-tiny", field="caption", strategy="beam", num_beams=2, view_target="SELECTED_SAMPLES"
+            ),
+        ),
     )
     result.raise_exceptions()
     assert set(fresh_dataset.exists("caption").values("id")) == set(ids)
@@ -82,15 +86,18 @@ def test_invalid_form_is_marked_invalid_and_nothing_runs(fresh_dataset):
     from fiftyone.operators.executor import ExecutionContext
 
     operator = foo.get_operator(URI)
-    ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name,
-                                               params=dict(strategy="beam", num_beams=42)))
+    ctx = ExecutionContext(
+        request_params=dict(dataset_name=fresh_dataset.name, params=dict(strategy="beam", num_beams=42))
+    )
     form = operator.resolve_input(ctx)
     invalid = [p for p in form.type.properties.values() if getattr(p, "invalid", False)]
     assert invalid and "num_beams" in invalid[0].error_message
 
     with pytest.raises(Exception, match="num_beams"):
         foo.execute_operator(
-            URI, ctx=dict(dataset=fresh_dataset,
-                          params=dict(model="shapes-tiny", field="caption", strategy="beam", num_beams=42)),
+            URI,
+            ctx=dict(
+                dataset=fresh_dataset, params=dict(model="shapes-tiny", field="caption", strategy="beam", num_beams=42)
+            ),
         ).raise_exceptions()
     assert "caption" not in fresh_dataset.get_field_schema()

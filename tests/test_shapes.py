@@ -43,7 +43,10 @@ def test_scenes_vary_and_objects_sit_in_distinct_cells():
 
 def test_captions_in_three_languages():
     scene = data.ShapeScene(
-        0, "test", 96, (250, 250, 250),
+        0,
+        "test",
+        96,
+        (250, 250, 250),
         (
             data.ShapeObject("circle", "red", (0, 0), (2, 2, 20, 20)),
             data.ShapeObject("square", "green", (1, 1), (35, 35, 55, 55)),
@@ -65,9 +68,14 @@ def test_captions_in_three_languages():
 
 def test_label_is_the_largest_shape():
     scene = data.ShapeScene(
-        0, "test", 96, (0, 0, 0),
-        (data.ShapeObject("circle", "red", (0, 0), (0, 0, 10, 10)),
-         data.ShapeObject("star", "blue", (0, 1), (32, 0, 60, 28))),
+        0,
+        "test",
+        96,
+        (0, 0, 0),
+        (
+            data.ShapeObject("circle", "red", (0, 0), (0, 0, 10, 10)),
+            data.ShapeObject("star", "blue", (0, 1), (32, 0, 60, 28)),
+        ),
         0,
     )
     assert scene.label == "star"

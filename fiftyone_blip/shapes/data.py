@@ -220,7 +220,7 @@ def make_scene(index: int, split: str = "train", seed: int = 0, size: int = 96) 
     cell_size = size / 3
     objects = []
     for row, col in cells:
-        side = int(cell_size * rng.uniform(0.45, 0.85))
+        side = int(cell_size * rng.uniform(0.55, 0.9))
         slack = int(cell_size - side)
         x0 = int(col * cell_size) + rng.randint(0, slack)
         y0 = int(row * cell_size) + rng.randint(0, slack)

@@ -50,18 +50,31 @@ def build_processor():
     return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def build_config(tokenizer, kind: str):
-    """A small BlipConfig: a 4-layer ViT on a 6x6 grid and 2-layer text towers."""
+def build_config(
+    tokenizer,
+    kind: str,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+    vision_width: int = 192,
+    vision_layers: int = 4,
+    text_width: int = 128,
+    text_layers: int = 2,
+    heads: int = 4,
+):
+    """A small BlipConfig (default: a 4-layer, 192-wide ViT on a 6x6 grid, 2-layer, 128-wide text towers).
+
+    `kind` is "captioner" or "matcher"; token ids come from the tokenizer.
+    """
     from transformers import BlipConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     text_config = dict(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        encoder_hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        hidden_size=text_width,
+        encoder_hidden_size=vision_width,
+        intermediate_size=4 * text_width,
+        num_hidden_layers=text_layers,
+        num_attention_heads=heads,
         max_position_embeddings=64,
         bos_token_id=ids["[DEC]"],
         eos_token_id=ids["[SEP]"],
@@ -69,12 +82,12 @@ def build_config(tokenizer, kind: str):
         pad_token_id=ids["[PAD]"],
     )
     vision_config = dict(
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
+        hidden_size=vision_width,
+        intermediate_size=4 * vision_width,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
     )
     config = BlipConfig(
         text_config=text_config,
@@ -82,9 +95,7 @@ def build_config(tokenizer, kind: str):
         projection_dim=64,
         image_text_hidden_size=64,
     )
-    config.architectures = [
-        "BlipForConditionalGeneration" if kind == "captioner" else "BlipForImageTextRetrieval"
-    ]
+    config.architectures = ["BlipForConditionalGeneration" if kind == "captioner" else "BlipForImageTextRetrieval"]
     return config
 
 
@@ -113,8 +124,8 @@ def _caption_tokens(tokenizer, captions: list[str], bos: int | None = None):
     return input_ids, batch["attention_mask"]
 
 
-def _fit(model, steps_per_epoch: int, epochs: int, lr: float, step_fn, log_prefix: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+def _fit(model, steps_per_epoch: int, epochs: int, lr: float, step_fn, log_prefix: str, extra_params=()):
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(extra_params), lr=lr, weight_decay=0.05)
     total = steps_per_epoch * epochs
     step = 0
     started = time.time()
@@ -132,8 +143,7 @@ def _fit(model, steps_per_epoch: int, epochs: int, lr: float, step_fn, log_prefi
             losses.append(loss.item())
             step += 1
         print(
-            f"{log_prefix} epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f} "
-            f"({time.time() - started:.0f} s)",
+            f"{log_prefix} epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f} ({time.time() - started:.0f} s)",
             flush=True,
         )
 
@@ -148,11 +158,51 @@ def greedy_exact_match(model, processor, pixels: torch.Tensor, captions: list[st
     return float(np.mean([p.strip() == c for p, c in zip(predictions, captions)]))
 
 
-def train_captioner(processor, train_pixels, train_captions, val_pixels, val_captions, args):
+def cell_targets(scenes: list[shapes.ShapeScene]) -> torch.Tensor:
+    """(N, 9, 2): per grid cell, the kind and colour index of its shape, or the "empty" index."""
+    kinds, colours = list(shapes.KINDS), sorted(shapes.COLOURS)
+    targets = torch.empty(len(scenes), 9, 2, dtype=torch.long)
+    targets[:, :, 0] = len(kinds)
+    targets[:, :, 1] = len(colours)
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            cell = obj.cell[0] * 3 + obj.cell[1]
+            targets[i, cell, 0] = kinds.index(obj.kind)
+            targets[i, cell, 1] = colours.index(obj.colour)
+    return targets
+
+
+class CellProbe(torch.nn.Module):
+    """A training-only head: names the shape in each 3x3 cell from the ViT's patch tokens.
+
+    Learning shape kinds only through the caption loss is slow for a ViT trained
+    from scratch; this direct signal makes it fast. The head is thrown away: the
+    saved model is a plain BlipForConditionalGeneration.
+    """
+
+    def __init__(self, vision_config):
+        super().__init__()
+        self.grid = vision_config.image_size // vision_config.patch_size
+        self.kind = torch.nn.Linear(vision_config.hidden_size, len(shapes.KINDS) + 1)
+        self.colour = torch.nn.Linear(vision_config.hidden_size, len(shapes.COLOURS) + 1)
+
+    def loss(self, patch_tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        batch, _, width = patch_tokens.shape
+        per = self.grid // 3
+        cells = patch_tokens.reshape(batch, 3, per, 3, per, width).mean((2, 4)).reshape(batch, 9, width)
+        return F.cross_entropy(self.kind(cells).flatten(0, 1), targets[:, :, 0].flatten()) + F.cross_entropy(
+            self.colour(cells).flatten(0, 1), targets[:, :, 1].flatten()
+        )
+
+
+def train_captioner(processor, train_pixels, train_scenes, val_pixels, val_captions, args):
     from transformers import BlipForConditionalGeneration
 
     torch.manual_seed(args.seed)
     model = BlipForConditionalGeneration(build_config(processor.tokenizer, "captioner"))
+    probe = CellProbe(model.config.vision_config)
+    targets = cell_targets(train_scenes)
+    train_captions = [s.caption() for s in train_scenes]
     tokenizer = processor.tokenizer
     bos = model.config.text_config.bos_token_id
     pad = model.config.text_config.pad_token_id
@@ -171,9 +221,10 @@ def train_captioner(processor, train_pixels, train_captions, val_pixels, val_cap
         width = int(mask.sum(1).max())
         ids, mask = ids[:, :width], mask[:, :width]
         labels = ids.masked_fill(ids == pad, -100)
-        return model(pixel_values=train_pixels[idx], input_ids=ids, attention_mask=mask, labels=labels).loss
+        out = model(pixel_values=train_pixels[idx], input_ids=ids, attention_mask=mask, labels=labels)
+        return out.loss + args.probe_weight * probe.loss(out.last_hidden_state[:, 1:], targets[idx])
 
-    _fit(model, steps, args.captioner_epochs, args.lr, step_fn, "captioner")
+    _fit(model, steps, args.captioner_epochs, args.lr, step_fn, "captioner", extra_params=probe.parameters())
     exact = greedy_exact_match(model, processor, val_pixels, val_captions)
     print(f"captioner held-out greedy exact match: {exact:.4f}", flush=True)
     return model, {"greedy_exact_match": round(exact, 4)}
@@ -186,7 +237,9 @@ def perturb_caption(scene: shapes.ShapeScene, rng: random.Random) -> str:
     obj = objects[i]
     what = rng.choice(("colour", "kind", "position"))
     if what == "colour":
-        obj = shapes.ShapeObject(obj.kind, rng.choice([c for c in shapes.COLOURS if c != obj.colour]), obj.cell, obj.box)
+        obj = shapes.ShapeObject(
+            obj.kind, rng.choice([c for c in shapes.COLOURS if c != obj.colour]), obj.cell, obj.box
+        )
     elif what == "kind":
         obj = shapes.ShapeObject(rng.choice([k for k in shapes.KINDS if k != obj.kind]), obj.colour, obj.cell, obj.box)
     else:
@@ -333,6 +386,19 @@ Training time: {minutes:.1f} minutes on {threads} CPU threads.
 """
 
 
+def _without_out(argv: list[str]) -> list[str]:
+    """The command line minus `--out DIR`, which changes where files go, not what they hold."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return kept
+
+
 def save(model, processor, directory: Path, kind: str, metrics: dict, args, minutes: float):
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
@@ -356,7 +422,7 @@ def save(model, processor, directory: Path, kind: str, metrics: dict, args, minu
             seed=args.seed,
             train_count=args.train_count,
             val_count=args.val_count,
-            command=" ".join(["python -m fiftyone_blip.shapes.train"] + args.argv),
+            command=" ".join(["python -m fiftyone_blip.shapes.train"] + _without_out(args.argv)),
             metrics="\n".join(f"- {k}: {v}" for k, v in metrics.items()),
             minutes=minutes,
             threads=torch.get_num_threads(),
@@ -374,8 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-count", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--captioner-epochs", type=int, default=12)
-    parser.add_argument("--matcher-epochs", type=int, default=4)
+    parser.add_argument("--captioner-epochs", type=int, default=16)
+    parser.add_argument("--matcher-epochs", type=int, default=3)
+    parser.add_argument("--probe-weight", type=float, default=0.5, help="weight of the training-only cell probe")
     parser.add_argument("--only", choices=("captioner", "matcher"), default=None)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -395,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         captioner, metrics = train_captioner(
             processor,
             train_pixels,
-            [s.caption() for s in train_scenes],
+            train_scenes,
             val_pixels,
             [s.caption() for s in val_scenes],
             args,
