@@ -15,9 +15,10 @@ from fiftyone_blip import engine
 CAPTION_SCRIPT = """
 import sys
 import fiftyone as fo
-import fiftyone_blip
+from fiftyone_blip import captions, engine, models
 dataset = fo.load_dataset(sys.argv[1])
-fiftyone_blip.caption(dataset, model="shapes-tiny", batch_size=4, progress=False)
+task = captions.caption_task(models.load_model("shapes-tiny"), captions.CaptionSettings())
+engine.run(dataset, task, batch_size=4, chunk_size=16, progress=False)
 """
 
 
@@ -38,7 +39,7 @@ def _wait_for(condition, timeout, interval=0.2):
 
 @pytest.fixture
 def big_dataset(fo):
-    """240 shapes samples (the 48 test images repeated) in a fresh dataset."""
+    """480 shapes samples (the 48 test images repeated) in a fresh dataset."""
     base = fiftyone_blip.load_shapes_dataset("tests-shapes", count=48, split="test")
     name = "engine-big"
     if fo.dataset_exists(name):
@@ -46,7 +47,7 @@ def big_dataset(fo):
     dataset = fo.Dataset(name)
     paths, truths = base.values(["filepath", "gt_caption"])
     dataset.add_samples(
-        [fo.Sample(filepath=p, gt_caption=t) for _ in range(5) for p, t in zip(paths, truths)], progress=False
+        [fo.Sample(filepath=p, gt_caption=t) for _ in range(10) for p, t in zip(paths, truths)], progress=False
     )
     yield dataset
     fo.delete_dataset(name)
@@ -55,14 +56,14 @@ def big_dataset(fo):
 def test_sigkill_loses_at_most_the_unwritten_chunk_and_resume_finishes(big_dataset):
     worker = subprocess.Popen([sys.executable, "-c", CAPTION_SCRIPT, big_dataset.name])
     try:
-        assert _wait_for(lambda: _written(big_dataset) >= 8, timeout=120), "no chunk was written"
+        assert _wait_for(lambda: _written(big_dataset) >= 16, timeout=120), "no chunk was written"
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
     finally:
         if worker.poll() is None:
             worker.kill()
     written = _written(big_dataset)
-    assert 8 <= written < len(big_dataset), "the run should have been killed mid-way"
+    assert 16 <= written < len(big_dataset), "the run should have been killed mid-way"
     records = fiftyone_blip.runs(big_dataset)
     assert [r["status"] for r in records] == ["interrupted"]
 
