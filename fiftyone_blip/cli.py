@@ -185,7 +185,7 @@ def plugin_install(plugins_dir):
 
 
 @main.command()
-@click.option("-n", "--count", type=int, default=200, show_default=True)
+@click.option("-n", "--count", type=int, default=500, show_default=True)
 @click.option("--name", default="shapes-demo", show_default=True)
 @translate_errors
 def demo(count, name):

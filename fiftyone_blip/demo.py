@@ -12,7 +12,7 @@ def exact_match(dataset, field: str = "caption", truth: str = "gt_caption") -> f
     return hits / len(expected) if expected else 0.0
 
 
-def run(name: str = "shapes-demo", count: int = 200, echo=print) -> dict:
+def run(name: str = "shapes-demo", count: int = 500, echo=print) -> dict:
     """Builds the demo dataset, installs the plugin, captions with shapes-tiny and reports."""
     import fiftyone_blip
     from fiftyone_blip import plugin

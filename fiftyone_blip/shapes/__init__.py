@@ -21,15 +21,18 @@ def default_images_dir() -> Path:
 
 
 def write_images(scenes, images_dir: Path) -> list[str]:
-    """Renders scenes as PNG files (skipping files already there); returns their paths."""
+    """Renders scenes as PNG files; returns their paths.
+
+    Files are always rendered anew (about a millisecond each), so a folder can
+    never hold images of an older generator.
+    """
     images_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for scene in scenes:
         path = images_dir / f"{scene.split}-{scene.index:06d}.png"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp.png")
-            scene.render().save(tmp)
-            os.replace(tmp, path)  # never leave a half-written image behind
+        tmp = path.with_suffix(".tmp.png")
+        scene.render().save(tmp)
+        os.replace(tmp, path)  # never leave a half-written image behind
         paths.append(str(path))
     return paths
 
