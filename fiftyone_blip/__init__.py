@@ -74,8 +74,11 @@ def caption(
         resize: "squash", "center-crop" or "letterbox" ("squash").
         batch_size: images per model step, 1..1024 (16).
         device: "auto", "cpu", "cuda" or "mps" ("auto").
-        dtype: "auto", "float32", "bfloat16" or "float16" ("auto").
-        num_workers: decode threads (None: one per core, at most 8).
+        dtype: "auto", "float32", "bfloat16", "float16" or "int8" ("auto":
+            float32 on CPU, bfloat16 on GPUs; "int8": dynamic quantization, the
+            fastest setting on CPU).
+        num_workers: decode threads, 0 for inline (None: one per core, at
+            most 8).
         shard: "I/N" to caption only shard I of N, for N parallel workers.
         overwrite: recompute samples already captioned with these settings.
         progress: True for a progress bar, False for none, or a callable

@@ -96,9 +96,15 @@ def main():
     show_default=True,
 )
 @click.option(
-    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU.",
 )
-@click.option("--workers", type=int, default=None, help="Decode threads. [default: one per core, at most 8]")
+@click.option(
+    "--workers", type=int, default=None, help="Decode threads, 0 for inline. [default: one per core, at most 8]"
+)
 @click.option("--shard", default=None, help="Caption only shard I of N, as I/N (e.g. 0/4).")
 @click.option("--view", "view_name", default=None, help="A saved view of the dataset to caption.")
 @click.option("--overwrite", is_flag=True, help="Recompute samples already captioned with these settings.")

@@ -23,7 +23,7 @@ DEFAULT_MODELS = {
 }
 TASKS = tuple(DEFAULT_MODELS)
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ATTENTIONS = ("sdpa", "eager")
 
 
@@ -86,6 +86,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
         raise ValueError(f"`dtype` must be one of {DTYPES}, got {dtype!r}")
     if dtype == "auto":
         return "float32" if device == "cpu" else "bfloat16"
+    if dtype == "int8" and device != "cpu":
+        raise ValueError(f"`dtype` 'int8' (dynamic quantization) runs on the CPU only, not on {device!r}")
     return dtype
 
 
@@ -150,7 +152,7 @@ def _load(
     check_blip_config(config, repr(source), task)
 
     cls = BlipForConditionalGeneration if task == "caption" else BlipForImageTextRetrieval
-    # fp16 weights on CPU are slow and lossy; CPU keeps fp32 weights and uses bf16 autocast instead.
+    # On CPU, weights stay fp32: bf16/fp16 there run as autocast, int8 as dynamic quantization.
     weight_dtype = torch.float32 if device == "cpu" else getattr(torch, dtype)
     try:
         model = cls.from_pretrained(
@@ -160,6 +162,14 @@ def _load(
     except OSError as error:
         raise ModelLoadError(f"cannot load {source!r}: {str(error).splitlines()[0]}") from None
     model.to(device).eval()
+    if dtype == "int8":
+        # Linear layers as int8 GEMMs with per-batch activation scales: about 2x the
+        # fp32 matmul rate on CPUs with VNNI (see BENCHMARKS.md for speed and agreement).
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice, once per load
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     if attention == "sdpa":
         from fiftyone_blip.attention import use_sdpa
 
@@ -194,8 +204,10 @@ def load_model(
         task: "caption" (BlipForConditionalGeneration) or "match"
             (BlipForImageTextRetrieval).
         device: "auto", "cpu", "cuda" or "mps" ("auto").
-        dtype: "auto", "float32", "bfloat16" or "float16" ("auto": float32 on
-            CPU, bfloat16 on GPUs).
+        dtype: "auto", "float32", "bfloat16", "float16" or "int8" ("auto":
+            float32 on CPU, bfloat16 on GPUs). On CPU, bf16/fp16 run as autocast
+            over fp32 weights; "int8" (CPU only) quantizes Linear layers
+            dynamically, the fastest CPU setting.
         revision: a hub revision (branch, tag or commit); None for the default.
         attention: "sdpa" (fused scaled-dot-product attention, see
             `fiftyone_blip.attention`) or "eager" (transformers' own, which

@@ -11,7 +11,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_blip
-from fiftyone_blip import captions, engine
+from fiftyone_blip import captions, engine, models
 
 _STRATEGY_LABELS = {
     "greedy": "Greedy",
@@ -131,6 +131,14 @@ class CaptionSamples(foo.Operator):
             resize.add_choice(value, label=label)
         inputs.enum("resize", resize.values(), default="squash", view=resize)
         inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
+        device = types.Dropdown(label="Device")
+        for value in models.DEVICES:
+            device.add_choice(value, label=value)
+        inputs.enum("device", device.values(), default="auto", view=device)
+        dtype = types.Dropdown(label="Precision", description="int8: dynamic quantization, fastest on CPU")
+        for value in models.DTYPES:
+            dtype.add_choice(value, label=value)
+        inputs.enum("dtype", dtype.values(), default="auto", view=dtype)
         inputs.str(
             "shard",
             label="Shard (I/N)",
@@ -163,6 +171,8 @@ class CaptionSamples(foo.Operator):
                 field=params.get("field", "caption"),
                 resize=params.get("resize", "squash"),
                 batch_size=params.get("batch_size", 16),
+                device=params.get("device", "auto"),
+                dtype=params.get("dtype", "auto"),
                 shard=params.get("shard") or None,
                 overwrite=params.get("overwrite", False),
                 progress=progress,

@@ -62,6 +62,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="device"):
         models.load_model("shapes-tiny", device="tpu")
     with pytest.raises(ValueError, match="dtype"):
-        models.load_model("shapes-tiny", dtype="int8")
+        models.load_model("shapes-tiny", dtype="int4")
+    with pytest.raises(ValueError, match="CPU only"):
+        models.resolve_dtype("int8", "cuda")
     with pytest.raises(ValueError, match="task"):
         models.load_model("shapes-tiny", task="vqa")
