@@ -5,11 +5,16 @@ the operators share one real database in a temporary folder, and nothing
 touches the user's own datasets.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 _HOME = Path(tempfile.mkdtemp(prefix="fiftyone-blip-tests-"))
+# Registered before FiftyOne starts its database, so it runs after FiftyOne's own
+# exit handler has stopped mongod (exit handlers run last-registered first).
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["FIFTYONE_DATABASE_DIR"] = str(_HOME / "db")
 os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(_HOME / "zoo")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_HOME / "plugins")
