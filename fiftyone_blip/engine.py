@@ -402,7 +402,7 @@ def run(
             "capability": task.capability,
             "field": task.field,
             "fingerprint": fingerprint,
-            **{k: v for k, v in task.identity.items()},
+            **task.identity,
             "settings": task.settings,
             "shard": f"{shard_spec[0]}/{shard_spec[1]}" if shard_spec else None,
             "batch_size": batch_size,
@@ -486,8 +486,7 @@ def run(
 
 
 def to_batch(inputs: list, device: str):
-    """Stacks per-sample (array, geometry) inputs into one tensor on a device."""
+    """Stacks per-sample arrays into one tensor on a device."""
     import torch
 
-    arrays = np.stack([x[0] if isinstance(x, tuple) else x for x in inputs])
-    return torch.from_numpy(arrays).to(device)
+    return torch.from_numpy(np.stack(inputs)).to(device)
