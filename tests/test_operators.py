@@ -101,3 +101,23 @@ def test_invalid_form_is_marked_invalid_and_nothing_runs(fresh_dataset):
             ),
         ).raise_exceptions()
     assert "caption" not in fresh_dataset.get_field_schema()
+
+
+def test_immediate_runs_stream_progress_to_the_app(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    operator = foo.get_operator(URI)
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=fresh_dataset.name,
+            params=dict(model="shapes-tiny", field="caption", batch_size=8, view_target="DATASET"),
+        ),
+        executor=Executor(),
+    )
+    messages = [m.body for m in operator.execute(ctx)]
+    progress = [m.params for m in messages if m.operator_uri == "set_progress"]
+    assert len(progress) == 6 and progress[-1]["progress"] == 1.0 and progress[-1]["label"] == "48/48"
+    assert [m.operator_uri for m in messages[-2:]] == ["reload_dataset", "notify"]
+    assert "48 done" in messages[-1].params["message"]
+    assert fresh_dataset.count("caption") == 48
