@@ -67,3 +67,12 @@ def test_bad_arguments():
         models.resolve_dtype("int8", "cuda")
     with pytest.raises(ValueError, match="task"):
         models.load_model("shapes-tiny", task="vqa")
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    import sys
+
+    monkeypatch.setenv("FIFTYONE_BLIP_KEEP_FREED_MEMORY", "0")
+    assert models.keep_freed_memory() is False
+    monkeypatch.delenv("FIFTYONE_BLIP_KEEP_FREED_MEMORY")
+    assert models.keep_freed_memory() is (sys.platform == "linux")
