@@ -100,7 +100,7 @@ class RunSummary:
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """ "I/N" -> (I, N), checking 0 <= I < N."""
+    """Parses a shard spec "I/N" into (I, N), checking 0 <= I < N."""
     if shard is None or shard == "":
         return None
     if isinstance(shard, str):

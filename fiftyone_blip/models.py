@@ -84,7 +84,10 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """ "auto" is float32 on CPU (bf16 there runs as autocast, see engine) and bfloat16 on GPUs."""
+    """Resolves "auto" (float32 on CPU, bfloat16 on GPUs) and checks that "int8" runs on the CPU.
+
+    On the CPU, bf16 and fp16 run as autocast over fp32 weights (see `captions.Captioner`).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}, got {dtype!r}")
     if dtype == "auto":

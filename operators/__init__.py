@@ -33,6 +33,14 @@ def _default_model(ctx):
     return "Salesforce/blip-image-captioning-base"
 
 
+def _dropdown(inputs, name, label, choices, default, description=None):
+    """An enum input shown as a dropdown; `choices` maps values to labels."""
+    view = types.Dropdown(label=label, description=description)
+    for value, choice_label in choices.items():
+        view.add_choice(value, label=choice_label)
+    inputs.enum(name, view.values(), default=default, view=view)
+
+
 def _caption_settings(params):
     return captions.CaptionSettings(
         strategy=params.get("strategy", "greedy"),
@@ -105,10 +113,7 @@ class CaptionSamples(foo.Operator):
             description="A hub id, a local directory, or shapes-tiny",
         )
         inputs.str("field", label="Caption field", default="caption", required=True)
-        strategy = types.Dropdown(label="Decoding")
-        for value, label in _STRATEGY_LABELS.items():
-            strategy.add_choice(value, label=label)
-        inputs.enum("strategy", strategy.values(), default="greedy", view=strategy)
+        _dropdown(inputs, "strategy", "Decoding", _STRATEGY_LABELS, default="greedy")
         chosen = ctx.params.get("strategy", "greedy")
         if chosen in ("beam", "diverse-beam"):
             inputs.int("num_beams", label="Beams", default=3 if chosen == "beam" else 4, min=1, max=captions.MAX_BEAMS)
@@ -126,19 +131,17 @@ class CaptionSamples(foo.Operator):
         inputs.str(
             "prompt", label="Prompt", required=False, description="Text the caption continues, e.g. 'a picture of'"
         )
-        resize = types.Dropdown(label="Resize")
-        for value, label in _RESIZE_LABELS.items():
-            resize.add_choice(value, label=label)
-        inputs.enum("resize", resize.values(), default="squash", view=resize)
+        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
         inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
-        device = types.Dropdown(label="Device")
-        for value in models.DEVICES:
-            device.add_choice(value, label=value)
-        inputs.enum("device", device.values(), default="auto", view=device)
-        dtype = types.Dropdown(label="Precision", description="int8: dynamic quantization, fastest on CPU")
-        for value in models.DTYPES:
-            dtype.add_choice(value, label=value)
-        inputs.enum("dtype", dtype.values(), default="auto", view=dtype)
+        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
+        _dropdown(
+            inputs,
+            "dtype",
+            "Precision",
+            {d: d for d in models.DTYPES},
+            default="auto",
+            description="int8: dynamic quantization, fastest on CPU",
+        )
         inputs.str(
             "shard",
             label="Shard (I/N)",
