@@ -15,14 +15,23 @@ that maps over the model input (heatmaps) can be mapped back onto the image.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
+import threading
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
 RESIZE_MODES = ("squash", "center-crop", "letterbox")
-# Above this many pixels a file is treated as a decompression bomb and refused.
-MAX_PIXELS = 20_000 * 20_000
+# Above this many pixels a file is treated as a decompression bomb and refused,
+# from its header alone, before anything is decoded. Pillow's own hard limit
+# (2 x Image.MAX_IMAGE_PIXELS, about 179 megapixels by default) still applies above it.
+MAX_PIXELS = 100_000_000
+# `warnings.catch_warnings` swaps the process-wide filter list: entered from several
+# decode threads at once it can leave a filter behind or drop one. Header parsing is
+# fast, so the threads take turns for it; decoding itself runs in parallel.
+_OPEN_LOCK = threading.Lock()
 
 
 class ImageDecodeError(ValueError):
@@ -56,14 +65,20 @@ def load_image(path: str, min_size: int | None = None) -> Image.Image:
         ImageDecodeError: with a one-line reason a user can act on.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        _check_regular_file(path)
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Pillow warns above its own soft limit; MAX_PIXELS below is the limit here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageDecodeError(f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,})")
-            if min_size and image.format == "JPEG":
-                image.draft(image.mode, (min_size, min_size))
-            image.load()
+        if image.width * image.height > MAX_PIXELS:
+            image.close()
+            raise ImageDecodeError(
+                f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,}): "
+                "refused as a possible decompression bomb"
+            )
+        if min_size and image.format == "JPEG":
+            image.draft(image.mode, (min_size, min_size))
+        image.load()
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
     except IsADirectoryError:
@@ -73,12 +88,32 @@ def load_image(path: str, min_size: int | None = None) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageDecodeError(f"image too large: {error}") from None
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError("not an image (unrecognised or empty file)") from None
+        if _is_empty(path):
+            raise ImageDecodeError("not an image: empty file (0 bytes)") from None
+        raise ImageDecodeError("not an image (unrecognised file format)") from None
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"cannot decode image: {str(error).splitlines()[0]}") from None
     return to_rgb(image)
+
+
+def _check_regular_file(path) -> None:
+    """Refuses what is not a regular file before opening it: reading a named pipe blocks forever."""
+    if not isinstance(path, (str, os.PathLike)):
+        return  # a file object: nothing to check
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(mode):
+        raise ImageDecodeError("not a regular file (a named pipe, socket or device)")
+
+
+def _is_empty(path) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except (OSError, TypeError):
+        return False
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

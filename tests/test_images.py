@@ -119,3 +119,50 @@ def test_squash_matches_the_blip_processor():
     theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
     assert ours.shape == theirs.shape == (3, 96, 96)
     assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_named_pipe_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(images.ImageDecodeError, match="not a regular file"):
+        images.load_image(str(fifo))
+    with pytest.raises(images.ImageDecodeError, match="directory"):
+        images.load_image(str(tmp_path))
+
+
+def test_empty_file_is_named_as_such(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(images.ImageDecodeError, match=r"empty file \(0 bytes\)"):
+        images.load_image(str(path))
+
+
+def test_pixel_limit_is_max_pixels_alone(tmp_path, monkeypatch):
+    # Pillow's soft limit (a warning) must neither refuse an image under MAX_PIXELS...
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30 * 30)
+    monkeypatch.setattr(images, "MAX_PIXELS", 40 * 40)
+    assert images.load_image(save(Image.new("RGB", (35, 35)), tmp_path / "ok.png")).size == (35, 35)
+    # ...nor change the message for one over it
+    with pytest.raises(images.ImageDecodeError, match=r"too large \(41x40 pixels, limit 1,600\)"):
+        images.load_image(save(Image.new("RGB", (41, 40)), tmp_path / "big.png"))
+
+
+def test_decoding_in_threads_leaves_the_warning_filters_alone(tmp_path):
+    import threading
+    import warnings
+
+    path = save(Image.new("RGB", (8, 8)), tmp_path / "small.png")
+    before = list(warnings.filters)
+
+    def work():
+        for _ in range(200):
+            images.load_image(path)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
