@@ -1,21 +1,67 @@
-"""Test set-up: a private FiftyOne home (its own embedded MongoDB) and the plugin installed.
+"""Test set-up: a private FiftyOne home (its own MongoDB) and the plugin installed.
 
 The environment is set before FiftyOne is imported, so every test, the CLI and
 the operators share one real database in a temporary folder, and nothing
 touches the user's own datasets.
+
+The test session starts its own mongod and points FIFTYONE_DATABASE_URI at it.
+FiftyOne's own database service would not do: a new process attaches to any
+FiftyOne database service already running for the same user, whatever its
+database folder, so concurrent sessions on one machine shared one database
+(and saw each other's datasets, with image files in folders already deleted).
+Worker processes that tests start inherit the URI and reach the same database.
 """
 
 import atexit
+import importlib.util
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 _HOME = Path(tempfile.mkdtemp(prefix="fiftyone-blip-tests-"))
-# Registered before FiftyOne starts its database, so it runs after FiftyOne's own
-# exit handler has stopped mongod (exit handlers run last-registered first).
+# Registered first, so it runs last: after mongod has stopped (exit handlers run last-registered first).
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+
+
+def _start_private_mongod(folder: Path) -> str:
+    """Starts the mongod that ships with FiftyOne on a free local port; returns its URI."""
+    package = Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0])
+    mongod = package / "db" / "bin" / "mongod"
+    folder.mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [str(mongod), "--dbpath", str(folder), "--port", str(port), "--bind_ip", "127.0.0.1"]
+    args += ["--nounixsocket", "--logpath", str(folder / "mongod.log")]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop():
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    atexit.register(stop)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mongod exited with {process.returncode}; see {folder / 'mongod.log'}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"mongodb://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("mongod did not start within 120 s")
+
+
 os.environ["FIFTYONE_DATABASE_DIR"] = str(_HOME / "db")
+os.environ["FIFTYONE_DATABASE_URI"] = _start_private_mongod(_HOME / "db")
+os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
 os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(_HOME / "zoo")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_HOME / "plugins")
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
