@@ -57,6 +57,10 @@ class Geometry:
 def load_image(path: str, min_size: int | None = None) -> Image.Image:
     """Opens an image file as upright 8-bit RGB.
 
+    Animated GIFs and multi-page TIFFs give their first frame. Files over
+    `MAX_PIXELS` are refused from their header, and anything that is not a
+    regular file (a named pipe would block forever) is refused unopened.
+
     With `min_size`, large JPEGs decode at a reduced scale that still leaves
     both sides at least `min_size` pixels: several times faster, same result
     after resizing.
