@@ -1,0 +1,72 @@
+"""Captioning from the App: find the operator, check its form, run it on the current view, see the captions."""
+
+import re
+
+NAME = "caption_samples"
+LABEL = "BLIP: caption samples"
+
+
+def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
+    dataset = app_dataset("app-caption", count=24, views={"first-twelve": lambda ds: ds.limit(12)})
+    in_view = dataset.load_saved_view("first-twelve").values("id")
+
+    app.open("app-caption", view="first-twelve")
+    assert app.grid_count() == 12
+    assert app.sidebar_field("caption").count() == 0
+
+    # The operator browser finds the operator by its name, and shows its label.
+    app.operator_browser(NAME)
+    choice = app.operator_choice(LABEL)
+    choice.wait_for()
+    assert app.page.get_by_text(NAME, exact=True).is_visible()
+    app.screenshot("operator-browser")
+    choice.click()
+
+    # The form: the current view is the target, the bundled model is the default.
+    form = app.operator_form(LABEL)
+    form.wait_for()
+    assert form.get_by_role("radio", name=re.compile("Current view")).is_checked()
+    assert app.form_input(form, "Model").input_value() == "shapes-tiny"
+    assert app.form_input(form, "Caption field").input_value() == "caption"
+
+    # An invalid setting is flagged in the form before anything runs, and cleared with it.
+    shard = app.form_input(form, "Shard (I/N)")
+    shard.fill("3/2")
+    invalid = form.get_by_text("Invalid settings")
+    invalid.wait_for()
+    app.screenshot("caption-form-invalid")
+    shard.fill("")
+    invalid.wait_for(state="detached")
+    app.screenshot("caption-form")
+
+    # Run it now, on the current view.
+    app.execute()
+    done = app.notification(re.compile(r"BLIP captions: 12 done, 0 failed"))
+    done.wait_for(timeout=240_000)
+    app.sidebar_field("caption").wait_for()
+    assert app.sidebar_field("caption_confidence").is_visible()
+    app.page.get_by_role("button", name="Done", exact=True).click()
+    app.screenshot("caption-done")
+
+    # Exactly the samples of the view were captioned.
+    dataset.reload()
+    assert sorted(dataset.exists("caption").values("id")) == sorted(in_view)
+    expected = dict(zip(*dataset.exists("caption").values(["id", "caption"])))
+
+    # The grid shows the captions on the tiles once the field is ticked.
+    app.show_field("caption")
+    tags = app.grid_tags("caption")
+    tags.first.wait_for()
+    app.page.wait_for_function("() => document.querySelectorAll('[data-cy=\"tag-caption\"]').length === 12")
+    shown = {tag.get_attribute("title").removeprefix("caption: ") for tag in tags.all()}
+    assert shown == set(expected.values())
+    app.screenshot("caption-grid")
+
+    # The sample modal shows the caption of the sample that was opened.
+    app.open_sample(0)
+    sample_id = app.modal_value("id").get_attribute("title")
+    caption = app.modal_value("caption")
+    caption.scroll_into_view_if_needed()
+    assert caption.get_attribute("title") == expected[sample_id]
+    assert caption.inner_text() == expected[sample_id]
+    app.screenshot("caption-sample")
