@@ -47,9 +47,10 @@ test: $(STAMP) chromium
 test-browser: $(STAMP) chromium
 	$(PY) -m pytest -q tests/browser
 
-# Refreshes the README's screenshots from the browser tests.
-screenshots: $(STAMP) chromium
-	FIFTYONE_BLIP_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/browser
+# Refreshes the README's screenshots (the files in docs/screenshots) from a run of the browser
+# tests; to show another one, copy it once from build/screenshots.
+screenshots: test-browser
+	for f in docs/screenshots/*.png; do cp build/screenshots/$$(basename $$f) $$f; done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fiftyone_blip operators tests benchmarks examples

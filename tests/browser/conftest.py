@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,8 +49,9 @@ VIEWPORT = {"width": 1280, "height": 800}
 # never for fixed times, and allow long waits.
 TIMEOUT_MS = 60_000
 SERVER_START_S = 180
-SCREENSHOTS = Path(os.environ.get("FIFTYONE_BLIP_SCREENSHOTS", REPO / "build" / "screenshots"))
-FAILURES = REPO / "build" / "screenshots" / "failures"
+# Every run writes its screenshots here afresh; `make screenshots` copies the README's ones.
+SCREENSHOTS = REPO / "build" / "screenshots"
+FAILURES = SCREENSHOTS / "failures"
 
 
 def pytest_collection_modifyitems(items):
@@ -152,6 +154,7 @@ def browser():
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     with sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -334,7 +337,7 @@ class App:
     # Records
 
     def screenshot(self, name: str) -> Path:
-        """Writes the page as `name`.png to the screenshots folder (build/screenshots by default)."""
+        """Writes the page as build/screenshots/`name`.png."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"{name}.png"
         self.page.screenshot(path=str(path), animations="disabled")

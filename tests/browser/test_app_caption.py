@@ -22,17 +22,19 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     app.screenshot("operator-browser")
     choice.click()
 
-    # The form: the current view is the target, the bundled model is the default.
+    # The form: the current view is the target, the bundled model is the default, and
+    # once the server has checked the defaults, nothing is flagged and it can run.
     form = app.operator_form(LABEL)
     form.wait_for()
+    execute = app.execute_button()
+    app.expect(execute).to_be_enabled()
+    app.expect(form.get_by_text("Required property")).to_have_count(0)
     assert form.get_by_role("radio", name=re.compile("Current view")).is_checked()
     assert app.form_input(form, "Model").input_value() == "shapes-tiny"
     assert app.form_input(form, "Caption field").input_value() == "caption"
     app.screenshot("caption-form")
 
     # An invalid setting is flagged in the form before anything runs, and cleared with it.
-    execute = app.execute_button()
-    app.expect(execute).to_be_enabled()
     app.fill(form, {"Shard (I/N)": "3/2"})
     invalid = form.get_by_text("Invalid settings")
     invalid.wait_for()
