@@ -1,0 +1,79 @@
+"""Captioning from the App: find the operator, check its form, run it on the current view, see the captions."""
+
+import re
+
+NAME = "caption_samples"
+LABEL = "BLIP: caption samples"
+
+
+def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
+    dataset = app_dataset("app-caption", count=24, views={"first-twelve": lambda ds: ds.limit(12)})
+    in_view = dataset.load_saved_view("first-twelve").values("id")
+
+    app.open("app-caption", view="first-twelve")
+    app.expect(app.cy("looker")).to_have_count(12)
+    assert app.sidebar_field("caption").count() == 0
+
+    # The operator browser finds the operator by its name, and shows its label.
+    app.operator_browser(NAME)
+    choice = app.operator_choice(LABEL)
+    choice.wait_for()
+    assert app.page.get_by_text(NAME, exact=True).is_visible()
+    app.screenshot("operator-browser")
+    choice.click()
+
+    # The form: the current view is the target, the bundled model is the default, and
+    # once the server has checked the defaults, nothing is flagged and it can run.
+    form = app.operator_form(LABEL)
+    form.wait_for()
+    execute = app.execute_button()
+    app.expect(execute).to_be_enabled()
+    app.expect(form.get_by_text("Required property")).to_have_count(0)
+    assert form.get_by_role("radio", name=re.compile("Current view")).is_checked()
+    assert app.form_input(form, "Model").input_value() == "shapes-tiny"
+    assert app.form_input(form, "Caption field").input_value() == "caption"
+    app.screenshot("caption-form")
+
+    # An invalid setting is flagged in the form before anything runs, and cleared with it.
+    app.fill(form, {"Shard (I/N)": "3/2"})
+    invalid = form.get_by_text("Invalid settings")
+    invalid.wait_for()
+    invalid.scroll_into_view_if_needed()
+    app.expect(form.get_by_text("shard must be I/N with 0 <= I < N, got 3/2")).to_be_visible()
+    app.expect(execute).to_be_disabled()
+    app.screenshot("caption-form-invalid")
+    app.fill(form, {"Shard (I/N)": ""})
+    app.expect(invalid).to_have_count(0)
+
+    # Run it now, on the current view: a notification, and the new fields in the sidebar.
+    app.execute(re.compile(r"BLIP captions: 12 done, 0 failed"))
+    app.sidebar_field("caption").wait_for()
+    app.sidebar_field("caption_confidence").scroll_into_view_if_needed()
+    app.screenshot("caption-done")
+    app.close_notifications()
+
+    # Exactly the samples of the view were captioned.
+    dataset.reload()
+    assert sorted(dataset.exists("caption").values("id")) == sorted(in_view)
+    expected = dict(zip(*dataset.exists("caption").values(["id", "caption"])))
+
+    # The grid shows the captions on the tiles once the field is ticked.
+    app.show_field("caption")
+    tags = app.grid_tags("caption")
+    app.expect(tags).to_have_count(12)
+    shown = {tag.get_attribute("title").removeprefix("caption: ") for tag in tags.all()}
+    assert shown == set(expected.values())
+    app.screenshot("caption-grid")
+
+    # Run again: every sample of the view already holds a caption from the same model and settings.
+    app.run_operator(NAME, LABEL, done=re.compile(r"BLIP captions: 0 done, 0 failed, 12 skipped"))
+    app.close_notifications()
+
+    # The sample modal shows the caption of the sample that was opened.
+    app.open_sample(0)
+    sample_id = app.modal_value("id").get_attribute("title")
+    caption = app.modal_value("caption")
+    caption.scroll_into_view_if_needed()
+    assert caption.get_attribute("title") == expected[sample_id]
+    assert caption.inner_text() == expected[sample_id]
+    app.screenshot("caption-sample")
