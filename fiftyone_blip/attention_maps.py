@@ -1,5 +1,8 @@
 """Where BLIP looked: one heatmap per caption word, and one for the whole caption.
 
+(The SDK function is `fiftyone_blip.heatmaps`; this module is not named
+`heatmaps` because importing it would replace that function on the package.)
+
 Two modes:
 
 - "cross-attention": one teacher-forced pass of the captioner's text decoder
