@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
@@ -45,9 +44,7 @@ def pointing_game(samples, field: str) -> dict:
 
     hits = total = 0
     by_kind = {"colour": [0, 0], "kind": [0, 0]}
-    for sample in samples.select_fields(
-        [f"{field}_words", f"{field}_maps", f"{field}_map_paths", f"{field}_text", "gt_objects", "metadata"]
-    ):
+    for sample in samples.iter_samples():
         text = sample[f"{field}_text"]
         words, maps, _ = word_maps(sample, field)
         width, height = sample.metadata.width, sample.metadata.height
@@ -69,6 +66,75 @@ def pointing_game(samples, field: str) -> dict:
     }
 
 
+# Aggregation choices tried on the validation split (`--sweep`); the chosen
+# setting is then measured once on the test split.
+SWEEP = [
+    dict(mode="cross-attention", layers="all", heads="all", token_positions="both"),
+    dict(mode="cross-attention", layers="all", heads="all", token_positions="reading"),
+    dict(mode="cross-attention", layers="all", heads="all", token_positions="predicting"),
+    dict(mode="cross-attention", layers="last", heads="all", token_positions="both"),
+    dict(mode="cross-attention", layers="0", heads="all", token_positions="both"),
+    dict(mode="cross-attention", layers="all", heads="0,1", token_positions="both"),
+    dict(mode="cross-attention", layers="all", heads="all", token_positions="both", text="gt"),
+    dict(mode="gradcam", layers=None, heads="all"),
+    dict(mode="gradcam", layers=None, heads="0"),
+    dict(mode="gradcam", layers=None, heads="all", text="generated"),
+]
+
+
+def evaluate(dataset, variant: dict, resize: str, exact: float, split: str, as_json: bool) -> dict:
+    import fiftyone_blip as fob
+
+    mode = variant["mode"]
+    text = variant.get("text") or ("generated" if mode == "cross-attention" else "gt")
+    layers = variant.get("layers")
+    if layers not in (None, "all", "last"):
+        layers = [int(v) for v in layers.split(",")]
+    heads = variant.get("heads", "all")
+    heads = heads if heads == "all" else [int(v) for v in heads.split(",")]
+    positions = variant.get("token_positions", "both")
+    started = time.perf_counter()
+    summary = fob.heatmaps(
+        dataset,
+        mode=mode,
+        model="shapes-tiny",
+        field="hm",
+        text_field="caption" if text == "generated" else "gt_caption",
+        layers=layers,
+        heads=heads,
+        token_positions=positions,
+        resize=resize,
+        overwrite=True,
+        progress=False,
+    )
+    seconds = time.perf_counter() - started
+    result = {
+        "split": split,
+        "images": len(dataset),
+        "mode": mode,
+        "text": text,
+        "layers": variant.get("layers"),
+        "heads": variant.get("heads", "all"),
+        "token_positions": positions if mode == "cross-attention" else None,
+        "resize": resize,
+        **pointing_game(dataset, "hm"),
+        "caption_exact_match": round(exact, 3),
+        "seconds": round(seconds, 1),
+        "failed": summary.failed,
+    }
+    if as_json:
+        print(json.dumps(result), flush=True)
+    else:
+        print(
+            f"{mode:<16} text={text:<9} layers={result['layers']} heads={result['heads']} "
+            f"positions={result['token_positions']} resize={resize}: pointing {result['pointing']:.3f} "
+            f"over {result['words']} object words (colour {result['colour_words']:.3f}, "
+            f"kind {result['kind_words']:.3f}); {len(dataset)} images, {seconds:.1f} s",
+            flush=True,
+        )
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="test", choices=["test", "validation"])
@@ -84,10 +150,10 @@ def main():
     parser.add_argument("--heads", default="all", help="'all' or indices like 0,1")
     parser.add_argument("--token-positions", default="both", choices=["both", "reading", "predicting"])
     parser.add_argument("--resize", default="squash", choices=["squash", "center-crop", "letterbox"])
-    parser.add_argument("--json", action="store_true", help="print one JSON line per mode")
+    parser.add_argument("--sweep", action="store_true", help="run the aggregation choices in SWEEP instead")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per setting")
     args = parser.parse_args()
 
-    import fiftyone as fo
     from fiftyone import ViewField as F
 
     import fiftyone_blip as fob
@@ -100,54 +166,25 @@ def main():
     try:
         fob.caption(dataset, model="shapes-tiny", progress=False)
         exact = sum(a == b for a, b in zip(*dataset.values(["caption", "gt_caption"]))) / len(dataset)
-        layers = args.layers
-        if layers not in (None, "all", "last"):
-            layers = [int(v) for v in layers.split(",")]
-        heads = args.heads if args.heads == "all" else [int(v) for v in args.heads.split(",")]
-        for mode in args.mode or ["cross-attention", "gradcam"]:
-            text = args.text or ("generated" if mode == "cross-attention" else "gt")
-            started = time.perf_counter()
-            summary = fob.heatmaps(
-                dataset,
-                mode=mode,
-                model="shapes-tiny",
-                field="hm",
-                text_field="caption" if text == "generated" else "gt_caption",
-                layers=layers,
-                heads=heads,
-                token_positions=args.token_positions,
-                resize=args.resize,
-                overwrite=True,
-                progress=False,
-            )
-            seconds = time.perf_counter() - started
-            result = {
-                "split": args.split,
-                "images": len(dataset),
-                "mode": mode,
-                "text": text,
-                "layers": args.layers,
-                "heads": args.heads,
-                "token_positions": args.token_positions if mode == "cross-attention" else None,
-                "resize": args.resize,
-                **pointing_game(dataset, "hm"),
-                "caption_exact_match": round(exact, 3),
-                "seconds": round(seconds, 1),
-                "failed": summary.failed,
-            }
-            if args.json:
-                print(json.dumps(result))
-            else:
-                print(
-                    f"{mode:<16} text={text:<9} layers={args.layers} heads={args.heads} "
-                    f"positions={result['token_positions']} resize={args.resize}: pointing {result['pointing']:.3f} "
-                    f"over {result['words']} object words (colour {result['colour_words']:.3f}, kind {result['kind_words']:.3f}); "
-                    f"{len(dataset)} images, {seconds:.1f} s"
+        variants = (
+            SWEEP
+            if args.sweep
+            else [
+                dict(
+                    mode=mode,
+                    text=args.text,
+                    layers=args.layers,
+                    heads=args.heads,
+                    token_positions=args.token_positions,
                 )
+                for mode in args.mode or ["cross-attention", "gradcam"]
+            ]
+        )
+        for variant in variants:
+            evaluate(dataset, variant, args.resize, exact, args.split, args.json)
     finally:
         dataset.delete()
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory():
-        main()
+    main()

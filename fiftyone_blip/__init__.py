@@ -232,8 +232,8 @@ def heatmaps(
         ValueError: an invalid setting, before any sample is touched.
         ModelLoadError: the model cannot be loaded.
     """
-    from fiftyone_blip import engine, images, models
     from fiftyone_blip import attention_maps as heatmap_module
+    from fiftyone_blip import engine, images, models
 
     settings = heatmap_module.HeatmapSettings(
         mode=mode, layers=layers, heads=heads, token_positions=token_positions, map_size=map_size

@@ -567,3 +567,41 @@ def write_overlays(sample, output_dir, field: str = "heatmap", alpha: float = 0.
         overlay(image, word_map, alpha).save(target)
         written.append(target)
     return written
+
+
+def data_url(image) -> str:
+    """A PIL image as a PNG data URL, for an image view in an App panel."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def word_view(sample, field: str = "heatmap", word_index: int = 0, min_side: int = 384) -> dict:
+    """What the App panel shows for one word of a sample: word, probability, overlay (data URL).
+
+    Small images are scaled up to at least `min_side` pixels so the map can be seen.
+    """
+    from PIL import Image
+
+    from fiftyone_blip.images import load_image
+
+    words, maps, probs = word_maps(sample, field)
+    index = min(max(int(word_index), 0), len(words) - 1)
+    image = load_image(sample.filepath)
+    if min(image.size) < min_side:
+        factor = min_side / min(image.size)
+        image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC)
+    match = sample.get_field(f"{field}_match") if sample.has_field(f"{field}_match") else None
+    return {
+        "words": words,
+        "index": index,
+        "word": words[index],
+        "probability": None if probs is None else float(probs[index]),
+        "match": None if match is None else float(match),
+        "text": sample.get_field(f"{field}_text") if sample.has_field(f"{field}_text") else None,
+        "map": maps[index],
+        "overlay": data_url(overlay(image, maps[index])),
+    }
