@@ -79,18 +79,13 @@ class HeatmapSettings:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.layers, str):
-            if self.layers not in ("all", "last"):
-                raise ValueError(f"`layers` must be 'all', 'last', an index or a list of indices, got {self.layers!r}")
-        elif isinstance(self.layers, int):
+        # "0,2" (from a form or a command line) means [0, 2]
+        if isinstance(self.layers, int):
             self.layers = [self.layers]
-        elif self.layers is not None:
-            self.layers = _int_list(self.layers, "layers")
-        if isinstance(self.heads, str):
-            if self.heads != "all":
-                raise ValueError(f"`heads` must be 'all' or a list of indices, got {self.heads!r}")
-        else:
-            self.heads = _int_list(self.heads, "heads")
+        elif self.layers is not None and self.layers not in ("all", "last"):
+            self.layers = _int_list(self.layers, "layers", "'all', 'last', an index or a list of indices")
+        if self.heads != "all":
+            self.heads = _int_list(self.heads, "heads", "'all' or a list of indices")
         if self.token_positions not in TOKEN_POSITIONS:
             raise ValueError(f"`token_positions` must be one of {TOKEN_POSITIONS}, got {self.token_positions!r}")
         if not isinstance(self.map_size, int) or not 8 <= self.map_size <= 1024:
@@ -124,15 +119,15 @@ class HeatmapSettings:
         return keep
 
 
-def _int_list(values, name: str) -> list[int]:
-    if isinstance(values, str):  # "0,2,3" from a form or a command line
+def _int_list(values, name: str, expected: str) -> list[int]:
+    if isinstance(values, str):
         values = [v for v in re.split(r"[,\s]+", values.strip()) if v]
     try:
         result = [int(v) for v in values]
     except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a list of integers, got {values!r}") from None
+        raise ValueError(f"`{name}` must be {expected}, got {values!r}") from None
     if not result:
-        raise ValueError(f"`{name}` must name at least one index")
+        raise ValueError(f"`{name}` must be {expected}, got none")
     return result
 
 
@@ -182,7 +177,12 @@ def _axis_weights(out_len: int, original_len: int, scale: float, offset: float, 
     original = (np.arange(out_len) + 0.5) * (original_len / out_len)
     model = original * scale + offset
     seen = (model >= 0) & (model <= size)
-    cell = np.clip(model * (grid / size) - 0.5, 0, grid - 1)
+    cell = model * (grid / size) - 0.5
+    # Beyond the outer cell centres the grid is mirrored, not clamped: a clamped
+    # edge cell would make a flat top reaching the border and shift its peak
+    # outward; mirrored, every cell peaks at its own centre.
+    cell = np.abs(cell)
+    cell = np.clip((grid - 1) - np.abs((grid - 1) - cell), 0, grid - 1)
     low = np.floor(cell).astype(int)
     high = np.minimum(low + 1, grid - 1)
     frac = cell - low

@@ -262,4 +262,4 @@ def test_operator_runs_immediately(heatmapped, plugin_installed):
         ),
     )
     result.raise_exceptions()
-    assert heatmapped.count("hm_op_words") == 3
+    assert len(heatmapped.exists("hm_op_words")) == 3
