@@ -255,10 +255,8 @@ class HeatmapMaker:
         self.heads = settings.head_indices(text_config.num_attention_heads)
         self.skip_ids = set(self.tokenizer.all_special_ids) | {self.bos, text_config.pad_token_id}
         if loaded.attention != "eager":
-            # SDPA modules return no attention weights; switch this instance back.
-            from fiftyone_blip.attention import use_eager
-
-            use_eager(self.model)
+            # SDPA modules return no attention weights (see attention.py).
+            raise ValueError("heatmaps read attention weights: load the model with attention='eager'")
 
     def generate_captions(self, pixel_values) -> list[str]:
         from fiftyone_blip.captions import Captioner, CaptionSettings
