@@ -76,6 +76,8 @@ SWEEP = [
     dict(mode="cross-attention", layers="0", heads="all", token_positions="both"),
     dict(mode="cross-attention", layers="all", heads="0,1", token_positions="both"),
     dict(mode="cross-attention", layers="all", heads="all", token_positions="both", text="gt"),
+    dict(mode="cross-attention", layers="all", heads="all", token_positions="both", normalize_heads=True),
+    dict(mode="cross-attention", layers="all", heads="0,1", token_positions="both", normalize_heads=True),
     dict(mode="gradcam", layers=None, heads="all"),
     dict(mode="gradcam", layers=None, heads="0"),
     dict(mode="gradcam", layers=None, heads="all", text="generated"),
@@ -103,6 +105,7 @@ def evaluate(dataset, variant: dict, resize: str, exact: float, split: str, as_j
         layers=layers,
         heads=heads,
         token_positions=positions,
+        normalize_heads=variant.get("normalize_heads", False),
         resize=resize,
         overwrite=True,
         progress=False,
@@ -116,6 +119,7 @@ def evaluate(dataset, variant: dict, resize: str, exact: float, split: str, as_j
         "layers": variant.get("layers"),
         "heads": variant.get("heads", "all"),
         "token_positions": positions if mode == "cross-attention" else None,
+        "normalize_heads": variant.get("normalize_heads", False),
         "resize": resize,
         **pointing_game(dataset, "hm"),
         "caption_exact_match": round(exact, 3),
@@ -127,7 +131,8 @@ def evaluate(dataset, variant: dict, resize: str, exact: float, split: str, as_j
     else:
         print(
             f"{mode:<16} text={text:<9} layers={result['layers']} heads={result['heads']} "
-            f"positions={result['token_positions']} resize={resize}: pointing {result['pointing']:.3f} "
+            f"positions={result['token_positions']} normalize_heads={result['normalize_heads']} "
+            f"resize={resize}: pointing {result['pointing']:.3f} "
             f"over {result['words']} object words (colour {result['colour_words']:.3f}, "
             f"kind {result['kind_words']:.3f}); {len(dataset)} images, {seconds:.1f} s",
             flush=True,
@@ -149,6 +154,7 @@ def main():
     parser.add_argument("--layers", default=None, help="'all', 'last' or indices like 0,1")
     parser.add_argument("--heads", default="all", help="'all' or indices like 0,1")
     parser.add_argument("--token-positions", default="both", choices=["both", "reading", "predicting"])
+    parser.add_argument("--normalize-heads", action="store_true")
     parser.add_argument("--resize", default="squash", choices=["squash", "center-crop", "letterbox"])
     parser.add_argument("--sweep", action="store_true", help="run the aggregation choices in SWEEP instead")
     parser.add_argument("--json", action="store_true", help="print one JSON line per setting")
@@ -176,6 +182,7 @@ def main():
                     layers=args.layers,
                     heads=args.heads,
                     token_positions=args.token_positions,
+                    normalize_heads=args.normalize_heads,
                 )
                 for mode in args.mode or ["cross-attention", "gradcam"]
             ]

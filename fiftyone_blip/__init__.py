@@ -168,6 +168,7 @@ def heatmaps(
     layers=None,
     heads="all",
     token_positions: str = "both",
+    normalize_heads: bool = False,
     map_size: int = 64,
     maps_dir: str | None = None,
     resize: str = "squash",
@@ -211,6 +212,8 @@ def heatmaps(
         token_positions: cross-attention: average the decoder steps that read
             a word ("reading"), that predict it ("predicting") or both
             ("both").
+        normalize_heads: standardise each head's map over the patches
+            before averaging, so diffuse and peaked heads weigh the same (False).
         map_size: long side of stored maps in pixels, 8..1024 (64).
         maps_dir: a folder for per-word PNG maps (None: stored in the sample).
         resize: "squash", "center-crop" or "letterbox" ("squash").
@@ -236,7 +239,12 @@ def heatmaps(
     from fiftyone_blip import engine, images, models
 
     settings = heatmap_module.HeatmapSettings(
-        mode=mode, layers=layers, heads=heads, token_positions=token_positions, map_size=map_size
+        mode=mode,
+        layers=layers,
+        heads=heads,
+        token_positions=token_positions,
+        normalize_heads=normalize_heads,
+        map_size=map_size,
     )
     if resize not in images.RESIZE_MODES:
         raise ValueError(f"`resize` must be one of {images.RESIZE_MODES}, got {resize!r}")

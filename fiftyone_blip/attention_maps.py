@@ -67,6 +67,8 @@ class HeatmapSettings:
         token_positions: cross-attention only: a word's map is the mean over
             the decoder steps that read its pieces ("reading"), that predict
             them ("predicting"), or both ("both").
+        normalize_heads: standardise each head's map over the patches
+            before averaging, so diffuse and peaked heads weigh the same (False).
         map_size: long side of stored maps in pixels, 8..1024 (64).
     """
 
@@ -74,6 +76,7 @@ class HeatmapSettings:
     layers: str | int | list[int] | None = None
     heads: str | list[int] = "all"
     token_positions: str = "both"
+    normalize_heads: bool = False
     map_size: int = 64
 
     def __post_init__(self):
@@ -88,6 +91,8 @@ class HeatmapSettings:
             self.heads = _int_list(self.heads, "heads", "'all' or a list of indices")
         if self.token_positions not in TOKEN_POSITIONS:
             raise ValueError(f"`token_positions` must be one of {TOKEN_POSITIONS}, got {self.token_positions!r}")
+        if not isinstance(self.normalize_heads, bool):
+            raise ValueError(f"`normalize_heads` must be True or False, got {self.normalize_heads!r}")
         if not isinstance(self.map_size, int) or not 8 <= self.map_size <= 1024:
             raise ValueError(f"`map_size` must be in 8..1024, got {self.map_size!r}")
 
@@ -272,7 +277,7 @@ class HeatmapMaker:
             attention, extras = self._cross_attention(pixel_values, input_ids, attention_mask)
         else:
             attention, extras = self._gradcam(pixel_values, input_ids, attention_mask)
-        attention = attention[..., 1:].float().cpu().numpy()  # drop the image CLS key: (batch, tokens, patches)
+        attention = attention.float().cpu().numpy()  # (batch, tokens, patches)
         results = []
         for b in range(len(texts)):
             length = int(attention_mask[b].sum())
@@ -307,9 +312,18 @@ class HeatmapMaker:
         return predicting if self.settings.token_positions == "predicting" else predicting | set(places)
 
     def _select(self, per_layer):
-        """Mean over the chosen layers and heads of (batch, heads, tokens, keys) tensors."""
-        stacked = self.torch.stack([per_layer[i] for i in self.layers])  # (layers, batch, heads, tokens, keys)
-        return stacked[:, :, self.heads].mean(dim=(0, 2))
+        """Mean over the chosen layers and heads of (batch, heads, tokens, 1 + patches) tensors.
+
+        The image CLS key is dropped. With `normalize_heads`, each head's map
+        is first standardised over the patches (zero mean, unit variance), so
+        that diffuse and peaked heads weigh the same.
+        """
+        stacked = self.torch.stack(list(per_layer))[:, :, self.heads, :, 1:].float()
+        if self.settings.normalize_heads:
+            mean = stacked.mean(-1, keepdim=True)
+            std = stacked.std(-1, keepdim=True).clamp(min=1e-12)
+            stacked = (stacked - mean) / std
+        return stacked.mean(dim=(0, 2))
 
     def _cross_attention(self, pixel_values, input_ids, attention_mask):
         torch = self.torch
@@ -326,7 +340,7 @@ class HeatmapMaker:
             )
             if not out.cross_attentions or out.cross_attentions[0] is None:
                 raise RuntimeError("the model returned no cross-attentions; load it with attention='eager'")
-            attention = self._select(out.cross_attentions)
+            attention = self._select([out.cross_attentions[i] for i in self.layers])
             # log p(token at t + 1 | steps up to t): teacher forcing scores only the token that follows
             next_logprobs = (
                 out.logits.float().log_softmax(-1).gather(-1, input_ids.roll(-1, dims=1).unsqueeze(-1)).squeeze(-1)
@@ -352,7 +366,7 @@ class HeatmapMaker:
             # Each image's logit depends only on its own row, so one backward pass serves the batch.
             grads = torch.autograd.grad(itm[:, 1].sum(), chosen)
         cams = [(a.detach() * g.clamp(min=0)) for a, g in zip(chosen, grads)]
-        cam = torch.stack(cams)[:, :, self.heads].mean(dim=(0, 2))
+        cam = self._select(cams)
         cam = cam * attention_mask[:, :, None]  # padding rows carry nothing
         match = itm.detach().float().softmax(-1)[:, 1].cpu().numpy()
         return cam, match

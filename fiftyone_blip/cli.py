@@ -242,6 +242,7 @@ def _index_list(value: str | None):
     show_default=True,
     help="cross-attention: the decoder steps that read a word, predict it, or both.",
 )
+@click.option("--normalize-heads", is_flag=True, help="Standardise each head's map before averaging.")
 @click.option("--map-size", type=int, default=64, show_default=True, help="Long side of stored maps, pixels.")
 @click.option("--maps-dir", default=None, help="Store per-word maps as PNG files here instead of in the samples.")
 @click.option(

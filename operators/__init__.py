@@ -227,6 +227,7 @@ def _heatmap_options(params):
         layers=layers,
         heads=heads,
         token_positions=params.get("token_positions", "both"),
+        normalize_heads=params.get("normalize_heads", False),
         map_size=params.get("map_size", 64),
         maps_dir=params.get("maps_dir") or None,
         resize=params.get("resize", "squash"),
@@ -273,6 +274,7 @@ class ComputeHeatmaps(foo.Operator):
         inputs.str("heads", label="Heads", default="all", description="all or indices like 0,1")
         if mode == "cross-attention":
             _dropdown(inputs, "token_positions", "Word steps", _TOKEN_POSITION_LABELS, default="both")
+        inputs.bool("normalize_heads", label="Standardise each head's map before averaging", default=False)
         inputs.int("map_size", label="Map size (long side, pixels)", default=64, min=8, max=1024)
         inputs.str(
             "maps_dir", label="Folder for per-word PNG maps", required=False, description="empty: in the samples"
@@ -293,6 +295,7 @@ class ComputeHeatmaps(foo.Operator):
                 layers=options["layers"],
                 heads=options["heads"],
                 token_positions=options["token_positions"],
+                normalize_heads=options["normalize_heads"],
                 map_size=options["map_size"],
             )
             engine.check_run_options(options["field"], options["batch_size"], options["shard"])
