@@ -283,6 +283,7 @@ def heatmaps_command(dataset, view_name, workers, quiet, generate, layers, heads
         fiftyone-blip heatmaps my-dataset --generate -f heatmap_generated
         fiftyone-blip heatmaps my-dataset --mode gradcam -t "a dog on a beach" -f gradcam_dog
         fiftyone-blip heatmaps my-dataset --layers last --heads 0,3 --resize letterbox
+        fiftyone-blip heatmaps shapes-demo -m shapes-tiny --heads 0,1 --normalize-heads
     """
     import fiftyone_blip
 
