@@ -153,6 +153,135 @@ def load_shapes_dataset(name: str = "shapes-demo", count: int = 200, split: str 
     return shapes.load_dataset(name=name, count=count, split=split, **kwargs)
 
 
+# ---- heatmaps: where the model looked, per caption word ----
+
+__all__ += ["heatmaps", "write_heatmap_overlays"]
+
+
+def heatmaps(
+    samples,
+    mode: str = "cross-attention",
+    model: str | None = None,
+    field: str = "heatmap",
+    text_field: str | None = "caption",
+    text: str | None = None,
+    layers=None,
+    heads="all",
+    token_positions: str = "both",
+    normalize_heads: bool = False,
+    map_size: int = 64,
+    maps_dir: str | None = None,
+    resize: str = "squash",
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "auto",
+    num_workers: int | None = None,
+    shard: str | None = None,
+    overwrite: bool = False,
+    progress=True,
+):
+    """Computes where BLIP looked for each word of a caption (or any text), per image.
+
+    Writes `field` (an `fo.Heatmap` of the whole text, which the App overlays
+    on the image), `{field}_words` (the words; word pieces merged),
+    `{field}_maps` (a uint8 array of per-word maps) or, with `maps_dir`,
+    `{field}_map_paths` (one PNG per word), `{field}_text` (the text),
+    `{field}_probs` (cross-attention: each word's probability under the
+    captioner) or `{field}_match` (gradcam: the ITM match probability), and
+    `{field}_error` / `{field}_run`. Every map is mapped back onto the
+    original image, whatever the resize mode.
+
+    Args:
+        samples: a FiftyOne dataset or view. With `text_field`, only samples
+            that hold a text there are processed.
+        mode: "cross-attention" (a teacher-forced pass of the captioner's
+            decoder) or "gradcam" (gradient x cross-attention of the
+            matcher's ITM head, as in BLIP's Grad-CAM) ("cross-attention").
+        model: a hub id, a local directory or "shapes-tiny" (None:
+            Salesforce's captioning base model for cross-attention, its ITM
+            base model for gradcam).
+        field: the heatmap field ("heatmap").
+        text_field: the field holding each sample's text ("caption"). With
+            None and no `text`, cross-attention mode captions each image
+            itself (greedy) and explains that caption.
+        text: one text for every image, e.g. a query (None).
+        layers: "all", "last", an index or a list of indices of the text
+            layers to average (None: all for cross-attention; for gradcam two
+            thirds of the depth, at most the last but one).
+        heads: "all" or a list of attention heads to average ("all").
+        token_positions: cross-attention: average the decoder steps that read
+            a word ("reading"), that predict it ("predicting") or both
+            ("both").
+        normalize_heads: standardise each head's map over the patches
+            before averaging, so diffuse and peaked heads weigh the same (False).
+        map_size: long side of stored maps in pixels, 8..1024 (64).
+        maps_dir: a folder for per-word PNG maps (None: stored in the sample).
+        resize: "squash", "center-crop" or "letterbox" ("squash").
+        batch_size: images per model step (8).
+        device: "auto", "cpu", "cuda" or "mps" ("auto").
+        dtype: "auto", "float32", "bfloat16", "float16"; "int8" for
+            cross-attention only ("auto").
+        num_workers: decode threads, 0 for inline (None: one per core, at
+            most 8).
+        shard: "I/N" to process only shard I of N.
+        overwrite: recompute samples already done with these settings.
+        progress: True for a progress bar, False for none, or a callable
+            `progress(done, total)`.
+
+    Returns:
+        an `engine.RunSummary`.
+
+    Raises:
+        ValueError: an invalid setting, before any sample is touched.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from fiftyone_blip import attention_maps as heatmap_module
+    from fiftyone_blip import engine, images, models
+
+    settings = heatmap_module.HeatmapSettings(
+        mode=mode,
+        layers=layers,
+        heads=heads,
+        token_positions=token_positions,
+        normalize_heads=normalize_heads,
+        map_size=map_size,
+    )
+    if resize not in images.RESIZE_MODES:
+        raise ValueError(f"`resize` must be one of {images.RESIZE_MODES}, got {resize!r}")
+    engine.check_run_options(field, batch_size, shard)
+    if text is None and text_field is not None:
+        engine.check_field_name(text_field)
+        if text_field not in samples._dataset.get_field_schema():
+            raise ValueError(f"`text_field` {text_field!r} is not a field of the dataset: caption the samples first")
+        samples = samples.exists(text_field)
+    loaded = models.load_model(
+        model, task=heatmap_module.MODE_TASKS[mode], device=device, dtype=dtype, attention="eager"
+    )
+    task = heatmap_module.heatmap_task(
+        loaded, settings, field=field, text_field=text_field, text=text, resize=resize, maps_dir=maps_dir
+    )
+    heatmap_module.declare_fields(samples._dataset, field, mode, maps_dir)
+    return engine.run(
+        samples,
+        task,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def write_heatmap_overlays(sample, output_dir: str, field: str = "heatmap", alpha: float = 0.5) -> list:
+    """Writes a sample's image with each word's map over it, one PNG per word, for a report.
+
+    Also writes `caption.png` (the whole caption's map). Returns the paths.
+    """
+    from fiftyone_blip import attention_maps as heatmap_module
+
+    return heatmap_module.write_overlays(sample, output_dir, field=field, alpha=alpha)
+
+
 def __getattr__(name):
     # Error types resolve lazily so that `import fiftyone_blip` stays cheap.
     if name == "ModelLoadError":

@@ -201,5 +201,137 @@ def demo(count, name):
     demo_module.run(name=name, count=count, echo=click.echo)
 
 
+# ---- heatmaps: where the model looked, per caption word ----
+
+
+def _index_list(value: str | None):
+    """'all' / 'last' / '0,2' from the command line -> what the SDK takes."""
+    if value is None or value in ("all", "last"):
+        return value
+    try:
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected 'all', 'last' or indices like 0,2, got {value!r}") from None
+
+
+@main.command("heatmaps")
+@click.argument("dataset")
+@click.option(
+    "--mode",
+    type=click.Choice(["cross-attention", "gradcam"]),
+    default="cross-attention",
+    show_default=True,
+    help="cross-attention: the captioner's decoder; gradcam: gradient x cross-attention of the ITM head.",
+)
+@click.option(
+    "-m",
+    "--model",
+    default=None,
+    help="Hub id, local directory or 'shapes-tiny'. [default: Salesforce's captioning or ITM base model]",
+)
+@click.option("-f", "--field", default="heatmap", show_default=True, help="Field for the caption heatmap.")
+@click.option("--text-field", default="caption", show_default=True, help="Field holding the text to explain.")
+@click.option("-t", "--text", default=None, help="One text (e.g. a query) to explain on every image.")
+@click.option("--generate", is_flag=True, help="cross-attention: caption each image first and explain that caption.")
+@click.option("--layers", default=None, help="'all', 'last' or indices like 0,1. [default: depends on the mode]")
+@click.option("--heads", default="all", show_default=True, help="'all' or indices like 0,1.")
+@click.option(
+    "--token-positions",
+    type=click.Choice(["both", "reading", "predicting"]),
+    default="both",
+    show_default=True,
+    help="cross-attention: the decoder steps that read a word, predict it, or both.",
+)
+@click.option("--normalize-heads", is_flag=True, help="Standardise each head's map before averaging.")
+@click.option("--map-size", type=int, default=64, show_default=True, help="Long side of stored maps, pixels.")
+@click.option("--maps-dir", default=None, help="Store per-word maps as PNG files here instead of in the samples.")
+@click.option(
+    "--resize", type=click.Choice(["squash", "center-crop", "letterbox"]), default="squash", show_default=True
+)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    envvar="FIFTYONE_BLIP_DEVICE",
+    show_default=True,
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--workers", type=int, default=None, help="Decode threads, 0 for inline.")
+@click.option("--shard", default=None, help="Only shard I of N, as I/N.")
+@click.option("--view", "view_name", default=None, help="A saved view of the dataset.")
+@click.option("--overwrite", is_flag=True, help="Recompute samples already done with these settings.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@translate_errors
+def heatmaps_command(dataset, view_name, workers, quiet, generate, layers, heads, text_field, **options):
+    """Compute where BLIP looked for each caption word of DATASET's images.
+
+    Writes FIELD (a heatmap of the whole caption, shown over the image in the
+    App), FIELD_words, FIELD_maps (one map per word) or FIELD_map_paths (with
+    --maps-dir), FIELD_text, FIELD_probs (cross-attention) or FIELD_match
+    (gradcam), FIELD_error and FIELD_run. Open a sample in the App and use the
+    "BLIP word heatmaps" panel to see each word's map.
+
+    \b
+    Examples:
+        fiftyone-blip heatmaps my-dataset                      # explains the `caption` field
+        fiftyone-blip heatmaps my-dataset --generate -f heatmap_generated
+        fiftyone-blip heatmaps my-dataset --mode gradcam -t "a dog on a beach" -f gradcam_dog
+        fiftyone-blip heatmaps my-dataset --layers last --heads 0,3 --resize letterbox
+        fiftyone-blip heatmaps shapes-demo -m shapes-tiny --heads 0,1 --normalize-heads
+    """
+    import fiftyone_blip
+
+    samples = load_samples(dataset, view_name)
+    summary = fiftyone_blip.heatmaps(
+        samples,
+        text_field=None if generate else text_field,
+        layers=_index_list(layers),
+        heads=_index_list(heads),
+        num_workers=workers,
+        progress=not quiet,
+        **options,
+    )
+    click.echo(str(summary))
+
+
+@main.command("heatmap-overlays")
+@click.argument("dataset")
+@click.argument("output_dir")
+@click.option("--sample-id", default=None, help="The sample to draw. [default: the first one with heatmaps]")
+@click.option("-f", "--field", default="heatmap", show_default=True, help="The heatmap field.")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Opacity of the map over the image.")
+@translate_errors
+def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
+    """Write one sample's per-word heatmap overlays as PNG files into OUTPUT_DIR, for a report.
+
+    One file per caption word (NNN-word.png) and caption.png for the whole caption.
+
+    \b
+    Example:
+        fiftyone-blip heatmap-overlays my-dataset report/ --sample-id 65a1...
+    """
+    import fiftyone_blip
+
+    samples = load_samples(dataset)
+    if sample_id is None:
+        done = samples.exists(f"{field}_words")
+        if len(done) == 0:
+            raise click.ClickException(f"no sample of {dataset!r} has heatmaps in field {field!r}")
+        sample = done.first()
+    else:
+        try:
+            sample = samples[sample_id]
+        except (KeyError, ValueError):
+            raise click.ClickException(f"dataset {dataset!r} has no sample {sample_id!r}") from None
+    paths = fiftyone_blip.write_heatmap_overlays(sample, output_dir, field=field, alpha=alpha)
+    click.echo(f"{len(paths)} overlays of sample {sample.id} ({sample[f'{field}_text']!r}) written to {output_dir}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,6 +54,8 @@ class Task:
         prepare: file path -> model input (runs in decode threads; raises
             `images.ImageDecodeError` for a bad file).
         step: list of inputs -> list of {field: value} (runs on the model).
+        reads: sample fields `prepare` needs beside the file path (e.g. the
+            caption a heatmap explains); with any, `prepare(path, *values)`.
     """
 
     capability: str
@@ -63,6 +65,7 @@ class Task:
     identity: dict
     prepare: Callable[[str], Any]
     step: Callable[[list], list[dict]]
+    reads: tuple[str, ...] = ()
 
     @property
     def error_field(self) -> str:
@@ -374,7 +377,12 @@ def run(
 
     _declare_fields(dataset, task)
     fingerprint = task.fingerprint
-    ids, paths = samples.values(["id", "filepath"])
+    ids, paths, *read_values = samples.values(["id", "filepath", *task.reads])
+    prepare = task.prepare
+    if task.reads:
+        # each item carries its sample's values; prepare gets them after the path
+        paths = list(zip(paths, *read_values))
+        prepare = lambda item: task.prepare(*item)  # noqa: E731
     done_ids: set[str] = set()
     if not overwrite:
         from fiftyone import ViewField as F
@@ -456,7 +464,7 @@ def run(
     try:
         batch: list = []
         window = max(2 * batch_size, 4 * workers)
-        for entry in _decoded_in_order(items, task.prepare, workers, window):
+        for entry in _decoded_in_order(items, prepare, workers, window):
             batch.append(entry)
             if len(batch) == batch_size:
                 emit(batch)

@@ -189,5 +189,227 @@ class CaptionSamples(foo.Operator):
             yield ctx.trigger("notify", dict(message=f"BLIP captions: {summary}", variant="success"))
 
 
+# ---- heatmaps: where the model looked, per caption word ----
+
+_HEATMAP_MODE_LABELS = {
+    "cross-attention": "Cross-attention (captioner decoder, with word probabilities)",
+    "gradcam": "Grad-CAM (ITM head; any text)",
+}
+_TOKEN_POSITION_LABELS = {
+    "both": "Steps that read and that predict the word",
+    "reading": "Steps that read the word",
+    "predicting": "Steps that predict the word",
+}
+
+
+def _default_heatmap_model(ctx, mode):
+    if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
+        return "shapes-tiny"
+    return models.DEFAULT_MODELS["caption" if mode == "cross-attention" else "match"]
+
+
+def _heatmap_options(params):
+    """The SDK keyword arguments a heatmap form stands for (checked by the library)."""
+    mode = params.get("mode", "cross-attention")
+    source = params.get("text_source", "field")
+    layers = (params.get("layers") or "").strip() or None
+    if layers not in (None, "all", "last"):
+        layers = [int(v) for v in layers.replace(" ", "").split(",") if v]
+    heads = (params.get("heads") or "all").strip()
+    if heads != "all":
+        heads = [int(v) for v in heads.replace(" ", "").split(",") if v]
+    return dict(
+        mode=mode,
+        model=params.get("model") or None,
+        field=params.get("field", "heatmap"),
+        text_field=params.get("text_field", "caption") if source == "field" else None,
+        text=(params.get("text") or None) if source == "text" else None,
+        layers=layers,
+        heads=heads,
+        token_positions=params.get("token_positions", "both"),
+        normalize_heads=params.get("normalize_heads", False),
+        map_size=params.get("map_size", 64),
+        maps_dir=params.get("maps_dir") or None,
+        resize=params.get("resize", "squash"),
+        batch_size=params.get("batch_size", 8),
+        device=params.get("device", "auto"),
+        dtype=params.get("dtype", "auto"),
+        shard=params.get("shard") or None,
+        overwrite=params.get("overwrite", False),
+    )
+
+
+class ComputeHeatmaps(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_heatmaps",
+            label="BLIP: word heatmaps",
+            description="Where BLIP looked for each caption word: a caption heatmap and one map per word",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        _dropdown(inputs, "mode", "Mode", _HEATMAP_MODE_LABELS, default="cross-attention")
+        mode = ctx.params.get("mode", "cross-attention")
+        inputs.str("model", label="Model", default=_default_heatmap_model(ctx, mode), required=True)
+        inputs.str("field", label="Heatmap field", default="heatmap", required=True)
+        sources = {"field": "A text field of each sample", "text": "One text for every image (a query)"}
+        if mode == "cross-attention":
+            sources["generate"] = "Caption each image first"
+        _dropdown(inputs, "text_source", "Text to explain", sources, default="field")
+        source = ctx.params.get("text_source", "field")
+        if source == "field":
+            inputs.str("text_field", label="Text field", default="caption", required=True)
+        elif source == "text":
+            inputs.str("text", label="Text", required=True, description="e.g. a red circle on the left")
+        inputs.str(
+            "layers", label="Layers", required=False, description="all, last or indices like 0,1 (empty: the default)"
+        )
+        inputs.str("heads", label="Heads", default="all", description="all or indices like 0,1")
+        if mode == "cross-attention":
+            _dropdown(inputs, "token_positions", "Word steps", _TOKEN_POSITION_LABELS, default="both")
+        inputs.bool("normalize_heads", label="Standardise each head's map before averaging", default=False)
+        inputs.int("map_size", label="Map size (long side, pixels)", default=64, min=8, max=1024)
+        inputs.str(
+            "maps_dir", label="Folder for per-word PNG maps", required=False, description="empty: in the samples"
+        )
+        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
+        inputs.int("batch_size", label="Batch size", default=8, min=1, max=1024)
+        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
+        _dropdown(inputs, "dtype", "Precision", {d: d for d in models.DTYPES}, default="auto")
+        inputs.str("shard", label="Shard (I/N)", required=False)
+        inputs.bool("overwrite", label="Recompute samples already done", default=False)
+
+        try:
+            from fiftyone_blip import attention_maps
+
+            options = _heatmap_options(ctx.params)
+            attention_maps.HeatmapSettings(
+                mode=options["mode"],
+                layers=options["layers"],
+                heads=options["heads"],
+                token_positions=options["token_positions"],
+                normalize_heads=options["normalize_heads"],
+                map_size=options["map_size"],
+            )
+            engine.check_run_options(options["field"], options["batch_size"], options["shard"])
+        except ValueError as error:
+            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
+            prop.invalid = True
+            prop.error_message = str(error)
+        return types.Property(inputs, view=types.View(label="BLIP: word heatmaps"))
+
+    def execute(self, ctx):
+        options = _heatmap_options(ctx.params)
+        view = ctx.target_view()
+
+        def work(progress):
+            return fiftyone_blip.heatmaps(view, progress=progress, **options)
+
+        summary = yield from _run_with_progress(ctx, work)
+        if not ctx.delegated:
+            yield ctx.trigger("reload_dataset")
+            yield ctx.trigger("notify", dict(message=f"BLIP heatmaps: {summary}", variant="success"))
+
+
+class WordHeatmapsPanel(foo.Panel):
+    """Sample modal panel: pick a caption word, see its map over the image and its probability.
+
+    It only reads maps the heatmap operator stored; it never runs a model.
+    """
+
+    @property
+    def config(self):
+        return foo.PanelConfig(
+            name="word_heatmaps",
+            label="BLIP word heatmaps",
+            surfaces="modal",
+            icon="local_fire_department",
+            help_markdown="Pick a word of the caption to see where BLIP looked for it. "
+            "Compute maps first with the **BLIP: word heatmaps** operator.",
+        )
+
+    def on_load(self, ctx):
+        self._show(ctx)
+
+    def on_change_current_sample(self, ctx):
+        self._show(ctx)
+
+    def on_change_field(self, ctx):
+        ctx.panel.state.field = ctx.params.get("value")
+        ctx.panel.state.word = "0"
+        self._show(ctx)
+
+    def on_change_word(self, ctx):
+        ctx.panel.state.word = ctx.params.get("value")
+        self._show(ctx)
+
+    def _show(self, ctx):
+        """Puts the chosen word's overlay and probability into the panel's state and data."""
+        from fiftyone_blip import attention_maps
+
+        state = ctx.panel.state
+        fields = attention_maps.heatmap_fields(ctx.dataset) if ctx.dataset is not None else []
+        state.fields = fields
+        state.message = None
+        if not fields:
+            state.message = "No word heatmaps on this dataset yet: run the **BLIP: word heatmaps** operator."
+            return
+        if state.field not in fields:
+            state.field = fields[0]
+        if not ctx.current_sample:
+            state.message = "Open a sample to see its word heatmaps."
+            return
+        sample = ctx.dataset[ctx.current_sample]
+        try:
+            shown = attention_maps.word_view(sample, state.field, int(state.word or 0))
+        except ValueError as error:
+            state.message = f"{error}. Run the **BLIP: word heatmaps** operator on this sample."
+            return
+        state.words = shown["words"]
+        state.word = str(shown["index"])
+        state.caption = shown["text"]
+        if shown["probability"] is not None:
+            state.score = f"**{shown['word']}**: probability {shown['probability']:.3f} under the captioner"
+        elif shown["match"] is not None:
+            state.score = f"**{shown['word']}** (Grad-CAM); image-text match probability {shown['match']:.3f}"
+        else:
+            state.score = f"**{shown['word']}**"
+        ctx.panel.data.overlay = shown["overlay"]
+
+    def render(self, ctx):
+        state = ctx.panel.state
+        panel = types.Object()
+        if state.message:
+            panel.md(state.message, name="message")
+            return types.Property(panel, view=types.GridView(orientation="vertical"))
+        fields = state.fields or []
+        if len(fields) > 1:
+            field_view = types.DropdownView(label="Heatmap field")
+            for name in fields:
+                field_view.add_choice(name, label=name)
+            panel.enum(
+                "field", field_view.values(), default=state.field, view=field_view, on_change=self.on_change_field
+            )
+        words = state.words or []
+        word_view = types.DropdownView(label="Word")
+        for i, word in enumerate(words):
+            word_view.add_choice(str(i), label=f"{i + 1}. {word}")
+        panel.enum("word", word_view.values(), default=state.word or "0", view=word_view, on_change=self.on_change_word)
+        if state.caption:
+            panel.md(f"*{state.caption}*", name="caption")
+        panel.md(state.score or "", name="score")
+        panel.img("overlay", alt_text="the word's map over the image", width="100%")
+        return types.Property(panel, view=types.GridView(orientation="vertical"))
+
+
 def register(p):
     p.register(CaptionSamples)
+    p.register(ComputeHeatmaps)
+    p.register(WordHeatmapsPanel)

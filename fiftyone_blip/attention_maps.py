@@ -1,0 +1,619 @@
+"""Where BLIP looked: one heatmap per caption word, and one for the whole caption.
+
+(The SDK function is `fiftyone_blip.heatmaps`; this module is not named
+`heatmaps` because importing it would replace that function on the package.)
+
+Two modes:
+
+- "cross-attention": one teacher-forced pass of the captioner's text decoder
+  over the caption (`generate` returns no cross-attentions for BLIP), with
+  attention outputs; heads and layers are averaged over a chosen set. A word's
+  map is the mean over the decoder steps that read its word pieces and/or the
+  steps that predict them (`token_positions`). Each word also gets its
+  probability under the model (the product of its pieces' probabilities).
+- "gradcam": BLIP's own Grad-CAM, for any text (a caption or a query): the
+  gradient of the ITM head's match logit with respect to the cross-attention
+  probabilities of one text-encoder layer, clamped at zero, times those
+  probabilities, averaged over heads.
+
+Maps come out on the model's patch grid (image_size // patch_size, read from
+the config) and are mapped back onto the original image through the resize
+`Geometry`, so an overlay lines up whatever the resize mode: with
+center-crop, parts the model never saw are zero; with letterbox, the padding
+is dropped. Stored maps are uint8 (0..255, each map scaled to its own range)
+with the long side `map_size` pixels and the image's aspect.
+
+`heatmap_task` turns a loaded model and `HeatmapSettings` into an engine
+`Task` that writes, per sample (`F` is the field):
+
+- `F`: an `fo.Heatmap` of the whole caption, which the App overlays;
+- `F_words`: the caption's words (word pieces merged; punctuation dropped);
+- `F_maps`: a uint8 array (words, height, width) of per-word maps, or, with
+  `maps_dir`, `F_map_paths`: one greyscale PNG file per word;
+- `F_text`: the text the maps explain;
+- `F_probs` (cross-attention): each word's probability under the captioner;
+  `F_match` (gradcam): the ITM match probability of image and text;
+- `F_error` / `F_run`: written by the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("cross-attention", "gradcam")
+TOKEN_POSITIONS = ("both", "reading", "predicting")
+MODE_TASKS = {"cross-attention": "caption", "gradcam": "match"}
+_WORDLIKE = re.compile(r"\w")
+
+
+@dataclasses.dataclass
+class HeatmapSettings:
+    """How heatmaps are computed and stored.
+
+    Attributes:
+        mode: "cross-attention" (the captioner's decoder) or "gradcam" (the
+            matcher's ITM head) ("cross-attention").
+        layers: which text layers to use: "all", "last", an index or a list
+            of indices (None: "all" for cross-attention; for gradcam the layer
+            at two thirds of the depth, but at most the last but one, whose
+            word tokens still reach the match logit: layer 8 of 12 for
+            BLIP-base, as in BLIP's own Grad-CAM).
+        heads: "all" or a list of head indices to average ("all").
+        token_positions: cross-attention only: a word's map is the mean over
+            the decoder steps that read its pieces ("reading"), that predict
+            them ("predicting"), or both ("both").
+        normalize_heads: standardise each head's map over the patches
+            before averaging, so diffuse and peaked heads weigh the same (False).
+        map_size: long side of stored maps in pixels, 8..1024 (64).
+    """
+
+    mode: str = "cross-attention"
+    layers: str | int | list[int] | None = None
+    heads: str | list[int] = "all"
+    token_positions: str = "both"
+    normalize_heads: bool = False
+    map_size: int = 64
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
+        # "0,2" (from a form or a command line) means [0, 2]
+        if isinstance(self.layers, int):
+            self.layers = [self.layers]
+        elif self.layers is not None and self.layers not in ("all", "last"):
+            self.layers = _int_list(self.layers, "layers", "'all', 'last', an index or a list of indices")
+        if self.heads != "all":
+            self.heads = _int_list(self.heads, "heads", "'all' or a list of indices")
+        if self.token_positions not in TOKEN_POSITIONS:
+            raise ValueError(f"`token_positions` must be one of {TOKEN_POSITIONS}, got {self.token_positions!r}")
+        if not isinstance(self.normalize_heads, bool):
+            raise ValueError(f"`normalize_heads` must be True or False, got {self.normalize_heads!r}")
+        if not isinstance(self.map_size, int) or not 8 <= self.map_size <= 1024:
+            raise ValueError(f"`map_size` must be in 8..1024, got {self.map_size!r}")
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The layers to use for a text model of `num_layers` layers."""
+        if self.layers == "all" or (self.layers is None and self.mode == "cross-attention"):
+            return list(range(num_layers))
+        if self.layers == "last":
+            return [num_layers - 1]
+        if self.layers is None:
+            return [default_gradcam_layer(num_layers)]
+        for index in self.layers:
+            if not -num_layers <= index < num_layers:
+                raise ValueError(f"`layers` index {index} is out of range for a {num_layers}-layer text model")
+        return sorted({index % num_layers for index in self.layers})
+
+    def head_indices(self, num_heads: int) -> list[int]:
+        if self.heads == "all":
+            return list(range(num_heads))
+        for index in self.heads:
+            if not 0 <= index < num_heads:
+                raise ValueError(f"`heads` index {index} is out of range for {num_heads} attention heads")
+        return sorted(set(self.heads))
+
+    def as_dict(self) -> dict:
+        keep = dataclasses.asdict(self)
+        if self.mode == "gradcam":
+            keep.pop("token_positions")
+        return keep
+
+
+def _int_list(values, name: str, expected: str) -> list[int]:
+    if isinstance(values, str):
+        values = [v for v in re.split(r"[,\s]+", values.strip()) if v]
+    try:
+        result = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be {expected}, got {values!r}") from None
+    if not result:
+        raise ValueError(f"`{name}` must be {expected}, got none")
+    return result
+
+
+def default_gradcam_layer(num_layers: int) -> int:
+    """Two thirds of the depth (8 of 12, as in BLIP's Grad-CAM), at most the last but one.
+
+    The last layer's word tokens do not reach the match logit, which reads
+    only the first token's output: their gradient is zero there.
+    """
+    return max(0, min(round(num_layers * 2 / 3), num_layers - 2))
+
+
+def merge_word_pieces(tokens: list[str], positions: list[int]) -> list[tuple[str, list[int]]]:
+    """Groups WordPiece tokens into words: [(word, [positions of its pieces])].
+
+    A piece starting with "##" continues the word before it. Words with no
+    letter or digit (punctuation) are dropped.
+    """
+    words: list[tuple[str, list[int]]] = []
+    for token, position in zip(tokens, positions):
+        if token.startswith("##") and words:
+            word, places = words[-1]
+            words[-1] = (word + token[2:], places + [position])
+        else:
+            words.append((token, [position]))
+    return [(word, places) for word, places in words if _WORDLIKE.search(word)]
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def map_shape(width: int, height: int, map_size: int) -> tuple[int, int]:
+    """(width, height) of a stored map: long side `map_size`, the image's aspect."""
+    if width >= height:
+        return map_size, max(1, round(map_size * height / width))
+    return max(1, round(map_size * width / height)), map_size
+
+
+def _axis_weights(out_len: int, original_len: int, scale: float, offset: float, size: int, grid: int) -> np.ndarray:
+    """(out_len, grid) bilinear weights from grid cells to output pixels along one axis.
+
+    Output pixel i covers original coordinate (i + 0.5) * original_len / out_len,
+    which the model saw at `coordinate * scale + offset` of its `size` input;
+    grid cell j is centred at (j + 0.5) * size / grid. Pixels the model never
+    saw (outside its input after a center crop) get no weight.
+    """
+    original = (np.arange(out_len) + 0.5) * (original_len / out_len)
+    model = original * scale + offset
+    seen = (model >= 0) & (model <= size)
+    cell = model * (grid / size) - 0.5
+    # Beyond the outer cell centres the grid is mirrored, not clamped: a clamped
+    # edge cell would make a flat top reaching the border and shift its peak
+    # outward; mirrored, every cell peaks at its own centre.
+    cell = np.abs(cell)
+    cell = np.clip((grid - 1) - np.abs((grid - 1) - cell), 0, grid - 1)
+    low = np.floor(cell).astype(int)
+    high = np.minimum(low + 1, grid - 1)
+    frac = cell - low
+    weights = np.zeros((out_len, grid))
+    rows = np.arange(out_len)
+    np.add.at(weights, (rows, low), 1 - frac)
+    np.add.at(weights, (rows, high), frac)
+    weights[~seen] = 0
+    return weights
+
+
+def grid_to_image(grid_maps: np.ndarray, geometry, map_size: int) -> np.ndarray:
+    """Maps (..., grid, grid) maps over the model input onto the original image.
+
+    Returns (..., height, width) float maps with the image's aspect and long
+    side `map_size`: the overlay the App stretches over the whole image.
+    """
+    grid = grid_maps.shape[-1]
+    out_w, out_h = map_shape(geometry.width, geometry.height, map_size)
+    wx = _axis_weights(out_w, geometry.width, geometry.scale_x, geometry.offset_x, geometry.size, grid)
+    wy = _axis_weights(out_h, geometry.height, geometry.scale_y, geometry.offset_y, geometry.size, grid)
+    return wy @ grid_maps @ wx.T
+
+
+def to_uint8(maps: np.ndarray) -> np.ndarray:
+    """Scales each map (over its last two axes) to 0..255."""
+    maps = np.asarray(maps, dtype=np.float64)
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    high = maps.max(axis=(-2, -1), keepdims=True)
+    scaled = (maps - low) / np.where(high > low, high - low, 1.0)
+    return np.rint(scaled * 255).astype(np.uint8)
+
+
+def peak(map2d: np.ndarray, width: int, height: int) -> tuple[float, float]:
+    """Where a stored map is highest, in original image pixels (x, y).
+
+    Ties (a flat top, common after uint8 scaling) resolve to their centroid.
+    """
+    map2d = np.asarray(map2d, dtype=np.float64)
+    rows, cols = np.nonzero(map2d >= map2d.max() - 1e-9)
+    h, w = map2d.shape
+    return (cols.mean() + 0.5) * width / w, (rows.mean() + 0.5) * height / h
+
+
+# ---------------------------------------------------------------- models
+
+
+class HeatmapMaker:
+    """Computes per-word maps on the patch grid for batches of images and texts."""
+
+    def __init__(self, loaded, settings: HeatmapSettings):
+        import torch
+
+        if loaded.task != MODE_TASKS[settings.mode]:
+            raise ValueError(
+                f"mode {settings.mode!r} needs a {MODE_TASKS[settings.mode]!r} model, got a {loaded.task!r} model"
+            )
+        if settings.mode == "gradcam" and loaded.dtype == "int8":
+            raise ValueError("`dtype` 'int8' has no gradients: gradcam needs float32, bfloat16 or float16")
+        self.torch = torch
+        self.loaded = loaded
+        self.settings = settings
+        self.model = loaded.model
+        self.tokenizer = loaded.processor.tokenizer
+        self.device = loaded.device
+        self.grid = loaded.grid_size
+        text_config = self.model.config.text_config
+        self.bos = text_config.bos_token_id
+        self.layers = settings.layer_indices(text_config.num_hidden_layers)
+        self.heads = settings.head_indices(text_config.num_attention_heads)
+        self.skip_ids = set(self.tokenizer.all_special_ids) | {self.bos, text_config.pad_token_id}
+        if loaded.attention != "eager":
+            # SDPA modules return no attention weights (see attention.py).
+            raise ValueError("heatmaps read attention weights: load the model with attention='eager'")
+
+    def generate_captions(self, pixel_values) -> list[str]:
+        from fiftyone_blip.captions import Captioner, CaptionSettings
+
+        return [row["caption"] for row in Captioner(self.loaded, CaptionSettings())(pixel_values)]
+
+    def __call__(self, pixel_values, texts: list[str]) -> list[dict]:
+        """Returns per sample: words, word maps (words, grid, grid), overall map (grid, grid), probs / match."""
+        pixel_values = pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
+        batch = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if self.settings.mode == "cross-attention":
+            attention, extras = self._cross_attention(pixel_values, input_ids, attention_mask)
+        else:
+            attention, extras = self._gradcam(pixel_values, input_ids, attention_mask)
+        attention = attention.float().cpu().numpy()  # (batch, tokens, patches)
+        results = []
+        for b in range(len(texts)):
+            length = int(attention_mask[b].sum())
+            ids = input_ids[b, :length].tolist()
+            keep = [i for i in range(length) if ids[i] not in self.skip_ids]
+            words = merge_word_pieces(self.tokenizer.convert_ids_to_tokens([ids[i] for i in keep]), keep)
+            maps, all_rows = [], set()
+            for _, places in words:
+                rows = self._rows(places)
+                all_rows |= rows
+                maps.append(attention[b, sorted(rows)].mean(0))
+            grid_maps = (
+                np.stack(maps).reshape(-1, self.grid, self.grid) if maps else np.zeros((0, self.grid, self.grid))
+            )
+            overall = attention[b, sorted(all_rows)].mean(0) if all_rows else attention[b, :length].mean(0)
+            row = {
+                "words": [word for word, _ in words],
+                "maps": grid_maps,
+                "overall": overall.reshape(self.grid, self.grid),
+            }
+            if self.settings.mode == "cross-attention":
+                row["probs"] = [float(np.exp(sum(extras[b, p - 1] for p in places))) for _, places in words]
+            else:
+                row["match"] = float(extras[b])
+            results.append(row)
+        return results
+
+    def _rows(self, places: list[int]) -> set[int]:
+        if self.settings.mode == "gradcam" or self.settings.token_positions == "reading":
+            return set(places)
+        predicting = {p - 1 for p in places}
+        return predicting if self.settings.token_positions == "predicting" else predicting | set(places)
+
+    def _select(self, per_layer):
+        """Mean over the chosen layers and heads of (batch, heads, tokens, 1 + patches) tensors.
+
+        The image CLS key is dropped. With `normalize_heads`, each head's map
+        is first standardised over the patches (zero mean, unit variance), so
+        that diffuse and peaked heads weigh the same.
+        """
+        stacked = self.torch.stack(list(per_layer))[:, :, self.heads, :, 1:].float()
+        if self.settings.normalize_heads:
+            mean = stacked.mean(-1, keepdim=True)
+            std = stacked.std(-1, keepdim=True).clamp(min=1e-12)
+            stacked = (stacked - mean) / std
+        return stacked.mean(dim=(0, 2))
+
+    def _cross_attention(self, pixel_values, input_ids, attention_mask):
+        torch = self.torch
+        input_ids = input_ids.clone()
+        input_ids[:, 0] = self.bos  # the decoder starts from [DEC], not the tokenizer's [CLS]
+        with torch.inference_mode():
+            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+            out = self.model.text_decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encoder_hidden_states=image_embeds,
+                output_attentions=True,
+                return_dict=True,
+            )
+            if not out.cross_attentions or out.cross_attentions[0] is None:
+                raise RuntimeError("the model returned no cross-attentions; load it with attention='eager'")
+            attention = self._select([out.cross_attentions[i] for i in self.layers])
+            # log p(token at t + 1 | steps up to t): teacher forcing scores only the token that follows
+            next_logprobs = (
+                out.logits.float().log_softmax(-1).gather(-1, input_ids.roll(-1, dims=1).unsqueeze(-1)).squeeze(-1)
+            )
+        return attention, next_logprobs.cpu().numpy()
+
+    def _gradcam(self, pixel_values, input_ids, attention_mask):
+        torch = self.torch
+        with torch.no_grad():
+            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+        with torch.enable_grad():
+            out = self.model.text_encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encoder_hidden_states=image_embeds,
+                output_attentions=True,
+                return_dict=True,
+            )
+            if not out.cross_attentions or out.cross_attentions[0] is None:
+                raise RuntimeError("the model returned no cross-attentions; load it with attention='eager'")
+            itm = self.model.itm_head(out.last_hidden_state[:, 0])
+            chosen = [out.cross_attentions[i] for i in self.layers]
+            # Each image's logit depends only on its own row, so one backward pass serves the batch.
+            grads = torch.autograd.grad(itm[:, 1].sum(), chosen)
+        cams = [(a.detach() * g.clamp(min=0)) for a, g in zip(chosen, grads)]
+        cam = self._select(cams)
+        cam = cam * attention_mask[:, :, None]  # padding rows carry nothing
+        match = itm.detach().float().softmax(-1)[:, 1].cpu().numpy()
+        return cam, match
+
+
+# ---------------------------------------------------------------- storage and task
+
+
+def field_names(field: str, mode: str, maps_dir: str | None) -> dict[str, str]:
+    names = {"heatmap": field, "words": f"{field}_words", "text": f"{field}_text"}
+    names["maps"] = f"{field}_map_paths" if maps_dir else f"{field}_maps"
+    names["scores"] = f"{field}_probs" if mode == "cross-attention" else f"{field}_match"
+    return names
+
+
+def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None:
+    """Adds the heatmap fields with their exact types; refuses to reuse a field of another type.
+
+    The engine adds plain fields itself; these need embedded and list types.
+    """
+    import fiftyone as fo
+
+    names = field_names(field, mode, maps_dir)
+    wanted = {
+        names["heatmap"]: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
+        names["words"]: (fo.ListField, {"subfield": fo.StringField}),
+        names["text"]: (fo.StringField, {}),
+        names["maps"]: (fo.ListField, {"subfield": fo.StringField}) if maps_dir else (fo.ArrayField, {}),
+        names["scores"]: (fo.ListField, {"subfield": fo.FloatField})
+        if mode == "cross-attention"
+        else (fo.FloatField, {}),
+    }
+    schema = dataset.get_field_schema()
+    for name, (field_type, kwargs) in wanted.items():
+        existing = schema.get(name)
+        if existing is None:
+            continue
+        same = isinstance(existing, field_type)
+        if same and "embedded_doc_type" in kwargs:
+            same = existing.document_type is kwargs["embedded_doc_type"]
+        if same and "subfield" in kwargs:
+            same = isinstance(existing.field, kwargs["subfield"])
+        if not same:
+            raise ValueError(
+                f"field {name!r} already exists as a {type(existing).__name__}; heatmaps write a "
+                f"{field_type.__name__} there: choose another field"
+            )
+    for name, (field_type, kwargs) in wanted.items():
+        if name not in schema:
+            dataset.add_sample_field(name, field_type, **kwargs)
+
+
+def heatmap_task(
+    loaded,
+    settings: HeatmapSettings,
+    field: str = "heatmap",
+    text_field: str | None = "caption",
+    text: str | None = None,
+    resize: str = "squash",
+    maps_dir: str | None = None,
+):
+    """An engine `Task` that writes a caption heatmap and per-word maps into `field` and its siblings.
+
+    The text comes from `text` (one text for every image, e.g. a query),
+    else from each sample's `text_field`; with neither, cross-attention mode
+    captions the image first (greedy) and explains that caption.
+    """
+    import fiftyone as fo
+    from PIL import Image
+
+    from fiftyone_blip import engine
+    from fiftyone_blip.images import Preprocessor
+
+    if text is not None and not text.strip():
+        raise ValueError("`text` must not be empty")
+    if text is None and text_field is None and settings.mode == "gradcam":
+        raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
+    names = field_names(field, settings.mode, maps_dir)
+    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    maker = HeatmapMaker(loaded, settings)
+    reads = (text_field,) if text is None and text_field else ()
+    folder = Path(maps_dir).expanduser().resolve() if maps_dir else None
+
+    def prepare(path, sample_text=None):
+        if reads and not (isinstance(sample_text, str) and sample_text.strip()):
+            raise ValueError(f"no text in field {text_field!r}")
+        array, geometry = preprocess(path)
+        return array, geometry, text if text is not None else sample_text, path
+
+    def step(inputs):
+        pixels = engine.to_batch([x[0] for x in inputs], "cpu")
+        texts = [x[2] for x in inputs]
+        missing = [i for i, t in enumerate(texts) if t is None]
+        if missing:
+            for i, caption in zip(missing, maker.generate_captions(pixels[missing])):
+                texts[i] = caption or "."
+        rows = maker(pixels, texts)
+        out = []
+        for (_, geometry, _, path), sample_text, row in zip(inputs, texts, rows):
+            word_maps = to_uint8(grid_to_image(row["maps"], geometry, settings.map_size))
+            overall = to_uint8(grid_to_image(row["overall"], geometry, settings.map_size))
+            values = {names["words"]: row["words"], names["text"]: sample_text}
+            if folder is not None:
+                key = hashlib.sha1(f"{path}\n{sample_text}\n{field}".encode()).hexdigest()[:16]
+                where = folder / key
+                where.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(overall, mode="L").save(where / "caption.png")
+                paths = []
+                for i, (word, word_map) in enumerate(zip(row["words"], word_maps)):
+                    target = where / f"{i:03d}-{re.sub(r'[^A-Za-z0-9]+', '_', word)[:40]}.png"
+                    Image.fromarray(word_map, mode="L").save(target)
+                    paths.append(str(target))
+                heatmap = fo.Heatmap(map_path=str(where / "caption.png"), range=[0, 255])
+                values[names["maps"]] = paths
+            else:
+                heatmap = fo.Heatmap(map=overall, range=[0, 255])
+                values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)
+            values[names["heatmap"]] = heatmap.to_mongo()
+            values[names["scores"]] = row["probs"] if settings.mode == "cross-attention" else row["match"]
+            out.append(values)
+        return out
+
+    return engine.Task(
+        capability="heatmaps",
+        field=field,
+        fields={names["text"]: fo.StringField},
+        settings={
+            **settings.as_dict(),
+            "resize": resize,
+            "text": text,
+            "text_field": None if text is not None else text_field,
+            "maps_dir": str(folder) if folder else None,
+        },
+        identity=loaded.identity,
+        prepare=prepare,
+        step=step,
+        reads=reads,
+    )
+
+
+# ---------------------------------------------------------------- reading stored maps
+
+
+def word_maps(sample, field: str = "heatmap") -> tuple[list[str], np.ndarray, list[float] | None]:
+    """A sample's stored words, their maps (words, height, width; uint8) and probabilities (or None)."""
+    words = sample.get_field(f"{field}_words") if sample.has_field(f"{field}_words") else None
+    if not words:
+        raise ValueError(f"sample {sample.id} has no heatmaps in field {field!r}")
+    maps = sample.get_field(f"{field}_maps") if sample.has_field(f"{field}_maps") else None
+    if maps is None and sample.has_field(f"{field}_map_paths") and sample.get_field(f"{field}_map_paths"):
+        from PIL import Image
+
+        maps = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample.get_field(f"{field}_map_paths")])
+    if maps is None:
+        raise ValueError(f"sample {sample.id} has words but no maps in field {field!r}")
+    probs = sample.get_field(f"{field}_probs") if sample.has_field(f"{field}_probs") else None
+    return list(words), np.asarray(maps), probs
+
+
+def heatmap_fields(dataset) -> list[str]:
+    """The fields of a dataset that hold heatmaps with per-word maps."""
+    import fiftyone as fo
+
+    schema = dataset.get_field_schema()
+    return [
+        name
+        for name, kind in schema.items()
+        if isinstance(kind, fo.EmbeddedDocumentField) and kind.document_type is fo.Heatmap and f"{name}_words" in schema
+    ]
+
+
+def overlay(image, map2d: np.ndarray, alpha: float = 0.5, colormap: str = "jet"):
+    """The image with a map over it (stretched to the image, like the App): an RGB PIL image."""
+    import matplotlib
+    from PIL import Image
+
+    from fiftyone_blip.images import to_rgb
+
+    image = to_rgb(image)
+    stretched = Image.fromarray(np.asarray(map2d, dtype=np.uint8), mode="L").resize(
+        image.size, Image.Resampling.BILINEAR
+    )
+    colours = matplotlib.colormaps[colormap](np.asarray(stretched) / 255.0)[..., :3]
+    blended = (1 - alpha) * np.asarray(image, dtype=np.float64) / 255.0 + alpha * colours
+    return Image.fromarray(np.rint(blended * 255).astype(np.uint8), mode="RGB")
+
+
+def write_overlays(sample, output_dir, field: str = "heatmap", alpha: float = 0.5) -> list[Path]:
+    """Writes one PNG per word (and `caption.png`) of a sample's image with the map over it."""
+    from PIL import Image
+
+    from fiftyone_blip.images import load_image
+
+    words, maps, _ = word_maps(sample, field)
+    image = load_image(sample.filepath)
+    output = Path(output_dir).expanduser()
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    heatmap = sample.get_field(field)
+    if heatmap is not None:
+        overall = heatmap.get_map() if hasattr(heatmap, "get_map") else heatmap.map
+        if overall is None and heatmap.map_path:
+            overall = np.asarray(Image.open(heatmap.map_path).convert("L"))
+        if overall is not None:
+            target = output / "caption.png"
+            overlay(image, overall, alpha).save(target)
+            written.append(target)
+    for i, (word, word_map) in enumerate(zip(words, maps)):
+        target = output / f"{i:03d}-{re.sub(r'[^A-Za-z0-9]+', '_', word)[:40]}.png"
+        overlay(image, word_map, alpha).save(target)
+        written.append(target)
+    return written
+
+
+def data_url(image) -> str:
+    """A PIL image as a PNG data URL, for an image view in an App panel."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def word_view(sample, field: str = "heatmap", word_index: int = 0, min_side: int = 384) -> dict:
+    """What the App panel shows for one word of a sample: word, probability, overlay (data URL).
+
+    Small images are scaled up to at least `min_side` pixels so the map can be seen.
+    """
+    from PIL import Image
+
+    from fiftyone_blip.images import load_image
+
+    words, maps, probs = word_maps(sample, field)
+    index = min(max(int(word_index), 0), len(words) - 1)
+    image = load_image(sample.filepath)
+    if min(image.size) < min_side:
+        factor = min_side / min(image.size)
+        image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC)
+    match = sample.get_field(f"{field}_match") if sample.has_field(f"{field}_match") else None
+    return {
+        "words": words,
+        "index": index,
+        "word": words[index],
+        "probability": None if probs is None else float(probs[index]),
+        "match": None if match is None else float(match),
+        "text": sample.get_field(f"{field}_text") if sample.has_field(f"{field}_text") else None,
+        "map": maps[index],
+        "overlay": data_url(overlay(image, maps[index])),
+    }

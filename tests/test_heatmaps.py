@@ -1,0 +1,265 @@
+"""Word heatmaps: settings, geometry, the SDK in both modes, the CLI, the operator and the panel."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def test_settings_validate_themselves():
+    from fiftyone_blip.attention_maps import HeatmapSettings, default_gradcam_layer
+
+    with pytest.raises(ValueError, match="`mode`"):
+        HeatmapSettings(mode="saliency")
+    with pytest.raises(ValueError, match="`heads`"):
+        HeatmapSettings(heads="some")
+    with pytest.raises(ValueError, match="`map_size`"):
+        HeatmapSettings(map_size=4)
+    with pytest.raises(ValueError, match="`layers` index 5"):
+        HeatmapSettings(layers=[5]).layer_indices(2)
+    assert HeatmapSettings(heads="0, 2").head_indices(4) == [0, 2]
+    assert HeatmapSettings(layers="last").layer_indices(12) == [11]
+    assert HeatmapSettings().layer_indices(3) == [0, 1, 2]
+    # BLIP's Grad-CAM uses layer 8 of 12; the last layer's word tokens have no gradient.
+    assert default_gradcam_layer(12) == 8
+    assert default_gradcam_layer(2) == 0
+    assert HeatmapSettings(mode="gradcam").layer_indices(12) == [8]
+
+
+def test_word_pieces_merge_into_words():
+    from fiftyone_blip.attention_maps import merge_word_pieces
+
+    tokens = ["a", "dog", "##gy", ",", "run", "##s"]
+    assert merge_word_pieces(tokens, [1, 2, 3, 4, 5, 6]) == [("a", [1]), ("doggy", [2, 3]), ("runs", [5, 6])]
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "center-crop", "squash"])
+def test_grid_maps_land_where_the_model_saw_them(mode):
+    """A hot patch of the model's grid lands on the original pixels that patch saw."""
+    from fiftyone_blip.attention_maps import grid_to_image, peak
+    from fiftyone_blip.images import fit_image
+
+    width, height, size, grid = 300, 120, 96, 6  # non-square: letterbox pads top and bottom
+    _, geometry = fit_image(Image.new("RGB", (width, height)), size, mode)
+    cell = size / grid
+    for row, col in [(2, 1), (3, 4), (2, 5)]:
+        grid_map = np.zeros((grid, grid))
+        grid_map[row, col] = 1.0
+        mapped = grid_to_image(grid_map, geometry, 150)
+        assert mapped.shape == (60, 150)  # the image's aspect, long side 150
+        x, y = peak(mapped, width, height)
+        # where the patch centre lies in original pixels
+        expected_x = ((col + 0.5) * cell - geometry.offset_x) / geometry.scale_x
+        expected_y = ((row + 0.5) * cell - geometry.offset_y) / geometry.scale_y
+        assert abs(x - expected_x) <= width / 150 + 1e-6
+        assert abs(y - expected_y) <= height / 60 + 1e-6
+    if mode == "letterbox":
+        # padding rows (model rows 0 and 5 here) never reach the image
+        grid_map = np.zeros((grid, grid))
+        grid_map[0, :] = 1.0
+        assert grid_to_image(grid_map, geometry, 150).max() < 0.5
+    if mode == "center-crop":
+        # the left and right of the image were cropped away: nothing there
+        mapped = grid_to_image(np.ones((grid, grid)), geometry, 150)
+        assert mapped[:, :10].max() == 0 and mapped[:, -10:].max() == 0 and mapped[:, 75].min() == 1
+
+
+@pytest.fixture(scope="module")
+def heatmapped(fo, tmp_path_factory):
+    """Six captioned shapes images with cross-attention heatmaps (one run for several tests)."""
+    import fiftyone_blip
+
+    base = fiftyone_blip.load_shapes_dataset("tests-shapes", count=48, split="test")
+    name = "t-heatmaps-module"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = base.limit(6).clone(name)
+    fiftyone_blip.caption(dataset, model="shapes-tiny", progress=False)
+    summary = fiftyone_blip.heatmaps(dataset, model="shapes-tiny", progress=False)
+    assert summary.done == 6 and summary.failed == 0
+    yield dataset
+    fo.delete_dataset(name)
+
+
+def test_cross_attention_maps_per_word(heatmapped):
+    import fiftyone as fo
+
+    import fiftyone_blip
+
+    sample = heatmapped.first()
+    words = sample.caption.replace(",", " ").split()
+    assert sample.heatmap_words == words
+    assert sample.heatmap_text == sample.caption
+    assert isinstance(sample.heatmap, fo.Heatmap) and sample.heatmap.map.shape == (64, 64)
+    assert sample.heatmap_maps.shape == (len(words), 64, 64) and sample.heatmap_maps.dtype == np.uint8
+    assert len(sample.heatmap_probs) == len(words) and all(0 < p <= 1 for p in sample.heatmap_probs)
+    assert fiftyone_blip.runs(heatmapped)[-1]["capability"] == "heatmaps"
+    again = fiftyone_blip.heatmaps(heatmapped, model="shapes-tiny", progress=False)
+    assert again.skipped == 6 and again.done == 0  # same model and settings: resumed, not redone
+
+
+def test_gradcam_for_a_query_with_png_maps(heatmapped, tmp_path):
+    import fiftyone_blip
+
+    view = heatmapped.limit(2)
+    fiftyone_blip.heatmaps(
+        view,
+        mode="gradcam",
+        model="shapes-tiny",
+        field="gc",
+        text="a red circle",
+        maps_dir=str(tmp_path),
+        map_size=32,
+        progress=False,
+    )
+    sample = view.first()
+    assert sample.gc_words == ["a", "red", "circle"] and sample.gc_text == "a red circle"
+    assert 0 <= sample.gc_match <= 1
+    for path in sample.gc_map_paths:
+        assert str(tmp_path) in path
+        assert np.asarray(Image.open(path)).shape == (32, 32)
+    assert sample.gc.map_path.startswith(str(tmp_path))
+    assert max(np.asarray(Image.open(p)).max() for p in sample.gc_map_paths) == 255  # not all-zero maps
+
+
+def test_letterboxed_wide_image_end_to_end(fo, tmp_path):
+    """A shapes scene in a wide canvas, letterboxed: maps keep the image's aspect and find its objects."""
+    import fiftyone_blip
+    from fiftyone_blip.attention_maps import peak
+    from fiftyone_blip.shapes import make_scene
+
+    dataset = fo.Dataset()
+    hits = total = 0
+    scenes = [make_scene(i, split="test") for i in range(12)]
+    scenes = [s for s in scenes if len(s.objects) == 1][:3]
+    for i, scene in enumerate(scenes):
+        canvas = Image.new("RGB", (192, 96), scene.background)
+        canvas.paste(scene.render(), (96, 0))  # the scene is the right half
+        path = tmp_path / f"wide-{i}.png"
+        canvas.save(path)
+        dataset.add_sample(fo.Sample(filepath=str(path), caption=scene.caption()))
+    fiftyone_blip.heatmaps(dataset, model="shapes-tiny", resize="letterbox", progress=False)
+    for sample, scene in zip(dataset, scenes):
+        assert sample.heatmap.map.shape == (32, 64)
+        obj = scene.objects[0]
+        words = sample.heatmap_words
+        x, y = peak(sample.heatmap_maps[words.index(obj.kind)], 192, 96)
+        x0, y0, x1, y1 = obj.box
+        total += 1
+        hits += 96 + x0 - 4 <= x <= 96 + x1 + 4 and y0 - 4 <= y <= y1 + 4
+    assert hits >= total - 1
+    dataset.delete()
+
+
+def test_cli_heatmaps_and_overlays(heatmapped, tmp_path):
+    from click.testing import CliRunner
+
+    from fiftyone_blip.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["heatmaps", heatmapped.name, "-m", "shapes-tiny", "-f", "hm_cli", "--layers", "last", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "6 done" in result.output
+    result = runner.invoke(main, ["heatmap-overlays", heatmapped.name, str(tmp_path), "-f", "hm_cli"])
+    assert result.exit_code == 0, result.output
+    sample = heatmapped.exists("hm_cli_words").first()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "caption.png" in files and len(files) == len(sample.hm_cli_words) + 1
+    assert Image.open(tmp_path / "caption.png").size == (96, 96)
+    bad = runner.invoke(main, ["heatmaps", heatmapped.name, "-m", "shapes-tiny", "--heads", "9"])
+    assert bad.exit_code != 0 and "`heads` index 9" in bad.output
+
+
+class _State(dict):
+    __getattr__ = dict.get
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+
+class _Ctx:
+    """What the panel reads of an ExecutionContext: dataset, current sample, params, panel state and data."""
+
+    def __init__(self, dataset, sample_id, params=None):
+        self.dataset = dataset
+        self.current_sample = sample_id
+        self.params = params or {}
+        self.panel = type("PanelRef", (), {})()
+        self.panel.state = _State()
+        self.panel.data = _State()
+
+
+def test_panel_shows_the_chosen_words_map_and_probability(heatmapped, plugin_installed):
+    import fiftyone.operators as foo
+
+    from fiftyone_blip.attention_maps import overlay, word_maps
+    from fiftyone_blip.images import load_image
+
+    operators = importlib_plugin()
+    registry = foo.OperatorRegistry()
+    assert registry.operator_exists("@fiftyone-blip/blip/compute_heatmaps")
+    assert registry.operator_exists("@fiftyone-blip/blip/word_heatmaps")
+
+    panel = operators.WordHeatmapsPanel()
+    sample = heatmapped.first()
+    ctx = _Ctx(heatmapped, sample.id)
+    panel.on_load(ctx)
+    assert ctx.panel.state.message is None
+    assert ctx.panel.state.words == sample.heatmap_words
+    assert ctx.panel.state.word == "0"
+    rendered = panel.render(ctx)
+    assert "word" in rendered.type.properties and "overlay" in rendered.type.properties
+
+    word_index = 2
+    ctx.params = {"value": str(word_index)}
+    panel.on_change_word(ctx)
+    words, maps, probs = word_maps(sample, "heatmap")
+    assert ctx.panel.state.word == "2"
+    assert f"{probs[word_index]:.3f}" in ctx.panel.state.score and words[word_index] in ctx.panel.state.score
+    # the overlay is the stored map of that word over the image, scaled up for the panel
+    import base64
+    import io
+
+    shown = Image.open(io.BytesIO(base64.b64decode(ctx.panel.data.overlay.split(",", 1)[1])))
+    image = load_image(sample.filepath).resize(shown.size, Image.Resampling.BICUBIC)
+    expected = np.asarray(overlay(image, maps[word_index]), dtype=int)
+    assert np.abs(np.asarray(shown, dtype=int) - expected).max() <= 1
+
+    empty = _Ctx(heatmapped.limit(0)._dataset, None)
+    panel.on_load(empty)
+    assert "Open a sample" in empty.panel.state.message
+
+
+def importlib_plugin():
+    """The plugin's operators module, imported from the installed plugin folder."""
+    import importlib.util
+
+    from fiftyone_blip.plugin import PLUGIN_DIR
+
+    spec = importlib.util.spec_from_file_location("fiftyone_blip_plugin_operators", PLUGIN_DIR / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_operator_runs_immediately(heatmapped, plugin_installed):
+    import fiftyone.operators as foo
+
+    view = heatmapped.limit(3)
+    result = foo.execute_operator(
+        "@fiftyone-blip/blip/compute_heatmaps",
+        ctx=dict(
+            view=view,
+            params=dict(
+                model="shapes-tiny",
+                field="hm_op",
+                mode="gradcam",
+                text_source="field",
+                text_field="caption",
+                view_target="CURRENT_VIEW",
+            ),
+        ),
+    )
+    result.raise_exceptions()
+    assert len(heatmapped.exists("hm_op_words")) == 3
