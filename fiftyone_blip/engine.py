@@ -52,8 +52,12 @@ class Task:
         settings: the settings that change results (they go in the fingerprint).
         identity: which weights produce results (model, path, revision, dtype).
         prepare: file path -> model input (runs in decode threads; raises
-            `images.ImageDecodeError` for a bad file).
+            `images.ImageDecodeError` for a bad file). With `read_fields`,
+            it is called as `prepare(path, {name: value})` instead.
         step: list of inputs -> list of {field: value} (runs on the model).
+            A result may also set embedded paths ("ground_truth.label_score").
+        read_fields: sample fields read alongside id and file path and handed
+            to `prepare` (e.g. the labels a task scores) (none).
     """
 
     capability: str
@@ -63,6 +67,7 @@ class Task:
     identity: dict
     prepare: Callable[[str], Any]
     step: Callable[[list], list[dict]]
+    read_fields: tuple[str, ...] = ()
 
     @property
     def error_field(self) -> str:
@@ -374,7 +379,13 @@ def run(
 
     _declare_fields(dataset, task)
     fingerprint = task.fingerprint
-    ids, paths = samples.values(["id", "filepath"])
+    columns = samples.values(["id", "filepath", *task.read_fields])
+    ids, paths = columns[0], columns[1]
+    if task.read_fields:
+        # prepare(path, {field: value}): the extra values travel with the path
+        names = task.read_fields
+        paths = [(path, dict(zip(names, values))) for path, *values in zip(*columns[1:])]
+    del columns
     done_ids: set[str] = set()
     if not overwrite:
         from fiftyone import ViewField as F
@@ -456,7 +467,8 @@ def run(
     try:
         batch: list = []
         window = max(2 * batch_size, 4 * workers)
-        for entry in _decoded_in_order(items, task.prepare, workers, window):
+        prepare = (lambda item: task.prepare(*item)) if task.read_fields else task.prepare
+        for entry in _decoded_in_order(items, prepare, workers, window):
             batch.append(entry)
             if len(batch) == batch_size:
                 emit(batch)
