@@ -547,18 +547,18 @@ def flag(
 
     if kind == "text":
         columns = samples.values([field] if method == "itm" else [f"{field}_itc"] if method == "itc" else [])
-        sample_scores = mistakenness(*_by_method(method, columns))
+        sample_scores = mistakenness(*_by_method(method, columns), method=method)
         label_scores = None
     else:
         attrs = label_attribute_paths(label_field, kind, field, names)
         columns = samples.values(attrs)
         if _list_path(kind) is None:  # one label per sample
-            label_scores = mistakenness(*_by_method(method, columns))
+            label_scores = mistakenness(*_by_method(method, columns), method=method)
             sample_scores = label_scores
         else:
             lengths = [len(v) if v else 0 for v in columns[0]]
             flat = [[x for values in column for x in (values or [])] for column in columns]
-            flat_scores = mistakenness(*_by_method(method, flat))
+            flat_scores = mistakenness(*_by_method(method, flat), method=method)
             label_scores = np.split(flat_scores, np.cumsum(lengths)[:-1]) if lengths else []
             sample_scores = np.array(
                 [np.nanmax(s) if len(s) and not np.isnan(s).all() else np.nan for s in label_scores], dtype=float

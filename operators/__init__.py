@@ -257,13 +257,13 @@ class FindMislabels(foo.Operator):
             required=True,
             description="A BLIP ITM model: hub id, local directory, or shapes-tiny",
         )
-        inputs.str("field", label="Score field", default=f"{label_field}_match", required=True)
+        inputs.str("field", label="Score field", default=f"{label_field}_match", required=False)
         if kind != "text":
             inputs.str(
                 "template",
                 label="Prompt template",
                 default=matching.default_template(model),
-                required=True,
+                required=False,
                 description="How a label becomes text; must contain {label}",
             )
             inputs.bool("margin", label="Margin against the best other class", default=True)
@@ -279,7 +279,7 @@ class FindMislabels(foo.Operator):
             inputs.int("top_k", label="Flag the k most suspicious", default=10, min=1)
         if kind in ("classifications", "detections"):
             _dropdown(inputs, "level", "Flag", {"sample": "Samples", "label": "Individual labels"}, default="sample")
-        inputs.str("tag", label="Tag", default="mislabel", required=True)
+        inputs.str("tag", label="Tag", default="mislabel", required=False)
         inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
         _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
         _dropdown(inputs, "dtype", "Precision", {d: d for d in models.DTYPES}, default="auto")
