@@ -140,6 +140,24 @@ def evaluate(name, truth, corrupt, score, n_items, rates, seed, rows):
                 )
 
 
+def format_table(rows) -> str:
+    """One line per target, noise and rate; AUROC / AUPRC / P@k per score (markdown)."""
+    methods = ["ITM", "ITC cosine", "ITM + margin"]
+    header = (
+        "| target | noise | rate | random AUROC / AUPRC / P@k | "
+        + " | ".join(f"{m} AUROC / AUPRC / P@k" for m in methods)
+        + " |"
+    )
+    lines = [header, "|---|---|---:|---:|" + "---:|" * len(methods)]
+    grouped: dict = {}
+    for name, kind, rate, method, a, p, k in rows:
+        grouped.setdefault((name, kind, rate), {})[method] = f"{a:.3f} / {p:.3f} / {k:.3f}"
+    for (name, kind, rate), by in grouped.items():
+        cells = [by["random ranking"]] + [by.get(m, "n/a") for m in methods]
+        lines.append(f"| {name} | {kind} | {int(rate * 100)}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000, help="held-out test-split images (1000)")
@@ -286,11 +304,7 @@ def main(argv=None):
         f"Injected-noise label QA: {args.count} shapes test-split images ({len(crops)} objects), model {args.model}, "
         f"template {template!r}, crop padding {padding}"
     )
-    print(f"| {'target':<18} | {'noise':<6} | {'rate':>4} | {'score':<14} | {'AUROC':>6} | {'AUPRC':>6} | {'P@k':>6} |")
-    print(f"|{'-' * 20}|{'-' * 8}|{'-' * 6}|{'-' * 16}|{'-' * 8}|{'-' * 8}|{'-' * 8}|")
-    for name, kind, rate, method, a, p, k in rows:
-        print(f"| {name:<18} | {kind:<6} | {int(rate * 100):>3}% | {method:<14} | {a:>6.4f} | {p:>6.4f} | {k:>6.4f} |")
-
+    print(format_table(rows))
     # Which caption attributes the matcher can tell apart at all: the true caption
     # against the same caption with one object's kind (or colour) changed.
     probe_rng = random.Random(f"{args.seed}/probe")

@@ -52,12 +52,10 @@ class Task:
         settings: the settings that change results (they go in the fingerprint).
         identity: which weights produce results (model, path, revision, dtype).
         prepare: file path -> model input (runs in decode threads; raises
-            `images.ImageDecodeError` for a bad file). With `read_fields`,
-            it is called as `prepare(path, {name: value})` instead.
+            `images.ImageDecodeError` for a bad file).
         step: list of inputs -> list of {field: value} (runs on the model).
-            A result may also set embedded paths ("ground_truth.label_score").
-        read_fields: sample fields read alongside id and file path and handed
-            to `prepare` (e.g. the labels a task scores) (none).
+        reads: sample fields `prepare` needs beside the file path (e.g. the
+            caption a heatmap explains); with any, `prepare(path, *values)`.
     """
 
     capability: str
@@ -67,7 +65,7 @@ class Task:
     identity: dict
     prepare: Callable[[str], Any]
     step: Callable[[list], list[dict]]
-    read_fields: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
 
     @property
     def error_field(self) -> str:
@@ -379,13 +377,12 @@ def run(
 
     _declare_fields(dataset, task)
     fingerprint = task.fingerprint
-    columns = samples.values(["id", "filepath", *task.read_fields])
-    ids, paths = columns[0], columns[1]
-    if task.read_fields:
-        # prepare(path, {field: value}): the extra values travel with the path
-        names = task.read_fields
-        paths = [(path, dict(zip(names, values))) for path, *values in zip(*columns[1:])]
-    del columns
+    ids, paths, *read_values = samples.values(["id", "filepath", *task.reads])
+    prepare = task.prepare
+    if task.reads:
+        # each item carries its sample's values; prepare gets them after the path
+        paths = list(zip(paths, *read_values))
+        prepare = lambda item: task.prepare(*item)  # noqa: E731
     done_ids: set[str] = set()
     if not overwrite:
         from fiftyone import ViewField as F
@@ -467,7 +464,6 @@ def run(
     try:
         batch: list = []
         window = max(2 * batch_size, 4 * workers)
-        prepare = (lambda item: task.prepare(*item)) if task.read_fields else task.prepare
         for entry in _decoded_in_order(items, prepare, workers, window):
             batch.append(entry)
             if len(batch) == batch_size:

@@ -338,8 +338,7 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
     classes = settings.classes if settings.margin else []
     class_index = {c: i for i, c in enumerate(classes)}
 
-    def prepare(path, values):
-        value = values[label_field]
+    def prepare(path, value):
         if kind == "text":
             text = value.strip() if isinstance(value, str) else ""
             if not text:
@@ -420,7 +419,7 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
         identity=loaded.identity,
         prepare=prepare,
         step=step,
-        read_fields=(label_field,),
+        reads=(label_field,),
     )
 
 

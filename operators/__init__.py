@@ -333,6 +333,8 @@ class FindMislabels(foo.Operator):
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
             yield ctx.trigger("notify", dict(message=message, variant="success"))
+            # open the review view: flagged samples, most suspicious first
+            yield ctx.trigger("set_view", dict(name=result["view"]))
 
 
 def register(p):
