@@ -121,8 +121,13 @@ def compatible_fields(samples) -> list[str]:
     from fiftyone_blip.engine import _RESERVED_FIELDS
 
     names = []
-    for name, field in samples.get_field_schema().items():
+    schema = samples.get_field_schema()
+    for name, field in schema.items():
         if name in _RESERVED_FIELDS:
+            continue
+        # an engine run's own bookkeeping ("caption_error", "caption_run") is not a label
+        stem, _, suffix = name.rpartition("_")
+        if suffix in ("error", "run") and stem in schema:
             continue
         if isinstance(field, fo.StringField) or (
             isinstance(field, fo.EmbeddedDocumentField)

@@ -101,6 +101,21 @@ def test_detections_are_scored_per_object_and_flagged_per_label(fresh_dataset):
     assert view.count_label_tags("gt_objects") == {"mislabel": 2}
 
 
+def test_multi_label_classifications_are_scored_and_flagged_per_label(fresh_dataset, fo):
+    view = fresh_dataset.limit(6)
+    for sample in view:
+        kinds = sorted({d.label for d in sample.gt_objects.detections})
+        sample["kinds"] = fo.Classifications(classifications=[fo.Classification(label=k) for k in kinds])
+        sample.save()
+    result = fiftyone_blip.find_mislabels(
+        view, "kinds", model="shapes-tiny", level="label", top_k=3, progress=False, num_workers=0
+    )
+    assert result["flagged_labels"] == 3
+    labels = [c for cs in view.values("kinds.classifications") for c in cs]
+    assert all(-1 <= c["kinds_match_margin"] <= 1 for c in labels)
+    assert sum(bool(c["kinds_match_flagged"]) for c in labels) == 3
+
+
 def test_caption_self_check_on_generated_captions(fresh_dataset):
     view = fresh_dataset.limit(8)
     fiftyone_blip.caption(view, model="shapes-tiny", progress=False, num_workers=0)
