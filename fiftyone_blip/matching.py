@@ -278,6 +278,7 @@ class Matcher:
         classes: list[str] | None = None,
         template: str | None = None,
         itc: bool = True,
+        own_itm: bool = True,
     ) -> dict[str, np.ndarray]:
         """Scores one text per image; with `classes`, also every class prompt per image.
 
@@ -287,13 +288,14 @@ class Matcher:
             classes: optional class names; their prompts are `template.format(label=c)`.
 
         Returns:
-            {"itm": (n,)}, with `itc` "itc": (n,), with classes "class_itm": (n, C).
+            {"itm": (n,)} (unless `own_itm` is False: the texts are class
+            prompts already), with `itc` "itc": (n,), with classes "class_itm": (n, C).
         """
         torch = self.torch
         with torch.inference_mode(), self.autocast():
             embeds = self.image_embeds(pixel_values)
             n = embeds.shape[0]
-            result = {"itm": self.itm(embeds, list(range(n)), texts)}
+            result = {"itm": self.itm(embeds, list(range(n)), texts)} if own_itm else {}
             if itc:
                 result["itc"] = (self.image_features(embeds) * self.text_features(texts)).sum(-1).cpu().numpy()
             if classes:
@@ -382,12 +384,13 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
             return [{field: None} for _ in inputs]
         pixels = engine.to_batch([inputs[n].pixels[k] for n, k in views], "cpu")
         texts = [settings.prompt(inputs[n].labels[k]) for n, k in views]
-        scores = matcher.score(pixels, texts, classes, settings.template, itc=settings.itc)
+        # a label of the class set already gets its own prompt's ITM among the class prompts
+        own_itm = not classes or any(inputs[n].labels[k] not in class_index for n, k in views)
+        scores = matcher.score(pixels, texts, classes, settings.template, itc=settings.itc, own_itm=own_itm)
         per_sample: dict[int, dict[str, list]] = {n: {"itm": [], "margin": [], "itc": []} for n in range(len(inputs))}
         for v, (n, k) in enumerate(views):
             item = inputs[n]
-            itm = float(scores["itm"][v])
-            values = {"itm": itm}
+            values = {"itm": float(scores["itm"][v])} if own_itm else {}
             if classes:
                 label = item.labels[k]
                 row = scores["class_itm"][v]
