@@ -596,9 +596,6 @@ def flag(
         if _list_path(kind) is None:
             per_label_flags = sample_flags.tolist()
             values_scores = _floats(label_scores)
-            present = samples.values(f"{label_field}.label")
-            values_scores = [s if p is not None else None for s, p in zip(values_scores, present)]
-            per_label_flags = [f if p is not None else None for f, p in zip(per_label_flags, present)]
         else:
             per_label_flags = (
                 [f.tolist() for f in label_flags]
@@ -606,8 +603,13 @@ def flag(
                 else [[bool(flagged)] * len(s) for flagged, s in zip(sample_flags, label_scores)]
             )
             values_scores = [_floats(s) for s in label_scores]
-        samples.set_values(f"{base}.{field}_mistakenness", dict(zip(ids, values_scores)), key_field="id")
-        samples.set_values(f"{base}.{field}_flagged", dict(zip(ids, per_label_flags)), key_field="id")
+        # only samples that hold the label (a missing label has nothing to write on)
+        present = set(samples.exists(label_field).values("id"))
+        keep = [i for i, sample_id in enumerate(ids) if sample_id in present]
+        scores_by_id = {ids[i]: values_scores[i] for i in keep}
+        flags_by_id = {ids[i]: per_label_flags[i] for i in keep}
+        samples.set_values(f"{base}.{field}_mistakenness", scores_by_id, key_field="id")
+        samples.set_values(f"{base}.{field}_flagged", flags_by_id, key_field="id")
         if level == "label":
             labels_view = samples.filter_labels(label_field, F(f"{field}_flagged") == True, only_matches=False)  # noqa: E712
             samples.untag_labels(tag, label_fields=[label_field])

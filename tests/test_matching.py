@@ -75,6 +75,9 @@ def test_captions_with_injected_errors_are_flagged(fresh_dataset):
 
 def test_classification_labels_store_itm_and_margin_on_the_label(fresh_dataset):
     view = fresh_dataset.limit(12)
+    unlabeled = view.skip(11).first()
+    unlabeled.gt_label = None
+    unlabeled.save()
     result = fiftyone_blip.find_mislabels(
         view, "gt_label", model="shapes-tiny", percentile=75, progress=False, num_workers=0
     )
@@ -82,7 +85,8 @@ def test_classification_labels_store_itm_and_margin_on_the_label(fresh_dataset):
     label = view.first().gt_label
     assert 0 <= label["gt_label_match_itm"] <= 1 and -1 <= label["gt_label_match_margin"] <= 1
     assert label["gt_label_match_mistakenness"] is not None
-    assert view.count("gt_label_match_margin") == 12
+    assert view.count("gt_label_match_margin") == 11 and result["scored_samples"] == 11
+    assert fresh_dataset[unlabeled.id].gt_label is None  # nothing written where no label is
     run = fiftyone_blip.runs(fresh_dataset)[-1]
     assert run["capability"] == "match" and run["settings"]["template"] == "a {label}"
     assert run["settings"]["classes"] == sorted(fresh_dataset.distinct("gt_label.label"))
