@@ -293,3 +293,202 @@ def __getattr__(name):
 
         return ImageDecodeError
     raise AttributeError(f"module 'fiftyone_blip' has no attribute {name!r}")
+
+
+# --- label QA: mislabels by image-text matching ---------------------------------------------------------------
+
+__all__ += ["find_mislabels", "flag_mislabels"]
+
+
+def find_mislabels(
+    samples,
+    label_field: str,
+    model: str | None = None,
+    field: str | None = None,
+    template: str | None = None,
+    classes: list[str] | None = None,
+    margin: bool = True,
+    itc: bool = False,
+    method: str = "auto",
+    threshold: float | None = None,
+    percentile: float | None = None,
+    top_k: int | None = None,
+    level: str = "sample",
+    tag: str = "mislabel",
+    view_name: str | None = None,
+    crop_padding: float | None = None,
+    resize: str = "squash",
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "auto",
+    num_workers: int | None = None,
+    shard: str | None = None,
+    overwrite: bool = False,
+    progress=True,
+) -> dict:
+    """Scores how well each label fits its image with BLIP's ITM head, then flags likely mislabels.
+
+    What is scored depends on the label field's type:
+
+    - `Classification` / `Classifications`: the ITM probability of
+      `template.format(label=...)` (e.g. "a photo of a dog"), and the margin
+      against the best other class of the label set (zero-shot over `classes`,
+      by default the classes present in `samples`);
+    - `Detections`: the same per object, on its crop (the box grown by
+      `crop_padding`);
+    - a string field (free-text captions, including ones `caption()` wrote:
+      a caption self-check): the ITM probability of the text.
+
+    Stored, so that `flag_mislabels` can re-flag without the model: per label,
+    attributes `{field}_itm`, `{field}_margin`, `{field}_itc`; per sample,
+    `{field}` (the lowest ITM probability of its labels), `{field}_margin`,
+    `{field}_itc`, `{field}_error`, `{field}_run`. Then flags as
+    `flag_mislabels` does (default: mistakenness >= 0.5).
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        label_field: the field to check (Classification, Classifications,
+            Detections or string).
+        model: a BlipForImageTextRetrieval hub id, local directory or
+            "shapes-tiny" (None: Salesforce/blip-itm-base-coco).
+        field: where scores go (None: "{label_field}_match").
+        template: the label prompt; must contain {label} (None: the model's
+            default, "a photo of a {label}"; "a {label}" for shapes-tiny).
+        classes: the label set for margins (None: the labels present).
+        margin: compute margins against the best other class (True); costs
+            one ITM pass per class and label.
+        itc: also store ITC cosines (False).
+        method, threshold, percentile, top_k, level, tag, view_name: see
+            `flag_mislabels`.
+        crop_padding: detections: box growth factor, >= 1 (None: 1.25; 3.0
+            for shapes-tiny).
+        resize: "squash", "center-crop" or "letterbox" ("squash").
+        batch_size: images per model step, 1..1024 (16).
+        device: "auto", "cpu", "cuda" or "mps" ("auto").
+        dtype: "auto", "float32", "bfloat16", "float16" or "int8" ("auto").
+        num_workers: decode threads, 0 for inline (None: one per core, at most 8).
+        shard: "I/N" to score only shard I of N.
+        overwrite: rescore samples already scored with these settings.
+        progress: True for a progress bar, False for none, or `progress(done, total)`.
+
+    Returns:
+        a dict: "run" (the engine `RunSummary`) and the `flag_mislabels`
+        summary (method, flagged_samples, flagged_labels, tag, view, ...).
+
+    Raises:
+        ValueError: an unsupported label field type, an empty label set, a
+            template without {label}, or another invalid setting, before
+            any work.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from fiftyone_blip import engine, matching, models
+
+    kind = matching.label_kind(samples, label_field)
+    field = field or f"{label_field}_match"
+    engine.check_run_options(field, batch_size, shard)
+    if field == label_field:
+        raise ValueError(f"`field` must differ from `label_field` ({label_field!r})")
+    name, _ = models.resolve_name(model, "match")
+    settings = matching.MatchSettings(
+        kind=kind,
+        template=matching.default_template(name) if template is None else template,
+        classes=list(classes) if classes is not None else matching.label_classes(samples, label_field, kind),
+        margin=margin,
+        itc=itc,
+        crop_padding=matching.default_crop_padding(name) if crop_padding is None else crop_padding,
+        resize=resize,
+    )
+    if level not in matching.LEVELS:
+        raise ValueError(f"`level` must be one of {matching.LEVELS}, got {level!r}")
+    matching.resolve_method(method, kind, {"margin": settings.margin, "itc": settings.itc})
+    if threshold is None and percentile is None and top_k is None:
+        threshold = 0.5
+    matching.select_flags([0.0], threshold, percentile, top_k)
+    loaded = models.load_model(model, task="match", device=device, dtype=dtype)
+    task = matching.match_task(loaded, settings, label_field, field)
+    dataset = samples._dataset
+    names = ["itm"] + (["margin"] if settings.margin else []) + (["itc"] if settings.itc else [])
+    matching.declare_label_attributes(dataset, label_field, kind, field, names)
+    summary = engine.run(
+        samples,
+        task,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    flags = matching.flag(
+        samples,
+        label_field,
+        field,
+        method=method,
+        threshold=threshold,
+        percentile=percentile,
+        top_k=top_k,
+        level=level,
+        tag=tag,
+        view_name=view_name,
+    )
+    return {"run": summary, **flags}
+
+
+def flag_mislabels(
+    samples,
+    label_field: str,
+    field: str | None = None,
+    method: str = "auto",
+    threshold: float | None = None,
+    percentile: float | None = None,
+    top_k: int | None = None,
+    level: str = "sample",
+    tag: str = "mislabel",
+    view_name: str | None = None,
+) -> dict:
+    """Flags likely mislabels from the scores `find_mislabels` stored; needs no model.
+
+    The mistakenness score (0..1, higher = more likely wrong) of a label is,
+    by `method`: "itm": 1 - p; "itc": (1 - cosine) / 2; "itm+margin":
+    (2 - p - margin) / 3 ("auto": itm+margin where margins were computed,
+    else itm). A sample's score is its worst label's. Writes
+    `{field}_mistakenness` and `{field}_flagged` per sample (and per label for
+    label fields), re-tags the samples with `tag` (earlier tags in `samples`
+    are removed first), and saves a view of the flagged samples, most
+    suspicious first, for review in the App.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        label_field: the field that was scored.
+        field: where its scores are (None: "{label_field}_match").
+        method: "auto", "itm", "itc" or "itm+margin" ("auto").
+        threshold: flag mistakenness >= this, in [0, 1].
+        percentile: flag mistakenness at or above this percentile, in [0, 100).
+        top_k: flag the k most suspicious. Give one of threshold, percentile
+            and top_k (none: threshold 0.5).
+        level: "sample" (flags samples) or "label" (flags individual
+            classifications / detections; their samples are flagged too, and
+            the labels get `tag` as a label tag) ("sample").
+        tag: the sample (and label) tag ("mislabel").
+        view_name: the saved review view (None: "{field}-review", with
+            underscores as dashes).
+
+    Returns:
+        a dict: method, flagged_samples, flagged_labels, scored_samples,
+        total_samples, tag, view, score_field, flag_field.
+    """
+    from fiftyone_blip import matching
+
+    if threshold is None and percentile is None and top_k is None:
+        threshold = 0.5
+    return matching.flag(
+        samples,
+        label_field,
+        field or f"{label_field}_match",
+        method=method,
+        threshold=threshold,
+        percentile=percentile,
+        top_k=top_k,
+        level=level,
+        tag=tag,
+        view_name=view_name,
+    )

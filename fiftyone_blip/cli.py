@@ -333,5 +333,98 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
     click.echo(f"{len(paths)} overlays of sample {sample.id} ({sample[f'{field}_text']!r}) written to {output_dir}")
 
 
+@main.command()
+@click.argument("dataset")
+@click.option("-l", "--label-field", required=True, help="Classification, Classifications, Detections or text field.")
+@click.option(
+    "-m",
+    "--model",
+    envvar="FIFTYONE_BLIP_MATCH_MODEL",
+    default=None,
+    help="ITM model: hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-itm-base-coco]",
+)
+@click.option("-f", "--field", default=None, help="Where scores go. [default: LABEL_FIELD_match]")
+@click.option(
+    "-t",
+    "--template",
+    default=None,
+    help="Label prompt with {label}. [default: 'a photo of a {label}'; shapes-tiny: 'a {label}']",
+)
+@click.option("--classes", default=None, help="Comma-separated label set for margins. [default: the labels present]")
+@click.option("--no-margin", is_flag=True, help="Skip margins against the best other class (one ITM pass per class).")
+@click.option("--itc", is_flag=True, help="Also store ITC cosine similarities.")
+@click.option("--method", type=click.Choice(["auto", "itm", "itc", "itm+margin"]), default="auto", show_default=True)
+@click.option("--threshold", type=float, default=None, help="Flag mistakenness >= this (0..1). [default: 0.5]")
+@click.option("--percentile", type=float, default=None, help="Flag mistakenness at or above this percentile.")
+@click.option("-k", "--top-k", type=int, default=None, help="Flag the K most suspicious.")
+@click.option("--level", type=click.Choice(["sample", "label"]), default="sample", show_default=True)
+@click.option("--tag", default="mislabel", show_default=True, help="Tag for flagged samples (and labels).")
+@click.option("--view-name", default=None, help="Saved review view. [default: FIELD-review]")
+@click.option("--rescore/--flag-only", default=True, help="--flag-only re-flags stored scores without a model.")
+@click.option("--crop-padding", type=float, default=None, help="Detections: box growth factor (>= 1).")
+@click.option(
+    "--resize", type=click.Choice(["squash", "center-crop", "letterbox"]), default="squash", show_default=True
+)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    envvar="FIFTYONE_BLIP_DEVICE",
+    show_default=True,
+)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default="auto", show_default=True
+)
+@click.option("--workers", type=int, default=None, help="Decode threads, 0 for inline.")
+@click.option("--shard", default=None, help="Score only shard I of N, as I/N.")
+@click.option("--view", "view_name_in", default=None, help="A saved view of the dataset to check.")
+@click.option("--overwrite", is_flag=True, help="Rescore samples already scored with these settings.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@translate_errors
+def mislabels(dataset, label_field, rescore, view_name_in, workers, quiet, classes, no_margin, **options):
+    """Flag likely mislabels in LABEL_FIELD of DATASET by image-text matching.
+
+    Scores every label (classification, detection crop, or free-text caption)
+    with BLIP's ITM head, stores the scores, tags the most suspicious samples
+    and saves a review view sorted most suspicious first. --flag-only re-flags
+    from stored scores with another threshold, without a model.
+
+    \b
+    Examples:
+        fiftyone-blip mislabels my-dataset --label-field ground_truth --top-k 100
+        fiftyone-blip mislabels my-dataset -l ground_truth -t "a photo of a {label}" --percentile 95
+        fiftyone-blip mislabels my-dataset -l detections --level label --threshold 0.7
+        fiftyone-blip mislabels my-dataset -l caption --itc            # caption self-check
+        fiftyone-blip mislabels my-dataset -l ground_truth --flag-only --top-k 20
+    """
+    import fiftyone_blip
+
+    samples = load_samples(dataset, view_name_in)
+    flag_options = {k: options[k] for k in ("field", "method", "threshold", "percentile", "top_k", "level", "tag")}
+    flag_options["view_name"] = options["view_name"]
+    if rescore:
+        score_options = {k: v for k, v in options.items() if k not in flag_options}
+        result = fiftyone_blip.find_mislabels(
+            samples,
+            label_field,
+            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None,
+            margin=not no_margin,
+            num_workers=workers,
+            progress=not quiet,
+            **score_options,
+            **flag_options,
+        )
+        click.echo(str(result["run"]))
+    else:
+        result = fiftyone_blip.flag_mislabels(samples, label_field, **flag_options)
+    labels = f", {result['flagged_labels']} labels" if result.get("flagged_labels") is not None else ""
+    click.echo(
+        f"flagged {result['flagged_samples']} of {result['scored_samples']} scored samples{labels} "
+        f"(method {result['method']}); tag {result['tag']!r}, field {result['flag_field']!r}, "
+        f"review view {result['view']!r}"
+    )
+
+
 if __name__ == "__main__":
     sys.exit(main())

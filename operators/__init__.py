@@ -409,7 +409,156 @@ class WordHeatmapsPanel(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical"))
 
 
+# --- label QA: mislabels by image-text matching ---------------------------------------------------------------
+
+_FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
+_METHOD_LABELS = {
+    "auto": "Auto (ITM + margin for labels, ITM for text)",
+    "itm": "ITM probability",
+    "itc": "ITC cosine (needs ITC scores)",
+    "itm+margin": "ITM + margin against the best other class",
+}
+
+
+def _default_match_model(ctx):
+    if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
+        return "shapes-tiny"
+    return models.DEFAULT_MODELS["match"]
+
+
+def _flag_value(params):
+    """(threshold, percentile, top_k) from the form: exactly one is set."""
+    flag_by = params.get("flag_by", "threshold")
+    return (
+        params.get("threshold", 0.5) if flag_by == "threshold" else None,
+        params.get("percentile", 90.0) if flag_by == "percentile" else None,
+        params.get("top_k", 10) if flag_by == "top_k" else None,
+    )
+
+
+class FindMislabels(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="find_mislabels",
+            label="BLIP: find mislabels",
+            description="Score labels, detections or captions against their images with BLIP's ITM head; "
+            "flag and tag the most suspicious for review",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        from fiftyone_blip import matching
+
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        compatible = matching.compatible_fields(ctx.dataset) if ctx.dataset is not None else []
+        if not compatible:
+            prop = inputs.view(
+                "no_fields",
+                types.Warning(
+                    label="No label field to check",
+                    description="The dataset has no Classification, Classifications, Detections or string field",
+                ),
+            )
+            prop.invalid = True
+            return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
+        _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=compatible[0])
+        label_field = ctx.params.get("label_field") or compatible[0]
+        kind = matching.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
+        model = ctx.params.get("model") or _default_match_model(ctx)
+        inputs.str(
+            "model",
+            label="Model",
+            default=_default_match_model(ctx),
+            required=True,
+            description="A BLIP ITM model: hub id, local directory, or shapes-tiny",
+        )
+        inputs.str("field", label="Score field", default=f"{label_field}_match", required=False)
+        if kind != "text":
+            inputs.str(
+                "template",
+                label="Prompt template",
+                default=matching.default_template(model),
+                required=False,
+                description="How a label becomes text; must contain {label}",
+            )
+            inputs.bool("margin", label="Margin against the best other class", default=True)
+        inputs.bool("itc", label="Also store ITC cosine similarity", default=False)
+        _dropdown(inputs, "method", "Score to rank by", _METHOD_LABELS, default="auto")
+        _dropdown(inputs, "flag_by", "Flag by", _FLAG_BY_LABELS, default="threshold")
+        flag_by = ctx.params.get("flag_by", "threshold")
+        if flag_by == "threshold":
+            inputs.float("threshold", label="Flag mistakenness at or above", default=0.5, min=0.0, max=1.0)
+        elif flag_by == "percentile":
+            inputs.float("percentile", label="Flag at or above percentile", default=90.0, min=0.0, max=100.0)
+        else:
+            inputs.int("top_k", label="Flag the k most suspicious", default=10, min=1)
+        if kind in ("classifications", "detections"):
+            _dropdown(inputs, "level", "Flag", {"sample": "Samples", "label": "Individual labels"}, default="sample")
+        inputs.str("tag", label="Tag", default="mislabel", required=False)
+        inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
+        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
+        _dropdown(inputs, "dtype", "Precision", {d: d for d in models.DTYPES}, default="auto")
+        inputs.bool("overwrite", label="Rescore samples already scored", default=False)
+
+        try:
+            if kind != "text":
+                matching.check_template(ctx.params.get("template") or matching.default_template(model))
+            matching.select_flags([0.0], *_flag_value(ctx.params))
+            engine.check_run_options(
+                ctx.params.get("field") or f"{label_field}_match", ctx.params.get("batch_size", 16), None
+            )
+        except ValueError as error:
+            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
+            prop.invalid = True
+            prop.error_message = str(error)
+        return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        view = ctx.target_view()
+        threshold, percentile, top_k = _flag_value(params)
+
+        def work(progress):
+            return fiftyone_blip.find_mislabels(
+                view,
+                params["label_field"],
+                model=params.get("model") or None,
+                field=params.get("field") or None,
+                template=params.get("template") or None,
+                margin=params.get("margin", True),
+                itc=params.get("itc", False),
+                method=params.get("method", "auto"),
+                threshold=threshold,
+                percentile=percentile,
+                top_k=top_k,
+                level=params.get("level", "sample"),
+                tag=params.get("tag") or "mislabel",
+                batch_size=params.get("batch_size", 16),
+                device=params.get("device", "auto"),
+                dtype=params.get("dtype", "auto"),
+                overwrite=params.get("overwrite", False),
+                progress=progress,
+            )
+
+        result = yield from _run_with_progress(ctx, work)
+        message = (
+            f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
+            f"(tag {result['tag']!r}); review view {result['view']!r}"
+        )
+        if not ctx.delegated:
+            yield ctx.trigger("reload_dataset")
+            yield ctx.trigger("notify", dict(message=message, variant="success"))
+            # open the review view: flagged samples, most suspicious first
+            yield ctx.trigger("set_view", dict(name=result["view"]))
+
+
 def register(p):
     p.register(CaptionSamples)
     p.register(ComputeHeatmaps)
     p.register(WordHeatmapsPanel)
+    p.register(FindMislabels)

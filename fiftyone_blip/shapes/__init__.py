@@ -99,7 +99,9 @@ def load_dataset(
     if fo.dataset_exists(name):
         dataset = fo.load_dataset(name)
         if not overwrite and dataset.info.get("shapes") == identity and len(dataset) == count:
-            return dataset
+            # its images may be gone (a cleaned zoo folder, another temporary home): rebuild then
+            if all(os.path.exists(path) for path in dataset.values("filepath")):
+                return dataset
         dataset.delete()
     scenes = make_scenes(count, split=split, seed=seed, size=size)
     folder = Path(images_dir) if images_dir else default_images_dir() / f"seed{seed}-{size}px"

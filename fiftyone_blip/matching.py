@@ -1,0 +1,666 @@
+"""Image-text matching scores (BLIP's ITM head and ITC cosine) and mislabel flags.
+
+Label QA in two steps:
+
+1. `match_task` (an engine `Task`) scores what a label field holds against
+   its image with BLIP's image-text matching head, and stores the scores:
+
+   - classification labels (`Classification`, `Classifications`): the ITM
+     probability of a prompt built from the label ("a photo of a {label}"),
+     and the margin against the best other class of the label set (a
+     zero-shot classification over the classes present);
+   - detections (`Detections`): the same per object, on its crop;
+   - free text (a string field, e.g. human-written or generated captions):
+     the ITM probability of the text itself;
+   - optionally the ITC cosine between image and text embeddings.
+
+   Per label, the scores go on the label itself (`{field}_itm`,
+   `{field}_margin`, `{field}_itc` attributes); per sample, `{field}` holds
+   the lowest ITM probability of its labels, `{field}_margin` and
+   `{field}_itc` the lowest margin and cosine.
+
+2. `flag` turns stored scores into a mistakenness score (higher = more
+   likely wrong), flags by an absolute threshold, a percentile or a top-k,
+   tags the flagged samples (or labels) and saves a review view sorted most
+   suspicious first. It needs no model, so a re-run with another threshold
+   is instant.
+
+ITM probabilities are ranking scores, not calibrated probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import string
+
+import numpy as np
+
+METHODS = ("auto", "itm", "itc", "itm+margin")
+LEVELS = ("sample", "label")
+# Default prompt templates per model. The bundled shapes-tiny matcher knows only
+# its 23 caption words ("photo" and "of" are unknown tokens to it), and scores
+# the short label phrase best (benchmarks/eval_mislabels.py --templates).
+DEFAULT_TEMPLATE = "a photo of a {label}"
+MODEL_TEMPLATES = {"shapes-tiny": "a {label}"}
+# Crop padding per model: boxes are grown by this factor around their center.
+# shapes-tiny was trained on whole 3x3-grid scenes: a box grown 3x puts the
+# object in the middle cell at the size the model saw in training.
+DEFAULT_CROP_PADDING = 1.25
+MODEL_CROP_PADDING = {"shapes-tiny": 3.0}
+# Image-text pairs per ITM forward pass (bounds memory: every pair carries its
+# image's patch embeddings through the text encoder's cross-attention).
+PAIR_BATCH = 64
+
+
+def default_template(model: str | None) -> str:
+    """The label prompt template used for a model unless one is given."""
+    return MODEL_TEMPLATES.get(model or "", DEFAULT_TEMPLATE)
+
+
+def default_crop_padding(model: str | None) -> float:
+    return MODEL_CROP_PADDING.get(model or "", DEFAULT_CROP_PADDING)
+
+
+def check_template(template: str) -> str:
+    """Checks that a prompt template has exactly the one placeholder `{label}`."""
+    if not isinstance(template, str):
+        raise ValueError(f"`template` must be a string with a {{label}} placeholder, got {template!r}")
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise ValueError(f"`template` is not a valid format string ({error}): {template!r}") from None
+    if "label" not in names:
+        raise ValueError(f"`template` must contain {{label}}, got {template!r}")
+    if set(names) != {"label"}:
+        others = sorted(set(names) - {"label"})
+        raise ValueError(f"`template` may hold only the {{label}} placeholder, got {others} in {template!r}")
+    return template
+
+
+# --- label field kinds ---------------------------------------------------------------------------------------
+
+
+def label_kind(samples, label_field: str) -> str:
+    """What a field holds: "classification", "classifications", "detections" or "text".
+
+    Raises:
+        ValueError: the field does not exist or holds an unsupported type.
+    """
+    import fiftyone as fo
+
+    schema = samples.get_field_schema()
+    if label_field not in schema:
+        names = ", ".join(sorted(compatible_fields(samples))) or "none"
+        raise ValueError(f"`label_field` {label_field!r} is not a field of the dataset (compatible fields: {names})")
+    field = schema[label_field]
+    if isinstance(field, fo.StringField):
+        return "text"
+    if isinstance(field, fo.EmbeddedDocumentField):
+        kinds = {
+            fo.Classification: "classification",
+            fo.Classifications: "classifications",
+            fo.Detections: "detections",
+        }
+        for cls, kind in kinds.items():
+            if issubclass(field.document_type, cls):
+                return kind
+        type_name = field.document_type.__name__
+    else:
+        type_name = type(field).__name__
+    raise ValueError(
+        f"`label_field` {label_field!r} holds {type_name}; label QA scores Classification, Classifications, "
+        "Detections or string (free-text) fields"
+    )
+
+
+def compatible_fields(samples) -> list[str]:
+    """The sample fields `label_kind` accepts, in schema order (built-in fields left out)."""
+    import fiftyone as fo
+
+    from fiftyone_blip.engine import _RESERVED_FIELDS
+
+    names = []
+    schema = samples.get_field_schema()
+    for name, field in schema.items():
+        if name in _RESERVED_FIELDS:
+            continue
+        # an engine run's own bookkeeping ("caption_error", "caption_run") is not a label
+        stem, _, suffix = name.rpartition("_")
+        if suffix in ("error", "run") and stem in schema:
+            continue
+        if isinstance(field, fo.StringField) or (
+            isinstance(field, fo.EmbeddedDocumentField)
+            and issubclass(field.document_type, (fo.Classification, fo.Classifications, fo.Detections))
+        ):
+            names.append(name)
+    return names
+
+
+def _list_path(kind: str) -> str | None:
+    return {"classifications": "classifications", "detections": "detections"}.get(kind)
+
+
+def label_classes(samples, label_field: str, kind: str) -> list[str]:
+    """The distinct labels present in a field (the zero-shot class set for margins)."""
+    if kind == "text":
+        return []
+    path = f"{label_field}.{_list_path(kind)}.label" if _list_path(kind) else f"{label_field}.label"
+    return sorted(label for label in samples.distinct(path) if label)
+
+
+# --- settings ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class MatchSettings:
+    """How labels become texts and which scores are computed.
+
+    Attributes:
+        kind: "classification", "classifications", "detections" or "text".
+        template: prompt built from a label; must contain {label}.
+        classes: the label set for margins; a sample's label outside it gets
+            no margin. Ignored for text.
+        margin: compute the margin against the best other class (True).
+        itc: also compute the ITC cosine (False).
+        crop_padding: detections: grow each box by this factor around its
+            center before cropping, >= 1.
+        resize: how images reach the model's square input ("squash").
+    """
+
+    kind: str
+    template: str = DEFAULT_TEMPLATE
+    classes: list[str] = dataclasses.field(default_factory=list)
+    margin: bool = True
+    itc: bool = False
+    crop_padding: float = DEFAULT_CROP_PADDING
+    resize: str = "squash"
+
+    def __post_init__(self):
+        from fiftyone_blip.images import RESIZE_MODES
+
+        if self.kind not in ("classification", "classifications", "detections", "text"):
+            raise ValueError(f"unsupported label kind {self.kind!r}")
+        if self.kind != "text":
+            check_template(self.template)
+            self.classes = sorted({str(c) for c in self.classes if c})
+            if not self.classes:
+                raise ValueError("the label set is empty: the field holds no labels in these samples")
+        else:
+            self.classes, self.margin = [], False
+        if not isinstance(self.crop_padding, (int, float)) or self.crop_padding < 1:
+            raise ValueError(f"`crop_padding` must be >= 1, got {self.crop_padding!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {self.resize!r}")
+
+    def prompt(self, label: str) -> str:
+        return label if self.kind == "text" else self.template.format(label=label)
+
+    def as_dict(self) -> dict:
+        settings = {"kind": self.kind, "itc": self.itc, "resize": self.resize}
+        if self.kind != "text":
+            settings.update(template=self.template, margin=self.margin, classes=self.classes)
+        if self.kind == "detections":
+            settings["crop_padding"] = self.crop_padding
+        return settings
+
+
+# --- the scorer ----------------------------------------------------------------------------------------------
+
+
+class Matcher:
+    """ITM probabilities and ITC cosines for one loaded `BlipForImageTextRetrieval`."""
+
+    def __init__(self, loaded):
+        import torch
+
+        self.torch = torch
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.processor.tokenizer
+        self.device = loaded.device
+        text_config = self.model.config.text_config
+        self.max_length = min(int(self.tokenizer.model_max_length), text_config.max_position_embeddings)
+        self._text_cache: dict[str, tuple] = {}
+
+    def autocast(self):
+        torch = self.torch
+        if self.loaded.dtype in ("bfloat16", "float16") and self.device == "cpu":
+            return torch.autocast("cpu", dtype=getattr(torch, self.loaded.dtype))
+        return contextlib.nullcontext()
+
+    def tokens(self, texts: list[str]):
+        """Padded token ids and mask for texts (BLIP's tokenizer, truncated to the model's length)."""
+        batch = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def image_embeds(self, pixel_values):
+        """Patch embeddings (batch, 1 + grid * grid, width) of a pixel batch."""
+        dtype = next(self.model.parameters()).dtype
+        return self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype=dtype)).last_hidden_state
+
+    def itm(self, image_embeds, image_index: list[int], texts: list[str]) -> np.ndarray:
+        """ITM match probability of each pair (image_embeds[image_index[i]], texts[i])."""
+        torch = self.torch
+        out = []
+        for start in range(0, len(texts), PAIR_BATCH):
+            chunk = texts[start : start + PAIR_BATCH]
+            index = torch.as_tensor(image_index[start : start + PAIR_BATCH], device=image_embeds.device)
+            ids, mask = self.tokens(chunk)
+            embeds = image_embeds.index_select(0, index)
+            fused = self.model.text_encoder(
+                input_ids=ids,
+                attention_mask=mask,
+                encoder_hidden_states=embeds,
+                encoder_attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+            ).last_hidden_state
+            logits = self.model.itm_head(fused[:, 0]).float()
+            out.append(logits.softmax(-1)[:, 1].cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    def image_features(self, image_embeds):
+        """Normalized ITC image embeddings."""
+        features = self.model.vision_proj(image_embeds[:, 0]).float()
+        return self.torch.nn.functional.normalize(features, dim=-1)
+
+    def text_features(self, texts: list[str]):
+        """Normalized ITC text embeddings (unimodal text encoder)."""
+        ids, mask = self.tokens(texts)
+        hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.torch.nn.functional.normalize(self.model.text_proj(hidden[:, 0]).float(), dim=-1)
+
+    def score(
+        self,
+        pixel_values,
+        texts: list[str],
+        classes: list[str] | None = None,
+        template: str | None = None,
+        itc: bool = True,
+        own_itm: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Scores one text per image; with `classes`, also every class prompt per image.
+
+        Args:
+            pixel_values: (n, 3, size, size) tensor.
+            texts: n texts, one per image.
+            classes: optional class names; their prompts are `template.format(label=c)`.
+
+        Returns:
+            {"itm": (n,)} (unless `own_itm` is False: the texts are class
+            prompts already), with `itc` "itc": (n,), with classes "class_itm": (n, C).
+        """
+        torch = self.torch
+        with torch.inference_mode(), self.autocast():
+            embeds = self.image_embeds(pixel_values)
+            n = embeds.shape[0]
+            result = {"itm": self.itm(embeds, list(range(n)), texts)} if own_itm else {}
+            if itc:
+                result["itc"] = (self.image_features(embeds) * self.text_features(texts)).sum(-1).cpu().numpy()
+            if classes:
+                prompts = [template.format(label=c) for c in classes]
+                pairs = [(i, p) for i in range(n) for p in prompts]
+                probs = self.itm(embeds, [i for i, _ in pairs], [p for _, p in pairs])
+                result["class_itm"] = probs.reshape(n, len(classes))
+        return result
+
+
+# --- the engine task -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Item:
+    """One sample's model inputs: image views (whole image or crops) and their texts."""
+
+    pixels: list  # one CHW array per view
+    labels: list[str]  # one label (or caption) per view
+    paths: list[str | None]  # embedded attribute path prefix per view ("gt.detections.3"), None for text
+    siblings: list[set]  # per view: labels that must not count as "the best other class"
+
+
+def _crop(image, box: list[float], padding: float):
+    """Crops a relative [x, y, w, h] box grown by `padding` around its center (clipped to the image)."""
+    width, height = image.size
+    x, y, w, h = box
+    cx, cy = (x + w / 2) * width, (y + h / 2) * height
+    half_w, half_h = max(w * width * padding / 2, 1.0), max(h * height * padding / 2, 1.0)
+    left, top = max(0, int(round(cx - half_w))), max(0, int(round(cy - half_h)))
+    right, bottom = min(width, int(round(cx + half_w))), min(height, int(round(cy + half_h)))
+    if right <= left or bottom <= top:
+        raise ValueError(f"box {box} lies outside the image")
+    return image.crop((left, top, right, bottom))
+
+
+def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
+    """An engine `Task` that scores `label_field` against each image into `field` and siblings."""
+    import fiftyone as fo
+
+    from fiftyone_blip import engine
+    from fiftyone_blip.images import Preprocessor, load_image
+
+    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, settings.resize)
+    matcher = Matcher(loaded)
+    kind = settings.kind
+    classes = settings.classes if settings.margin else []
+    class_index = {c: i for i, c in enumerate(classes)}
+
+    def prepare(path, value):
+        if kind == "text":
+            text = value.strip() if isinstance(value, str) else ""
+            if not text:
+                return _Item([], [], [], [])
+            return _Item([preprocess(path)[0]], [text], [None], [set()])
+        if value is None:
+            return _Item([], [], [], [])
+        if kind == "classification":
+            labels = [(value.label, f"{label_field}")] if value.label else []
+        else:
+            items = getattr(value, _list_path(kind)) or []
+            labels = [(lab.label, f"{label_field}.{_list_path(kind)}.{i}") for i, lab in enumerate(items) if lab.label]
+        if not labels:
+            return _Item([], [], [], [])
+        if kind == "detections":
+            image = load_image(path)
+            boxes = value.detections
+            pixels = [
+                preprocess.from_image(
+                    _crop(image, boxes[int(p.rsplit(".", 1)[1])].bounding_box, settings.crop_padding)
+                )[0]
+                for _, p in labels
+            ]
+            siblings = [{label} for label, _ in labels]
+        else:
+            array = preprocess(path)[0]
+            pixels = [array] * len(labels)
+            # multi-label: the sample's other labels are not rivals of this one
+            siblings = [{label for label, _ in labels}] * len(labels)
+        return _Item(pixels, [label for label, _ in labels], [p for _, p in labels], siblings)
+
+    def step(inputs: list[_Item]) -> list[dict]:
+        views = [(n, k) for n, item in enumerate(inputs) for k in range(len(item.labels))]
+        rows: list[dict] = [{} for _ in inputs]
+        if not views:
+            return [{field: None} for _ in inputs]
+        pixels = engine.to_batch([inputs[n].pixels[k] for n, k in views], "cpu")
+        texts = [settings.prompt(inputs[n].labels[k]) for n, k in views]
+        # a label of the class set already gets its own prompt's ITM among the class prompts
+        own_itm = not classes or any(inputs[n].labels[k] not in class_index for n, k in views)
+        scores = matcher.score(pixels, texts, classes, settings.template, itc=settings.itc, own_itm=own_itm)
+        per_sample: dict[int, dict[str, list]] = {n: {"itm": [], "margin": [], "itc": []} for n in range(len(inputs))}
+        for v, (n, k) in enumerate(views):
+            item = inputs[n]
+            values = {"itm": float(scores["itm"][v])} if own_itm else {}
+            if classes:
+                label = item.labels[k]
+                row = scores["class_itm"][v]
+                if label in class_index:
+                    itm = values["itm"] = float(row[class_index[label]])
+                    rivals = [row[i] for c, i in class_index.items() if c not in item.siblings[k]]
+                    if rivals:
+                        values["margin"] = itm - float(max(rivals))
+            if settings.itc:
+                values["itc"] = float(scores["itc"][v])
+            for name, value in values.items():
+                per_sample[n][name].append(value)
+                if item.paths[k] is not None:
+                    rows[n][f"{item.paths[k]}.{field}_{name}"] = value
+        for n, row in enumerate(rows):
+            gathered = per_sample[n]
+            row[field] = min(gathered["itm"]) if gathered["itm"] else None
+            if settings.margin:
+                row[f"{field}_margin"] = min(gathered["margin"]) if gathered["margin"] else None
+            if settings.itc:
+                row[f"{field}_itc"] = min(gathered["itc"]) if gathered["itc"] else None
+        return rows
+
+    fields = {field: fo.FloatField}
+    if settings.margin:
+        fields[f"{field}_margin"] = fo.FloatField
+    if settings.itc:
+        fields[f"{field}_itc"] = fo.FloatField
+    return engine.Task(
+        capability="match",
+        field=field,
+        fields=fields,
+        settings={**settings.as_dict(), "label_field": label_field},
+        identity=loaded.identity,
+        prepare=prepare,
+        step=step,
+        reads=(label_field,),
+    )
+
+
+def label_attribute_paths(label_field: str, kind: str, field: str, names) -> list[str]:
+    """Embedded paths of per-label attributes, e.g. "gt.detections.gt_match_itm"."""
+    if kind == "text":
+        return []
+    base = f"{label_field}.{_list_path(kind)}" if _list_path(kind) else label_field
+    return [f"{base}.{field}_{name}" for name in names]
+
+
+def declare_label_attributes(dataset, label_field: str, kind: str, field: str, names, field_type=None) -> None:
+    """Declares per-label attributes in the dataset schema, so the App can filter on them."""
+    import fiftyone as fo
+
+    flat = dataset.get_field_schema(flat=True)
+    for path in label_attribute_paths(label_field, kind, field, names):
+        if path not in flat:
+            dataset.add_sample_field(path, field_type or fo.FloatField)
+
+
+# --- flagging ------------------------------------------------------------------------------------------------
+
+
+def mistakenness(itm=None, margin=None, itc=None, method: str = "itm+margin"):
+    """Maps stored scores to a mistakenness score in [0, 1] (higher = more likely wrong).
+
+    - "itm": 1 - p, p the ITM probability of the label;
+    - "itc": (1 - cosine) / 2;
+    - "itm+margin": (2 - p - margin) / 3, margin = p - p(best other class) in
+      [-1, 1]; a label without a margin (a class outside the label set) is
+      scored as if its margin were 0.
+
+    Accepts numbers or arrays (None / NaN propagate as NaN).
+    """
+    if method == "itm":
+        return 1.0 - _array(itm)
+    if method == "itc":
+        return (1.0 - _array(itc)) / 2.0
+    if method == "itm+margin":
+        margins = np.nan_to_num(_array(margin), nan=0.0)
+        return (2.0 - _array(itm) - margins) / 3.0
+    raise ValueError(f"`method` must be one of {METHODS[1:]}, got {method!r}")
+
+
+def _array(values) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], dtype=float)
+
+
+def select_flags(scores: np.ndarray, threshold=None, percentile=None, top_k=None) -> np.ndarray:
+    """Which scores to flag (NaN never is): >= threshold, >= the percentile, or the top k."""
+    given = [
+        name for name, v in (("threshold", threshold), ("percentile", percentile), ("top_k", top_k)) if v is not None
+    ]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of `threshold`, `percentile` or `top_k`, got {given or 'none'}")
+    scores = np.asarray(scores, dtype=float)
+    valid = ~np.isnan(scores)
+    flags = np.zeros(len(scores), dtype=bool)
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"`threshold` must be in [0, 1] (a mistakenness score), got {threshold}")
+        flags[valid] = scores[valid] >= threshold
+    elif percentile is not None:
+        if not 0 <= percentile < 100:
+            raise ValueError(f"`percentile` must be in [0, 100), got {percentile}")
+        if valid.any():
+            cut = np.percentile(scores[valid], percentile)
+            flags[valid] = scores[valid] >= cut
+    else:
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"`top_k` must be an integer >= 1, got {top_k!r}")
+        order = np.argsort(-np.where(valid, scores, -np.inf), kind="stable")
+        flags[order[: min(top_k, int(valid.sum()))]] = True
+    return flags
+
+
+def resolve_method(method: str, kind: str, settings: dict | None) -> str:
+    """ "auto": ITM + margin where margins were computed, else ITM."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    settings = settings or {}
+    if method == "auto":
+        return "itm+margin" if kind != "text" and settings.get("margin") else "itm"
+    if method == "itm+margin" and not settings.get("margin"):
+        raise ValueError("`method` 'itm+margin' needs margins: score with margin=True (not possible for text fields)")
+    if method == "itc" and not settings.get("itc"):
+        raise ValueError("`method` 'itc' needs ITC cosines: score with itc=True")
+    return method
+
+
+def flag(
+    samples,
+    label_field: str,
+    field: str,
+    method: str = "auto",
+    threshold: float | None = None,
+    percentile: float | None = None,
+    top_k: int | None = None,
+    level: str = "sample",
+    tag: str = "mislabel",
+    view_name: str | None = None,
+) -> dict:
+    """Flags likely mislabels from stored scores (no model needed); see `fiftyone_blip.flag_mislabels`."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    kind = label_kind(samples, label_field)
+    if level not in LEVELS:
+        raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}")
+    if level == "label" and kind == "text":
+        raise ValueError("`level` 'label' needs a label field; a text field is flagged per sample")
+    if not tag or not isinstance(tag, str):
+        raise ValueError(f"`tag` must be a non-empty string, got {tag!r}")
+    schema = samples.get_field_schema()
+    if field not in schema:
+        raise ValueError(f"no scores in {field!r}: run find_mislabels on {label_field!r} first")
+    settings = _last_settings(samples, field)
+    method = resolve_method(method, kind, settings)
+    select_flags(np.zeros(1), threshold, percentile, top_k)  # argument checks before any write
+    dataset = samples._dataset
+    score_field, flag_field = f"{field}_mistakenness", f"{field}_flagged"
+    names = {"itm": ["itm"], "itc": ["itc"], "itm+margin": ["itm", "margin"]}[method]
+
+    if kind == "text":
+        columns = samples.values([field] if method == "itm" else [f"{field}_itc"] if method == "itc" else [])
+        sample_scores = mistakenness(*_by_method(method, columns), method=method)
+        label_scores = None
+    else:
+        attrs = label_attribute_paths(label_field, kind, field, names)
+        columns = samples.values(attrs)
+        if _list_path(kind) is None:  # one label per sample
+            label_scores = mistakenness(*_by_method(method, columns), method=method)
+            sample_scores = label_scores
+        else:
+            lengths = [len(v) if v else 0 for v in columns[0]]
+            flat = [[x for values in column for x in (values or [])] for column in columns]
+            flat_scores = mistakenness(*_by_method(method, flat), method=method)
+            label_scores = np.split(flat_scores, np.cumsum(lengths)[:-1]) if lengths else []
+            sample_scores = np.array(
+                [np.nanmax(s) if len(s) and not np.isnan(s).all() else np.nan for s in label_scores], dtype=float
+            )
+
+    if level == "label" and _list_path(kind) is not None:
+        flat_scores = np.concatenate(label_scores) if len(label_scores) else np.zeros(0)
+        flat_flags = select_flags(flat_scores, threshold, percentile, top_k)
+        label_flags = np.split(flat_flags, np.cumsum([len(s) for s in label_scores])[:-1])
+        sample_flags = np.array([bool(f.any()) for f in label_flags], dtype=bool)
+    else:
+        sample_flags = select_flags(sample_scores, threshold, percentile, top_k)
+        label_flags = None
+
+    ids = samples.values("id")
+    _declare(dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField})
+    samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
+    samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
+    # a re-run replaces the earlier flags of these samples
+    samples.untag_samples(tag)
+    flagged_ids = [i for i, f in zip(ids, sample_flags) if f]
+    samples.select(flagged_ids).tag_samples(tag)
+
+    if kind != "text":
+        base = f"{label_field}.{_list_path(kind)}" if _list_path(kind) else label_field
+        declare_label_attributes(dataset, label_field, kind, field, ["mistakenness"])
+        declare_label_attributes(dataset, label_field, kind, field, ["flagged"], fo.BooleanField)
+        if _list_path(kind) is None:
+            per_label_flags = sample_flags.tolist()
+            values_scores = _floats(label_scores)
+        else:
+            per_label_flags = (
+                [f.tolist() for f in label_flags]
+                if label_flags is not None
+                else [[bool(flagged)] * len(s) for flagged, s in zip(sample_flags, label_scores)]
+            )
+            values_scores = [_floats(s) for s in label_scores]
+        # only samples that hold the label (a missing label has nothing to write on)
+        present = set(samples.exists(label_field).values("id"))
+        keep = [i for i, sample_id in enumerate(ids) if sample_id in present]
+        scores_by_id = {ids[i]: values_scores[i] for i in keep}
+        flags_by_id = {ids[i]: per_label_flags[i] for i in keep}
+        samples.set_values(f"{base}.{field}_mistakenness", scores_by_id, key_field="id")
+        samples.set_values(f"{base}.{field}_flagged", flags_by_id, key_field="id")
+        if level == "label":
+            labels_view = samples.filter_labels(label_field, F(f"{field}_flagged") == True, only_matches=False)  # noqa: E712
+            samples.untag_labels(tag, label_fields=[label_field])
+            labels_view.tag_labels(tag, label_fields=[label_field])
+
+    review = samples.match(F(flag_field) == True).sort_by(score_field, reverse=True)  # noqa: E712
+    if level == "label" and _list_path(kind) is not None:
+        review = review.filter_labels(label_field, F(f"{field}_flagged") == True)  # noqa: E712
+    view_name = view_name or f"{field.replace('_', '-')}-review"
+    dataset.save_view(view_name, review, overwrite=True)
+    return {
+        "method": method,
+        "flagged_samples": int(sample_flags.sum()),
+        "flagged_labels": int(sum(int(f.sum()) for f in label_flags)) if label_flags is not None else None,
+        "scored_samples": int((~np.isnan(np.asarray(sample_scores, dtype=float))).sum()),
+        "total_samples": len(ids),
+        "tag": tag,
+        "view": view_name,
+        "score_field": score_field,
+        "flag_field": flag_field,
+    }
+
+
+def _by_method(method: str, columns):
+    if method == "itm":
+        return (columns[0],)
+    if method == "itc":
+        return (None, None, columns[0])
+    return columns[0], columns[1]
+
+
+def _floats(values) -> list:
+    return [None if v is None or np.isnan(v) else float(v) for v in np.asarray(values, dtype=float)]
+
+
+def _declare(dataset, fields: dict) -> None:
+    schema = dataset.get_field_schema()
+    for name, field_type in fields.items():
+        if name in schema and not isinstance(schema[name], field_type):
+            raise ValueError(
+                f"field {name!r} already exists as a {type(schema[name]).__name__}; choose another `field`"
+            )
+        if name not in schema:
+            dataset.add_sample_field(name, field_type)
+
+
+def _last_settings(samples, field: str) -> dict | None:
+    """Settings of the latest completed match run that wrote `field` on this dataset."""
+    from fiftyone_blip import engine
+
+    for record in reversed(engine.list_runs(samples._dataset)):
+        if record.get("capability") == "match" and record.get("field") == field:
+            return record.get("settings")
+    return None
