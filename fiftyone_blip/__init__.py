@@ -225,8 +225,7 @@ def embed(
     if resize not in images.RESIZE_MODES:
         raise ValueError(f"`resize` must be one of {images.RESIZE_MODES}, got {resize!r}")
     engine.check_run_options(field, batch_size, shard)
-    loaded = models.load_model(model, task="match", device=device, dtype=dtype)
-    stored_name = embeddings.stored_model_name(loaded)
+    stored_name = embeddings.stored_model_name(model)
     dataset = samples._root_dataset
     if brain_key is not None and brain_key in dataset.list_brain_runs():
         built_with = embeddings.index_model_name(dataset, brain_key)
@@ -235,6 +234,7 @@ def embed(
                 f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
                 f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
             )
+    loaded = models.load_model(model, task="match", device=device, dtype=dtype)
     task = embeddings.embedding_task(loaded, field=field, resize=resize)
     summary = engine.run(
         samples,

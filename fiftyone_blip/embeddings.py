@@ -347,29 +347,26 @@ def index_model_name(samples, brain_key: str) -> str:
     return (config.model_kwargs or {}).get("model")
 
 
+def stored_model_name(name: str | None) -> str:
+    """What an index stores to reload its model, without loading it: a bundled name, an
+    absolute local directory, or a hub id."""
+    from fiftyone_blip import models
+
+    resolved, local = models.resolve_name(name, "match")
+    if resolved in models.BUNDLED or local is None:
+        return resolved
+    return str(local)
+
+
 def check_same_model(samples, brain_key: str, model: str | None) -> str:
     """Returns the index's BLIP model; raises if `model` is given and differs from it."""
-    from fiftyone_blip import models
-
     built_with = index_model_name(samples, brain_key)
-    if model is not None:
-        name, local = models.resolve_name(model, "match")
-        wanted = str(local) if local is not None and name not in models.BUNDLED else name
-        if wanted != built_with:
-            raise ValueError(
-                f"index {brain_key!r} was built with model {built_with!r}, not {model!r}: "
-                f"its embeddings are not comparable; search it without `model` or re-embed with {model!r}"
-            )
+    if model is not None and stored_model_name(model) != built_with:
+        raise ValueError(
+            f"index {brain_key!r} was built with model {built_with!r}, not {model!r}: "
+            f"its embeddings are not comparable; search it without `model` or re-embed with {model!r}"
+        )
     return built_with
-
-
-def stored_model_name(loaded) -> str:
-    """What the index stores to reload the model: an absolute directory, a bundled name or a hub id."""
-    from fiftyone_blip import models
-
-    if loaded.name in models.BUNDLED:
-        return loaded.name
-    return loaded.path
 
 
 def build_index(
@@ -524,7 +521,8 @@ def search(
                 continue  # an unreadable image keeps no ITM score and sinks to the end
         if arrays:
             logits[chunk] = embedder.itm_logits(engine.to_batch(arrays, "cpu"), query)
-    probability = np.exp(logits[:, 1]) / np.exp(logits).sum(1)
+    logits = logits.astype(np.float64)
+    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
     score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
     order = np.argsort(-score, kind="stable")
     return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]

@@ -7,12 +7,8 @@ Two models, the same classes and file layout as the Salesforce checkpoints:
 - captioner: `BlipForConditionalGeneration` (like blip-image-captioning-base),
   trained with the language-modelling loss on English captions;
 - matcher: `BlipForImageTextRetrieval` (like blip-itm-base-coco), trained with
-  BLIP's contrastive (ITC) and image-text matching (ITM) losses on "queries":
-  the full caption or a part of it ("a red circle", "a blue square on the
-  left"), so that text search with short queries works. ITC counts every image
-  of the batch that a query describes as a positive, and adds one-attribute-
-  changed queries as hard negative texts. ITM negatives are other images'
-  queries and queries with one attribute changed.
+  BLIP's contrastive (ITC) and image-text matching (ITM) losses. ITM negatives
+  are other images' captions and captions with one attribute changed.
 
 Both use a tokenizer of their own (WordPiece over the caption words). Seeds are
 fixed; on 2 CPU cores the default recipe runs in under 30 minutes. The held-out
@@ -271,32 +267,6 @@ def itm_probabilities(model, tokenizer, pixels, captions, batch_size=256) -> np.
     return torch.cat(scores).numpy()
 
 
-def itc_precision_at_10(model, tokenizer, pixels, scenes) -> dict:
-    """Text-to-image precision@10 of ITC embeddings for one-object queries (with and without position)."""
-    from fiftyone_blip.shapes import queries as shape_queries
-
-    model.eval()
-    with torch.no_grad():
-        image_feat = torch.cat(
-            [
-                F.normalize(model.vision_proj(model.vision_model(pixel_values=chunk).last_hidden_state[:, 0]), dim=-1)
-                for chunk in pixels.split(256)
-            ]
-        )
-        metrics = {}
-        for name, with_position in (("colour_kind", False), ("colour_kind_position", True)):
-            found = shape_queries.attribute_queries(scenes, with_position)
-            if not found:
-                continue
-            batch = tokenizer([shape_queries.query_text(q) for q in found], padding="longest", return_tensors="pt")
-            text = model.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            text_feat = F.normalize(model.text_proj(text.last_hidden_state[:, 0]), dim=-1)
-            top = (text_feat @ image_feat.t()).topk(10, dim=1).indices
-            hits = [[shape_queries.satisfies(scenes[i], q) for i in row] for q, row in zip(found, top.tolist())]
-            metrics[f"itc_precision_at_10_{name}"] = round(float(np.mean(hits)), 4)
-    return metrics
-
-
 def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """Probability that a random positive outscores a random negative (ties count half)."""
     scores = np.concatenate([positives, negatives])
@@ -314,17 +284,14 @@ def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
 def train_matcher(processor, train_pixels, train_scenes, val_pixels, val_scenes, vision_state, args):
     from transformers import BlipForImageTextRetrieval
 
-    from fiftyone_blip.shapes import queries as shape_queries
-
     torch.manual_seed(args.seed + 1)
-    if args.matcher_init is not None:
-        model = BlipForImageTextRetrieval.from_pretrained(args.matcher_init)
-    else:
-        model = BlipForImageTextRetrieval(build_config(processor.tokenizer, "matcher"))
-    if vision_state is not None and args.matcher_init is None:
+    model = BlipForImageTextRetrieval(build_config(processor.tokenizer, "matcher"))
+    if vision_state is not None:
         # Starting from the captioner's vision tower halves the matcher's training time.
         model.vision_model.load_state_dict(vision_state)
     tokenizer = processor.tokenizer
+    captions = [s.caption() for s in train_scenes]
+    input_ids, attention_mask = _caption_tokens(tokenizer, captions)
     n = len(train_pixels)
     steps = n // args.batch_size
     rng = random.Random(args.seed)
@@ -332,57 +299,36 @@ def train_matcher(processor, train_pixels, train_scenes, val_pixels, val_scenes,
     order = {}
     temperature = 0.07
 
-    def tokens(texts):
-        batch = tokenizer(texts, padding="longest", return_tensors="pt")
-        return batch["input_ids"], batch["attention_mask"]
-
-    def hard_negative(query, scene):
-        # A one-attribute change can still describe the scene (it may hold that other object too).
-        for _ in range(10):
-            negative = shape_queries.perturb_query(query, rng)
-            if not shape_queries.satisfies(scene, negative):
-                return negative
-        return negative
-
     def step_fn(epoch, batch_index):
         if epoch not in order:
             order.clear()
             order[epoch] = torch.randperm(n, generator=generator)
-        idx = order[epoch][batch_index * args.batch_size : (batch_index + 1) * args.batch_size].tolist()
-        scenes = [train_scenes[i] for i in idx]
-        pixels = train_pixels[idx]
-        positives = [shape_queries.sample_query(scene, rng) for scene in scenes]
-        hard = [hard_negative(q, scene) for q, scene in zip(positives, scenes)]
-
-        # ITC: every image of the batch that a text describes is a positive for it; the
-        # one-attribute-changed texts are hard negatives (or positives of other images).
-        texts = positives + hard
-        relevant = torch.tensor([[shape_queries.satisfies(scene, q) for scene in scenes] for q in texts]).float()
+        idx = order[epoch][batch_index * args.batch_size : (batch_index + 1) * args.batch_size]
+        ids, mask, pixels = input_ids[idx], attention_mask[idx], train_pixels[idx]
         image_embeds = model.vision_model(pixel_values=pixels).last_hidden_state
-        ids, mask = tokens([shape_queries.query_text(q) for q in texts])
         text_out = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         image_feat = F.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1)
         text_feat = F.normalize(model.text_proj(text_out[:, 0]), dim=-1)
-        logits = text_feat @ image_feat.t() / temperature  # (texts, images)
-        has_image = relevant.sum(1) > 0
-        t2i = F.cross_entropy(logits[has_image], relevant[has_image] / relevant[has_image].sum(1, keepdim=True))
-        i2t = F.cross_entropy(logits.t(), (relevant / relevant.sum(0, keepdim=True).clamp(min=1)).t())
-        itc = (t2i + i2t) / 2
+        logits = image_feat @ text_feat.t() / temperature
+        # Identical captions in a batch are true matches, not negatives.
+        same = torch.tensor([[captions[i] == captions[j] for j in idx.tolist()] for i in idx.tolist()])
+        targets = same.float() / same.float().sum(1, keepdim=True)
+        itc = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
-        # ITM: the image with its query, and with a query it does not satisfy: half
-        # one-attribute-changed, half another image's.
         negatives = []
-        for k, scene in enumerate(scenes):
+        for i in idx.tolist():
             if rng.random() < 0.5:
-                negatives.append(hard[k])
-                continue
-            j = rng.randrange(n)
-            other = shape_queries.sample_query(train_scenes[j], rng)
-            while shape_queries.satisfies(scene, other):
+                negatives.append(perturb_caption(train_scenes[i], rng))
+            else:
                 j = rng.randrange(n)
-                other = shape_queries.sample_query(train_scenes[j], rng)
-            negatives.append(other)
-        itm_ids, itm_mask = tokens([shape_queries.query_text(q) for q in positives + negatives])
+                while captions[j] == captions[i]:
+                    j = rng.randrange(n)
+                negatives.append(captions[j])
+        neg = tokenizer(negatives, padding="longest", return_tensors="pt")
+        width = max(ids.shape[1], neg["input_ids"].shape[1])
+        pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        itm_ids = torch.cat([pad(ids), pad(neg["input_ids"])])
+        itm_mask = torch.cat([pad(mask), pad(neg["attention_mask"])])
         both_images = torch.cat([image_embeds, image_embeds])
         fused = model.text_encoder(
             input_ids=itm_ids,
@@ -411,7 +357,6 @@ def train_matcher(processor, train_pixels, train_scenes, val_pixels, val_scenes,
         "itm_auroc_one_attribute_changed": round(
             auroc(matched_scores, itm_probabilities(model, tokenizer, val_pixels, hard)), 4
         ),
-        **itc_precision_at_10(model, tokenizer, val_pixels, val_scenes),
     }
     print(f"matcher held-out: {metrics}", flush=True)
     return model, metrics
@@ -497,12 +442,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--captioner-epochs", type=int, default=16)
     parser.add_argument("--matcher-epochs", type=int, default=3)
-    parser.add_argument(
-        "--matcher-init",
-        type=Path,
-        default=None,
-        help="continue training this matcher directory instead of starting from the captioner's vision tower",
-    )
     parser.add_argument("--probe-weight", type=float, default=0.5, help="weight of the training-only cell probe")
     parser.add_argument("--only", choices=("captioner", "matcher"), default=None)
     args = parser.parse_args(argv)
@@ -531,14 +470,6 @@ def main(argv: list[str] | None = None) -> None:
         save(captioner, processor, args.out / "captioner", "captioner", metrics, args, (time.time() - t0) / 60)
         vision_state = captioner.vision_model.state_dict()
     if args.only in (None, "matcher"):
-        if vision_state is None and args.matcher_init is None:
-            # The same start as a full run: the captioner's vision tower, read from its saved weights.
-            from transformers import BlipForConditionalGeneration
-
-            captioner_dir = args.out / "captioner"
-            if not (captioner_dir / "config.json").exists():
-                captioner_dir = Path(__file__).parent / "models" / "captioner"
-            vision_state = BlipForConditionalGeneration.from_pretrained(captioner_dir).vision_model.state_dict()
         t0 = time.time()
         matcher, metrics = train_matcher(
             processor, train_pixels, train_scenes, val_pixels, val_scenes, vision_state, args
