@@ -426,5 +426,125 @@ def mislabels(dataset, label_field, rescore, view_name_in, workers, quiet, class
     )
 
 
+@main.command()
+@click.argument("dataset")
+@click.option(
+    "-m",
+    "--model",
+    envvar="FIFTYONE_BLIP_MATCH_MODEL",
+    default=None,
+    help="BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-itm-base-coco]",
+)
+@click.option("-f", "--field", default="blip_embedding", show_default=True, help="Field to write the embeddings to.")
+@click.option(
+    "-b", "--brain-key", default="blip_sim", show_default=True, help="Similarity index to build (the App finds it)."
+)
+@click.option("--no-index", is_flag=True, help="Only embed; build no similarity index.")
+@click.option(
+    "--backend",
+    default=None,
+    help="Similarity backend: FiftyOne's default (sklearn) or e.g. lancedb. [default: FiftyOne's default]",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(["squash", "center-crop", "letterbox"]),
+    default="squash",
+    show_default=True,
+    help="How images reach the model's square input.",
+)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    envvar="FIFTYONE_BLIP_DEVICE",
+    show_default=True,
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU.",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Decode threads, 0 for inline. [default: one per core, at most 8]"
+)
+@click.option("--shard", default=None, help="Embed only shard I of N, as I/N (no index is built for a shard).")
+@click.option("--view", "view_name", default=None, help="A saved view of the dataset to embed.")
+@click.option("--overwrite", is_flag=True, help="Recompute embeddings that already exist.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@translate_errors
+def embed(dataset, view_name, workers, quiet, no_index, **options):
+    """Embed every image of DATASET with BLIP (ITC) and build a similarity index.
+
+    Writes FIELD (a unit vector per image), FIELD_error and FIELD_run, then
+    builds the similarity index BRAIN_KEY over the embedded samples. Text
+    search then works from Python (`dataset.sort_by_similarity("a red
+    circle", brain_key=...)`), from `fiftyone-blip search` and in the App,
+    in any later session. Re-running resumes and rebuilds the index.
+
+    \b
+    Examples:
+        fiftyone-blip embed my-dataset
+        fiftyone-blip embed my-dataset -m shapes-tiny -b shapes_sim
+        fiftyone-blip embed my-dataset --backend lancedb
+        fiftyone-blip embed my-dataset --shard 0/2 -q   # and 1/2 elsewhere; then once without --shard
+    """
+    import fiftyone_blip
+
+    samples = load_samples(dataset, view_name)
+    if no_index:
+        options["brain_key"] = None
+    summary = fiftyone_blip.embed(samples, num_workers=workers, progress=not quiet, **options)
+    click.echo(str(summary))
+    if options["brain_key"] and not options["shard"]:
+        click.echo(f"similarity index {options['brain_key']!r} ready")
+
+
+@main.command()
+@click.argument("dataset")
+@click.argument("query")
+@click.option("-k", "--top-k", "k", type=int, default=20, show_default=True, help="How many results.")
+@click.option("-b", "--brain-key", default="blip_sim", show_default=True, help="The index built by `embed`.")
+@click.option("--rerank", is_flag=True, help="Re-score the ITC shortlist with BLIP's ITM head.")
+@click.option(
+    "--shortlist", type=int, default=None, help="How many ITC results --rerank re-scores. [default: max(4k, 50)]"
+)
+@click.option("-m", "--model", default=None, help="Refuse an index built with another model than this one.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    envvar="FIFTYONE_BLIP_DEVICE",
+    show_default=True,
+)
+@click.option("--view", "view_name", default=None, help="Search only this saved view of the dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON lines.")
+@translate_errors
+def search(dataset, query, view_name, as_json, **options):
+    """Find the images of DATASET that best match QUERY (a text, or a sample id).
+
+    Prints one line per result, best first: sample id, file path and score
+    (the ITC cosine; with --rerank, the ITM match logit + ITC cosine, then the
+    ITM match probability).
+
+    \b
+    Examples:
+        fiftyone-blip search my-dataset "a dog on a beach" -k 20
+        fiftyone-blip search my-dataset "a red circle" -k 10 --rerank
+        fiftyone-blip search my-dataset 6b09bc470f665e4981dccd5f -k 5   # more like this sample
+    """
+    import dataclasses
+    import json
+
+    import fiftyone_blip
+
+    samples = load_samples(dataset, view_name)
+    hits = fiftyone_blip.search(samples, query, **options)
+    for hit in hits:
+        click.echo(json.dumps(dataclasses.asdict(hit)) if as_json else str(hit))
+
+
 if __name__ == "__main__":
     sys.exit(main())

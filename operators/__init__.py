@@ -557,8 +557,105 @@ class FindMislabels(foo.Operator):
             yield ctx.trigger("set_view", dict(name=result["view"]))
 
 
+_BACKEND_LABELS = {
+    "sklearn": "FiftyOne default (in the database)",
+    "lancedb": "LanceDB (embedded vector database)",
+}
+
+
+def _default_match_model(ctx):
+    if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
+        return "shapes-tiny"
+    return models.DEFAULT_MODELS["match"]
+
+
+class ComputeEmbeddings(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_embeddings",
+            label="BLIP: compute embeddings and similarity index",
+            description="Embed images with BLIP (ITC) and build a similarity index with text search",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        inputs.str(
+            "model",
+            label="Model",
+            default=_default_match_model(ctx),
+            required=True,
+            description="A BlipForImageTextRetrieval hub id, a local directory, or shapes-tiny",
+        )
+        inputs.str("field", label="Embeddings field", default="blip_embedding", required=True)
+        inputs.str(
+            "brain_key",
+            label="Similarity index (brain key)",
+            default="blip_sim",
+            required=True,
+            description="The App's similarity search lists it; text prompts work on it",
+        )
+        _dropdown(inputs, "backend", "Similarity backend", _BACKEND_LABELS, default="sklearn")
+        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
+        inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
+        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
+        _dropdown(inputs, "dtype", "Precision", {d: d for d in models.DTYPES}, default="auto")
+        inputs.str(
+            "shard",
+            label="Shard (I/N)",
+            required=False,
+            description="Embed only shard I of N (no index is built for a shard; run once more without it)",
+        )
+        inputs.bool("overwrite", label="Recompute existing embeddings", default=False)
+
+        try:
+            engine.check_run_options(
+                ctx.params.get("field", "blip_embedding"), ctx.params.get("batch_size", 16), ctx.params.get("shard")
+            )
+            brain_key = ctx.params.get("brain_key", "blip_sim")
+            if not brain_key:
+                raise ValueError("`brain_key` must be a non-empty name")
+        except ValueError as error:
+            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
+            prop.invalid = True
+            prop.error_message = str(error)
+        return types.Property(inputs, view=types.View(label="BLIP: compute embeddings and similarity index"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        view = ctx.target_view()
+        backend = params.get("backend", "sklearn")
+
+        def work(progress):
+            return fiftyone_blip.embed(
+                view,
+                model=params.get("model") or None,
+                field=params.get("field", "blip_embedding"),
+                brain_key=params.get("brain_key", "blip_sim"),
+                backend=None if backend == "sklearn" else backend,
+                resize=params.get("resize", "squash"),
+                batch_size=params.get("batch_size", 16),
+                device=params.get("device", "auto"),
+                dtype=params.get("dtype", "auto"),
+                shard=params.get("shard") or None,
+                overwrite=params.get("overwrite", False),
+                progress=progress,
+            )
+
+        summary = yield from _run_with_progress(ctx, work)
+        if not ctx.delegated:
+            yield ctx.trigger("reload_dataset")
+            yield ctx.trigger("notify", dict(message=f"BLIP embeddings: {summary}", variant="success"))
+
+
 def register(p):
     p.register(CaptionSamples)
     p.register(ComputeHeatmaps)
     p.register(WordHeatmapsPanel)
     p.register(FindMislabels)
+    p.register(ComputeEmbeddings)

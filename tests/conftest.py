@@ -64,6 +64,8 @@ os.environ["FIFTYONE_DATABASE_URI"] = _start_private_mongod(_HOME / "db")
 os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
 os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(_HOME / "zoo")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_HOME / "plugins")
+os.environ["FIFTYONE_MODEL_ZOO_DIR"] = str(_HOME / "models")
+os.environ["FIFTYONE_BRAIN_SIMILARITY_LANCEDB_URI"] = str(_HOME / "lancedb")
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -1,0 +1,121 @@
+"""Text-to-image retrieval quality on held-out shapes images: precision@10.
+
+    .venv/bin/python benchmarks/eval_retrieval.py                     # 1000 test images, shapes-tiny
+    .venv/bin/python benchmarks/eval_retrieval.py --count 500 --rerank-only
+
+Builds (or reuses) a FiftyOne dataset of `--count` images of the shapes
+`test` split (never seen in training), embeds it and builds the similarity
+index with `fiftyone_blip.embed`, then asks `fiftyone_blip.search` every
+attribute query that at least 10 images satisfy:
+
+- colour + kind: "a red circle", "a blue square", ...
+- colour + kind + position: "a blue square on the left", "a red circle at the top", ...
+
+An image is relevant to a query when its ground truth (`gt_objects`: label,
+`colour` and `position` attributes) holds that object. Precision@10 is the
+share of relevant images among the first 10 results, averaged over queries;
+it is reported for the ITC ranking and for the ITC shortlist re-ranked by
+the ITM head (`rerank=True`). Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def relevant_ids(dataset, colour: str, kind: str, position: str | None) -> set[str]:
+    """Samples whose ground truth holds an object of this colour and kind (and position)."""
+    from fiftyone import ViewField as F
+
+    condition = (F("label") == kind) & (F("colour") == colour)
+    if position is not None:
+        condition &= F("position") == position
+    view = dataset.filter_labels("gt_objects", condition, only_matches=True)
+    return set(view.values("id"))
+
+
+def attribute_queries(dataset, min_relevant: int) -> list[tuple[str, str, set[str]]]:
+    """(set name, query text, relevant ids) for every attribute query with enough relevant images."""
+    from fiftyone_blip.shapes import data as shapes
+
+    queries = []
+    for colour, kind in itertools.product(sorted(shapes.COLOURS), shapes.KINDS):
+        ids = relevant_ids(dataset, colour, kind, None)
+        if len(ids) >= min_relevant:
+            queries.append(("colour+kind", f"a {colour} {kind}", ids))
+    for colour, kind, position in itertools.product(sorted(shapes.COLOURS), shapes.KINDS, shapes.POSITIONS.values()):
+        ids = relevant_ids(dataset, colour, kind, position)
+        if len(ids) >= min_relevant:
+            queries.append(("colour+kind+position", f"a {colour} {kind} {position}", ids))
+    return queries
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=1000, help="held-out test images (1000)")
+    parser.add_argument("--model", default="shapes-tiny", help="a BlipForImageTextRetrieval model (shapes-tiny)")
+    parser.add_argument("--dataset", default="eval-retrieval", help="FiftyOne dataset name (eval-retrieval)")
+    parser.add_argument("--backend", default=None, help="similarity backend (FiftyOne's default)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--min-relevant", type=int, default=10, help="skip queries with fewer relevant images")
+    parser.add_argument("--shortlist", type=int, default=50, help="ITC results the ITM head re-scores (50)")
+    parser.add_argument("--rerank-only", action="store_true", help="skip the ITC-only ranking")
+    parser.add_argument("--no-rerank", action="store_true", help="skip the ITM re-ranking")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    import fiftyone_blip
+
+    dataset = fiftyone_blip.load_shapes_dataset(args.dataset, count=args.count, split="test")
+    t0 = time.time()
+    summary = fiftyone_blip.embed(dataset, model=args.model, backend=args.backend, progress=False, overwrite=True)
+    print(f"embedded and indexed: {summary} (with index: {time.time() - t0:.1f} s)", flush=True)
+
+    queries = attribute_queries(dataset, args.min_relevant)
+    modes = [m for m, skip in (("itc", args.rerank_only), ("itc+itm", args.no_rerank)) if not skip]
+    per_query = {mode: [] for mode in modes}
+    seconds = {}
+    for mode in modes:
+        t0 = time.time()
+        for set_name, text, ids in queries:
+            hits = fiftyone_blip.search(
+                dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=max(args.shortlist, args.k)
+            )
+            precision = sum(hit.id in ids for hit in hits) / args.k
+            per_query[mode].append((set_name, text, precision))
+        seconds[mode] = time.time() - t0
+
+    report = {"count": len(dataset), "model": args.model, "k": args.k, "queries": {}, "precision_at_k": {}}
+    sets = sorted({q[0] for q in queries})
+    for set_name in sets:
+        report["queries"][set_name] = sum(q[0] == set_name for q in queries)
+    print(f"\n{len(queries)} queries over {len(dataset)} held-out images (model {args.model})\n")
+    print(f"| query set | queries | {' | '.join(f'P@{args.k} {m}' for m in modes)} |")
+    print(f"|---|---:|{'---:|' * len(modes)}")
+    for set_name in sets + ["all"]:
+        row = []
+        for mode in modes:
+            values = [p for s, _, p in per_query[mode] if set_name in (s, "all")]
+            mean = float(np.mean(values))
+            report["precision_at_k"][f"{set_name} {mode}"] = round(mean, 4)
+            row.append(f"{mean:.3f}")
+        n = len(queries) if set_name == "all" else report["queries"][set_name]
+        print(f"| {set_name} | {n} | {' | '.join(row)} |")
+    for mode in modes:
+        worst = sorted(per_query[mode], key=lambda q: q[2])[:3]
+        print(f"worst {mode}: " + "; ".join(f"{text!r} {p:.1f}" for _, text, p in worst))
+        print(f"{mode}: {seconds[mode] / len(queries) * 1000:.0f} ms per query")
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,528 @@
+"""BLIP's contrastive (ITC) embeddings, a similarity index over them, and text search.
+
+    task = embedding_task(loaded, field="blip_embedding")   # an engine Task
+    build_index(dataset, field="blip_embedding", brain_key="blip_sim", model_name="shapes-tiny")
+    hits = search(dataset, "a red circle", k=20, brain_key="blip_sim", rerank=True)
+
+Image embedding: normalize(vision_proj(vision_model(pixels).last_hidden_state[:, 0])).
+Text embedding: normalize(text_proj(text_encoder(ids, mask).last_hidden_state[:, 0])),
+the unimodal text encoder (no image in its cross-attention). Both come from one
+`BlipForImageTextRetrieval` checkpoint (256-d for BLIP-base), so the cosine of
+an image and a text embedding ranks images for a text query.
+
+The index is a FiftyOne brain similarity run. FiftyOne reloads its model in a
+later process (a script, or the App's text search) by calling
+`fiftyone.zoo.load_zoo_model(config.model, **config.model_kwargs)`; so the run
+stores the zoo name `ZOO_MODEL_NAME` and `model_kwargs={"model": <BLIP model>}`
+(a hub id, an absolute local directory or a bundled name). `register_zoo_model`
+makes that name resolvable: it writes a small model-zoo source (a manifest and
+a loader module) into FiftyOne's `model_zoo_dir`, which FiftyOne scans for
+sources in every process. Nothing is downloaded and the user's FiftyOne config
+is not changed; the loader calls `fiftyone_blip.models.load_model`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+
+import eta.core.config as etac
+import fiftyone.core.models as fom
+import numpy as np
+
+DEFAULT_FIELD = "blip_embedding"
+DEFAULT_BRAIN_KEY = "blip_sim"
+ZOO_MODEL_NAME = "fiftyone-blip-itc"
+ZOO_SOURCE_DIR = "fiftyone-blip"
+MAX_QUERY_TOKENS = 64
+
+
+class Embedder:
+    """Image and text embeddings, and ITM scores, from one loaded `BlipForImageTextRetrieval`."""
+
+    def __init__(self, loaded):
+        import torch
+
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.processor.tokenizer
+        self.device = loaded.device
+        self.torch = torch
+        max_positions = self.model.config.text_config.max_position_embeddings
+        self.max_tokens = min(MAX_QUERY_TOKENS, max_positions)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.image_text_hidden_size
+
+    def autocast(self):
+        """bf16/fp16 on CPU runs as autocast over fp32 weights; GPUs hold weights in that dtype."""
+        torch = self.torch
+        if self.loaded.dtype in ("bfloat16", "float16") and self.device == "cpu":
+            return torch.autocast("cpu", dtype=getattr(torch, self.loaded.dtype))
+        return contextlib.nullcontext()
+
+    def _pixels(self, pixel_values):
+        return pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
+
+    def _normalized(self, features) -> np.ndarray:
+        features = self.torch.nn.functional.normalize(features.float(), dim=-1)
+        return features.cpu().numpy().astype(np.float32)
+
+    def embed_images(self, pixel_values) -> np.ndarray:
+        """(N, 3, S, S) preprocessed pixels -> (N, D) unit vectors."""
+        with self.torch.inference_mode(), self.autocast():
+            image_embeds = self.model.vision_model(pixel_values=self._pixels(pixel_values)).last_hidden_state
+            return self._normalized(self.model.vision_proj(image_embeds[:, 0]))
+
+    def _tokens(self, texts: list[str]):
+        batch = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (N, D) unit vectors from the unimodal text encoder."""
+        texts = [check_query(text) for text in texts]
+        input_ids, attention_mask = self._tokens(texts)
+        with self.torch.inference_mode(), self.autocast():
+            out = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self._normalized(self.model.text_proj(out[:, 0]))
+
+    def itm_logits(self, pixel_values, text: str) -> np.ndarray:
+        """ITM "match" logits of N images against one text (the ITM head's class 1)."""
+        torch = self.torch
+        input_ids, attention_mask = self._tokens([check_query(text)])
+        with torch.inference_mode(), self.autocast():
+            image_embeds = self.model.vision_model(pixel_values=self._pixels(pixel_values)).last_hidden_state
+            n = image_embeds.shape[0]
+            fused = self.model.text_encoder(
+                input_ids=input_ids.expand(n, -1),
+                attention_mask=attention_mask.expand(n, -1),
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
+            ).last_hidden_state
+            logits = self.model.itm_head(fused[:, 0]).float()
+        return logits.cpu().numpy()
+
+
+def check_query(text) -> str:
+    """A text query must be a non-empty string."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"`query` must be a non-empty text or a sample id, got {text!r}")
+    return text.strip()
+
+
+def serialize(vector: np.ndarray) -> bytes:
+    """The bytes FiftyOne's VectorField stores (compressed `numpy.save`)."""
+    import fiftyone.core.utils as fou
+
+    return fou.serialize_numpy_array(vector)
+
+
+def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
+    """An engine `Task` that writes each image's ITC embedding (a unit vector) into `field`."""
+    import fiftyone as fo
+
+    from fiftyone_blip import engine
+    from fiftyone_blip.images import Preprocessor
+
+    if loaded.task != "match":
+        raise ValueError(f"embeddings need a BlipForImageTextRetrieval model (task 'match'), got task {loaded.task!r}")
+    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    embedder = Embedder(loaded)
+
+    def prepare(path):
+        return preprocess(path)[0]
+
+    def step(inputs):
+        vectors = embedder.embed_images(engine.to_batch(inputs, "cpu"))
+        return [{field: serialize(vector)} for vector in vectors]
+
+    return engine.Task(
+        capability="embed",
+        field=field,
+        fields={field: fo.VectorField},
+        settings={"resize": resize, "normalize": True, "dim": embedder.dim},
+        identity=loaded.identity,
+        prepare=prepare,
+        step=step,
+    )
+
+
+# --- the zoo model FiftyOne reloads by name -------------------------------------------------------
+
+_ZOO_LOADER = '''"""fiftyone-blip's model-zoo source: BLIP ITC embeddings for similarity indexes.
+
+Written by fiftyone_blip.embeddings.register_zoo_model; FiftyOne imports it to
+reload the model of a similarity index by name. It needs fiftyone-blip installed.
+"""
+
+
+def download_model(model_name, model_path):
+    # Nothing to download here: weights are resolved by fiftyone_blip.models.load_model.
+    import os
+
+    os.makedirs(os.path.dirname(model_path), exist_ok=True)
+    with open(model_path, "w") as f:
+        f.write("{}\\n")
+
+
+def load_model(model_name, model_path, **kwargs):
+    from fiftyone_blip.embeddings import load_zoo_model
+
+    return load_zoo_model(**kwargs)
+'''
+
+
+def zoo_manifest() -> dict:
+    import fiftyone_blip
+
+    return {
+        "name": ZOO_SOURCE_DIR,
+        "models": [
+            {
+                "base_name": ZOO_MODEL_NAME,
+                "base_filename": f"{ZOO_MODEL_NAME}.json",
+                "version": None,
+                "description": (
+                    "BLIP image and text embeddings (ITC) from a BlipForImageTextRetrieval checkpoint; "
+                    "pass model_kwargs={'model': <hub id | local dir | 'shapes-tiny'>}"
+                ),
+                "source": "https://github.com/salesforce/BLIP",
+                "author": "fiftyone-blip",
+                "license": "BSD-3-Clause",
+                "size_bytes": 0,
+                "requirements": {"packages": ["fiftyone-blip"], "cpu": {"support": True}, "gpu": {"support": True}},
+                "tags": ["embeddings", "zero-shot", "torch", "transformers", "fiftyone-blip"],
+                "date_added": "2026-11-27 00:00:00",
+                "fiftyone_blip_version": fiftyone_blip.__version__,
+            }
+        ],
+    }
+
+
+def register_zoo_model(models_dir: str | None = None) -> Path:
+    """Writes fiftyone-blip's model-zoo source into FiftyOne's `model_zoo_dir`; returns its folder.
+
+    Idempotent. After it, `fiftyone.zoo.load_zoo_model(ZOO_MODEL_NAME, model=NAME)`
+    works in any process that uses the same `model_zoo_dir`.
+    """
+    import fiftyone as fo
+
+    root = Path(models_dir or fo.config.model_zoo_dir).expanduser() / ZOO_SOURCE_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    files = {
+        "manifest.json": json.dumps(zoo_manifest(), indent=2) + "\n",
+        "__init__.py": _ZOO_LOADER,
+        f"{ZOO_MODEL_NAME}.json": "{}\n",
+    }
+    for name, text in files.items():
+        path = root / name
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+    return root
+
+
+def load_zoo_model(model: str | None = None, device: str = "auto", dtype: str = "auto", revision: str | None = None):
+    """The `fiftyone.core.models.Model` a similarity index reloads (see `BlipItcModel`)."""
+    return BlipItcModel(BlipItcModelConfig({"model": model, "device": device, "dtype": dtype, "revision": revision}))
+
+
+class BlipItcModelConfig(etac.Config):
+    """Settings of `BlipItcModel`: model (hub id, local directory or bundled name), device, dtype, revision."""
+
+    def __init__(self, d):
+        self.model = self.parse_string(d, "model", default=None)
+        self.device = self.parse_string(d, "device", default="auto")
+        self.dtype = self.parse_string(d, "dtype", default="auto")
+        self.revision = self.parse_string(d, "revision", default=None)
+
+
+class BlipItcModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
+    """BLIP ITC embeddings as a FiftyOne model: images (`embed`, `embed_all`) and text prompts
+    (`embed_prompt`, `embed_prompts`), in one space."""
+
+    def __init__(self, config: BlipItcModelConfig):
+        from fiftyone_blip import models
+        from fiftyone_blip.images import Preprocessor
+
+        self.config = config
+        self.loaded = models.load_model(
+            config.model, task="match", device=config.device, dtype=config.dtype, revision=config.revision
+        )
+        self.embedder = Embedder(self.loaded)
+        self._preprocessor = Preprocessor(self.loaded.processor.image_processor, self.loaded.image_size, "squash")
+
+    @property
+    def media_type(self):
+        return "image"
+
+    @property
+    def ragged_batches(self):
+        return True  # images arrive as decoded arrays of any size
+
+    @property
+    def transforms(self):
+        return None
+
+    @property
+    def preprocess(self):
+        return False  # FiftyOne passes decoded images; they are resized and normalized here
+
+    @preprocess.setter
+    def preprocess(self, value):
+        pass
+
+    @property
+    def has_logits(self):
+        return False
+
+    @property
+    def has_embeddings(self):
+        return True
+
+    @property
+    def can_embed_prompts(self):
+        return True
+
+    def _pixels(self, images):
+        from PIL import Image
+
+        from fiftyone_blip import engine
+
+        arrays = []
+        for image in images:
+            if not isinstance(image, Image.Image):
+                image = Image.fromarray(np.asarray(image))
+            arrays.append(self._preprocessor.from_image(image)[0])
+        return engine.to_batch(arrays, "cpu")
+
+    def embed(self, arg):
+        return self.embed_all([arg])[0]
+
+    def embed_all(self, args):
+        return self.embedder.embed_images(self._pixels(args))
+
+    def predict(self, arg):
+        return self.embed(arg)
+
+    def predict_all(self, args):
+        return self.embed_all(args)
+
+    def get_embeddings(self):
+        raise NotImplementedError("BlipItcModel returns embeddings from embed() directly")
+
+    def embed_prompt(self, arg):
+        return self.embed_prompts([arg])[0]
+
+    def embed_prompts(self, args):
+        return self.embedder.embed_texts(list(args))
+
+
+# --- the similarity index ---------------------------------------------------------------------
+
+
+def index_model_name(samples, brain_key: str) -> str:
+    """The BLIP model of a fiftyone-blip similarity index; a one-line ValueError if there is none."""
+    dataset = samples._root_dataset
+    if not isinstance(brain_key, str) or not brain_key:
+        raise ValueError(f"`brain_key` must be a non-empty name, got {brain_key!r}")
+    if brain_key not in dataset.list_brain_runs():
+        keys = dataset.list_brain_runs(type="similarity")
+        raise ValueError(
+            f"dataset {dataset.name!r} has no similarity index {brain_key!r} "
+            f"(indexes: {', '.join(keys) or 'none'}); build one with `fiftyone-blip embed {dataset.name}`"
+        )
+    config = dataset.get_brain_info(brain_key).config
+    if getattr(config, "model", None) != ZOO_MODEL_NAME:
+        raise ValueError(
+            f"brain key {brain_key!r} is not a fiftyone-blip index (it was built with model "
+            f"{getattr(config, 'model', None)!r}); use an index built by `fiftyone_blip.embed`"
+        )
+    return (config.model_kwargs or {}).get("model")
+
+
+def stored_model_name(name: str | None) -> str:
+    """What an index stores to reload its model, without loading it: a bundled name, an
+    absolute local directory, or a hub id."""
+    from fiftyone_blip import models
+
+    resolved, local = models.resolve_name(name, "match")
+    if resolved in models.BUNDLED or local is None:
+        return resolved
+    return str(local)
+
+
+def check_same_model(samples, brain_key: str, model: str | None) -> str:
+    """Returns the index's BLIP model; raises if `model` is given and differs from it."""
+    built_with = index_model_name(samples, brain_key)
+    if model is not None and stored_model_name(model) != built_with:
+        raise ValueError(
+            f"index {brain_key!r} was built with model {built_with!r}, not {model!r}: "
+            f"its embeddings are not comparable; search it without `model` or re-embed with {model!r}"
+        )
+    return built_with
+
+
+def build_index(
+    samples,
+    model_name: str,
+    field: str = DEFAULT_FIELD,
+    brain_key: str = DEFAULT_BRAIN_KEY,
+    backend: str | None = None,
+    revision: str | None = None,
+    **backend_kwargs,
+):
+    """Builds (or rebuilds) a brain similarity index from the embeddings stored in `field`.
+
+    The index covers the samples of `samples` that hold an embedding. An
+    existing index under `brain_key` built with the same model is replaced;
+    one built with another model is an error.
+
+    Returns:
+        the `fiftyone.brain.SimilarityIndex`.
+    """
+    import fiftyone.brain as fob
+    from fiftyone import ViewField as F
+
+    dataset = samples._root_dataset
+    if brain_key in dataset.list_brain_runs():
+        built_with = index_model_name(samples, brain_key)
+        if built_with != model_name:
+            raise ValueError(
+                f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
+                f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
+            )
+        dataset.delete_brain_run(brain_key)
+    if field not in dataset.get_field_schema():
+        raise ValueError(f"dataset {dataset.name!r} has no embeddings field {field!r}: embed it first")
+    with_embeddings = samples.match(F(field) != None)  # noqa: E711
+    if len(with_embeddings) == 0:
+        raise ValueError(f"no sample of {dataset.name!r} holds an embedding in {field!r}")
+    register_zoo_model()
+    model_kwargs = {"model": model_name}
+    if revision:
+        model_kwargs["revision"] = revision
+    return fob.compute_similarity(
+        with_embeddings,
+        embeddings=field,
+        model=ZOO_MODEL_NAME,
+        model_kwargs=model_kwargs,
+        brain_key=brain_key,
+        backend=backend,
+        progress=False,
+        **backend_kwargs,
+    )
+
+
+# --- search -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Hit:
+    """One search result. `score` orders the results: the ITC cosine, or with re-ranking
+    the ITM match logit plus the ITC cosine (BLIP's retrieval recipe)."""
+
+    id: str
+    filepath: str
+    score: float
+    itc: float
+    itm: float | None = None  # ITM match probability, when re-ranked
+
+    def __str__(self) -> str:
+        itm = f"  itm {self.itm:.4f}" if self.itm is not None else ""
+        return f"{self.id}  {self.filepath}  {self.score:.4f}{itm}"
+
+
+def _is_sample_id(query) -> bool:
+    from bson import ObjectId
+
+    return isinstance(query, str) and ObjectId.is_valid(query.strip())
+
+
+def search(
+    samples,
+    query: str,
+    k: int = 20,
+    brain_key: str = DEFAULT_BRAIN_KEY,
+    model: str | None = None,
+    rerank: bool = False,
+    shortlist: int | None = None,
+    field: str | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+) -> list[Hit]:
+    """The k samples most like a text (or like a sample, given its id), best first.
+
+    See `fiftyone_blip.search` for the arguments.
+    """
+    from fiftyone_blip import engine, models
+    from fiftyone_blip.images import ImageDecodeError, Preprocessor
+
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be a positive integer, got {k!r}")
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"`query` must be a non-empty text or a sample id, got {query!r}")
+    query = query.strip()
+    model_name = check_same_model(samples, brain_key, model)
+    dataset = samples._root_dataset
+    info = dataset.get_brain_info(brain_key)
+    field = field or info.config.embeddings_field
+    by_id = _is_sample_id(query)
+    if by_id and rerank:
+        raise ValueError("`rerank` needs a text query; an image query (a sample id) is ranked by ITC only")
+    if shortlist is not None and (not isinstance(shortlist, int) or shortlist < k):
+        raise ValueError(f"`shortlist` must be an integer >= k ({k}), got {shortlist!r}")
+    # The query sample comes back as its own nearest neighbour; it is dropped below.
+    depth = (shortlist or max(4 * k, 50)) if rerank else k + int(by_id)
+
+    results = dataset.load_brain_results(brain_key)
+    loaded = None
+    if by_id:
+        if len(dataset.select(query)) == 0:
+            raise ValueError(f"no sample with id {query!r} in dataset {dataset.name!r}")
+        vector = dataset[query][field]
+        if vector is None:
+            raise ValueError(f"sample {query!r} has no embedding in {field!r}")
+        query_vector = np.asarray(vector, dtype=np.float32)
+    else:
+        revision = (info.config.model_kwargs or {}).get("revision")
+        loaded = models.load_model(model_name, task="match", device=device, revision=revision)
+        query_vector = Embedder(loaded).embed_texts([query])[0]
+
+    if samples is not dataset:
+        results.use_view(samples)
+    view = results.sort_by_similarity(query_vector, k=depth)
+    ids, paths, vectors = view.values(["id", "filepath", field])
+    itc = np.array([float(np.dot(query_vector, v)) if v is not None else -1.0 for v in vectors])
+    if by_id:
+        keep = [i for i, sid in enumerate(ids) if sid != query]  # the query sample is not its own neighbour
+        ids, paths, itc = [ids[i] for i in keep], [paths[i] for i in keep], itc[keep]
+    order = np.argsort(-itc, kind="stable")
+    if not rerank:
+        return [Hit(ids[i], paths[i], float(itc[i]), float(itc[i])) for i in order[:k]]
+
+    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, "squash")
+    embedder = Embedder(loaded)
+    logits = np.full((len(ids), 2), np.nan, dtype=np.float32)
+
+    for start in range(0, len(ids), batch_size):
+        chunk, arrays = [], []
+        for i in range(start, min(start + batch_size, len(ids))):
+            try:
+                arrays.append(preprocess(paths[i])[0])
+                chunk.append(i)
+            except ImageDecodeError:
+                continue  # an unreadable image keeps no ITM score and sinks to the end
+        if arrays:
+            logits[chunk] = embedder.itm_logits(engine.to_batch(arrays, "cpu"), query)
+    logits = logits.astype(np.float64)
+    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
+    score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
+    order = np.argsort(-score, kind="stable")
+    return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]

@@ -1,0 +1,215 @@
+"""Embeddings, the similarity index and search: SDK, CLI, operator, a fresh process, two backends."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import fiftyone_blip
+from fiftyone_blip.cli import main
+
+
+@pytest.fixture(scope="module")
+def base(fo):
+    """48 held-out shapes images, rendered for this module.
+
+    Not the shared `tests-shapes`: FiftyOne attaches every process of a user to
+    the first running database service, whatever its database_dir, so test
+    sessions running side by side can see each other's datasets, whose images
+    may live in another session's deleted temporary folder.
+    """
+    dataset = fiftyone_blip.load_shapes_dataset("t-embed-base", count=48, split="test", overwrite=True)
+    yield dataset
+    fo.delete_dataset("t-embed-base")
+
+
+@pytest.fixture
+def clone(base, fo, request):
+    name = "t-" + request.node.name[:40]
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = base.clone(name)
+    yield dataset
+    fo.delete_dataset(name)
+
+
+@pytest.fixture(scope="module")
+def embedded(base, fo):
+    """The shapes test images plus one missing file, embedded with shapes-tiny and indexed twice."""
+    if fo.dataset_exists("t-embedded"):
+        fo.delete_dataset("t-embedded")
+    dataset = base.clone("t-embedded")
+    dataset.add_sample(fo.Sample(filepath="/nonexistent/missing.png"))
+    summary = fiftyone_blip.embed(dataset, model="shapes-tiny", progress=False)
+    assert (summary.done, summary.failed) == (48, 1)
+    fiftyone_blip.embed(dataset, model="shapes-tiny", brain_key="blip_lance", backend="lancedb", progress=False)
+    yield dataset
+    fo.delete_dataset("t-embedded")
+
+
+@pytest.fixture(scope="module")
+def other_matcher(tmp_path_factory):
+    """A tiny random BlipForImageTextRetrieval: "another model"."""
+    import torch
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    from fiftyone_blip.models import BUNDLED
+    from fiftyone_blip.shapes.train import build_config
+
+    directory = tmp_path_factory.mktemp("other-matcher")
+    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["match"])
+    processor.image_processor.size = {"height": 32, "width": 32}
+    config = build_config(
+        processor.tokenizer, "matcher", image_size=32, patch_size=16, vision_width=32, vision_layers=1,
+        text_width=32, text_layers=1, heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BlipForImageTextRetrieval(config).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def test_embeddings_are_unit_vectors_in_the_models_itc_space(embedded):
+    """Image x text cosines equal transformers' own ITC scores (use_itm_head=False)."""
+    import torch
+
+    from fiftyone_blip import embeddings, models
+
+    assert embedded.count("blip_embedding") == 48
+    missing = embedded.select_by("filepath", ["/nonexistent/missing.png"]).first()
+    assert missing["blip_embedding"] is None and "file not found" in missing["blip_embedding_error"]
+    vectors = np.stack(embedded.exists("blip_embedding").values("blip_embedding")[:4])
+    assert vectors.shape == (4, 64)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    loaded = models.load_model("shapes-tiny", task="match", device="cpu")
+    texts = ["a red circle", "a blue square on the left"]
+    text_vectors = embeddings.Embedder(loaded).embed_texts(texts)
+    processor = loaded.processor
+    paths = embedded.exists("blip_embedding").values("filepath")[:4]
+    from PIL import Image
+
+    batch = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+    tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        for t in range(2):
+            reference = loaded.model(
+                input_ids=tokens["input_ids"][t : t + 1].expand(4, -1),
+                attention_mask=tokens["attention_mask"][t : t + 1].expand(4, -1),
+                pixel_values=batch["pixel_values"],
+                use_itm_head=False,
+            ).itm_score
+            assert np.allclose(vectors @ text_vectors[t], reference.diagonal().numpy(), atol=1e-4)
+
+
+def test_a_fresh_process_searches_by_text_and_by_image_without_a_model(embedded):
+    """Built in this process; queried in another one that never passes or imports a model."""
+    expected = {
+        key: [h.id for h in fiftyone_blip.search(embedded, "a red circle", k=5, brain_key=key)]
+        for key in ("blip_sim", "blip_lance")
+    }
+    sample_id = embedded.first().id
+    code = f"""
+import json, sys
+import fiftyone as fo
+dataset = fo.load_dataset("t-embedded")
+out = {{}}
+for key in ("blip_sim", "blip_lance"):
+    out[key] = dataset.sort_by_similarity("a red circle", k=5, brain_key=key).values("id")
+    out[key + "_image"] = dataset.sort_by_similarity("{sample_id}", k=3, brain_key=key).values("id")
+# what the App's text search needs: the run says it takes prompts, and its model reloads by name
+results = dataset.load_brain_results("blip_sim")
+out["supports_prompts"] = dataset.get_brain_info("blip_sim").config.supports_prompts
+out["model"] = type(results.get_model()).__name__
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["blip_sim"] == expected["blip_sim"]
+    assert out["blip_lance"] == expected["blip_lance"]
+    assert out["blip_sim"][:3] == out["blip_lance"][:3]  # two backends, one ranking
+    assert len(out["blip_sim_image"]) == 3 and sample_id not in out["blip_sim_image"][1:]
+    assert out["supports_prompts"] is True and out["model"] == "BlipItcModel"
+
+
+def test_image_search_and_rerank(embedded):
+    sample_id = embedded.first().id
+    hits = fiftyone_blip.search(embedded, sample_id, k=3)
+    assert len(hits) == 3 and sample_id not in [h.id for h in hits]
+    assert all(-1.0 <= h.score <= 1.0 for h in hits)
+    reranked = fiftyone_blip.search(embedded, "a red circle", k=5, rerank=True, shortlist=20)
+    assert len(reranked) == 5
+    assert all(0.0 <= h.itm <= 1.0 for h in reranked), reranked
+    assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+    view = embedded.match_tags("test").limit(10)
+    assert {h.id for h in fiftyone_blip.search(view, "a red circle", k=5)} <= set(view.values("id"))
+
+
+def test_cli_embed_and_search(embedded):
+    runner = CliRunner()
+    result = runner.invoke(main, ["embed", embedded.name, "-m", "shapes-tiny", "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "0 done, 1 failed, 48 skipped of 49" in result.output and "'blip_sim' ready" in result.output
+    result = runner.invoke(main, ["search", embedded.name, "a red circle", "-k", "4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 4
+    sample_id, path, score = lines[0].split()
+    assert embedded[sample_id].filepath == path and -1 <= float(score) <= 1
+    result = runner.invoke(main, ["search", embedded.name, "a red circle", "-k", "2", "--rerank", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output.splitlines()[0])["itm"] is not None
+
+
+def test_bad_input_is_a_one_line_error(embedded, other_matcher, fo):
+    import fiftyone.brain as fob
+
+    runner = CliRunner()
+
+    def error(*args):
+        result = runner.invoke(main, list(args))
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # one line, no traceback
+        return lines[0]
+
+    assert error("search", embedded.name, "  ") == "Error: `query` must be a non-empty text or a sample id, got '  '"
+    assert "has no similarity index 'nope' (indexes: blip_lance, blip_sim)" in error(
+        "search", embedded.name, "a red circle", "-b", "nope"
+    )
+    message = error("search", embedded.name, "a red circle", "-m", str(other_matcher))
+    assert "was built with model 'shapes-tiny'" in message
+    message = error("embed", embedded.name, "-m", str(other_matcher), "-q")
+    assert "already holds an index built with model 'shapes-tiny'" in message
+    assert "blip_embedding" in embedded.get_field_schema()  # nothing was touched
+    fob.compute_similarity(embedded.exists("blip_embedding"), embeddings="blip_embedding", brain_key="plain")
+    assert "not a fiftyone-blip index" in error("search", embedded.name, "a red circle", "-b", "plain")
+    embedded.delete_brain_run("plain")
+    with pytest.raises(ValueError, match="`k` must be a positive integer"):
+        fiftyone_blip.search(embedded, "a red circle", k=0)
+
+
+def test_operator_builds_an_index_the_app_can_search(clone, plugin_installed):
+    import fiftyone.operators as foo
+
+    result = foo.execute_operator(
+        "@fiftyone-blip/blip/compute_embeddings",
+        ctx=dict(
+            view=clone.limit(12),
+            params=dict(model="shapes-tiny", field="blip_embedding", brain_key="app_sim", view_target="CURRENT_VIEW"),
+        ),
+    )
+    result.raise_exceptions()
+    assert clone.count("blip_embedding") == 12
+    info = clone.get_brain_info("app_sim")
+    assert info.config.supports_prompts and info.config.model == "fiftyone-blip-itc"
+    assert len(clone.sort_by_similarity("a red circle", k=3, brain_key="app_sim")) == 3
+
+
+def test_a_shard_builds_no_index(clone):
+    summary = fiftyone_blip.embed(clone, model="shapes-tiny", shard="0/2", progress=False)
+    assert 0 < summary.done < 48
+    assert clone.list_brain_runs() == []
