@@ -206,7 +206,9 @@ def find_adapter(loaded, language: str) -> dict:
 
 def _check_files(directory: Path) -> None:
     if not (directory / WEIGHTS_FILE).is_file():
-        raise AdapterError(f"adapter folder {str(directory)!r} has no {WEIGHTS_FILE}: adapters load as safetensors only")
+        raise AdapterError(
+            f"adapter folder {str(directory)!r} has no {WEIGHTS_FILE}: adapters load as safetensors only"
+        )
     for name in ("adapter_config.json", "tokenizer_config.json"):
         if not (directory / name).is_file():
             raise AdapterError(f"adapter folder {str(directory)!r} has no {name}")
@@ -328,7 +330,9 @@ def pairs_from_folder(images_dir: str | os.PathLike, captions_file: str | os.Pat
         key = next((k for k in _IMAGE_KEYS if row.get(k)), None)
         caption = row.get("caption")
         if key is None or not isinstance(caption, str) or not caption.strip():
-            raise AdapterError(f"{str(captions_file)!r} row {number} needs an image ({'/'.join(_IMAGE_KEYS)}) and a caption")
+            raise AdapterError(
+                f"{str(captions_file)!r} row {number} needs an image ({'/'.join(_IMAGE_KEYS)}) and a caption"
+            )
         path = (images_dir / row[key]).resolve()
         if not path.is_file():
             raise AdapterError(f"{str(captions_file)!r} row {number}: image {str(path)!r} does not exist")
@@ -622,7 +626,6 @@ def train_adapter(
     paths = [p for p, _ in train_pairs] + [p for p, _ in val_pairs]
     features = _ImageFeatures(net, preprocess, paths, resolved_device, settings.batch_size, lambda d, t: None)
     bos = net.config.text_config.bos_token_id
-    pad = net.config.text_config.pad_token_id
     train_ids, train_mask = _encode_captions(tokenizer, [c for _, c in train_pairs], bos)
     val_ids, val_mask = _encode_captions(tokenizer, [c for _, c in val_pairs], bos)
     val_index = list(range(len(train_pairs), len(paths)))
@@ -675,7 +678,9 @@ def train_adapter(
             step += 1
             report(step, total_steps)
         val = validation_loss()
-        history.append({"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_loss": round(val, 5)})
+        history.append(
+            {"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_loss": round(val, 5)}
+        )
         log(
             f"epoch {epoch + 1}/{settings.epochs}: train loss {history[-1]['train_loss']:.4f}, "
             f"held-out loss {val:.4f} ({time.time() - wall0:.0f} s)"

@@ -278,10 +278,8 @@ def caption_task(
     """
     import fiftyone as fo
 
-    from fiftyone_blip import engine
+    from fiftyone_blip import adapters, engine
     from fiftyone_blip.images import Preprocessor
-
-    from fiftyone_blip import adapters
 
     tokenizer, adapter_identity, activate = adapters.prepare(loaded, language)
     preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)

@@ -156,7 +156,9 @@ def test_train_from_a_dataset_on_a_tiny_random_blip(fresh_dataset, registry, tin
     assert keys and all(".text_decoder." in k for k in keys)
     assert any("trainable_tokens" in k for k in keys) and config["trainable_token_indices"]
     assert manifest["data"] == {"train_pairs": 44, "held_out_pairs": 4}
-    assert manifest["parameters"]["trainable"] == sum(t.numel() for t in load_file(folder / adapters.WEIGHTS_FILE).values())
+    assert manifest["parameters"]["trainable"] == sum(
+        t.numel() for t in load_file(folder / adapters.WEIGHTS_FILE).values()
+    )
     assert manifest["tokenizer"]["roundtrip_train"] == 1.0
     assert {"held_out_loss", "held_out_exact_match"} <= set(manifest["metrics"])
     assert manifest["base_model"]["name"] == str(tiny_random_captioner)
@@ -218,5 +220,10 @@ def test_cli_trains_from_a_folder_of_images(image_folder, registry, tiny_random_
 def test_adapter_too_large_is_refused_before_training(fresh_dataset, registry, tiny_random_captioner):
     with pytest.raises(adapters.AdapterError, match=r"of the base model.*limit 5%"):
         fiftyone_blip.train_adapter(
-            "de", samples=fresh_dataset, caption_field="gt_caption_de", model=str(tiny_random_captioner), rank=64, **TINY
+            "de",
+            samples=fresh_dataset,
+            caption_field="gt_caption_de",
+            model=str(tiny_random_captioner),
+            rank=64,
+            **TINY,
         )
