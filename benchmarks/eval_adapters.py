@@ -59,7 +59,9 @@ def main() -> None:
             p = manifests[language]["parameters"]
             row.update(trainable_parameters=p["trainable"], base_parameters=p["base"], size_ratio=p["ratio"])
         results[field.removeprefix("eval_")] = row
-        print(f"{field.removeprefix('eval_'):<10} exact match {score:.4f} on {len(dataset)} test images ({seconds:.1f} s)")
+        print(
+            f"{field.removeprefix('eval_'):<10} exact match {score:.4f} on {len(dataset)} test images ({seconds:.1f} s)"
+        )
     if "en" in args.languages:
         same = dataset.values("eval_en") == dataset.values("eval_en_after")
         results["english_unchanged"] = same

@@ -247,7 +247,7 @@ def list_adapters(model: str | None = None) -> list[dict]:
 
 
 def adapter_languages(model: str | None = None) -> list[str]:
-    """ "en" plus the languages that installed adapters add to `model` (None: any model)."""
+    """English ("en") plus the languages that installed adapters add to `model` (None: any model)."""
     from fiftyone_blip import adapters
 
     return adapters.languages(model)

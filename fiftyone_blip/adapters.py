@@ -774,6 +774,7 @@ def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
+        (staging / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
         tokenizer.save_pretrained(staging)
         manifest["files"] = {WEIGHTS_FILE: _file_digest(staging / WEIGHTS_FILE)}
         manifest["size_bytes"] = (staging / WEIGHTS_FILE).stat().st_size

@@ -16,9 +16,9 @@ from fiftyone_blip.shapes import write_images
 TINY = dict(epochs=1, batch_size=8, max_validation=4, progress=False, log=lambda line: None)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def registry(tmp_path, monkeypatch):
-    """An empty registry folder of the test's own; the bundled adapters stay visible."""
+    """An empty registry folder of each test's own; the bundled adapters stay visible."""
     folder = tmp_path / "registry"
     monkeypatch.setenv(adapters.REGISTRY_ENV, str(folder))
     return folder
@@ -227,3 +227,21 @@ def test_adapter_too_large_is_refused_before_training(fresh_dataset, registry, t
             rank=64,
             **TINY,
         )
+
+
+def test_operator_offers_installed_languages_and_captions_in_one(fresh_dataset, plugin_installed):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    uri = "@fiftyone-blip/blip/caption_samples"
+    operator = foo.OperatorRegistry().get_operator(uri)
+    ctx = ExecutionContext(request_params={"dataset_name": fresh_dataset.name, "params": {"model": "shapes-tiny"}})
+    form = operator.resolve_input(ctx)
+    choices = [choice.value for choice in form.type.properties["language"].view.choices]
+    assert choices[0] == "en" and {"de", "ru"} <= set(choices)
+    assert foo.OperatorRegistry().operator_exists("@fiftyone-blip/blip/train_language_adapter")
+
+    view = fresh_dataset.limit(6)
+    params = dict(model="shapes-tiny", field="caption_ru", language="ru", view_target="CURRENT_VIEW")
+    foo.execute_operator(uri, ctx=dict(view=view, params=params)).raise_exceptions()
+    assert sum(a == b for a, b in zip(*view.values(["caption_ru", "gt_caption_ru"]))) >= 5
