@@ -769,6 +769,11 @@ def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
     import warnings
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    # peft records the base's local path (a machine-specific one for bundled or
+    # local models); the manifest's name is the one adapters are matched by.
+    config = peft_model.peft_config["default"]
+    config.base_model_name_or_path = manifest["base_model"]["name"]
+    config.revision = manifest["base_model"]["revision"]
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         with warnings.catch_warnings():
