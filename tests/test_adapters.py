@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import fiftyone_blip
-from fiftyone_blip import adapters, demo, models
+from fiftyone_blip import adapters, models
 from fiftyone_blip.cli import main
 from fiftyone_blip.shapes import data as shapes_data
 from fiftyone_blip.shapes import write_images
@@ -93,8 +93,10 @@ def test_three_languages_on_the_same_images_in_one_run(fresh_dataset):
     assert models.load_model("shapes-tiny") is loaded  # one base model, adapters switched on it
     assert set(adapters.session_for(loaded).manifests) == {"de", "ru"}
 
-    assert demo.exact_match(view, "de", "gt_caption_de") >= 0.9
-    assert demo.exact_match(view, "ru", "gt_caption_ru") >= 0.9
+    for field, truth in (("de", "gt_caption_de"), ("ru", "gt_caption_ru")):
+        predicted, expected = view.values(field), view.values(truth)
+        misses = [(p, t) for p, t in zip(predicted, expected) if p != t]
+        assert len(misses) <= len(expected) // 10, misses
     assert view.values("de") == view.values("de_again")
     assert any("ü" in c or "Q" in c for c in view.values("de"))  # case and umlauts survive
     # English is unchanged when no adapter is active
