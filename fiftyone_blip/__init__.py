@@ -44,6 +44,7 @@ def caption(
     shard: str | None = None,
     overwrite: bool = False,
     progress=True,
+    language: str | None = None,
 ):
     """Captions every image of a dataset or view into a string field.
 
@@ -84,15 +85,24 @@ def caption(
         overwrite: recompute samples already captioned with these settings.
         progress: True for a progress bar, False for none, or a callable
             `progress(done, total)`.
+        language: caption language: None or "en" for the model's own
+            English, else the code of an installed language adapter ("de");
+            see `list_adapters` (None).
 
     Returns:
         an `engine.RunSummary` (done, failed, skipped, total, seconds).
 
     Raises:
-        ValueError: an invalid setting, before any sample is touched.
+        ValueError: an invalid setting, before any sample is touched; an
+            unknown language (the message lists the installed ones).
         ModelLoadError: the model cannot be loaded.
     """
     from fiftyone_blip import captions, engine, images, models
+
+    if language is not None:
+        from fiftyone_blip import adapters
+
+        adapters.check_language(language)
 
     settings = captions.CaptionSettings(
         strategy=strategy,
@@ -113,7 +123,7 @@ def caption(
         raise ValueError(f"`resize` must be one of {images.RESIZE_MODES}, got {resize!r}")
     engine.check_run_options(field, batch_size, shard)
     loaded = models.load_model(model, task="caption", device=device, dtype=dtype)
-    task = captions.caption_task(loaded, settings, field=field, resize=resize)
+    task = captions.caption_task(loaded, settings, field=field, resize=resize, language=language)
     return engine.run(
         samples,
         task,
@@ -123,6 +133,128 @@ def caption(
         overwrite=overwrite,
         progress=progress,
     )
+
+
+# --- language adapters (fiftyone_blip.adapters) ---------------------------------------------
+
+__all__ += ["train_adapter", "list_adapters", "adapter_languages"]
+
+
+def train_adapter(
+    language: str,
+    samples=None,
+    caption_field: str | None = None,
+    images_dir: str | None = None,
+    captions_file: str | None = None,
+    model: str | None = None,
+    out: str | None = None,
+    rank: int = 8,
+    alpha: float = 16.0,
+    learning_rate: float = 2e-3,
+    epochs: int = 30,
+    batch_size: int = 64,
+    validation_fraction: float = 0.1,
+    max_validation: int = 1000,
+    patience: int = 3,
+    max_added_tokens: int = 4000,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress=True,
+    log=print,
+) -> dict:
+    """Trains a LoRA language adapter for captions in `language` and installs it.
+
+    The data is either a FiftyOne dataset or view (`samples`) with captions in
+    `caption_field`, or a folder of images (`images_dir`) with a CSV or JSONL
+    file of captions (`captions_file`, rows with `image` and `caption`). Only
+    the text decoder adapts (LoRA plus new token rows); the vision encoder
+    stays frozen. A held-out split gives early stopping and the manifest's
+    metrics. See `fiftyone_blip.adapters.train_adapter` and
+    `AdapterTrainingSettings` for the details.
+
+    Args:
+        language: language code the adapter is installed under ("de").
+        samples: a FiftyOne dataset or view (None: use `images_dir`).
+        caption_field: the samples' caption field, e.g. "caption_de".
+        images_dir: a folder of images (with `captions_file`).
+        captions_file: a .csv or .jsonl file of captions.
+        model: the base captioner: hub id, local directory or "shapes-tiny"
+            (None: Salesforce/blip-image-captioning-base).
+        out: the adapter folder (None: `<registry>/<language>`, where the
+            registry is `FIFTYONE_BLIP_ADAPTERS_DIR` or ~/.fiftyone-blip/adapters).
+        rank, alpha, learning_rate, epochs, batch_size, validation_fraction,
+        max_validation, patience, max_added_tokens, seed: training settings
+            (defaults as in `AdapterTrainingSettings`).
+        device: "auto", "cpu", "cuda" or "mps" ("auto").
+        threads: CPU threads for torch (None: torch's default).
+        overwrite: replace an installed adapter of the same language.
+        progress: True for a progress bar, False for none, or a callable
+            `progress(done, total)`.
+        log: called with one line per epoch (print).
+
+    Returns:
+        the adapter's manifest (with its `path`).
+    """
+    from fiftyone_blip import adapters
+
+    settings = adapters.AdapterTrainingSettings(
+        rank=rank,
+        alpha=alpha,
+        learning_rate=learning_rate,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_fraction=validation_fraction,
+        max_validation=max_validation,
+        patience=patience,
+        max_added_tokens=max_added_tokens,
+        seed=seed,
+    )
+    adapters.check_language(language)
+    if (samples is None) == (images_dir is None):
+        raise ValueError("pass either `samples` (with `caption_field`) or `images_dir` (with `captions_file`)")
+    if samples is not None:
+        if not caption_field:
+            raise ValueError("`caption_field` is required with `samples`")
+        pairs = adapters.pairs_from_dataset(samples, caption_field)
+    else:
+        if not captions_file:
+            raise ValueError("`captions_file` is required with `images_dir`")
+        pairs = adapters.pairs_from_folder(images_dir, captions_file)
+    return adapters.train_adapter(
+        pairs,
+        language,
+        model=model,
+        out=out,
+        settings=settings,
+        device=device,
+        overwrite=overwrite,
+        threads=threads,
+        progress=progress,
+        log=log,
+    )
+
+
+def list_adapters(model: str | None = None) -> list[dict]:
+    """Manifests of the installed language adapters (registry, then bundled), each with its `path`.
+
+    Args:
+        model: only adapters trained for this base model (None: all).
+    """
+    from fiftyone_blip import adapters
+
+    return adapters.installed_adapters(model)
+
+
+def adapter_languages(model: str | None = None) -> list[str]:
+    """English ("en") plus the languages that installed adapters add to `model` (None: any model)."""
+    from fiftyone_blip import adapters
+
+    return adapters.languages(model)
+
+
+# --- end of language adapters ------------------------------------------------------------------
 
 
 def runs(dataset) -> list[dict]:
@@ -444,6 +576,10 @@ def __getattr__(name):
         from fiftyone_blip.images import ImageDecodeError
 
         return ImageDecodeError
+    if name == "AdapterError":
+        from fiftyone_blip.adapters import AdapterError
+
+        return AdapterError
     raise AttributeError(f"module 'fiftyone_blip' has no attribute {name!r}")
 
 

@@ -155,13 +155,14 @@ class DiversityLogitsProcessor:
 class Captioner:
     """Captions batches of preprocessed images with one loaded model."""
 
-    def __init__(self, loaded, settings: CaptionSettings):
+    def __init__(self, loaded, settings: CaptionSettings, tokenizer=None):
         import torch
 
         self.loaded = loaded
         self.settings = settings
         self.model = loaded.model
-        self.tokenizer = loaded.processor.tokenizer
+        # A language adapter brings its own tokenizer (see `fiftyone_blip.adapters`).
+        self.tokenizer = tokenizer if tokenizer is not None else loaded.processor.tokenizer
         self.device = loaded.device
         text_config = self.model.config.text_config
         self.eos = text_config.sep_token_id
@@ -267,22 +268,30 @@ def _cat_padded(torch, earlier, generated, pad: int):
     return torch.cat([earlier, generated.unsqueeze(1)], dim=1)
 
 
-def caption_task(loaded, settings: CaptionSettings, field: str = "caption", resize: str = "squash"):
-    """An engine `Task` that captions images into `field` and `{field}_confidence`."""
+def caption_task(
+    loaded, settings: CaptionSettings, field: str = "caption", resize: str = "squash", language: str | None = None
+):
+    """An engine `Task` that captions images into `field` and `{field}_confidence`.
+
+    `language`: None or "en" for the model's own captions, else the code of an
+    installed language adapter (`fiftyone_blip.adapters`), active for each step.
+    """
     import fiftyone as fo
 
-    from fiftyone_blip import engine
+    from fiftyone_blip import adapters, engine
     from fiftyone_blip.images import Preprocessor
 
+    tokenizer, adapter_identity, activate = adapters.prepare(loaded, language)
     preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
-    captioner = Captioner(loaded, settings)
+    captioner = Captioner(loaded, settings, tokenizer=tokenizer)
     confidence_field = f"{field}_confidence"
 
     def prepare(path):
         return preprocess(path)[0]
 
     def step(inputs):
-        rows = captioner(engine.to_batch(inputs, "cpu"))
+        with activate():
+            rows = captioner(engine.to_batch(inputs, "cpu"))
         return [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
 
     return engine.Task(
@@ -290,7 +299,7 @@ def caption_task(loaded, settings: CaptionSettings, field: str = "caption", resi
         field=field,
         fields={field: fo.StringField, confidence_field: fo.FloatField},
         settings={**settings.as_dict(), "resize": resize},
-        identity=loaded.identity,
+        identity={**loaded.identity, **adapter_identity},
         prepare=prepare,
         step=step,
     )

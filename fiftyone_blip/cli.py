@@ -109,6 +109,12 @@ def main():
 @click.option("--view", "view_name", default=None, help="A saved view of the dataset to caption.")
 @click.option("--overwrite", is_flag=True, help="Recompute samples already captioned with these settings.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "-l",
+    "--language",
+    default=None,
+    help="Caption language: 'en' or an installed adapter's code (see `fiftyone-blip adapters list`). [default: en]",
+)
 @translate_errors
 def caption(dataset, view_name, workers, quiet, **options):
     """Caption every image of DATASET into a string field.
@@ -124,6 +130,7 @@ def caption(dataset, view_name, workers, quiet, **options):
         fiftyone-blip caption my-dataset -s sample --top-p 0.9 --seed 1 -f caption_sampled
         fiftyone-blip caption my-dataset -p "a picture of" --resize letterbox
         fiftyone-blip caption my-dataset --shard 0/2   # and --shard 1/2 elsewhere
+        fiftyone-blip caption my-dataset --language de -f caption_de
     """
     import fiftyone_blip
 
@@ -544,6 +551,114 @@ def search(dataset, query, view_name, as_json, **options):
     hits = fiftyone_blip.search(samples, query, **options)
     for hit in hits:
         click.echo(json.dumps(dataclasses.asdict(hit)) if as_json else str(hit))
+
+
+# --- language adapters --------------------------------------------------------------------------
+
+
+@main.group()
+def adapters():
+    """Train and list LoRA language adapters for captions in other languages.
+
+    \b
+    Adapters live in the registry folder, one subfolder per language:
+    $FIFTYONE_BLIP_ADAPTERS_DIR, or ~/.fiftyone-blip/adapters. German and
+    Russian adapters for shapes-tiny come bundled.
+    """
+
+
+@adapters.command("train")
+@click.option("-l", "--language", required=True, help="Language code the adapter is installed under, e.g. de.")
+@click.option("-d", "--dataset", "dataset_name", default=None, help="A FiftyOne dataset of images and captions.")
+@click.option("--view", "view_name", default=None, help="A saved view of the dataset.")
+@click.option("-c", "--caption-field", default=None, help="The dataset's caption field, e.g. caption_de.")
+@click.option("--images", "images_dir", default=None, help="Or: a folder of images ...")
+@click.option("--captions", "captions_file", default=None, help="... with a .csv or .jsonl of image,caption rows.")
+@click.option(
+    "-m",
+    "--model",
+    envvar="FIFTYONE_BLIP_CAPTION_MODEL",
+    default=None,
+    help="Base captioner: hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-image-captioning-base]",
+)
+@click.option("-o", "--out", default=None, help="Adapter folder. [default: <registry>/<language>]")
+@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=float, default=16.0, show_default=True, help="LoRA alpha.")
+@click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True, help="Peak learning rate.")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Most epochs (early stopping may end sooner).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--validation-fraction", type=float, default=0.1, show_default=True, help="Share of pairs held out.")
+@click.option("--max-validation", type=int, default=1000, show_default=True, help="Most held-out pairs.")
+@click.option("--patience", type=int, default=3, show_default=True, help="Epochs without a better held-out loss.")
+@click.option("--max-added-tokens", type=int, default=4000, show_default=True, help="Most new tokens.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    envvar="FIFTYONE_BLIP_DEVICE",
+    show_default=True,
+)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch. [default: torch's]")
+@click.option("--overwrite", is_flag=True, help="Replace an installed adapter of this language.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@translate_errors
+def adapters_train(dataset_name, view_name, quiet, **options):
+    """Train a LoRA adapter that captions in another language, and install it.
+
+    Only the text decoder adapts (LoRA plus rows for the new tokens its
+    language needs); the vision encoder stays frozen. A held-out split gives
+    early stopping and the metrics in the adapter's manifest.json.
+
+    \b
+    Examples:
+        fiftyone-blip adapters train -l de -d my-dataset -c caption_de
+        fiftyone-blip adapters train -l ru --images photos/ --captions ru.jsonl
+        fiftyone-blip shapes shapes-train -n 10000 --split train
+        fiftyone-blip adapters train -l de -d shapes-train -c gt_caption_de -m shapes-tiny
+    """
+    import fiftyone_blip
+
+    samples = load_samples(dataset_name, view_name) if dataset_name else None
+    manifest = fiftyone_blip.train_adapter(samples=samples, progress=not quiet, log=click.echo, **options)
+    metrics, parameters = manifest["metrics"], manifest["parameters"]
+    click.echo(
+        f"adapter {manifest['language']!r} saved to {manifest['path']}: held-out exact match "
+        f"{metrics['held_out_exact_match']:.4f}, {parameters['trainable']:,} parameters "
+        f"({parameters['ratio']:.2%} of the base model), {manifest['training']['wall_seconds']:.0f} s wall, "
+        f"{manifest['training']['cpu_seconds']:.0f} s CPU"
+    )
+
+
+@adapters.command("list")
+@click.option("-m", "--model", default=None, help="Only adapters for this base model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON lines.")
+def adapters_list(model, as_json):
+    """List the installed language adapters (registry first, then bundled)."""
+    import json
+
+    import fiftyone_blip
+    from fiftyone_blip import adapters as adapters_module
+
+    manifests = fiftyone_blip.list_adapters(model)
+    if as_json:
+        for manifest in manifests:
+            click.echo(json.dumps(manifest, ensure_ascii=False))
+        return
+    click.echo(f"registry: {adapters_module.registry_dir()}")
+    if not manifests:
+        click.echo("no adapters installed")
+        return
+    for m in manifests:
+        click.echo(
+            f"{m['language']:<8} base {m['base_model']['name']:<40} "
+            f"exact match {m['metrics']['held_out_exact_match']:.3f}  "
+            f"{m['parameters']['trainable']:,} params ({m['parameters']['ratio']:.2%})  "
+            f"{m['data']['train_pairs']} pairs  {m['path']}"
+        )
+
+
+# --- end of language adapters --------------------------------------------------------------------
 
 
 if __name__ == "__main__":

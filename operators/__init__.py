@@ -7,6 +7,7 @@ calls one `fiftyone_blip` function. Anything an operator does, a script can do.
 import queue
 import threading
 
+import fiftyone.core.fields as fo_fields
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -149,6 +150,7 @@ class CaptionSamples(foo.Operator):
             description="Caption only shard I of N, for N delegated workers",
         )
         inputs.bool("overwrite", label="Recompute samples already captioned", default=False)
+        _language_dropdown(inputs, ctx.params.get("model") or _default_model(ctx))
 
         # The library's own checks, so the form and the SDK agree on what is valid.
         try:
@@ -179,6 +181,7 @@ class CaptionSamples(foo.Operator):
                 shard=params.get("shard") or None,
                 overwrite=params.get("overwrite", False),
                 progress=progress,
+                language=_chosen_language(params),
                 **{k: v for k, v in vars(settings).items()},
             )
             return summary
@@ -653,9 +656,102 @@ class ComputeEmbeddings(foo.Operator):
             yield ctx.trigger("notify", dict(message=f"BLIP embeddings: {summary}", variant="success"))
 
 
+# --- language adapters ------------------------------------------------------------------------
+
+
+def _language_dropdown(inputs, model):
+    """English plus the installed adapters trained for `model`."""
+    from fiftyone_blip import adapters
+
+    choices = {"en": "English (no adapter)"}
+    for manifest in adapters.installed_adapters(model):
+        choices.setdefault(manifest["language"], f"{manifest['language']} (adapter)")
+    _dropdown(inputs, "language", "Language", choices, default="en", description="Installed language adapters")
+
+
+def _chosen_language(params):
+    language = params.get("language") or "en"
+    return None if language == "en" else language
+
+
+class TrainLanguageAdapter(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="train_language_adapter",
+            label="BLIP: train a language adapter",
+            description="Fine-tune a LoRA adapter so that BLIP captions in another language",
+            dynamic=True,
+            allow_immediate_execution=False,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        from fiftyone_blip import adapters
+
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        inputs.str("language", label="Language code", required=True, description="e.g. de, ru, pt-BR")
+        string_fields = []
+        if ctx.dataset is not None:
+            schema = ctx.dataset.get_field_schema(ftype=fo_fields.StringField)
+            string_fields = sorted(name for name in schema if name not in ("filepath", "id"))
+        if string_fields:
+            default = next((f for f in string_fields if "caption" in f), string_fields[0])
+            _dropdown(inputs, "caption_field", "Caption field", {f: f for f in string_fields}, default=default)
+        else:
+            inputs.str("caption_field", label="Caption field", required=True)
+        inputs.str("model", label="Base model", default=_default_model(ctx), required=True)
+        inputs.int("epochs", label="Most epochs", default=30, min=1)
+        inputs.int("rank", label="LoRA rank", default=8, min=1, max=256)
+        inputs.float("learning_rate", label="Learning rate", default=2e-3)
+        inputs.int("batch_size", label="Batch size", default=64, min=1)
+        inputs.bool("overwrite", label="Replace an installed adapter of this language", default=False)
+        try:
+            adapters.check_language(ctx.params.get("language") or "xx")
+            adapters.AdapterTrainingSettings(
+                rank=ctx.params.get("rank", 8),
+                learning_rate=ctx.params.get("learning_rate", 2e-3),
+                epochs=ctx.params.get("epochs", 30),
+                batch_size=ctx.params.get("batch_size", 64),
+            )
+        except ValueError as error:
+            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
+            prop.invalid = True
+            prop.error_message = str(error)
+        return types.Property(inputs, view=types.View(label="BLIP: train a language adapter"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        manifest = fiftyone_blip.train_adapter(
+            params["language"],
+            samples=ctx.target_view(),
+            caption_field=params["caption_field"],
+            model=params.get("model") or None,
+            epochs=params.get("epochs", 30),
+            rank=params.get("rank", 8),
+            learning_rate=params.get("learning_rate", 2e-3),
+            batch_size=params.get("batch_size", 64),
+            overwrite=params.get("overwrite", False),
+            progress=lambda done, total: ctx.set_progress(done / max(total, 1), f"step {done}/{total}"),
+            log=lambda line: None,
+        )
+        return {
+            "language": manifest["language"],
+            "path": manifest["path"],
+            "held_out_exact_match": manifest["metrics"]["held_out_exact_match"],
+            "trainable_parameters": manifest["parameters"]["trainable"],
+        }
+
+
+# --- end of language adapters --------------------------------------------------------------------
+
+
 def register(p):
     p.register(CaptionSamples)
     p.register(ComputeHeatmaps)
     p.register(WordHeatmapsPanel)
     p.register(FindMislabels)
     p.register(ComputeEmbeddings)
+    p.register(TrainLanguageAdapter)
