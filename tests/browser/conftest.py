@@ -56,9 +56,13 @@ FAILURES = SCREENSHOTS / "failures"
 
 def pytest_collection_modifyitems(items):
     here = Path(__file__).parent
-    for item in items:
-        if here in Path(item.fspath).parents:
-            item.add_marker(pytest.mark.browser)
+    browser_items = [item for item in items if here in Path(item.fspath).parents]
+    for item in browser_items:
+        item.add_marker(pytest.mark.browser)
+    # Playwright's sync API keeps an asyncio loop running in this thread while the
+    # session-scoped browser lives; FiftyOne's execute_operator then returns a
+    # Task instead of a result. The browser flows therefore run last.
+    items[:] = [item for item in items if item not in browser_items] + browser_items
 
 
 @pytest.hookimpl(hookwrapper=True)
