@@ -495,10 +495,15 @@ def search(
         loaded = models.load_model(model_name, task="match", device=device, revision=revision)
         query_vector = Embedder(loaded).embed_texts([query])[0]
 
+    # FiftyOne caches loaded results per process: restrict them to the view only for this query.
     if samples is not dataset:
         results.use_view(samples)
-    view = results.sort_by_similarity(query_vector, k=depth)
-    ids, paths, vectors = view.values(["id", "filepath", field])
+    try:
+        view = results.sort_by_similarity(query_vector, k=depth)
+        ids, paths, vectors = view.values(["id", "filepath", field])
+    finally:
+        if samples is not dataset:
+            results.clear_view()
     itc = np.array([float(np.dot(query_vector, v)) if v is not None else -1.0 for v in vectors])
     if by_id:
         keep = [i for i, sid in enumerate(ids) if sid != query]  # the query sample is not its own neighbour

@@ -147,6 +147,7 @@ def test_image_search_and_rerank(embedded):
     assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
     view = embedded.match_tags("test").limit(10)
     assert {h.id for h in fiftyone_blip.search(view, "a red circle", k=5)} <= set(view.values("id"))
+    assert len(fiftyone_blip.search(embedded, "a red circle", k=20)) == 20  # the view does not stick
 
 
 def test_cli_embed_and_search(embedded):
