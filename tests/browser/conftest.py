@@ -5,7 +5,7 @@ Fixtures (they build on the private FiftyOne home of `tests/conftest.py`):
 - `app_server` (session): the FiftyOne App server as a subprocess on a free
   loopback port, sharing this process's database and plugins folder (the
   plugin is installed first).
-- `browser` (session): Debian's chromium driven by Playwright. A missing
+- `browser` (module): Debian's chromium driven by Playwright. A missing
   browser or Playwright fails the run with what to install; it never skips.
 - `app_dataset` (function): a factory for a fresh shapes dataset of one flow.
 - `app` (function): a new browser page wrapped in `App`, the steps users take
@@ -14,6 +14,11 @@ Fixtures (they build on the private FiftyOne home of `tests/conftest.py`):
 
 A flow is one test module, `tests/browser/test_app_<flow>.py`; see
 `test_app_caption.py`.
+
+While Playwright's sync API is open, the test process has a running asyncio
+loop, and FiftyOne's `execute_operator` then returns a task instead of running
+the operator. So the browser lives only as long as one module, the browser
+tests run after all others, and a flow prepares its data with SDK calls.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("FIFTYONE_BLIP_CHROMIUM", "/usr/bin/chromium")
 # Headless chromium on a closed network: the background-networking flags stop
-# connections the network would refuse (updates, sync, safe browsing).
+# connections the network would refuse (updates, sync, safe browsing); the App is
+# on loopback, so no proxy.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
+    "--no-proxy-server",
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
@@ -55,14 +62,13 @@ FAILURES = SCREENSHOTS / "failures"
 
 
 def pytest_collection_modifyitems(items):
+    """Marks the browser tests `browser` and runs them last (see above)."""
     here = Path(__file__).parent
-    browser_items = [item for item in items if here in Path(item.fspath).parents]
-    for item in browser_items:
-        item.add_marker(pytest.mark.browser)
-    # Playwright's sync API keeps an asyncio loop running in this thread while the
-    # session-scoped browser lives; FiftyOne's execute_operator then returns a
-    # Task instead of a result. The browser flows therefore run last.
-    items[:] = [item for item in items if item not in browser_items] + browser_items
+    in_browser = {id(item) for item in items if here in Path(item.fspath).parents}
+    for item in items:
+        if id(item) in in_browser:
+            item.add_marker(pytest.mark.browser)
+    items.sort(key=lambda item: id(item) in in_browser)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -70,6 +76,9 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _free_port() -> int:
@@ -110,7 +119,7 @@ class AppServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the App server exited ({self.process.returncode}):\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
+                with _NO_PROXY.open(self.url, timeout=5) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -132,6 +141,7 @@ class AppServer:
 
 @pytest.fixture(scope="session")
 def app_server(fo, plugin_installed, tmp_path_factory):
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)  # a run's screenshots are that run's only
     server = AppServer(fo, tmp_path_factory.mktemp("app-server") / "server.log")
     try:
         server.wait_until_ready()
@@ -140,7 +150,7 @@ def app_server(fo, plugin_installed, tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
@@ -158,7 +168,6 @@ def browser():
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
-    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     with sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
