@@ -44,6 +44,57 @@ def load_samples(dataset_name: str, view_name: str | None = None):
     return dataset.load_saved_view(view_name)
 
 
+DEVICE_OPTION = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    envvar="FIFTYONE_BLIP_DEVICE",
+    show_default=True,
+)
+
+
+def engine_options(verb: str, batch_size: int = 16, view_name: str = "view_name", shard_note: str = ""):
+    """The options every engine command shares: input size, batching, device, shards, resume, progress.
+
+    `verb` starts the --shard help ("Caption only shard I of N ...").
+    """
+    options = [
+        click.option(
+            "--resize",
+            type=click.Choice(["squash", "center-crop", "letterbox"]),
+            default="squash",
+            show_default=True,
+            help="How images reach the model's square input.",
+        ),
+        click.option("--batch-size", type=int, default=batch_size, show_default=True),
+        DEVICE_OPTION,
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
+            default="auto",
+            show_default=True,
+            help="auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU.",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=None,
+            help="Decode threads, 0 for inline. [default: one per core, at most 8]",
+        ),
+        click.option("--shard", default=None, help=f"{verb} only shard I of N, as I/N (e.g. 0/4).{shard_note}"),
+        click.option("--view", view_name, default=None, help="A saved view of the dataset."),
+        click.option("--overwrite", is_flag=True, help="Recompute samples already done with these settings."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.group()
 @click.version_option(package_name="fiftyone-blip")
 def main():
@@ -80,35 +131,7 @@ def main():
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
 @click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True)
 @click.option("-p", "--prompt", default=None, help="Text the caption continues, e.g. 'a picture of'.")
-@click.option(
-    "--resize",
-    type=click.Choice(["squash", "center-crop", "letterbox"]),
-    default="squash",
-    show_default=True,
-    help="How images reach the model's square input.",
-)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    envvar="FIFTYONE_BLIP_DEVICE",
-    show_default=True,
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
-    default="auto",
-    show_default=True,
-    help="auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU.",
-)
-@click.option(
-    "--workers", type=int, default=None, help="Decode threads, 0 for inline. [default: one per core, at most 8]"
-)
-@click.option("--shard", default=None, help="Caption only shard I of N, as I/N (e.g. 0/4).")
-@click.option("--view", "view_name", default=None, help="A saved view of the dataset to caption.")
-@click.option("--overwrite", is_flag=True, help="Recompute samples already captioned with these settings.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@engine_options("Caption")
 @click.option(
     "-l",
     "--language",
@@ -252,28 +275,7 @@ def _index_list(value: str | None):
 @click.option("--normalize-heads", is_flag=True, help="Standardise each head's map before averaging.")
 @click.option("--map-size", type=int, default=64, show_default=True, help="Long side of stored maps, pixels.")
 @click.option("--maps-dir", default=None, help="Store per-word maps as PNG files here instead of in the samples.")
-@click.option(
-    "--resize", type=click.Choice(["squash", "center-crop", "letterbox"]), default="squash", show_default=True
-)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    envvar="FIFTYONE_BLIP_DEVICE",
-    show_default=True,
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
-    default="auto",
-    show_default=True,
-)
-@click.option("--workers", type=int, default=None, help="Decode threads, 0 for inline.")
-@click.option("--shard", default=None, help="Only shard I of N, as I/N.")
-@click.option("--view", "view_name", default=None, help="A saved view of the dataset.")
-@click.option("--overwrite", is_flag=True, help="Recompute samples already done with these settings.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@engine_options("Explain", batch_size=8)
 @translate_errors
 def heatmaps_command(dataset, view_name, workers, quiet, generate, layers, heads, text_field, **options):
     """Compute where BLIP looked for each caption word of DATASET's images.
@@ -369,25 +371,7 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
 @click.option("--view-name", default=None, help="Saved review view. [default: FIELD-review]")
 @click.option("--rescore/--flag-only", default=True, help="--flag-only re-flags stored scores without a model.")
 @click.option("--crop-padding", type=float, default=None, help="Detections: box growth factor (>= 1).")
-@click.option(
-    "--resize", type=click.Choice(["squash", "center-crop", "letterbox"]), default="squash", show_default=True
-)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    envvar="FIFTYONE_BLIP_DEVICE",
-    show_default=True,
-)
-@click.option(
-    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default="auto", show_default=True
-)
-@click.option("--workers", type=int, default=None, help="Decode threads, 0 for inline.")
-@click.option("--shard", default=None, help="Score only shard I of N, as I/N.")
-@click.option("--view", "view_name_in", default=None, help="A saved view of the dataset to check.")
-@click.option("--overwrite", is_flag=True, help="Rescore samples already scored with these settings.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@engine_options("Score", view_name="view_name_in")
 @translate_errors
 def mislabels(dataset, label_field, rescore, view_name_in, workers, quiet, classes, no_margin, **options):
     """Flag likely mislabels in LABEL_FIELD of DATASET by image-text matching.
@@ -452,35 +436,7 @@ def mislabels(dataset, label_field, rescore, view_name_in, workers, quiet, class
     default=None,
     help="Similarity backend: FiftyOne's default (sklearn) or e.g. lancedb. [default: FiftyOne's default]",
 )
-@click.option(
-    "--resize",
-    type=click.Choice(["squash", "center-crop", "letterbox"]),
-    default="squash",
-    show_default=True,
-    help="How images reach the model's square input.",
-)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    envvar="FIFTYONE_BLIP_DEVICE",
-    show_default=True,
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
-    default="auto",
-    show_default=True,
-    help="auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU.",
-)
-@click.option(
-    "--workers", type=int, default=None, help="Decode threads, 0 for inline. [default: one per core, at most 8]"
-)
-@click.option("--shard", default=None, help="Embed only shard I of N, as I/N (no index is built for a shard).")
-@click.option("--view", "view_name", default=None, help="A saved view of the dataset to embed.")
-@click.option("--overwrite", is_flag=True, help="Recompute embeddings that already exist.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@engine_options("Embed", shard_note=" No index is built for a shard.")
 @translate_errors
 def embed(dataset, view_name, workers, quiet, no_index, **options):
     """Embed every image of DATASET with BLIP (ITC) and build a similarity index.
@@ -519,13 +475,7 @@ def embed(dataset, view_name, workers, quiet, no_index, **options):
     "--shortlist", type=int, default=None, help="How many ITC results --rerank re-scores. [default: max(4k, 50)]"
 )
 @click.option("-m", "--model", default=None, help="Refuse an index built with another model than this one.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    envvar="FIFTYONE_BLIP_DEVICE",
-    show_default=True,
-)
+@DEVICE_OPTION
 @click.option("--view", "view_name", default=None, help="Search only this saved view of the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON lines.")
 @translate_errors
@@ -592,13 +542,7 @@ def adapters():
 @click.option("--patience", type=int, default=3, show_default=True, help="Epochs without a better held-out loss.")
 @click.option("--max-added-tokens", type=int, default=4000, show_default=True, help="Most new tokens.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    envvar="FIFTYONE_BLIP_DEVICE",
-    show_default=True,
-)
+@DEVICE_OPTION
 @click.option("--threads", type=int, default=None, help="CPU threads for torch. [default: torch's]")
 @click.option("--overwrite", is_flag=True, help="Replace an installed adapter of this language.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
