@@ -42,6 +42,25 @@ def _dropdown(inputs, name, label, choices, default, description=None):
     inputs.enum(name, view.values(), default=default, view=view)
 
 
+def _engine_inputs(inputs, batch_size=16, resize=True, shard=None, overwrite="Recompute samples already done"):
+    """The inputs every engine operator shares; `shard` describes the shard input (None: no shard input)."""
+    if resize:
+        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
+    inputs.int("batch_size", label="Batch size", default=batch_size, min=1, max=engine.MAX_BATCH_SIZE)
+    _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
+    _dropdown(
+        inputs,
+        "dtype",
+        "Precision",
+        {d: d for d in models.DTYPES},
+        default="auto",
+        description="int8: dynamic quantization, fastest on CPU",
+    )
+    if shard is not None:
+        inputs.str("shard", label="Shard (I/N)", required=False, description=shard)
+    inputs.bool("overwrite", label=overwrite, default=False)
+
+
 def _caption_settings(params):
     return captions.CaptionSettings(
         strategy=params.get("strategy", "greedy"),
@@ -132,24 +151,11 @@ class CaptionSamples(foo.Operator):
         inputs.str(
             "prompt", label="Prompt", required=False, description="Text the caption continues, e.g. 'a picture of'"
         )
-        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
-        inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
-        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
-        _dropdown(
+        _engine_inputs(
             inputs,
-            "dtype",
-            "Precision",
-            {d: d for d in models.DTYPES},
-            default="auto",
-            description="int8: dynamic quantization, fastest on CPU",
+            shard="Caption only shard I of N, for N delegated workers",
+            overwrite="Recompute samples already captioned",
         )
-        inputs.str(
-            "shard",
-            label="Shard (I/N)",
-            required=False,
-            description="Caption only shard I of N, for N delegated workers",
-        )
-        inputs.bool("overwrite", label="Recompute samples already captioned", default=False)
         _language_dropdown(inputs, ctx.params.get("model") or _default_model(ctx))
 
         # The library's own checks, so the form and the SDK agree on what is valid.
@@ -282,12 +288,7 @@ class ComputeHeatmaps(foo.Operator):
         inputs.str(
             "maps_dir", label="Folder for per-word PNG maps", required=False, description="empty: in the samples"
         )
-        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
-        inputs.int("batch_size", label="Batch size", default=8, min=1, max=1024)
-        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
-        _dropdown(inputs, "dtype", "Precision", {d: d for d in models.DTYPES}, default="auto")
-        inputs.str("shard", label="Shard (I/N)", required=False)
-        inputs.bool("overwrite", label="Recompute samples already done", default=False)
+        _engine_inputs(inputs, batch_size=8, shard="Explain only shard I of N, for N delegated workers")
 
         try:
             from fiftyone_blip import attention_maps
@@ -503,10 +504,7 @@ class FindMislabels(foo.Operator):
         if kind in ("classifications", "detections"):
             _dropdown(inputs, "level", "Flag", {"sample": "Samples", "label": "Individual labels"}, default="sample")
         inputs.str("tag", label="Tag", default="mislabel", required=False)
-        inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
-        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
-        _dropdown(inputs, "dtype", "Precision", {d: d for d in models.DTYPES}, default="auto")
-        inputs.bool("overwrite", label="Rescore samples already scored", default=False)
+        _engine_inputs(inputs, resize=False, overwrite="Rescore samples already scored")
 
         try:
             if kind != "text":
@@ -604,17 +602,11 @@ class ComputeEmbeddings(foo.Operator):
             description="The App's similarity search lists it; text prompts work on it",
         )
         _dropdown(inputs, "backend", "Similarity backend", _BACKEND_LABELS, default="sklearn")
-        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
-        inputs.int("batch_size", label="Batch size", default=16, min=1, max=1024)
-        _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
-        _dropdown(inputs, "dtype", "Precision", {d: d for d in models.DTYPES}, default="auto")
-        inputs.str(
-            "shard",
-            label="Shard (I/N)",
-            required=False,
-            description="Embed only shard I of N (no index is built for a shard; run once more without it)",
+        _engine_inputs(
+            inputs,
+            shard="Embed only shard I of N (no index is built for a shard; run once more without it)",
+            overwrite="Recompute existing embeddings",
         )
-        inputs.bool("overwrite", label="Recompute existing embeddings", default=False)
 
         try:
             engine.check_run_options(
