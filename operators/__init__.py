@@ -42,6 +42,19 @@ def _dropdown(inputs, name, label, choices, default, description=None):
     inputs.enum(name, view.values(), default=default, view=view)
 
 
+def _engine_config(name, label, description):
+    """An operator that runs on the engine: a dynamic form, progress as it goes, immediate or delegated."""
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        execute_as_generator=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
+
+
 def _engine_inputs(inputs, batch_size=16, resize=True, shard=None, overwrite="Recompute samples already done"):
     """The inputs every engine operator shares; `shard` describes the shard input (None: no shard input)."""
     if resize:
@@ -112,14 +125,10 @@ def _run_with_progress(ctx, work):
 class CaptionSamples(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="caption_samples",
-            label="BLIP: caption samples",
-            description="Caption images with BLIP into a string field, with a confidence beside it",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return _engine_config(
+            "caption_samples",
+            "BLIP: caption samples",
+            "Caption images with BLIP into a string field, with a confidence beside it",
         )
 
     def resolve_input(self, ctx):
@@ -251,14 +260,10 @@ def _heatmap_options(params):
 class ComputeHeatmaps(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_heatmaps",
-            label="BLIP: word heatmaps",
-            description="Where BLIP looked for each caption word: a caption heatmap and one map per word",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return _engine_config(
+            "compute_heatmaps",
+            "BLIP: word heatmaps",
+            "Where BLIP looked for each caption word: a caption heatmap and one map per word",
         )
 
     def resolve_input(self, ctx):
@@ -443,15 +448,11 @@ def _flag_value(params):
 class FindMislabels(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="find_mislabels",
-            label="BLIP: find mislabels",
-            description="Score labels, detections or captions against their images with BLIP's ITM head; "
+        return _engine_config(
+            "find_mislabels",
+            "BLIP: find mislabels",
+            "Score labels, detections or captions against their images with BLIP's ITM head; "
             "flag and tag the most suspicious for review",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
         )
 
     def resolve_input(self, ctx):
@@ -573,14 +574,10 @@ def _default_match_model(ctx):
 class ComputeEmbeddings(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_embeddings",
-            label="BLIP: compute embeddings and similarity index",
-            description="Embed images with BLIP (ITC) and build a similarity index with text search",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return _engine_config(
+            "compute_embeddings",
+            "BLIP: compute embeddings and similarity index",
+            "Embed images with BLIP (ITC) and build a similarity index with text search",
         )
 
     def resolve_input(self, ctx):
