@@ -541,7 +541,7 @@ def search(
     Args:
         samples: a FiftyOne dataset or view (a view limits the results to it).
         query: a text, or the id of a sample for image-to-image search.
-        k: how many results (20).
+        k: how many results, 1 .. the number of samples searched (20).
         brain_key: the index built by `embed` ("blip_sim").
         model: the model you expect the index to use; an index built with
             another model is an error (None: the index's own model).
@@ -556,8 +556,9 @@ def search(
         is the ITM match probability when re-ranked.
 
     Raises:
-        ValueError: an empty query, a brain key that does not exist or is not
-            a fiftyone-blip index, or an index built with another model.
+        ValueError: an empty query, `k` outside 1 .. the number of samples, a
+            brain key that does not exist or is not a fiftyone-blip index, or
+            an index built with another model.
     """
     from fiftyone_blip import embeddings
 

@@ -137,8 +137,11 @@ def installed_adapters(model: str | None = None) -> list[dict]:
     for root in search_dirs():
         if not root.is_dir():
             continue
+        inside = root.resolve()
         for directory in sorted(root.iterdir()):
-            if not (directory / MANIFEST_FILE).is_file() or not LANGUAGE_PATTERN.match(directory.name):
+            if not LANGUAGE_PATTERN.match(directory.name) or not directory.resolve().is_relative_to(inside):
+                continue  # not a language code, or a link out of the registry: never read
+            if not (directory / MANIFEST_FILE).is_file():
                 continue
             try:
                 manifest = read_manifest(directory)

@@ -89,6 +89,8 @@ class HeatmapSettings:
             self.layers = _int_list(self.layers, "layers", "'all', 'last', an index or a list of indices")
         if self.heads != "all":
             self.heads = _int_list(self.heads, "heads", "'all' or a list of indices")
+            if min(self.heads) < 0:
+                raise ValueError(f"`heads` indices must be >= 0, got {self.heads}")
         if self.token_positions not in TOKEN_POSITIONS:
             raise ValueError(f"`token_positions` must be one of {TOKEN_POSITIONS}, got {self.token_positions!r}")
         if not isinstance(self.normalize_heads, bool):

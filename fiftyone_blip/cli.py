@@ -234,16 +234,6 @@ def demo(count, name):
 # ---- heatmaps: where the model looked, per caption word ----
 
 
-def _index_list(value: str | None):
-    """'all' / 'last' / '0,2' from the command line -> what the SDK takes."""
-    if value is None or value in ("all", "last"):
-        return value
-    try:
-        return [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"expected 'all', 'last' or indices like 0,2, got {value!r}") from None
-
-
 @main.command("heatmaps")
 @click.argument("dataset")
 @click.option(
@@ -277,7 +267,7 @@ def _index_list(value: str | None):
 @click.option("--maps-dir", default=None, help="Store per-word maps as PNG files here instead of in the samples.")
 @engine_options("Explain", batch_size=8)
 @translate_errors
-def heatmaps_command(dataset, view_name, workers, quiet, generate, layers, heads, text_field, **options):
+def heatmaps_command(dataset, view_name, workers, quiet, generate, text_field, **options):
     """Compute where BLIP looked for each caption word of DATASET's images.
 
     Writes FIELD (a heatmap of the whole caption, shown over the image in the
@@ -300,8 +290,6 @@ def heatmaps_command(dataset, view_name, workers, quiet, generate, layers, heads
     summary = fiftyone_blip.heatmaps(
         samples,
         text_field=None if generate else text_field,
-        layers=_index_list(layers),
-        heads=_index_list(heads),
         num_workers=workers,
         progress=not quiet,
         **options,

@@ -468,6 +468,9 @@ def search(
         raise ValueError(f"`k` must be a positive integer, got {k!r}")
     if not isinstance(query, str) or not query.strip():
         raise ValueError(f"`query` must be a non-empty text or a sample id, got {query!r}")
+    count = len(samples)
+    if k > count:
+        raise ValueError(f"`k` must be at most the number of samples searched ({count}), got {k}")
     query = query.strip()
     model_name = check_same_model(samples, brain_key, model)
     dataset = samples._root_dataset

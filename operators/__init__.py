@@ -170,6 +170,10 @@ class CaptionSamples(foo.Operator):
         # The library's own checks, so the form and the SDK agree on what is valid.
         try:
             _caption_settings(ctx.params)
+            if _chosen_language(ctx.params) is not None:
+                from fiftyone_blip import adapters
+
+                adapters.check_language(_chosen_language(ctx.params))
             engine.check_run_options(
                 ctx.params.get("field", "caption"), ctx.params.get("batch_size", 16), ctx.params.get("shard")
             )
@@ -230,12 +234,13 @@ def _heatmap_options(params):
     """The SDK keyword arguments a heatmap form stands for (checked by the library)."""
     mode = params.get("mode", "cross-attention")
     source = params.get("text_source", "field")
-    layers = (params.get("layers") or "").strip() or None
-    if layers not in (None, "all", "last"):
-        layers = [int(v) for v in layers.replace(" ", "").split(",") if v]
-    heads = (params.get("heads") or "all").strip()
-    if heads != "all":
-        heads = [int(v) for v in heads.replace(" ", "").split(",") if v]
+    # "0,2" is passed on as text: HeatmapSettings parses and checks it
+    layers = params.get("layers") or None
+    if isinstance(layers, str):
+        layers = layers.strip() or None
+    heads = params.get("heads") or "all"
+    if isinstance(heads, str):
+        heads = heads.strip() or "all"
     return dict(
         mode=mode,
         model=params.get("model") or None,
@@ -505,14 +510,21 @@ class FindMislabels(foo.Operator):
         if kind in ("classifications", "detections"):
             _dropdown(inputs, "level", "Flag", {"sample": "Samples", "label": "Individual labels"}, default="sample")
         inputs.str("tag", label="Tag", default="mislabel", required=False)
-        _engine_inputs(inputs, resize=False, overwrite="Rescore samples already scored")
+        _engine_inputs(
+            inputs, resize=False, shard="Score only shard I of N", overwrite="Rescore samples already scored"
+        )
 
         try:
+            if label_field not in compatible:
+                matching.label_kind(ctx.dataset, label_field)  # raises: a missing field, or what it holds
+                raise ValueError(f"`label_field` {label_field!r} is not a label field (choose one of {compatible})")
             if kind != "text":
                 matching.check_template(ctx.params.get("template") or matching.default_template(model))
             matching.select_flags([0.0], *_flag_value(ctx.params))
             engine.check_run_options(
-                ctx.params.get("field") or f"{label_field}_match", ctx.params.get("batch_size", 16), None
+                ctx.params.get("field") or f"{label_field}_match",
+                ctx.params.get("batch_size", 16),
+                ctx.params.get("shard") or None,
             )
         except ValueError as error:
             prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
@@ -543,6 +555,7 @@ class FindMislabels(foo.Operator):
                 batch_size=params.get("batch_size", 16),
                 device=params.get("device", "auto"),
                 dtype=params.get("dtype", "auto"),
+                shard=params.get("shard") or None,
                 overwrite=params.get("overwrite", False),
                 progress=progress,
             )

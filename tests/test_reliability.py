@@ -1,8 +1,9 @@
 """Reliability and security under bad input, crashes and untrusted files.
 
-Everything here runs once per capability: `CAPABILITIES` lists what exists
-today (captioning). A new capability is one more `Capability` entry; every
-corpus, crash, shard and bounds test below then covers it too.
+Everything here runs once per capability: `CAPABILITIES` lists caption, embed
+(with its similarity index), match (label QA over a Classification) and
+heatmaps (cross-attention over a text field). A new capability is one more
+`Capability` entry; the corpus and bounds tests below then cover it too.
 
 - The bad-input corpus (`CORPUS`) is made by the test in a temporary folder:
   good files (1x1, a 20000x10 strip, 16-bit grayscale, CMYK JPEG, palette with
@@ -17,23 +18,19 @@ corpus, crash, shard and bounds test below then covers it too.
 - Crash safety: worker processes are SIGKILLed five times at seeded random
   moments, then the run is resumed; two shard workers run side by side and
   one is killed and relaunched. Workers are this file run as a script (see
-  `_worker_main`); their model step is slowed down so kills land mid-run on
-  any machine.
+  `_zygote_main`); their model step is slowed down so kills land mid-run on
+  any machine. These exercise the engine that every capability shares, so
+  they run for the capabilities marked `crash` (caption and embed) only.
 - Security: no pickle loading, no remote code, safetensors only, non-BLIP
   configs refused, and every bound checked before any work (SDK, CLI, App
-  operator).
-
-Checks to add when the features that need them land (not faked here):
-- adapters: adapter names and paths cannot escape the registry folder
-  ("../x", absolute paths, symlinks out of it, names with path separators);
-  adapter weights load from safetensors only (an adapter folder holding only
-  adapter_model.bin is refused, and its pickle never runs);
-- heatmaps: map files are written only under the configured output folder
-  (a field or sample name with "../" or an absolute path cannot move them);
-- embeddings / matching: `k` <= dataset size (and >= 1) checked before any
-  work, in the SDK, CLI and operator;
-- the Capability entries for embed, match and heatmaps (and their
-  `bad_settings`), so the corpus, crash and shard tests run over them.
+  operator): per capability (`bad_settings`), search's `k` and query, and a
+  heatmap layer the model does not have. Adapter names cannot escape the
+  registry ("../x", absolute paths, names with separators: nothing under the
+  adapter home is even opened), links out of the registry are neither listed
+  nor loaded, and an adapter whose weights are only a pickle
+  (adapter_model.bin) is refused without unpickling it. Heatmap PNGs
+  (maps_dir) and overlays land only under their folders, whatever the text,
+  the words or the field.
 """
 
 from __future__ import annotations
@@ -61,6 +58,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 URI_CAPTION = "@fiftyone-blip/blip/caption_samples"
+URI_EMBED = "@fiftyone-blip/blip/compute_embeddings"
+URI_MISLABELS = "@fiftyone-blip/blip/find_mislabels"
+URI_HEATMAPS = "@fiftyone-blip/blip/compute_heatmaps"
 
 
 # --------------------------------------------------------------------------------------
@@ -76,6 +76,9 @@ class BadSetting:
     cli: tuple[str, ...]
     params: dict
     message: str
+    # where the operator's form offers a dropdown, FiftyOne's own validation refuses an
+    # execution with a value outside it, in its own words
+    operator_message: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,17 +95,19 @@ class Capability:
         cli: dataset name -> the CLI words of a run with the test model.
         operator: the App operator's URI and the params of a valid run.
         bad_settings: out-of-bounds settings that must be refused before any work.
+        crash: also run the SIGKILL and shard-kill tests (see `CRASH_CAPABILITIES`).
     """
 
     name: str
     field: str
     result_fields: tuple[str, ...]
     is_result: Callable[[object], bool]
-    make_task: Callable[[], object]
+    make_task: Callable[[], object] | None
     sdk: Callable[..., object]
     cli: Callable[[str], list[str]]
     operator: tuple[str, dict]
     bad_settings: tuple[BadSetting, ...]
+    crash: bool = False
 
 
 def _caption_task():
@@ -117,16 +122,97 @@ def _caption_sdk(samples, **options):
     return fiftyone_blip.caption(samples, model="shapes-tiny", device="cpu", progress=False, **options)
 
 
+_NOT_OFFERED = "Path: %s. Reason: Invalid enum value"
+
+
+def _run_bounds(cli_field: str = "-f") -> tuple[BadSetting, ...]:
+    """The engine's bounds, which every capability shares."""
+    return (
+        BadSetting("batch-over-1024", ("--batch-size", "1025"), dict(batch_size=1025), "batch_size"),
+        BadSetting("batch-0", ("--batch-size", "0"), dict(batch_size=0), "batch_size"),
+        BadSetting("shard-out-of-range", ("--shard", "2/2"), dict(shard="2/2"), "shard"),
+        BadSetting("built-in-field", (cli_field, "filepath"), dict(field="filepath"), "built-in field"),
+        BadSetting("path-as-field", (cli_field, "../evil"), dict(field="../evil"), "`field` must be a name"),
+    )
+
+
 CAPTION_BOUNDS = (
     BadSetting("beams-over-10", ("-s", "beam", "-b", "11"), dict(strategy="beam", num_beams=11), "num_beams"),
     BadSetting("beams-0", ("-s", "beam", "-b", "0"), dict(strategy="beam", num_beams=0), "num_beams"),
     BadSetting("new-tokens-over-128", ("--max-new-tokens", "129"), dict(max_new_tokens=129), "max_new_tokens"),
     BadSetting("new-tokens-0", ("--max-new-tokens", "0"), dict(max_new_tokens=0), "max_new_tokens"),
-    BadSetting("batch-over-1024", ("--batch-size", "1025"), dict(batch_size=1025), "batch_size"),
-    BadSetting("batch-0", ("--batch-size", "0"), dict(batch_size=0), "batch_size"),
-    BadSetting("shard-out-of-range", ("--shard", "2/2"), dict(shard="2/2"), "shard"),
-    BadSetting("built-in-field", ("-f", "filepath"), dict(field="filepath"), "built-in field"),
+    # adapter names are language codes, never paths (more in the adapter security tests below)
+    *(
+        BadSetting(label, ("--language", name), dict(language=name), "language code", _NOT_OFFERED % "language")
+        for label, name in (("language-as-path", "../x"), ("language-absolute", "/etc"))
+    ),
+    *_run_bounds(),
 )
+
+EMBED_BOUNDS = _run_bounds()
+
+MATCH_BOUNDS = (
+    BadSetting("template-without-label", ("-t", "a photo of"), dict(template="a photo of"), "must contain"),
+    BadSetting(
+        "unsupported-field-type",
+        ("-l", "tags"),
+        dict(label_field="tags"),
+        "label QA scores",
+        _NOT_OFFERED % "label_field",
+    ),
+    *_run_bounds(),
+)
+
+HEATMAP_BOUNDS = (
+    BadSetting("layers-not-indices", ("--layers", "first"), dict(layers="first"), "`layers`"),
+    BadSetting("heads-negative", ("--heads=-1",), dict(heads="-1"), "`heads`"),
+    BadSetting("heads-not-indices", ("--heads", "one"), dict(heads="one"), "`heads`"),
+    BadSetting("map-size-4", ("--map-size", "4"), dict(map_size=4), "map_size"),
+    BadSetting("map-size-2000", ("--map-size", "2000"), dict(map_size=2000), "map_size"),
+    *_run_bounds(),
+)
+
+
+def _embed_task():
+    from fiftyone_blip import embeddings, models
+
+    return embeddings.embedding_task(models.load_model("shapes-tiny", task="match", device="cpu"))
+
+
+def _embed_sdk(samples, **options):
+    import fiftyone_blip
+
+    # builds the similarity index too (over the samples embedded)
+    return fiftyone_blip.embed(samples, model="shapes-tiny", device="cpu", progress=False, **options)
+
+
+def _match_sdk(samples, label_field="gt_label", **options):
+    import fiftyone_blip
+
+    result = fiftyone_blip.find_mislabels(
+        samples, label_field, model="shapes-tiny", device="cpu", progress=False, **options
+    )
+    return result["run"]
+
+
+def _heatmaps_sdk(samples, **options):
+    import fiftyone_blip
+
+    options = {"text_field": "gt_caption", **options}
+    return fiftyone_blip.heatmaps(samples, model="shapes-tiny", device="cpu", progress=False, **options)
+
+
+def _is_unit_vector(value) -> bool:
+    return isinstance(value, np.ndarray) and value.ndim == 1 and abs(float(np.linalg.norm(value)) - 1) < 1e-3
+
+
+def _is_probability(value) -> bool:
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def _is_heatmap(value) -> bool:
+    return value is not None and type(value).__name__ == "Heatmap" and value.map is not None
+
 
 CAPABILITIES = [
     Capability(
@@ -139,15 +225,78 @@ CAPABILITIES = [
         cli=lambda dataset: ["caption", dataset, "-m", "shapes-tiny", "--device", "cpu", "-q"],
         operator=(URI_CAPTION, dict(model="shapes-tiny", field="caption", device="cpu", view_target="DATASET")),
         bad_settings=CAPTION_BOUNDS,
+        crash=True,
     ),
-    # embed, match, heatmaps: one entry each when they land (see the module docstring).
+    Capability(
+        name="embed",
+        field="blip_embedding",
+        result_fields=("blip_embedding",),
+        is_result=_is_unit_vector,
+        make_task=_embed_task,
+        sdk=_embed_sdk,
+        cli=lambda dataset: ["embed", dataset, "-m", "shapes-tiny", "--device", "cpu", "-q"],
+        operator=(
+            URI_EMBED,
+            dict(
+                model="shapes-tiny", field="blip_embedding", brain_key="blip_sim", device="cpu", view_target="DATASET"
+            ),
+        ),
+        bad_settings=EMBED_BOUNDS,
+        # The crash tests exercise the engine, which all capabilities share; they run for caption
+        # (generation: the slowest step) and embed (one forward pass, vector results; the
+        # capability most likely sharded over a large dataset). Match and heatmaps add nothing
+        # the engine does differently and would cost about a minute more.
+        crash=True,
+    ),
+    Capability(
+        name="match",
+        field="gt_label_match",
+        result_fields=("gt_label_match", "gt_label_match_margin"),
+        is_result=_is_probability,
+        make_task=None,
+        sdk=_match_sdk,
+        cli=lambda dataset: ["mislabels", dataset, "-l", "gt_label", "-m", "shapes-tiny", "--device", "cpu", "-q"],
+        operator=(
+            URI_MISLABELS,
+            dict(label_field="gt_label", model="shapes-tiny", device="cpu", view_target="DATASET"),
+        ),
+        bad_settings=MATCH_BOUNDS,
+    ),
+    Capability(
+        name="heatmaps",
+        field="heatmap",
+        result_fields=("heatmap", "heatmap_words", "heatmap_maps", "heatmap_probs", "heatmap_text"),
+        is_result=_is_heatmap,
+        make_task=None,
+        sdk=_heatmaps_sdk,
+        cli=lambda dataset: [
+            *("heatmaps", dataset, "-m", "shapes-tiny", "--text-field", "gt_caption", "--device", "cpu", "-q")
+        ],
+        operator=(
+            URI_HEATMAPS,
+            dict(
+                model="shapes-tiny",
+                field="heatmap",
+                text_source="field",
+                text_field="gt_caption",
+                device="cpu",
+                view_target="DATASET",
+            ),
+        ),
+        bad_settings=HEATMAP_BOUNDS,
+    ),
 ]
 BY_NAME = {capability.name: capability for capability in CAPABILITIES}
+CRASH_CAPABILITIES = [capability for capability in CAPABILITIES if capability.crash]
 BOUNDS = [(c, bad) for c in CAPABILITIES for bad in c.bad_settings]
 
 
 def by_capability(test):
     return pytest.mark.parametrize("capability", CAPABILITIES, ids=[c.name for c in CAPABILITIES])(test)
+
+
+def by_crash_capability(test):
+    return pytest.mark.parametrize("capability", CRASH_CAPABILITIES, ids=[c.name for c in CRASH_CAPABILITIES])(test)
 
 
 # --------------------------------------------------------------------------------------
@@ -277,9 +426,12 @@ def corpus_base(fo, tmp_path_factory):
         fo.delete_dataset(name)
     dataset = fo.Dataset(name)
     samples = []
-    for case in CORPUS:
+    for i, case in enumerate(CORPUS):
         path = case.make(folder / case.filename)
-        samples.append(fo.Sample(filepath=str(path), case=case.name))
+        label = ("circle", "square")[i % 2]  # two classes: every label gets a margin
+        sample = fo.Sample(filepath=str(path), case=case.name, gt_caption=f"a red {label}")
+        sample["gt_label"] = fo.Classification(label=label)
+        samples.append(sample)
     dataset.add_samples(samples, progress=False)
     yield dataset
     fo.delete_dataset(name)
@@ -434,7 +586,7 @@ def _zygote_main() -> None:
 
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
-    tasks = {capability.name: capability.make_task() for capability in CAPABILITIES}
+    tasks = {capability.name: capability.make_task() for capability in CRASH_CAPABILITIES}
     if threading.active_count() != 1:
         print(f"warning: {threading.active_count()} threads before forking", file=sys.stderr, flush=True)
     print("ready", flush=True)
@@ -563,7 +715,12 @@ def _written(dataset, capability: Capability, ids: set[str] | None = None) -> di
     if field not in schema or run_field not in schema:  # a worker is still declaring its fields
         return {}
     rows = dataset.exists(field).values(["id", field, run_field, "last_modified_at"])
-    return {sid: tuple(rest) for sid, *rest in zip(*rows) if ids is None or sid in ids}
+    # vectors (embed) compare as bytes
+    return {
+        sid: tuple(v.tobytes() if isinstance(v, np.ndarray) else v for v in rest)
+        for sid, *rest in zip(*rows)
+        if ids is None or sid in ids
+    }
 
 
 def _wait_for(condition, timeout: float, interval: float = 0.2) -> bool:
@@ -598,7 +755,7 @@ def five_hundred(fo):
     fo.delete_dataset(name)
 
 
-@by_capability
+@by_crash_capability
 def test_five_sigkills_at_random_moments_then_resume(five_hundred, capability, zygote, one_torch_thread):
     import fiftyone_blip
 
@@ -638,7 +795,7 @@ def test_five_sigkills_at_random_moments_then_resume(five_hundred, capability, z
     assert len(dataset) - 5 * CHUNK <= counted <= len(dataset)
 
 
-@by_capability
+@by_crash_capability
 def test_shard_worker_killed_and_relaunched_completes_without_duplicates(five_hundred, capability, zygote):
     import fiftyone_blip
     from fiftyone_blip import engine
@@ -885,9 +1042,241 @@ def test_bounds_are_checked_before_any_work(capability, bad, untouched, no_model
     form = operator.resolve_input(ExecutionContext(request_params=dict(dataset_name=untouched.name, params=params)))
     invalid = [p for p in form.type.properties.values() if getattr(p, "invalid", False)]
     assert invalid and bad.message in invalid[0].error_message
-    with pytest.raises(Exception, match=bad.message):
+    with pytest.raises(Exception, match=re.escape(bad.operator_message or bad.message)):
         foo.execute_operator(uri, ctx=dict(dataset=untouched, params=params)).raise_exceptions()
     _assert_untouched(untouched, schema)
+
+
+def _cli_error(args: list[str], message: str) -> None:
+    """The CLI refuses `args` with one line naming `message`, exit code 1."""
+    from click.testing import CliRunner
+
+    from fiftyone_blip.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and message in result.output, result.output
+    assert result.output.count("\n") == 1, result.output
+
+
+SEARCH_BOUNDS = [  # (label, query, k, message); `untouched` holds 3 samples
+    ("k-0", "a red circle", 0, "`k` must be a positive integer"),
+    ("k-negative", "a red circle", -3, "`k` must be a positive integer"),
+    ("k-over-dataset-size", "a red circle", 4, "`k` must be at most the number of samples searched (3)"),
+    ("empty-query", "", 1, "`query` must be a non-empty text"),
+    ("blank-query", "  ", 1, "`query` must be a non-empty text"),
+]
+
+
+@pytest.mark.parametrize("query, k, message", [b[1:] for b in SEARCH_BOUNDS], ids=[b[0] for b in SEARCH_BOUNDS])
+def test_search_bounds_are_checked_before_any_work(query, k, message, untouched, no_model_loading):
+    """k in 1..len(samples) and a non-empty query, in the SDK and the CLI, before any model or index.
+
+    Search has no operator of its own: the App searches the index `embed` builds with FiftyOne's
+    own similarity search.
+    """
+    import fiftyone_blip
+
+    schema = set(untouched.get_field_schema())
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fiftyone_blip.search(untouched, query, k=k)
+    _cli_error(["search", untouched.name, query, "-k", str(k)], message)
+    _assert_untouched(untouched, schema)
+    assert untouched.list_brain_runs() == []
+
+
+def test_heatmap_layer_out_of_the_models_range_is_refused_before_any_sample(untouched, plugin_installed):
+    """A layer index the model does not have: found when the model is known, before any sample is touched."""
+    import fiftyone.operators as foo
+
+    capability = BY_NAME["heatmaps"]
+    schema = set(untouched.get_field_schema())
+    with pytest.raises(ValueError, match="`layers` index 99 is out of range"):
+        capability.sdk(untouched, layers="99")
+    _cli_error([*capability.cli(untouched.name), "--layers", "99"], "out of range")
+    uri, params = capability.operator
+    with pytest.raises(Exception, match="out of range"):
+        foo.execute_operator(uri, ctx=dict(dataset=untouched, params={**params, "layers": "99"})).raise_exceptions()
+    _assert_untouched(untouched, schema)
+
+
+# --- adapters: names and folders ------------------------------------------------------------------
+
+ESCAPING_NAMES = ["../x", "/etc", "de/../../x", "", "..", "de/x", "./de", "~"]
+
+
+class _FileAudit:
+    """Paths this process opens, lists or creates while active (a `sys.addaudithook` hook).
+
+    The hook cannot be removed; it stays installed, inactive, for the rest of the session.
+    """
+
+    _installed = None
+
+    def __init__(self):
+        self.active = False
+        self.paths: list[str] = []
+
+    def hook(self, event, args):
+        if self.active and event in ("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename", "os.symlink"):
+            if args and isinstance(args[0], str | bytes | os.PathLike):
+                self.paths.append(os.fsdecode(args[0]))
+
+    @classmethod
+    def get(cls) -> _FileAudit:
+        if cls._installed is None:
+            cls._installed = cls()
+            sys.addaudithook(cls._installed.hook)
+        return cls._installed
+
+
+@pytest.fixture
+def adapter_home(tmp_path, monkeypatch):
+    """A registry folder, and valid adapters and pickles *outside* it, where escaping names would lead.
+
+    home/registry/       the registry (FIFTYONE_BLIP_ADAPTERS_DIR)
+    home/registry/xy ->  a symlink to home/outside/xy
+    home/x, x            full adapters (of shapes-tiny), each with a pickle beside its safetensors
+    """
+    import json
+    import pickle  # only to write the hostile files
+    import shutil
+
+    from fiftyone_blip import adapters
+
+    home = tmp_path / "home"
+    registry = home / "registry"
+    registry.mkdir(parents=True)
+    marker = tmp_path / "pickle-ran"
+
+    def decoy(target: Path, language: str) -> Path:
+        shutil.copytree(adapters.BUNDLED_ADAPTERS_DIR / "de", target)
+        manifest = json.loads((target / adapters.MANIFEST_FILE).read_text())
+        manifest["language"] = language
+        (target / adapters.MANIFEST_FILE).write_text(json.dumps(manifest))
+        (target / "adapter_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+        return target
+
+    outside = [decoy(home / "x", "x"), decoy(tmp_path / "x", "x"), decoy(home / "outside" / "xy", "xy")]
+    (registry / "xy").symlink_to(home / "outside" / "xy", target_is_directory=True)
+    monkeypatch.setenv(adapters.REGISTRY_ENV, str(registry))
+    return registry, outside, marker
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ESCAPING_NAMES)
+def test_adapter_names_cannot_escape_the_registry(name, adapter_home, untouched, no_model_loading):
+    """Caption (SDK, CLI) and training refuse a language that is not a plain code: nothing read or written."""
+    import fiftyone_blip
+
+    registry, outside, marker = adapter_home
+    home = registry.parent
+    before = _tree(home.parent)
+    audit = _FileAudit.get()
+    audit.paths.clear()
+    audit.active = True
+    try:
+        os.listdir(registry)  # the audit sees this one: it is watching
+        with pytest.raises(ValueError, match="language code"):
+            fiftyone_blip.caption(untouched, model="shapes-tiny", language=name, progress=False)
+        with pytest.raises(ValueError, match="language code"):
+            fiftyone_blip.train_adapter(name, samples=untouched, caption_field="gt_caption", model="shapes-tiny")
+    finally:
+        audit.active = False
+    _cli_error(["caption", untouched.name, "-m", "shapes-tiny", "--language", name, "-q"], "language code")
+    _cli_error(["adapters", "train", "-l", name, "-d", untouched.name, "-c", "gt_caption"], "language code")
+    assert audit.paths[0] == str(registry)
+    touched = [p for p in audit.paths[1:] if p.startswith(str(home.parent))]
+    assert not touched, f"files read near the registry: {touched}"
+    assert _tree(home.parent) == before  # nothing written
+    assert not marker.exists()
+
+
+def test_adapter_links_out_of_the_registry_and_pickle_weights_are_refused(adapter_home, untouched):
+    """A symlink out of the registry is neither listed nor loaded; an adapter with only a pickle is refused.
+
+    The pickle would create `marker` if it were ever unpickled.
+    """
+    import pickle  # only to write the hostile file
+    import shutil
+
+    import fiftyone_blip
+    from fiftyone_blip import adapters
+
+    registry, outside, marker = adapter_home
+    assert "xy" not in {m["language"] for m in fiftyone_blip.list_adapters()}
+    assert "xy" not in fiftyone_blip.adapter_languages("shapes-tiny")
+    with pytest.raises(adapters.AdapterError, match="outside"):
+        fiftyone_blip.caption(untouched, model="shapes-tiny", device="cpu", language="xy", progress=False)
+
+    # a registry adapter whose weights are only a pickle (adapter_model.bin): refused, never unpickled
+    pickled = registry / "xx"
+    shutil.copytree(outside[0], pickled)
+    (pickled / adapters.WEIGHTS_FILE).unlink()
+    (pickled / "adapter_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    manifest = (pickled / adapters.MANIFEST_FILE).read_text().replace('"language": "x"', '"language": "xx"')
+    (pickled / adapters.MANIFEST_FILE).write_text(manifest)
+    with pytest.raises(adapters.AdapterError, match="safetensors only"):
+        fiftyone_blip.caption(untouched, model="shapes-tiny", device="cpu", language="xx", progress=False)
+    _cli_error(
+        ["caption", untouched.name, "-m", "shapes-tiny", "--device", "cpu", "-l", "xx", "-q"], "safetensors only"
+    )
+    assert not marker.exists(), "a pickle from an adapter folder ran"
+    assert "caption" not in untouched.get_field_schema()
+
+
+# --- heatmaps: files only under their folder -------------------------------------------------------
+
+HOSTILE_TEXT = "../../evil /etc/passwd ..\\x ~/y a red square"
+HOSTILE_WORDS = ["../../evil", "/etc/passwd", "..", "~", "a/../../b", "..\\x", "C:\\w", "\x00nul"]
+
+
+def test_heatmap_files_stay_under_their_folder(fo, corpus_base, tmp_path, one_torch_thread):
+    """maps_dir and overlay files land only under the folder given, whatever the words, text or field."""
+    import fiftyone_blip
+
+    base = tmp_path / "work"
+    maps, overlays = base / "maps", base / "overlays"
+    base.mkdir()
+    name = "reliability-heatmap-paths"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = corpus_base.select_by("case", ["plain-jpeg", "spaces-non-ascii-path"]).clone(name)
+    try:
+        dataset.set_values("gt_caption", [HOSTILE_TEXT] * len(dataset))
+        outside = _tree(tmp_path.parent) - _tree(base)
+        summary = fiftyone_blip.heatmaps(
+            dataset, model="shapes-tiny", device="cpu", text_field="gt_caption", maps_dir=str(maps), progress=False
+        )
+        assert (summary.done, summary.failed) == (len(dataset), 0)
+        fiftyone_blip.heatmaps(
+            dataset,
+            model="shapes-tiny",
+            device="cpu",
+            text=HOSTILE_TEXT,
+            field="hm_text",
+            maps_dir=str(maps),
+            progress=False,
+        )
+        written = [Path(p) for paths in dataset.values("heatmap_map_paths") for p in paths]
+        written += [Path(h.map_path) for h in dataset.values("heatmap")]
+        assert written and all(p.resolve().is_relative_to(maps.resolve()) and p.is_file() for p in written)
+
+        # overlays: words as stored in a sample (here hostile ones) become file names under the folder
+        sample = dataset.first()
+        words = HOSTILE_WORDS[: len(sample["heatmap_words"])]
+        sample["heatmap_words"] = words + sample["heatmap_words"][len(words) :]
+        sample.save()
+        paths = fiftyone_blip.write_heatmap_overlays(sample, str(overlays))
+        assert len(paths) == len(sample["heatmap_words"]) + 1
+        assert all(Path(p).resolve().parent == overlays.resolve() and Path(p).is_file() for p in paths)
+        _cli_error(["heatmaps", dataset.name, "-m", "shapes-tiny", "-f", "../../evil", "-q"], "`field` must be")
+        assert (_tree(tmp_path.parent) - _tree(base)) == outside, "a file was written outside the folders given"
+        assert set(os.listdir(base)) == {"maps", "overlays"}
+    finally:
+        fo.delete_dataset(name)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["zygote"]:
