@@ -94,8 +94,12 @@ def test_two_delegated_workers_share_a_dataset_by_shards(big_dataset, plugin_ins
     ops = service.list_operations(dataset_name=big_dataset.name)
     assert len(ops) == 2
     fiftyone = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    # Two workers on one machine: one torch thread each, as one would run them per core.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [
-        subprocess.Popen([fiftyone, "delegated", "launch"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [fiftyone, "delegated", "launch"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for _ in range(2)
     ]
     try:
