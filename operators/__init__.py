@@ -568,8 +568,11 @@ class FindMislabels(foo.Operator):
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
             yield ctx.trigger("notify", dict(message=message, variant="success"))
-            # open the review view: flagged samples, most suspicious first
-            yield ctx.trigger("set_view", dict(name=result["view"]))
+            # Open the review view (flagged samples, most suspicious first) by its stages: the App
+            # looks a view name up in the saved views it fetched with the page, which do not
+            # hold the one this run just saved, so `set_view(name=...)` would fail there.
+            review = ctx.dataset.load_saved_view(result["view"])
+            yield ctx.ops.set_view(view=review)
 
 
 _BACKEND_LABELS = {

@@ -209,3 +209,28 @@ def test_operator_flags_injected_errors_end_to_end(fresh_dataset, plugin_install
     assert tagged == flagged and len(tagged) == 6
     assert len(tagged & wrong) >= 5  # chance: 0.75 of 6
     assert "gt-caption-match-review" in fresh_dataset.list_saved_views()
+
+
+def test_operator_opens_the_review_view_by_its_stages(fresh_dataset, plugin_installed):
+    """The App looks a view name up among the saved views it loaded with the page, which
+    lack the one the run saves: the operator must send the view itself."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    swap_captions(fresh_dataset, 3, seed=4)
+    operator = foo.get_operator(URI)
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=fresh_dataset.name,
+            params=dict(label_field="gt_caption", model="shapes-tiny", flag_by="top_k", top_k=3),
+        ),
+        executor=Executor(),
+    )
+    triggers = [message.body for message in operator.execute(ctx) if getattr(message, "body", None) is not None]
+    set_view = [request.params for request in triggers if request.operator_uri == "set_view"]
+    assert len(set_view) == 1 and "name" not in set_view[0]
+    review = fresh_dataset.load_saved_view("gt-caption-match-review")
+    from fiftyone.core.view import DatasetView
+
+    sent = DatasetView._build(fresh_dataset, set_view[0]["view"])
+    assert len(review) == 3 and sent.values("id") == review.values("id")

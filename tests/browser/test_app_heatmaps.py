@@ -1,0 +1,89 @@
+"""Word heatmaps in the App: run the operator from its form, see the overlay, pick words in the modal panel."""
+
+import re
+
+NAME = "compute_heatmaps"
+LABEL = "BLIP: word heatmaps"
+PANEL = "word_heatmaps"
+PANEL_LABEL = "BLIP word heatmaps"
+
+
+def _image_region(app):
+    """A screenshot (PNG bytes) of the sample modal's image."""
+    return app.cy("modal-looker-container").screenshot(animations="disabled")
+
+
+def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
+    dataset = app_dataset("app-heatmaps", count=12)
+    # Coloured by field, the App draws a heatmap in one colour; coloured by value, through a
+    # colorscale.
+    dataset.app_config.color_scheme = fo.ColorScheme(color_by="value", colorscales=[{"path": "heatmap", "name": "jet"}])
+    dataset.save()
+
+    app.open("app-heatmaps")
+    app.expect(app.cy("looker")).to_have_count(12)
+    assert app.sidebar_field("heatmap").count() == 0
+
+    # The form, on the shapes captions: heads 0 and 1 standardised (the best setting for shapes-tiny).
+    form = app.open_operator(NAME, LABEL)
+    app.expect(app.execute_button()).to_be_enabled()
+    assert app.form_input(form, "Model").input_value() == "shapes-tiny"
+    assert app.form_input(form, "Heatmap field").input_value() == "heatmap"
+    app.fill(form, {"Text field": "gt_caption", "Heads": "0,1"})
+    form.get_by_role("checkbox", name="Standardise each head's map before averaging").check()
+    app.expect(form.get_by_text("Invalid settings")).to_have_count(0)
+    app.execute(re.compile(r"BLIP heatmaps: 12 done, 0 failed"))
+    app.close_notifications()
+
+    dataset.reload()
+    assert dataset.count("heatmap") == 12
+    app.sidebar_field("heatmap").wait_for()
+
+    # The sample modal overlays the heatmap on the image: the image differs with the field off.
+    modal = app.open_sample(0)
+    sample_id = app.modal_value("id").get_attribute("title")
+    sample = dataset[sample_id]
+    words, text = sample["heatmap_words"], sample["heatmap_text"]
+    assert text == sample["gt_caption"] and len(words) >= 2
+    toggle = modal.locator('[data-cy="checkbox-heatmap"] input')
+    toggle.wait_for(state="attached")
+    if not toggle.is_checked():
+        app.cy("checkbox-heatmap").last.click()
+    app.expect(toggle).to_be_checked()
+    app.page.wait_for_function("() => document.querySelector('[data-cy=modal-looker-container] canvas') !== null")
+    with_overlay = _image_region(app)
+    app.screenshot("heatmap-modal")
+    app.cy("checkbox-heatmap").last.click()
+    app.expect(toggle).not_to_be_checked()
+    without_overlay = _image_region(app)
+    for _ in range(20):  # the canvas repaints after the click: wait for it to change, not for a time
+        if without_overlay != with_overlay:
+            break
+        app.page.wait_for_timeout(250)
+        without_overlay = _image_region(app)
+    assert without_overlay != with_overlay
+    app.cy("checkbox-heatmap").last.click()
+    app.expect(toggle).to_be_checked()
+
+    # The panel: the sample's caption, its words, and a map and probability per word.
+    # (The modal lists the plugin's panel as a tab next to the sample.)
+    tab = app.cy(f"panel-tab-{PANEL}")
+    app.expect(tab).to_contain_text(PANEL_LABEL)
+    tab.click()
+    panel = app.page.locator(f"#{PANEL}")  # the panel's content
+    panel_image = panel.get_by_alt_text("the word's map over the image")
+    panel_image.wait_for()
+    app.expect(panel.get_by_text(text, exact=True)).to_be_visible()
+    score = panel.get_by_text(re.compile(r"probability \d\.\d{3} under the captioner"))
+    app.expect(score).to_contain_text(f"{words[0]}: probability")
+    first_src = panel_image.get_attribute("src")
+    assert first_src.startswith("data:image/")
+
+    # Pick another word: its map and probability replace the first one's.
+    panel.get_by_role("combobox").filter(has_text=f"1. {words[0]}").click()
+    listbox = app.page.get_by_role("listbox")
+    app.expect(listbox.get_by_role("option")).to_have_count(len(words))
+    listbox.get_by_role("option", name=f"2. {words[1]}", exact=True).click()
+    app.expect(score).to_contain_text(f"{words[1]}: probability {sample['heatmap_probs'][1]:.3f}")
+    app.expect(panel_image).not_to_have_attribute("src", first_src)
+    app.screenshot("heatmap-panel")
