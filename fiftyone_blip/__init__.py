@@ -1,4 +1,4 @@
-"""BLIP for FiftyOne datasets: captions, with more capabilities built on one engine.
+"""BLIP for FiftyOne datasets: captions, search, label QA and heatmaps, all on one engine.
 
     import fiftyone as fo
     import fiftyone_blip as fob
@@ -6,6 +6,11 @@
     dataset = fo.load_dataset("my-images")
     summary = fob.caption(dataset, model="Salesforce/blip-image-captioning-base", strategy="beam")
     print(summary)                       # counts and time
+    fob.caption(dataset, language="de", field="caption_de")     # with a language adapter
+    fob.embed(dataset)                                          # embeddings + similarity index
+    fob.search(dataset, "a dog on a beach", k=20)
+    fob.find_mislabels(dataset, label_field="ground_truth")     # label QA
+    fob.heatmaps(dataset)                                       # where it looked, per word
     print(fob.runs(dataset)[-1])         # the run record
 
 Importing this package is cheap: torch and transformers load on first use.
@@ -15,8 +20,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["caption", "runs", "load_model", "load_shapes_dataset", "ModelLoadError", "ImageDecodeError"]
-__all__ += ["embed", "search"]
+__all__ = [
+    "caption",
+    "train_adapter",
+    "list_adapters",
+    "adapter_languages",
+    "embed",
+    "search",
+    "find_mislabels",
+    "flag_mislabels",
+    "heatmaps",
+    "write_heatmap_overlays",
+    "runs",
+    "load_model",
+    "load_shapes_dataset",
+    "ModelLoadError",
+    "ImageDecodeError",
+]
 
 
 def caption(
@@ -136,8 +156,6 @@ def caption(
 
 
 # --- language adapters (fiftyone_blip.adapters) ---------------------------------------------
-
-__all__ += ["train_adapter", "list_adapters", "adapter_languages"]
 
 
 def train_adapter(
@@ -287,8 +305,6 @@ def load_shapes_dataset(name: str = "shapes-demo", count: int = 200, split: str 
 
 
 # ---- heatmaps: where the model looked, per caption word ----
-
-__all__ += ["heatmaps", "write_heatmap_overlays"]
 
 
 def heatmaps(
@@ -585,8 +601,6 @@ def __getattr__(name):
 
 
 # --- label QA: mislabels by image-text matching ---------------------------------------------------------------
-
-__all__ += ["find_mislabels", "flag_mislabels"]
 
 
 def find_mislabels(
