@@ -199,17 +199,20 @@ class Captioner:
         torch = self.torch
         batch = image_embeds.shape[0]
         input_ids = self.prompt_ids.to(self.device).repeat(batch, 1)
-        if self.settings.strategy == "sample":
-            torch.manual_seed(self.settings.seed)
-        out = self.model.text_decoder.generate(
-            input_ids=input_ids,
-            eos_token_id=self.eos,
-            pad_token_id=self.pad,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
-            logits_processor=logits_processor,
-            **kwargs,
-        )
+        # Sampling is seeded per batch, on a forked RNG so the caller's random state is left alone.
+        cuda = [self.device] if str(self.device).startswith("cuda") else []
+        with torch.random.fork_rng(devices=cuda, enabled=self.settings.strategy == "sample"):
+            if self.settings.strategy == "sample":
+                torch.manual_seed(self.settings.seed)
+            out = self.model.text_decoder.generate(
+                input_ids=input_ids,
+                eos_token_id=self.eos,
+                pad_token_id=self.pad,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
+                logits_processor=logits_processor,
+                **kwargs,
+            )
         sequences = out.sequences
         if getattr(out, "sequences_scores", None) is not None:
             # beam search: length-normalised sum of token log-probabilities

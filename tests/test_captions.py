@@ -59,6 +59,18 @@ def test_sampling_is_reproducible_with_a_seed(fresh_dataset):
     assert view.values("s1") == view.values("s2")
 
 
+def test_sampling_leaves_the_callers_random_state_alone(fresh_dataset):
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fiftyone_blip.caption(
+        fresh_dataset.limit(4), model="shapes-tiny", field="s", strategy="sample", seed=7, progress=False
+    )
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_prompt_is_continued_but_not_repeated(fresh_dataset):
     view = fresh_dataset.limit(16)
     fiftyone_blip.caption(view, model="shapes-tiny", field="c", prompt="a", progress=False)
