@@ -7,8 +7,23 @@ Two models, the same classes and file layout as the Salesforce checkpoints:
 - captioner: `BlipForConditionalGeneration` (like blip-image-captioning-base),
   trained with the language-modelling loss on English captions;
 - matcher: `BlipForImageTextRetrieval` (like blip-itm-base-coco), trained with
-  BLIP's contrastive (ITC) and image-text matching (ITM) losses. ITM negatives
-  are other images' captions and captions with one attribute changed.
+  BLIP's contrastive (ITC) and image-text matching (ITM) losses. The default
+  recipe (`--matcher-recipe captions`, the bundled matcher's): ITC on whole
+  captions, ITM negatives are other images' captions and captions with one
+  attribute changed.
+- `--matcher-recipe queries` (an alternative, not the bundled one): started from
+  the captioner (vision tower; its text decoder's layers for the text encoder),
+  the lowest `--matcher-frozen-layers` vision layers kept frozen and cached
+  once. Trained with BLIP's contrastive (ITC) and image-text matching (ITM)
+  losses on queries in the grammar the evaluations use: whole captions, "a red
+  circle", "a red circle on the left" and kind-only labels ("a circle": the
+  image's class, the kind of its largest shape). Every image of a batch that a
+  query truly describes (from the scene's objects) is an ITC positive. ITM
+  negatives have one object's kind (most often), colour or position changed, or
+  come from another image. The captioner's cell probe stays on as an auxiliary
+  loss on the matcher's patch tokens.
+
+    python -m fiftyone_blip.shapes.train --only matcher --matcher-recipe queries --matcher-steps 1200 --threads 2
 
 Both use a tokenizer of their own (WordPiece over the caption words). Seeds are
 fixed; on 2 CPU cores the default recipe runs in under 30 minutes. The held-out
@@ -281,7 +296,8 @@ def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def train_matcher(processor, train_pixels, train_scenes, val_pixels, val_scenes, vision_state, args):
+def train_matcher_captions(processor, train_pixels, train_scenes, val_pixels, val_scenes, vision_state, args):
+    """The bundled matcher's recipe: ITC on whole captions, ITM with swapped or one-attribute-changed captions."""
     from transformers import BlipForImageTextRetrieval
 
     torch.manual_seed(args.seed + 1)
@@ -342,6 +358,252 @@ def train_matcher(processor, train_pixels, train_scenes, val_pixels, val_scenes,
 
     _fit(model, steps, args.matcher_epochs, args.lr, step_fn, "matcher")
 
+    metrics = matcher_metrics(model, processor.tokenizer, val_pixels, val_scenes, args)
+    print(f"matcher held-out: {metrics}", flush=True)
+    return model, metrics
+
+
+# --- matcher recipe: scene-grounded queries -----------------------------------
+#
+# A query is (form, objects): form "caption" (the whole scene, every object with
+# its position), "kind" (a kind alone: the image's class, i.e. the kind of its
+# largest shape, as `gt_label` and the label prompt "a {label}" use it),
+# "colour kind" or "colour kind position" (one object). Relevance is computed
+# from the scene's objects, never from string equality.
+
+
+def query_text(form: str, objs) -> str:
+    if form == "caption":
+        fake = shapes.ShapeScene(0, "train", IMAGE_SIZE, (0, 0, 0), tuple(sorted(objs, key=lambda o: o.cell)), 0)
+        return fake.caption()
+    (obj,) = objs
+    if form == "kind":
+        return f"a {obj.kind}"
+    if form == "colour kind":
+        return f"a {obj.colour} {obj.kind}"
+    return f"a {obj.colour} {obj.kind} {obj.position}"
+
+
+def _key(obj, form):
+    if form == "kind":
+        return (obj.kind,)
+    if form == "colour kind":
+        return (obj.colour, obj.kind)
+    return (obj.colour, obj.kind, obj.cell)
+
+
+def query_matches(form: str, objs, scene: shapes.ShapeScene) -> bool:
+    """Whether the query (form, objects) truly describes the scene."""
+    if form == "caption":
+        return sorted((o.colour, o.kind, o.cell) for o in objs) == sorted(
+            (o.colour, o.kind, o.cell) for o in scene.objects
+        )
+    (obj,) = objs
+    if form == "kind":
+        return scene.label == obj.kind
+    return any(_key(o, form) == _key(obj, form) for o in scene.objects)
+
+
+QUERY_FORMS = (("caption", 0.2), ("kind", 0.2), ("colour kind", 0.3), ("colour kind position", 0.3))
+
+
+def sample_query(scene: shapes.ShapeScene, rng: random.Random):
+    form = rng.choices([f for f, _ in QUERY_FORMS], weights=[w for _, w in QUERY_FORMS])[0]
+    if form == "caption":
+        return form, tuple(scene.objects)
+    if form == "kind":
+        return form, (largest_object(scene),)
+    return form, (rng.choice(scene.objects),)
+
+
+def largest_object(scene: shapes.ShapeScene) -> shapes.ShapeObject:
+    return max(scene.objects, key=lambda o: (o.box[2] - o.box[0], -scene.objects.index(o)))
+
+
+def negative_query(scene: shapes.ShapeScene, query, rng: random.Random, scenes):
+    """A query that does not describe the scene: one attribute changed (kind most often) or another image's."""
+    form, objs = query
+    for _ in range(50):
+        r = rng.random()
+        if r < 0.15:
+            other = scenes[rng.randrange(len(scenes))]
+            candidate = sample_query(other, rng)
+        else:
+            objs2 = list(objs)
+            i = rng.randrange(len(objs2))
+            obj = objs2[i]
+            has_position = form in ("caption", "colour kind position")
+            choices = ["kind"] * 5
+            if form != "kind":
+                choices += ["colour"] * 3
+            if has_position:
+                choices += ["position"] * 2
+            what = rng.choice(choices)
+            if what == "kind":
+                obj = shapes.ShapeObject(
+                    rng.choice([k for k in shapes.KINDS if k != obj.kind]), obj.colour, obj.cell, obj.box
+                )
+            elif what == "colour":
+                obj = shapes.ShapeObject(
+                    obj.kind, rng.choice([c for c in shapes.COLOURS if c != obj.colour]), obj.cell, obj.box
+                )
+            else:
+                taken = {o.cell for o in objs2}
+                obj = shapes.ShapeObject(
+                    obj.kind, obj.colour, rng.choice([c for c in shapes.POSITIONS if c not in taken]), obj.box
+                )
+            objs2[i] = obj
+            candidate = (form, tuple(objs2))
+        if not query_matches(*candidate, scene):
+            return candidate
+    raise RuntimeError("no negative query found")
+
+
+def load_captioner_weights(directory: Path | None = None) -> dict:
+    """The bundled captioner's weights (the matcher starts from its vision tower and text decoder)."""
+    from safetensors.torch import load_file
+
+    directory = directory or Path(__file__).parent / "models" / "captioner"
+    return load_file(str(directory / "model.safetensors"))
+
+
+def init_matcher_from_captioner(model, state: dict) -> None:
+    """Vision tower: the captioner's; text encoder: the captioner's text decoder (same layers, cross-attention included)."""
+    vision = {k[len("vision_model.") :]: v for k, v in state.items() if k.startswith("vision_model.")}
+    model.vision_model.load_state_dict(vision)
+    text = {k[len("text_decoder.bert.") :]: v for k, v in state.items() if k.startswith("text_decoder.bert.")}
+    missing, unexpected = model.text_encoder.load_state_dict(text, strict=False)
+    if unexpected or any(not k.startswith("pooler") for k in missing):
+        raise RuntimeError(f"captioner text weights do not fit: missing {missing}, unexpected {unexpected}")
+
+
+def vision_prefix(model, pixels: torch.Tensor, layers: int, batch_size: int = 256) -> torch.Tensor:
+    """Hidden states after the embeddings and the first `layers` (frozen) vision layers."""
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch_size):
+            h = model.vision_model.embeddings(pixels[start : start + batch_size])
+            for layer in model.vision_model.encoder.layers[:layers]:
+                h = layer(h)
+            chunks.append(h)
+    return torch.cat(chunks)
+
+
+def vision_suffix(model, hidden: torch.Tensor, layers: int) -> torch.Tensor:
+    for layer in model.vision_model.encoder.layers[layers:]:
+        hidden = layer(hidden)
+    return model.vision_model.post_layernorm(hidden)
+
+
+def retrieval_precision(model, tokenizer, pixels, scenes, k: int = 10, min_relevant: int = 10) -> dict:
+    """ITC precision@k of the colour+kind(+position) queries of benchmarks/eval_retrieval.py on these scenes."""
+    import itertools
+
+    model.eval()
+    with torch.no_grad():
+        image_feat = F.normalize(
+            model.vision_proj(model.vision_model(pixel_values=pixels).last_hidden_state[:, 0]), dim=-1
+        )
+        out = {}
+        for form in ("colour kind", "colour kind position"):
+            precisions = []
+            combos = itertools.product(
+                sorted(shapes.COLOURS), shapes.KINDS, sorted(shapes.POSITIONS) if "position" in form else [None]
+            )
+            for colour, kind, cell in combos:
+                obj = shapes.ShapeObject(kind, colour, cell or (1, 1), (0, 0, 0, 0))
+                relevant = np.array([query_matches(form, (obj,), s) for s in scenes])
+                if relevant.sum() < min_relevant:
+                    continue
+                batch = tokenizer([query_text(form, (obj,))], return_tensors="pt")
+                text_feat = F.normalize(model.text_proj(model.text_encoder(**batch).last_hidden_state[:, 0]), dim=-1)
+                top = (image_feat @ text_feat[0]).topk(k).indices.numpy()
+                precisions.append(relevant[top].mean())
+            out[form] = float(np.mean(precisions)) if precisions else None
+    return out
+
+
+def kind_label_auroc(model, tokenizer, pixels, scenes, rate: float = 0.1, seed: int = 0) -> float:
+    """ITM AUROC of finding randomly wrong class labels ("a {kind}", 10% noise), as benchmarks/eval_mislabels.py."""
+    rng = random.Random(seed)
+    n = len(scenes)
+    noisy = np.zeros(n, dtype=bool)
+    noisy[rng.sample(range(n), round(rate * n))] = True
+    labels = [
+        rng.choice([k for k in shapes.KINDS if k != s.label]) if noisy[i] else s.label for i, s in enumerate(scenes)
+    ]
+    p = itm_probabilities(model, tokenizer, pixels, [f"a {k}" for k in labels])
+    return auroc(p[~noisy], p[noisy])
+
+
+def train_matcher_queries(processor, train_pixels, train_scenes, val_pixels, val_scenes, args):
+    from transformers import BlipForImageTextRetrieval
+
+    torch.manual_seed(args.seed + 1)
+    model = BlipForImageTextRetrieval(build_config(processor.tokenizer, "matcher"))
+    init_matcher_from_captioner(model, load_captioner_weights(args.captioner_dir))
+    frozen = args.matcher_frozen_layers
+    for p in list(model.vision_model.embeddings.parameters()) + [
+        p for layer in model.vision_model.encoder.layers[:frozen] for p in layer.parameters()
+    ]:
+        p.requires_grad_(False)
+    t0 = time.time()
+    cached = vision_prefix(model, train_pixels, frozen)
+    print(f"cached {frozen} frozen vision layers for {len(cached)} images ({time.time() - t0:.0f} s)", flush=True)
+    probe = CellProbe(model.config.vision_config)
+    cells = cell_targets(train_scenes)
+    tokenizer = processor.tokenizer
+    n = len(train_scenes)
+    rng = random.Random(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    temperature = 0.07
+    bsz = args.batch_size
+
+    def step_fn(epoch, batch_index):
+        idx = torch.randint(n, (bsz,), generator=generator).tolist()
+        scenes = [train_scenes[i] for i in idx]
+        queries = [sample_query(s, rng) for s in scenes]
+        image_embeds = vision_suffix(model, cached[idx], frozen)
+        texts = tokenizer([query_text(*q) for q in queries], padding="longest", return_tensors="pt")
+        text_out = model.text_encoder(
+            input_ids=texts["input_ids"], attention_mask=texts["attention_mask"]
+        ).last_hidden_state
+        image_feat = F.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1)
+        text_feat = F.normalize(model.text_proj(text_out[:, 0]), dim=-1)
+        logits = image_feat @ text_feat.t() / temperature
+        # relevant[i, j]: text j truly describes image i (every such image is a positive)
+        relevant = torch.tensor([[query_matches(*q, s) for q in queries] for s in scenes], dtype=torch.float)
+        i2t = -(F.log_softmax(logits, 1) * relevant / relevant.sum(1, keepdim=True)).sum(1).mean()
+        rel_t = relevant.t()
+        t2i = -(F.log_softmax(logits.t(), 1) * rel_t / rel_t.sum(1, keepdim=True)).sum(1).mean()
+        itc = (i2t + t2i) / 2
+
+        negatives = [negative_query(s, q, rng, train_scenes) for s, q in zip(scenes, queries)]
+        negatives += [negative_query(s, sample_query(s, rng), rng, train_scenes) for s in scenes]
+        positives = [query_text(*q) for q in queries]
+        itm_texts = positives + [query_text(*q) for q in negatives]
+        itm = tokenizer(itm_texts, padding="longest", return_tensors="pt")
+        images = torch.cat([image_embeds, image_embeds, image_embeds])
+        fused = model.text_encoder(
+            input_ids=itm["input_ids"],
+            attention_mask=itm["attention_mask"],
+            encoder_hidden_states=images,
+            encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
+        ).last_hidden_state
+        itm_logits = model.itm_head(fused[:, 0])
+        itm_labels = torch.cat([torch.ones(bsz), torch.zeros(2 * bsz)]).long()
+        itm_loss = F.cross_entropy(itm_logits, itm_labels, weight=torch.tensor([1.0, 2.0]))
+        return itc + itm_loss + args.probe_weight * probe.loss(image_embeds[:, 1:], cells[idx])
+
+    steps = args.matcher_steps
+    _fit(model, steps // 4, 4, args.matcher_lr, step_fn, "matcher", extra_params=probe.parameters())
+    model.requires_grad_(True)
+    metrics = matcher_metrics(model, tokenizer, val_pixels, val_scenes, args)
+    print(f"matcher held-out: {metrics}", flush=True)
+    return model, metrics
+
+
+def matcher_metrics(model, tokenizer, val_pixels, val_scenes, args) -> dict:
     rng = random.Random(args.seed + 2)
     val_captions = [s.caption() for s in val_scenes]
     swapped = []
@@ -358,8 +620,12 @@ def train_matcher(processor, train_pixels, train_scenes, val_pixels, val_scenes,
             auroc(matched_scores, itm_probabilities(model, tokenizer, val_pixels, hard)), 4
         ),
     }
-    print(f"matcher held-out: {metrics}", flush=True)
-    return model, metrics
+    precision = retrieval_precision(model, tokenizer, val_pixels, val_scenes)
+    for form, value in precision.items():
+        key = "itc_precision_at_10_" + form.replace(" ", "_")
+        metrics[key] = None if value is None else round(value, 4)
+    metrics["itm_auroc_class_label_10pct_random"] = round(kind_label_auroc(model, tokenizer, val_pixels, val_scenes), 4)
+    return metrics
 
 
 MODEL_CARD = """# shapes-tiny {kind}
@@ -443,9 +709,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--captioner-epochs", type=int, default=16)
     parser.add_argument("--matcher-epochs", type=int, default=3)
     parser.add_argument("--probe-weight", type=float, default=0.5, help="weight of the training-only cell probe")
+    parser.add_argument(
+        "--matcher-recipe",
+        choices=("captions", "queries"),
+        default="captions",
+        help="captions: the bundled matcher's recipe (--matcher-epochs); queries: grounded queries (--matcher-steps)",
+    )
+    parser.add_argument("--matcher-steps", type=int, default=1200, help="matcher optimiser steps")
+    parser.add_argument("--matcher-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--matcher-frozen-layers",
+        type=int,
+        default=2,
+        help="lowest vision layers kept as the captioner's (cached once)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch's default)")
     parser.add_argument("--only", choices=("captioner", "matcher"), default=None)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
     started = time.time()
@@ -470,9 +753,22 @@ def main(argv: list[str] | None = None) -> None:
         save(captioner, processor, args.out / "captioner", "captioner", metrics, args, (time.time() - t0) / 60)
         vision_state = captioner.vision_model.state_dict()
     if args.only in (None, "matcher"):
-        t0 = time.time()
-        matcher, metrics = train_matcher(
-            processor, train_pixels, train_scenes, val_pixels, val_scenes, vision_state, args
+        # The matcher starts from the captioner of this run, or the bundled one with --only matcher.
+        args.captioner_dir = args.out / "captioner"
+        if not (args.captioner_dir / "model.safetensors").exists():
+            args.captioner_dir = Path(__file__).parent / "models" / "captioner"
+        t0, cpu0 = time.time(), time.process_time()
+        if args.matcher_recipe == "queries":
+            matcher, metrics = train_matcher_queries(
+                processor, train_pixels, train_scenes, val_pixels, val_scenes, args
+            )
+        else:
+            matcher, metrics = train_matcher_captions(
+                processor, train_pixels, train_scenes, val_pixels, val_scenes, vision_state, args
+            )
+        print(
+            f"matcher: {(time.time() - t0) / 60:.1f} min wall, {(time.process_time() - cpu0) / 60:.1f} min CPU",
+            flush=True,
         )
         save(matcher, processor, args.out / "matcher", "matcher", metrics, args, (time.time() - t0) / 60)
     print(f"done in {(time.time() - started) / 60:.1f} min", flush=True)
