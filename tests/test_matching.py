@@ -1,28 +1,14 @@
 """Label QA: ITM / ITC scores, mislabel flags, the CLI and the operator, against a real dataset."""
 
-import random
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from label_noise import swap_captions
 
 import fiftyone_blip
 from fiftyone_blip import matching
 
 URI = "@fiftyone-blip/blip/find_mislabels"
-
-
-def swap_captions(dataset, count, seed=0):
-    """Gives `count` samples another sample's caption; returns their ids."""
-    ids, captions = dataset.values(["id", "gt_caption"])
-    rng = random.Random(seed)
-    chosen = rng.sample(range(len(ids)), count)
-    values = dict(zip(ids, captions))
-    for i in chosen:
-        j = (i + 1 + rng.randrange(len(ids) - 1)) % len(ids)
-        values[ids[i]] = captions[j]
-    dataset.set_values("gt_caption", values, key_field="id")
-    return {ids[i] for i in chosen}
 
 
 # --- pure functions ------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Label QA in the App: swapped captions, found from the operator form, tagged on the grid, in a review view."""
 
-import random
 import re
+
+from label_noise import swap_captions
 
 import fiftyone_blip
 
@@ -10,22 +11,9 @@ LABEL = "BLIP: find mislabels"
 WRONG = 4
 
 
-def _swap_captions(dataset, count, seed=3):
-    """Gives `count` samples another sample's `gt_caption`; returns their ids."""
-    ids, captions = dataset.values(["id", "gt_caption"])
-    rng = random.Random(seed)
-    chosen = rng.sample(range(len(ids)), count)
-    values = dict(zip(ids, captions))
-    for i in chosen:
-        j = (i + 1 + rng.randrange(len(ids) - 1)) % len(ids)
-        values[ids[i]] = captions[j]
-    dataset.set_values("gt_caption", values, key_field="id")
-    return {ids[i] for i in chosen}
-
-
 def test_find_swapped_captions_from_the_operator_form(app, app_dataset, fo):
     dataset = app_dataset("app-mislabels", count=24)
-    wrong = _swap_captions(dataset, WRONG)
+    wrong = swap_captions(dataset, WRONG, seed=3)
     # a number field: not a label, so the form must not offer it
     dataset.set_values("brightness", [0.5] * len(dataset))
     # What the same run flags, on a copy the App never opens.
