@@ -340,8 +340,7 @@ class HeatmapMaker:
                 output_attentions=True,
                 return_dict=True,
             )
-            if not out.cross_attentions or out.cross_attentions[0] is None:
-                raise RuntimeError("the model returned no cross-attentions; load it with attention='eager'")
+            _require_cross_attentions(out)
             attention = self._select([out.cross_attentions[i] for i in self.layers])
             # log p(token at t + 1 | steps up to t): teacher forcing scores only the token that follows
             next_logprobs = (
@@ -361,8 +360,7 @@ class HeatmapMaker:
                 output_attentions=True,
                 return_dict=True,
             )
-            if not out.cross_attentions or out.cross_attentions[0] is None:
-                raise RuntimeError("the model returned no cross-attentions; load it with attention='eager'")
+            _require_cross_attentions(out)
             itm = self.model.itm_head(out.last_hidden_state[:, 0])
             chosen = [out.cross_attentions[i] for i in self.layers]
             # Each image's logit depends only on its own row, so one backward pass serves the batch.
@@ -372,6 +370,12 @@ class HeatmapMaker:
         cam = cam * attention_mask[:, :, None]  # padding rows carry nothing
         match = itm.detach().float().softmax(-1)[:, 1].cpu().numpy()
         return cam, match
+
+
+def _require_cross_attentions(out) -> None:
+    """SDPA attention returns no attention weights: heatmaps need the eager implementation."""
+    if not out.cross_attentions or out.cross_attentions[0] is None:
+        raise RuntimeError("the model returned no cross-attentions; load it with attention='eager'")
 
 
 # ---------------------------------------------------------------- storage and task
