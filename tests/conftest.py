@@ -111,6 +111,31 @@ def fresh_dataset(fo, request):
         fo.delete_dataset(name)
 
 
+@pytest.fixture
+def repeated_shapes(fo):
+    """A factory: `repeated_shapes(name, count)` is a fresh dataset of `count` samples, the 48
+    held-out shapes images (with their `gt_caption`) repeated; deleted after the test."""
+    import fiftyone_blip
+
+    names = []
+
+    def make(name, count):
+        base = fiftyone_blip.load_shapes_dataset("tests-shapes", count=48, split="test")
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+        dataset = fo.Dataset(name)
+        paths, truths = base.values(["filepath", "gt_caption"])
+        samples = [fo.Sample(filepath=paths[i % len(paths)], gt_caption=truths[i % len(paths)]) for i in range(count)]
+        dataset.add_samples(samples, progress=False)
+        names.append(name)
+        return dataset
+
+    yield make
+    for name in names:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_random_captioner(tmp_path_factory):
     """A tiny random BLIP captioner built in the test, saved as a local directory.

@@ -38,19 +38,9 @@ def _wait_for(condition, timeout, interval=0.2):
 
 
 @pytest.fixture
-def big_dataset(fo):
+def big_dataset(repeated_shapes):
     """480 shapes samples (the 48 test images repeated) in a fresh dataset."""
-    base = fiftyone_blip.load_shapes_dataset("tests-shapes", count=48, split="test")
-    name = "engine-big"
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    dataset = fo.Dataset(name)
-    paths, truths = base.values(["filepath", "gt_caption"])
-    dataset.add_samples(
-        [fo.Sample(filepath=p, gt_caption=t) for _ in range(10) for p, t in zip(paths, truths)], progress=False
-    )
-    yield dataset
-    fo.delete_dataset(name)
+    return repeated_shapes("engine-big", 480)
 
 
 def test_sigkill_loses_at_most_the_unwritten_chunk_and_resume_finishes(big_dataset):

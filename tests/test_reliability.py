@@ -740,19 +740,9 @@ def _assert_kept(before: dict, after: dict) -> None:
 
 
 @pytest.fixture
-def five_hundred(fo):
+def five_hundred(repeated_shapes):
     """500 shapes samples (the 48 test images repeated) in a fresh dataset."""
-    import fiftyone_blip
-
-    base = fiftyone_blip.load_shapes_dataset("tests-shapes", count=48, split="test")
-    name = "reliability-500"
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    dataset = fo.Dataset(name)
-    paths = base.values("filepath")
-    dataset.add_samples([fo.Sample(filepath=paths[i % len(paths)]) for i in range(500)], progress=False)
-    yield dataset
-    fo.delete_dataset(name)
+    return repeated_shapes("reliability-500", 500)
 
 
 @by_crash_capability
