@@ -15,7 +15,7 @@ An image is relevant to a query when its ground truth (`gt_objects`: label,
 `colour` and `position` attributes) holds that object. Precision@10 is the
 share of relevant images among the first 10 results, averaged over queries;
 it is reported for the ITC ranking and for the ITC shortlist re-ranked by
-the ITM head (`rerank=True`). Prints a table and one JSON line.
+the ITM head (`rerank=True`, shortlist: `search`'s default unless given). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", default=None, help="similarity backend (FiftyOne's default)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--min-relevant", type=int, default=10, help="skip queries with fewer relevant images")
-    parser.add_argument("--shortlist", type=int, default=50, help="ITC results the ITM head re-scores (50)")
+    parser.add_argument(
+        "--shortlist", type=int, default=None, help="ITC results the ITM head re-scores (the library's default)"
+    )
     parser.add_argument("--rerank-only", action="store_true", help="skip the ITC-only ranking")
     parser.add_argument("--no-rerank", action="store_true", help="skip the ITM re-ranking")
     args = parser.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         for set_name, text, ids in queries:
             hits = fiftyone_blip.search(
-                dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=max(args.shortlist, args.k)
+                dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=args.shortlist
             )
             precision = sum(hit.id in ids for hit in hits) / args.k
             per_query[mode].append((set_name, text, precision))

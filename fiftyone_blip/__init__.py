@@ -563,7 +563,7 @@ def search(
             another model is an error (None: the index's own model).
         rerank: re-score the ITC shortlist with the ITM head (text queries only).
         shortlist: how many ITC results the ITM head re-scores, >= k
-            (None: max(4k, 50)).
+            (None: max(4k, 128); BLIP's own Flickr30k evaluation re-ranks 128).
         device: where the query runs: "auto", "cpu", "cuda" or "mps" ("auto").
 
     Returns:

@@ -460,7 +460,7 @@ def embed(dataset, view_name, workers, quiet, no_index, **options):
 @click.option("-b", "--brain-key", default="blip_sim", show_default=True, help="The index built by `embed`.")
 @click.option("--rerank", is_flag=True, help="Re-score the ITC shortlist with BLIP's ITM head.")
 @click.option(
-    "--shortlist", type=int, default=None, help="How many ITC results --rerank re-scores. [default: max(4k, 50)]"
+    "--shortlist", type=int, default=None, help="How many ITC results --rerank re-scores. [default: max(4k, 128)]"
 )
 @click.option("-m", "--model", default=None, help="Refuse an index built with another model than this one.")
 @DEVICE_OPTION

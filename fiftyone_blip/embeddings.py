@@ -34,6 +34,9 @@ import numpy as np
 
 DEFAULT_FIELD = "blip_embedding"
 DEFAULT_BRAIN_KEY = "blip_sim"
+# ITC results the ITM head re-scores unless told (at least 4k): BLIP's own
+# retrieval evaluation re-ranks the top 128 (Flickr30k) or 256 (COCO).
+DEFAULT_SHORTLIST = 128
 ZOO_MODEL_NAME = "fiftyone-blip-itc"
 ZOO_SOURCE_DIR = "fiftyone-blip"
 MAX_QUERY_TOKENS = 64
@@ -482,7 +485,7 @@ def search(
     if shortlist is not None and (not isinstance(shortlist, int) or shortlist < k):
         raise ValueError(f"`shortlist` must be an integer >= k ({k}), got {shortlist!r}")
     # The query sample comes back as its own nearest neighbour; it is dropped below.
-    depth = (shortlist or max(4 * k, 50)) if rerank else k + int(by_id)
+    depth = (shortlist or max(4 * k, DEFAULT_SHORTLIST)) if rerank else k + int(by_id)
 
     results = dataset.load_brain_results(brain_key)
     loaded = None

@@ -7,27 +7,31 @@ Two models, the same classes and file layout as the Salesforce checkpoints:
 - captioner: `BlipForConditionalGeneration` (like blip-image-captioning-base),
   trained with the language-modelling loss on English captions;
 - matcher: `BlipForImageTextRetrieval` (like blip-itm-base-coco), trained with
-  BLIP's contrastive (ITC) and image-text matching (ITM) losses. The default
-  recipe (`--matcher-recipe captions`, the bundled matcher's): ITC on whole
-  captions, ITM negatives are other images' captions and captions with one
-  attribute changed.
-- `--matcher-recipe queries` (an alternative, not the bundled one): started from
-  the captioner (vision tower; its text decoder's layers for the text encoder),
+  BLIP's contrastive (ITC) and image-text matching (ITM) losses. The bundled
+  matcher's recipe (`--matcher-recipe queries`, the default): started from the
+  captioner (vision tower; its text decoder's layers for the text encoder),
   the lowest `--matcher-frozen-layers` vision layers kept frozen and cached
-  once. Trained with BLIP's contrastive (ITC) and image-text matching (ITM)
-  losses on queries in the grammar the evaluations use: whole captions, "a red
+  once. Queries follow the grammar the evaluations use: whole captions, "a red
   circle", "a red circle on the left" and kind-only labels ("a circle": the
   image's class, the kind of its largest shape). Every image of a batch that a
-  query truly describes (from the scene's objects) is an ITC positive. ITM
-  negatives have one object's kind (most often), colour or position changed, or
-  come from another image. The captioner's cell probe stays on as an auxiliary
-  loss on the matcher's patch tokens.
+  query truly describes (from the scene's objects) is an ITC positive; each
+  query with one attribute changed joins the ITC texts as a hard negative
+  (`--matcher-itc-hard`). ITM negatives, as BLIP mines them: a text and an
+  image of the batch drawn by ITC similarity among the non-matching ones, plus
+  the query with one object's kind (most often), colour or position changed.
+  Object crops (`--matcher-crops`, cut as `find_mislabels` cuts detections)
+  train ITM on "a {kind}" of the central object. The captioner's cell probe
+  stays on as an auxiliary loss on the matcher's patch tokens.
+- `--matcher-recipe captions` (the first matcher's recipe): ITC on whole
+  captions, ITM negatives are other images' captions and captions with one
+  attribute changed.
 
-    python -m fiftyone_blip.shapes.train --only matcher --matcher-recipe queries --matcher-steps 1200 --threads 2
+    python -m fiftyone_blip.shapes.train --only matcher --threads 2
 
 Both use a tokenizer of their own (WordPiece over the caption words). Seeds are
-fixed; on 2 CPU cores the default recipe runs in under 30 minutes. The held-out
-metrics are measured on the `validation` split and written to each model card.
+fixed; on 2 CPU cores the captioner takes about 20 minutes and the matcher
+about 30. The held-out metrics are measured on the `validation` split and
+written to each model card.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def build_config(
     text_width: int = 128,
     text_layers: int = 2,
     heads: int = 4,
+    embed_dim: int = 64,
 ):
     """A small BlipConfig (default: a 4-layer, 192-wide ViT on a 6x6 grid, 2-layer, 128-wide text towers).
 
@@ -107,8 +112,8 @@ def build_config(
     config = BlipConfig(
         text_config=text_config,
         vision_config=vision_config,
-        projection_dim=64,
-        image_text_hidden_size=64,
+        projection_dim=embed_dim,
+        image_text_hidden_size=embed_dim,
     )
     config.architectures = ["BlipForConditionalGeneration" if kind == "captioner" else "BlipForImageTextRetrieval"]
     return config
@@ -404,7 +409,7 @@ def query_matches(form: str, objs, scene: shapes.ShapeScene) -> bool:
     return any(_key(o, form) == _key(obj, form) for o in scene.objects)
 
 
-QUERY_FORMS = (("caption", 0.2), ("kind", 0.2), ("colour kind", 0.3), ("colour kind position", 0.3))
+QUERY_FORMS = (("caption", 0.2), ("kind", 0.2), ("colour kind", 0.2), ("colour kind position", 0.4))
 
 
 def sample_query(scene: shapes.ShapeScene, rng: random.Random):
@@ -423,6 +428,10 @@ def largest_object(scene: shapes.ShapeScene) -> shapes.ShapeObject:
 def negative_query(scene: shapes.ShapeScene, query, rng: random.Random, scenes):
     """A query that does not describe the scene: one attribute changed (kind most often) or another image's."""
     form, objs = query
+    smaller = [o.kind for o in scene.objects if o.kind != objs[0].kind]
+    if form == "kind" and smaller and rng.random() < 0.5:
+        # The class is the largest shape's kind: another shape's kind is the hard negative.
+        return form, (shapes.ShapeObject(rng.choice(smaller), objs[0].colour, objs[0].cell, objs[0].box),)
     for _ in range(50):
         r = rng.random()
         if r < 0.15:
@@ -536,11 +545,29 @@ def kind_label_auroc(model, tokenizer, pixels, scenes, rate: float = 0.1, seed: 
     return auroc(p[~noisy], p[noisy])
 
 
+def crop_set(processor, scenes: list[shapes.ShapeScene], seed: int, padding: float = 3.0):
+    """One object per scene, cropped as `find_mislabels` crops detections: (pixels, objects, the scenes' other kinds)."""
+    from fiftyone_blip.matching import _crop
+
+    rng = random.Random(seed)
+    chunks, objects, others = [], [], []
+    for start in range(0, len(scenes), 512):
+        images = []
+        for scene in scenes[start : start + 512]:
+            obj = rng.choice(scene.objects)
+            x0, y0, x1, y1 = (v / scene.size for v in obj.box)
+            images.append(_crop(scene.render(), [x0, y0, x1 - x0, y1 - y0], padding))
+            objects.append(obj)
+            others.append(sorted({o.kind for o in scene.objects} - {obj.kind}))
+        chunks.append(processor(images=images, return_tensors="pt")["pixel_values"])
+    return torch.cat(chunks), objects, others
+
+
 def train_matcher_queries(processor, train_pixels, train_scenes, val_pixels, val_scenes, args):
     from transformers import BlipForImageTextRetrieval
 
     torch.manual_seed(args.seed + 1)
-    model = BlipForImageTextRetrieval(build_config(processor.tokenizer, "matcher"))
+    model = BlipForImageTextRetrieval(build_config(processor.tokenizer, "matcher", embed_dim=args.matcher_embed_dim))
     init_matcher_from_captioner(model, load_captioner_weights(args.captioner_dir))
     frozen = args.matcher_frozen_layers
     for p in list(model.vision_model.embeddings.parameters()) + [
@@ -550,6 +577,12 @@ def train_matcher_queries(processor, train_pixels, train_scenes, val_pixels, val
     t0 = time.time()
     cached = vision_prefix(model, train_pixels, frozen)
     print(f"cached {frozen} frozen vision layers for {len(cached)} images ({time.time() - t0:.0f} s)", flush=True)
+    crops = None
+    if args.matcher_crops:
+        t0 = time.time()
+        crop_pixels, crop_objects, crop_others = crop_set(processor, train_scenes[: args.matcher_crops], args.seed + 3)
+        crops = vision_prefix(model, crop_pixels, frozen)
+        print(f"cropped and cached {len(crops)} object crops ({time.time() - t0:.0f} s)", flush=True)
     probe = CellProbe(model.config.vision_config)
     cells = cell_targets(train_scenes)
     tokenizer = processor.tokenizer
@@ -564,26 +597,38 @@ def train_matcher_queries(processor, train_pixels, train_scenes, val_pixels, val
         scenes = [train_scenes[i] for i in idx]
         queries = [sample_query(s, rng) for s in scenes]
         image_embeds = vision_suffix(model, cached[idx], frozen)
-        texts = tokenizer([query_text(*q) for q in queries], padding="longest", return_tensors="pt")
+        # Each image's query with one attribute changed joins the ITC texts as a hard negative
+        # (and is a positive wherever it truly describes another image of the batch).
+        changed_queries = [negative_query(s, q, rng, train_scenes) for s, q in zip(scenes, queries)]
+        all_queries = queries + (changed_queries if args.matcher_itc_hard else [])
+        texts = tokenizer([query_text(*q) for q in all_queries], padding="longest", return_tensors="pt")
         text_out = model.text_encoder(
             input_ids=texts["input_ids"], attention_mask=texts["attention_mask"]
         ).last_hidden_state
         image_feat = F.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1)
         text_feat = F.normalize(model.text_proj(text_out[:, 0]), dim=-1)
-        logits = image_feat @ text_feat.t() / temperature
         # relevant[i, j]: text j truly describes image i (every such image is a positive)
-        relevant = torch.tensor([[query_matches(*q, s) for q in queries] for s in scenes], dtype=torch.float)
-        i2t = -(F.log_softmax(logits, 1) * relevant / relevant.sum(1, keepdim=True)).sum(1).mean()
+        relevant_all = torch.tensor([[query_matches(*q, s) for q in all_queries] for s in scenes], dtype=torch.float)
+        logits_all = image_feat @ text_feat.t() / temperature
+        i2t = -(F.log_softmax(logits_all, 1) * relevant_all / relevant_all.sum(1, keepdim=True)).sum(1).mean()
+        logits, relevant = logits_all[:, :bsz], relevant_all[:, :bsz]
         rel_t = relevant.t()
         t2i = -(F.log_softmax(logits.t(), 1) * rel_t / rel_t.sum(1, keepdim=True)).sum(1).mean()
         itc = (i2t + t2i) / 2
 
-        negatives = [negative_query(s, q, rng, train_scenes) for s, q in zip(scenes, queries)]
-        negatives += [negative_query(s, sample_query(s, rng), rng, train_scenes) for s in scenes]
+        # ITM negatives, as BLIP mines them: for each image a text of the batch and for each
+        # text an image of the batch, drawn by ITC similarity among the non-matching ones;
+        # plus the query with one attribute changed (kind most often).
+        with torch.no_grad():
+            weights_i2t = F.softmax(logits, 1).masked_fill(relevant.bool(), 0) + 1e-12
+            weights_t2i = F.softmax(logits.t(), 1).masked_fill(rel_t.bool(), 0) + 1e-12
+            neg_text = torch.multinomial(weights_i2t, 1, generator=generator)[:, 0]
+            neg_image = torch.multinomial(weights_t2i, 1, generator=generator)[:, 0]
         positives = [query_text(*q) for q in queries]
-        itm_texts = positives + [query_text(*q) for q in negatives]
+        changed = [query_text(*q) for q in changed_queries]
+        itm_texts = positives + [positives[j] for j in neg_text.tolist()] + positives + changed
         itm = tokenizer(itm_texts, padding="longest", return_tensors="pt")
-        images = torch.cat([image_embeds, image_embeds, image_embeds])
+        images = torch.cat([image_embeds, image_embeds, image_embeds[neg_image], image_embeds])
         fused = model.text_encoder(
             input_ids=itm["input_ids"],
             attention_mask=itm["attention_mask"],
@@ -591,8 +636,29 @@ def train_matcher_queries(processor, train_pixels, train_scenes, val_pixels, val
             encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
         ).last_hidden_state
         itm_logits = model.itm_head(fused[:, 0])
-        itm_labels = torch.cat([torch.ones(bsz), torch.zeros(2 * bsz)]).long()
-        itm_loss = F.cross_entropy(itm_logits, itm_labels, weight=torch.tensor([1.0, 2.0]))
+        itm_labels = torch.cat([torch.ones(bsz), torch.zeros(3 * bsz)]).long()
+        itm_loss = F.cross_entropy(itm_logits, itm_labels, weight=torch.tensor([1.0, 3.0]))
+        if crops is not None:
+            # Object crops (detections are scored on crops): "a {kind}" of the central object
+            # against another kind, half the time one that the scene also holds.
+            cidx = torch.randint(len(crops), (bsz // 4,), generator=generator).tolist()
+            crop_embeds = vision_suffix(model, crops[cidx], frozen)
+            wrong = []
+            for i in cidx:
+                kind = crop_objects[i].kind
+                pool = crop_others[i] if crop_others[i] and rng.random() < 0.5 else shapes.KINDS
+                wrong.append(rng.choice([k for k in pool if k != kind]))
+            texts = [f"a {crop_objects[i].kind}" for i in cidx] + [f"a {k}" for k in wrong]
+            tokens = tokenizer(texts, padding="longest", return_tensors="pt")
+            both = torch.cat([crop_embeds, crop_embeds])
+            fused = model.text_encoder(
+                input_ids=tokens["input_ids"],
+                attention_mask=tokens["attention_mask"],
+                encoder_hidden_states=both,
+                encoder_attention_mask=torch.ones(both.shape[:2], dtype=torch.long),
+            ).last_hidden_state
+            labels = torch.cat([torch.ones(len(cidx)), torch.zeros(len(cidx))]).long()
+            itm_loss = itm_loss + 0.5 * F.cross_entropy(model.itm_head(fused[:, 0]), labels)
         return itc + itm_loss + args.probe_weight * probe.loss(image_embeds[:, 1:], cells[idx])
 
     steps = args.matcher_steps
@@ -712,11 +778,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--matcher-recipe",
         choices=("captions", "queries"),
-        default="captions",
-        help="captions: the bundled matcher's recipe (--matcher-epochs); queries: grounded queries (--matcher-steps)",
+        default="queries",
+        help="queries: the bundled matcher's recipe (--matcher-steps); captions: whole captions (--matcher-epochs)",
     )
-    parser.add_argument("--matcher-steps", type=int, default=1200, help="matcher optimiser steps")
+    parser.add_argument("--matcher-steps", type=int, default=5000, help="matcher optimiser steps")
     parser.add_argument("--matcher-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--matcher-crops", type=int, default=10000, help="queries recipe: object crops for ITM on crop labels (10000)"
+    )
+    parser.add_argument(
+        "--matcher-itc-hard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="queries recipe: each query with one attribute changed is also an ITC negative",
+    )
+    parser.add_argument("--matcher-embed-dim", type=int, default=256, help="ITC embedding size, as BLIP-base's (256)")
     parser.add_argument(
         "--matcher-frozen-layers",
         type=int,
