@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in modes:
         t0 = time.time()
         for set_name, text, ids in queries:
-            hits = fiftyone_blip.search(
-                dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=args.shortlist
-            )
+            hits = fiftyone_blip.search(dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=args.shortlist)
             precision = sum(hit.id in ids for hit in hits) / args.k
             per_query[mode].append((set_name, text, precision))
         seconds[mode] = time.time() - t0

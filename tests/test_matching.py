@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from label_noise import swap_captions
+from label_noise import swap_captions, swap_class_labels, swap_object_labels
 
 import fiftyone_blip
 from fiftyone_blip import matching
@@ -195,6 +195,35 @@ def test_operator_flags_injected_errors_end_to_end(fresh_dataset, plugin_install
     assert tagged == flagged and len(tagged) == 6
     assert len(tagged & wrong) >= 5  # chance: 0.75 of 6
     assert "gt-caption-match-review" in fresh_dataset.list_saved_views()
+
+
+def test_operator_flags_injected_class_labels_end_to_end(fresh_dataset, plugin_installed):
+    import fiftyone.operators as foo
+
+    wrong = swap_class_labels(fresh_dataset, 5, seed=3)
+    result = foo.execute_operator(
+        URI,
+        ctx=dict(
+            dataset=fresh_dataset,
+            params=dict(label_field="gt_label", model="shapes-tiny", flag_by="top_k", top_k=5, view_target="DATASET"),
+        ),
+    )
+    result.raise_exceptions()
+    flagged = set(fresh_dataset.match_tags("mislabel").values("id"))
+    assert len(flagged) == 5 and len(flagged & wrong) >= 4  # chance: about 0.5
+    review = fresh_dataset.load_saved_view("gt-label-match-review")
+    assert set(review.values("id")) == flagged
+
+
+def test_injected_object_labels_are_flagged_on_their_crops(fresh_dataset):
+    wrong = swap_object_labels(fresh_dataset, 4, seed=4)
+    result = fiftyone_blip.find_mislabels(
+        fresh_dataset, "gt_objects", model="shapes-tiny", level="label", top_k=4, progress=False, num_workers=0
+    )
+    assert result["flagged_labels"] == 4
+    objects = [d for dets in fresh_dataset.values("gt_objects.detections") for d in dets]
+    flagged = {d.id for d in objects if d["gt_objects_match_flagged"]}
+    assert len(flagged & wrong) >= 3  # chance: about 0.2 of 4 among ~100 objects
 
 
 def test_operator_opens_the_review_view_by_its_stages(fresh_dataset, plugin_installed):
