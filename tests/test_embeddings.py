@@ -150,6 +150,25 @@ def test_image_search_and_rerank(embedded):
     assert len(fiftyone_blip.search(embedded, "a red circle", k=20)) == 20  # the view does not stick
 
 
+def test_attribute_queries_find_the_images_that_hold_the_object(embedded):
+    """The images whose ground truth holds the queried object come first: all of them with ITM re-ranking."""
+    from fiftyone import ViewField as F
+
+    checked = 0
+    for colour, kind in [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "star")]:
+        holds = (F("label") == kind) & (F("colour") == colour)
+        relevant = set(embedded.filter_labels("gt_objects", holds, only_matches=True).values("id"))
+        if len(relevant) < 2:
+            continue
+        k = min(len(relevant), 4)
+        itc = {h.id for h in fiftyone_blip.search(embedded, f"a {colour} {kind}", k=k)}
+        assert len(itc & relevant) >= k / 2, (colour, kind)  # chance: about 0.1 of k
+        reranked = fiftyone_blip.search(embedded, f"a {colour} {kind}", k=k, rerank=True)
+        assert {h.id for h in reranked} <= relevant, (colour, kind)
+        checked += 1
+    assert checked >= 2
+
+
 def test_cli_embed_and_search(embedded):
     runner = CliRunner()
     result = runner.invoke(main, ["embed", embedded.name, "-m", "shapes-tiny", "-q"], catch_exceptions=False)
