@@ -235,9 +235,9 @@ def importlib_plugin():
     """The plugin's operators module, imported from the installed plugin folder."""
     import importlib.util
 
-    from fiftyone_blip.plugin import PLUGIN_DIR
+    from fiftyone_blip.plugin import plugin_dir
 
-    spec = importlib.util.spec_from_file_location("fiftyone_blip_plugin_operators", PLUGIN_DIR / "__init__.py")
+    spec = importlib.util.spec_from_file_location("fiftyone_blip_plugin_operators", plugin_dir() / "__init__.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -20,9 +20,9 @@ def registry(plugin_installed):
 def test_every_operator_is_registered(registry):
     import yaml
 
-    from fiftyone_blip.plugin import PLUGIN_DIR
+    from fiftyone_blip.plugin import plugin_dir
 
-    declared = yaml.safe_load((PLUGIN_DIR / "fiftyone.yml").read_text())["operators"]
+    declared = yaml.safe_load((plugin_dir() / "fiftyone.yml").read_text())["operators"]
     uris = {op.uri for op in registry.list_operators()}
     for name in declared:
         assert f"@fiftyone-blip/blip/{name}" in uris
