@@ -160,7 +160,8 @@ def format_table(rows) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=1000, help="held-out test-split images (1000)")
+    parser.add_argument("--count", type=int, default=1000, help="held-out images (1000)")
+    parser.add_argument("--split", default="test", choices=["test", "validation"], help="held-out split (test)")
     parser.add_argument("--model", default="shapes-tiny")
     parser.add_argument("--template", default=None, help="label prompt template (default: the model's)")
     parser.add_argument("--crop-padding", type=float, default=None, help="detections: box growth (model default)")
@@ -175,7 +176,7 @@ def main(argv=None):
     loaded = models.load_model(args.model, task="match", device="cpu")
     matcher = matching.Matcher(loaded)
     preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, "squash")
-    scenes = shapes.make_scenes(args.count, split="test", size=96)
+    scenes = shapes.make_scenes(args.count, split=args.split, size=96)
     images = [scene.render() for scene in scenes]
     pixels = pixels_of(preprocess, images)
     kinds = sorted(shapes.KINDS)
@@ -274,7 +275,7 @@ def main(argv=None):
         colour = recolour_rng.choice([c for c in sorted(shapes.COLOURS) if c != o.colour])
         objects[j] = shapes.ShapeObject(o.kind, colour, o.cell, o.box)
         hard_captions.append(
-            shapes.ShapeScene(scene.index, "test", scene.size, scene.background, tuple(objects), 0).caption()
+            shapes.ShapeScene(scene.index, scene.split, scene.size, scene.background, tuple(objects), 0).caption()
         )
     swap_rng = random.Random(f"{args.seed}/swap")
     swapped = []
@@ -301,7 +302,7 @@ def main(argv=None):
     evaluate("caption", captions, corrupt_caption, score_caption, len(scenes), rates, args.seed, rows)
 
     print(
-        f"Injected-noise label QA: {args.count} shapes test-split images ({len(crops)} objects), model {args.model}, "
+        f"Injected-noise label QA: {args.count} shapes {args.split}-split images ({len(crops)} objects), model {args.model}, "
         f"template {template!r}, crop padding {padding}"
     )
     print(format_table(rows))
@@ -323,7 +324,7 @@ def main(argv=None):
                 )
             objects[j] = o
             changed.append(
-                shapes.ShapeScene(scene.index, "test", scene.size, scene.background, tuple(objects), 0).caption()
+                shapes.ShapeScene(scene.index, scene.split, scene.size, scene.background, tuple(objects), 0).caption()
             )
         p_changed, _ = pair_scores(matcher, pixels, changed)
         p_true = caption_scores["true"][0]
