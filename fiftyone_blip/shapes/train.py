@@ -563,6 +563,38 @@ def crop_set(processor, scenes: list[shapes.ShapeScene], seed: int, padding: flo
     return torch.cat(chunks), objects, others
 
 
+def multi_positive_itc(logits: torch.Tensor, relevant: torch.Tensor, columns: int) -> torch.Tensor:
+    """BLIP's ITC loss where every true match is a positive (`relevant` 0/1, images x texts).
+
+    Text columns beyond `columns` are extra texts for the image-to-text direction only.
+    """
+    i2t = -(F.log_softmax(logits, 1) * relevant / relevant.sum(1, keepdim=True)).sum(1).mean()
+    by_text, rel_t = logits[:, :columns].t(), relevant[:, :columns].t()
+    t2i = -(F.log_softmax(by_text, 1) * rel_t / rel_t.sum(1, keepdim=True)).sum(1).mean()
+    return (i2t + t2i) / 2
+
+
+def mine_negatives(logits: torch.Tensor, relevant: torch.Tensor, generator) -> tuple[list[int], list[int]]:
+    """Per image a non-matching text, per text a non-matching image, drawn by ITC similarity."""
+    weights_i2t = F.softmax(logits, 1).masked_fill(relevant.bool(), 0) + 1e-12
+    weights_t2i = F.softmax(logits.t(), 1).masked_fill(relevant.t().bool(), 0) + 1e-12
+    neg_text = torch.multinomial(weights_i2t, 1, generator=generator)[:, 0]
+    neg_image = torch.multinomial(weights_t2i, 1, generator=generator)[:, 0]
+    return neg_text.tolist(), neg_image.tolist()
+
+
+def fused_itm_logits(model, tokenizer, texts: list[str], image_embeds: torch.Tensor) -> torch.Tensor:
+    """ITM logits of texts[i] against image i: the text encoder cross-attending to the image."""
+    tokens = tokenizer(texts, padding="longest", return_tensors="pt")
+    fused = model.text_encoder(
+        input_ids=tokens["input_ids"],
+        attention_mask=tokens["attention_mask"],
+        encoder_hidden_states=image_embeds,
+        encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long),
+    ).last_hidden_state
+    return model.itm_head(fused[:, 0])
+
+
 def train_matcher_queries(processor, train_pixels, train_scenes, val_pixels, val_scenes, args):
     from transformers import BlipForImageTextRetrieval
 
@@ -596,70 +628,47 @@ def train_matcher_queries(processor, train_pixels, train_scenes, val_pixels, val
         idx = torch.randint(n, (bsz,), generator=generator).tolist()
         scenes = [train_scenes[i] for i in idx]
         queries = [sample_query(s, rng) for s in scenes]
+        changed = [negative_query(s, q, rng, train_scenes) for s, q in zip(scenes, queries)]
         image_embeds = vision_suffix(model, cached[idx], frozen)
-        # Each image's query with one attribute changed joins the ITC texts as a hard negative
-        # (and is a positive wherever it truly describes another image of the batch).
-        changed_queries = [negative_query(s, q, rng, train_scenes) for s, q in zip(scenes, queries)]
-        all_queries = queries + (changed_queries if args.matcher_itc_hard else [])
-        texts = tokenizer([query_text(*q) for q in all_queries], padding="longest", return_tensors="pt")
-        text_out = model.text_encoder(
-            input_ids=texts["input_ids"], attention_mask=texts["attention_mask"]
-        ).last_hidden_state
+
+        # ITC. Each image's query with one attribute changed joins the texts as a hard
+        # negative (and is a positive wherever it truly describes another image of the batch).
+        itc_queries = queries + (changed if args.matcher_itc_hard else [])
+        tokens = tokenizer([query_text(*q) for q in itc_queries], padding="longest", return_tensors="pt")
+        text_out = model.text_encoder(**tokens).last_hidden_state
         image_feat = F.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1)
         text_feat = F.normalize(model.text_proj(text_out[:, 0]), dim=-1)
-        # relevant[i, j]: text j truly describes image i (every such image is a positive)
-        relevant_all = torch.tensor([[query_matches(*q, s) for q in all_queries] for s in scenes], dtype=torch.float)
-        logits_all = image_feat @ text_feat.t() / temperature
-        i2t = -(F.log_softmax(logits_all, 1) * relevant_all / relevant_all.sum(1, keepdim=True)).sum(1).mean()
-        logits, relevant = logits_all[:, :bsz], relevant_all[:, :bsz]
-        rel_t = relevant.t()
-        t2i = -(F.log_softmax(logits.t(), 1) * rel_t / rel_t.sum(1, keepdim=True)).sum(1).mean()
-        itc = (i2t + t2i) / 2
+        # relevant[i, j]: text j truly describes image i
+        relevant = torch.tensor([[query_matches(*q, s) for q in itc_queries] for s in scenes], dtype=torch.float)
+        logits = image_feat @ text_feat.t() / temperature
+        itc = multi_positive_itc(logits, relevant, bsz)
 
         # ITM negatives, as BLIP mines them: for each image a text of the batch and for each
         # text an image of the batch, drawn by ITC similarity among the non-matching ones;
         # plus the query with one attribute changed (kind most often).
-        with torch.no_grad():
-            weights_i2t = F.softmax(logits, 1).masked_fill(relevant.bool(), 0) + 1e-12
-            weights_t2i = F.softmax(logits.t(), 1).masked_fill(rel_t.bool(), 0) + 1e-12
-            neg_text = torch.multinomial(weights_i2t, 1, generator=generator)[:, 0]
-            neg_image = torch.multinomial(weights_t2i, 1, generator=generator)[:, 0]
+        neg_text, neg_image = mine_negatives(logits[:, :bsz].detach(), relevant[:, :bsz], generator)
         positives = [query_text(*q) for q in queries]
-        changed = [query_text(*q) for q in changed_queries]
-        itm_texts = positives + [positives[j] for j in neg_text.tolist()] + positives + changed
-        itm = tokenizer(itm_texts, padding="longest", return_tensors="pt")
+        itm_texts = positives + [positives[j] for j in neg_text] + positives + [query_text(*q) for q in changed]
         images = torch.cat([image_embeds, image_embeds, image_embeds[neg_image], image_embeds])
-        fused = model.text_encoder(
-            input_ids=itm["input_ids"],
-            attention_mask=itm["attention_mask"],
-            encoder_hidden_states=images,
-            encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
-        ).last_hidden_state
-        itm_logits = model.itm_head(fused[:, 0])
         itm_labels = torch.cat([torch.ones(bsz), torch.zeros(3 * bsz)]).long()
-        itm_loss = F.cross_entropy(itm_logits, itm_labels, weight=torch.tensor([1.0, 3.0]))
+        itm_logits = fused_itm_logits(model, tokenizer, itm_texts, images)
+        itm = F.cross_entropy(itm_logits, itm_labels, weight=torch.tensor([1.0, 3.0]))
         if crops is not None:
-            # Object crops (detections are scored on crops): "a {kind}" of the central object
-            # against another kind, half the time one that the scene also holds.
-            cidx = torch.randint(len(crops), (bsz // 4,), generator=generator).tolist()
-            crop_embeds = vision_suffix(model, crops[cidx], frozen)
-            wrong = []
-            for i in cidx:
-                kind = crop_objects[i].kind
-                pool = crop_others[i] if crop_others[i] and rng.random() < 0.5 else shapes.KINDS
-                wrong.append(rng.choice([k for k in pool if k != kind]))
-            texts = [f"a {crop_objects[i].kind}" for i in cidx] + [f"a {k}" for k in wrong]
-            tokens = tokenizer(texts, padding="longest", return_tensors="pt")
-            both = torch.cat([crop_embeds, crop_embeds])
-            fused = model.text_encoder(
-                input_ids=tokens["input_ids"],
-                attention_mask=tokens["attention_mask"],
-                encoder_hidden_states=both,
-                encoder_attention_mask=torch.ones(both.shape[:2], dtype=torch.long),
-            ).last_hidden_state
-            labels = torch.cat([torch.ones(len(cidx)), torch.zeros(len(cidx))]).long()
-            itm_loss = itm_loss + 0.5 * F.cross_entropy(model.itm_head(fused[:, 0]), labels)
-        return itc + itm_loss + args.probe_weight * probe.loss(image_embeds[:, 1:], cells[idx])
+            itm = itm + 0.5 * crop_itm_loss(bsz // 4)
+        return itc + itm + args.probe_weight * probe.loss(image_embeds[:, 1:], cells[idx])
+
+    def crop_itm_loss(count: int) -> torch.Tensor:
+        """Object crops (detections are scored on crops): "a {kind}" of the central object
+        against another kind, half the time one that the scene also holds."""
+        cidx = torch.randint(len(crops), (count,), generator=generator).tolist()
+        crop_embeds = vision_suffix(model, crops[cidx], frozen)
+        wrong = []
+        for i in cidx:
+            pool = crop_others[i] if crop_others[i] and rng.random() < 0.5 else shapes.KINDS
+            wrong.append(rng.choice([k for k in pool if k != crop_objects[i].kind]))
+        texts = [f"a {crop_objects[i].kind}" for i in cidx] + [f"a {k}" for k in wrong]
+        logits = fused_itm_logits(model, tokenizer, texts, torch.cat([crop_embeds, crop_embeds]))
+        return F.cross_entropy(logits, torch.cat([torch.ones(count), torch.zeros(count)]).long())
 
     steps = args.matcher_steps
     _fit(model, steps // 4, 4, args.matcher_lr, step_fn, "matcher", extra_params=probe.parameters())
