@@ -302,7 +302,7 @@ def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
 
 
 def train_matcher_captions(processor, train_pixels, train_scenes, val_pixels, val_scenes, vision_state, args):
-    """The bundled matcher's recipe: ITC on whole captions, ITM with swapped or one-attribute-changed captions."""
+    """The first matcher's recipe: ITC on whole captions, ITM with swapped or one-attribute-changed captions."""
     from transformers import BlipForImageTextRetrieval
 
     torch.manual_seed(args.seed + 1)
@@ -333,8 +333,7 @@ def train_matcher_captions(processor, train_pixels, train_scenes, val_pixels, va
         logits = image_feat @ text_feat.t() / temperature
         # Identical captions in a batch are true matches, not negatives.
         same = torch.tensor([[captions[i] == captions[j] for j in idx.tolist()] for i in idx.tolist()])
-        targets = same.float() / same.float().sum(1, keepdim=True)
-        itc = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        itc = multi_positive_itc(logits, same.float(), len(idx))
 
         negatives = []
         for i in idx.tolist():
@@ -345,19 +344,9 @@ def train_matcher_captions(processor, train_pixels, train_scenes, val_pixels, va
                 while captions[j] == captions[i]:
                     j = rng.randrange(n)
                 negatives.append(captions[j])
-        neg = tokenizer(negatives, padding="longest", return_tensors="pt")
-        width = max(ids.shape[1], neg["input_ids"].shape[1])
-        pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731
-        itm_ids = torch.cat([pad(ids), pad(neg["input_ids"])])
-        itm_mask = torch.cat([pad(mask), pad(neg["attention_mask"])])
-        both_images = torch.cat([image_embeds, image_embeds])
-        fused = model.text_encoder(
-            input_ids=itm_ids,
-            attention_mask=itm_mask,
-            encoder_hidden_states=both_images,
-            encoder_attention_mask=torch.ones(both_images.shape[:2], dtype=torch.long),
-        ).last_hidden_state
-        itm_logits = model.itm_head(fused[:, 0])
+        itm_logits = fused_itm_logits(
+            model, tokenizer, [captions[i] for i in idx.tolist()] + negatives, torch.cat([image_embeds, image_embeds])
+        )
         itm_labels = torch.cat([torch.ones(len(idx)), torch.zeros(len(idx))]).long()
         return itc + F.cross_entropy(itm_logits, itm_labels)
 
