@@ -171,25 +171,18 @@ def test_operator_offers_only_compatible_fields(fresh_dataset, plugin_installed,
     assert invalid and "{label}" in invalid[0].error_message
 
 
-def test_operator_flags_injected_errors_end_to_end(fresh_dataset, plugin_installed):
+def run_operator(dataset, **params):
+    """Runs find_mislabels on the whole dataset through FiftyOne's operator executor."""
     import fiftyone.operators as foo
 
+    foo.execute_operator(
+        URI, ctx=dict(dataset=dataset, params=dict(view_target="DATASET", **params))
+    ).raise_exceptions()
+
+
+def test_operator_flags_injected_errors_end_to_end(fresh_dataset, plugin_installed):
     wrong = swap_captions(fresh_dataset, 6, seed=2)
-    result = foo.execute_operator(
-        URI,
-        ctx=dict(
-            dataset=fresh_dataset,
-            params=dict(
-                label_field="gt_caption",
-                model="shapes-tiny",
-                flag_by="top_k",
-                top_k=6,
-                tag="suspect",
-                view_target="DATASET",
-            ),
-        ),
-    )
-    result.raise_exceptions()
+    run_operator(fresh_dataset, label_field="gt_caption", model="shapes-tiny", flag_by="top_k", top_k=6, tag="suspect")
     tagged = set(fresh_dataset.match_tags("suspect").values("id"))
     flagged = set(fresh_dataset.match({"gt_caption_match_flagged": True}).values("id"))
     assert tagged == flagged and len(tagged) == 6
@@ -198,17 +191,8 @@ def test_operator_flags_injected_errors_end_to_end(fresh_dataset, plugin_install
 
 
 def test_operator_flags_injected_class_labels_end_to_end(fresh_dataset, plugin_installed):
-    import fiftyone.operators as foo
-
     wrong = swap_class_labels(fresh_dataset, 5, seed=3)
-    result = foo.execute_operator(
-        URI,
-        ctx=dict(
-            dataset=fresh_dataset,
-            params=dict(label_field="gt_label", model="shapes-tiny", flag_by="top_k", top_k=5, view_target="DATASET"),
-        ),
-    )
-    result.raise_exceptions()
+    run_operator(fresh_dataset, label_field="gt_label", model="shapes-tiny", flag_by="top_k", top_k=5)
     flagged = set(fresh_dataset.match_tags("mislabel").values("id"))
     assert len(flagged) == 5 and len(flagged & wrong) >= 4  # chance: about 0.5
     review = fresh_dataset.load_saved_view("gt-label-match-review")
