@@ -118,6 +118,7 @@ def caption(
         ModelLoadError: the model cannot be loaded.
     """
     from fiftyone_blip import captions, engine, images, models
+    from fiftyone_blip.settings import RunOptions
 
     if language is not None:
         from fiftyone_blip import adapters
@@ -147,11 +148,16 @@ def caption(
     return engine.run(
         samples,
         task,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shard=shard,
-        overwrite=overwrite,
-        progress=progress,
+        RunOptions(
+            resize=resize,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            num_workers=num_workers,
+            shard=shard,
+            overwrite=overwrite,
+            progress=progress,
+        ),
     )
 
 
@@ -385,6 +391,7 @@ def heatmaps(
         ModelLoadError: the model cannot be loaded.
     """
     from fiftyone_blip import attention_maps as heatmap_module
+    from fiftyone_blip.settings import RunOptions
     from fiftyone_blip import engine, images, models
 
     settings = heatmap_module.HeatmapSettings(
@@ -413,11 +420,16 @@ def heatmaps(
     return engine.run(
         samples,
         task,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shard=shard,
-        overwrite=overwrite,
-        progress=progress,
+        RunOptions(
+            resize=resize,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            num_workers=num_workers,
+            shard=shard,
+            overwrite=overwrite,
+            progress=progress,
+        ),
     )
 
 
@@ -498,6 +510,7 @@ def embed(
         ModelLoadError: the model cannot be loaded.
     """
     from fiftyone_blip import embeddings, engine, images, models
+    from fiftyone_blip.settings import RunOptions
 
     if resize not in images.RESIZE_MODES:
         raise ValueError(f"`resize` must be one of {images.RESIZE_MODES}, got {resize!r}")
@@ -516,11 +529,16 @@ def embed(
     summary = engine.run(
         samples,
         task,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shard=shard,
-        overwrite=overwrite,
-        progress=progress,
+        RunOptions(
+            resize=resize,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            num_workers=num_workers,
+            shard=shard,
+            overwrite=overwrite,
+            progress=progress,
+        ),
     )
     if brain_key is not None and shard is None:
         from fiftyone import ViewField as F
@@ -685,6 +703,7 @@ def find_mislabels(
         ModelLoadError: the model cannot be loaded.
     """
     from fiftyone_blip import engine, matching, models
+    from fiftyone_blip.settings import RunOptions
 
     kind = matching.label_kind(samples, label_field)
     field = field or f"{label_field}_match"
@@ -715,11 +734,16 @@ def find_mislabels(
     summary = engine.run(
         samples,
         task,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shard=shard,
-        overwrite=overwrite,
-        progress=progress,
+        RunOptions(
+            resize=resize,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            num_workers=num_workers,
+            shard=shard,
+            overwrite=overwrite,
+            progress=progress,
+        ),
     )
     flags = matching.flag(
         samples,

@@ -335,43 +335,27 @@ def _decoded_in_order(
                 pending.append((nxt[0], pool.submit(work, nxt[1])))
 
 
-def run(
-    samples,
-    task: Task,
-    batch_size: int = 16,
-    num_workers: int | None = None,
-    shard: str | tuple[int, int] | None = None,
-    overwrite: bool = False,
-    progress: bool | Callable[[int, int], None] = True,
-    chunk_size: int = 256,
-    chunk_seconds: float = 10.0,
-) -> RunSummary:
+def run(samples, task: Task, options=None) -> RunSummary:
     """Runs a task over a sample collection, writing results as it goes.
 
     Args:
         samples: a FiftyOne dataset or view.
         task: the capability's `Task`.
-        batch_size: samples per model step (16).
-        num_workers: decode threads; 0 decodes inline (None: one per core, at
-            most 8).
-        shard: "I/N" to process only shard I of N (None: everything).
-        overwrite: recompute samples that already hold a result from the same
-            model and settings (False: skip them).
-        progress: True for a progress bar, False for none, or a callable
-            `progress(done, total)`.
-        chunk_size: results per bulk write (256).
-        chunk_seconds: longest time a result waits before it is written (10).
+        options: a `settings.RunOptions` (batch size, decode workers, shard,
+            overwrite, progress, write chunks); None for the defaults.
 
     Returns:
         a `RunSummary`.
     """
-    check_batch_size(batch_size)
-    shard_spec = parse_shard(shard)
-    if chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
-    workers = default_workers() if num_workers is None else num_workers
-    if workers < 0:
-        raise ValueError(f"`num_workers` must be >= 0, got {num_workers}")
+    from fiftyone_blip.settings import RunOptions
+
+    options = options or RunOptions()
+    batch_size = options.batch_size
+    shard_spec = options.shard_spec
+    overwrite = options.overwrite
+    progress = options.progress
+    chunk_size, chunk_seconds = options.chunk_size, options.chunk_seconds
+    workers = default_workers() if options.num_workers is None else options.num_workers
     dataset = samples._dataset
     started = time.time()
 

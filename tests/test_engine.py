@@ -11,14 +11,16 @@ import pytest
 
 import fiftyone_blip
 from fiftyone_blip import engine
+from fiftyone_blip.settings import RunOptions
 
 CAPTION_SCRIPT = """
 import sys
 import fiftyone as fo
 from fiftyone_blip import captions, engine, models
+from fiftyone_blip.settings import RunOptions
 dataset = fo.load_dataset(sys.argv[1])
 task = captions.caption_task(models.load_model("shapes-tiny"), captions.CaptionSettings())
-engine.run(dataset, task, batch_size=4, chunk_size=16, progress=False)
+engine.run(dataset, task, RunOptions(batch_size=4, chunk_size=16, progress=False))
 """
 
 
@@ -141,7 +143,7 @@ def test_out_of_memory_halves_the_batch(fresh_dataset):
         prepare=lambda path: len(path),
         step=step,
     )
-    summary = engine.run(fresh_dataset, task, batch_size=8, progress=False)
+    summary = engine.run(fresh_dataset, task, RunOptions(batch_size=8, progress=False))
     assert summary.done == 48 and max(calls) == 8 and calls.count(2) >= 24
     assert fresh_dataset.values("size") == [len(p) for p in fresh_dataset.values("filepath")]
 
@@ -166,7 +168,7 @@ def test_a_model_error_keeps_what_was_computed(fresh_dataset):
         step=step,
     )
     with pytest.raises(RuntimeError, match="the model broke"):
-        engine.run(fresh_dataset, task, batch_size=4, progress=False, chunk_size=1000)
+        engine.run(fresh_dataset, task, RunOptions(batch_size=4, progress=False, chunk_size=1000))
     assert fresh_dataset.count("one") == 12  # three batches written despite the crash
     assert fiftyone_blip.runs(fresh_dataset)[-1]["status"] == "failed"
 

@@ -615,6 +615,7 @@ def _worker(task, dataset_name: str, shard: str | None) -> None:
         import fiftyone as fo
 
         from fiftyone_blip import engine
+        from fiftyone_blip.settings import RunOptions
 
         fast_step = task.step
 
@@ -624,7 +625,8 @@ def _worker(task, dataset_name: str, shard: str | None) -> None:
 
         dataset = fo.load_dataset(dataset_name)
         task = dataclasses.replace(task, step=slow_step)
-        engine.run(dataset, task, batch_size=4, shard=shard, chunk_size=CHUNK, progress=False, num_workers=1)
+        options = RunOptions(batch_size=4, shard=shard, chunk_size=CHUNK, progress=False, num_workers=1)
+        engine.run(dataset, task, options)
         code = 0
     except BaseException:
         traceback.print_exc()
