@@ -41,6 +41,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from fiftyone_blip.settings import DEVICES, SDK_CLI, Settings, setting
+
 BASE_LANGUAGE = "en"
 REGISTRY_ENV = "FIFTYONE_BLIP_ADAPTERS_DIR"
 DEFAULT_REGISTRY = Path("~/.fiftyone-blip/adapters")
@@ -348,63 +350,76 @@ def pairs_from_folder(images_dir: str | os.PathLike, captions_file: str | os.Pat
 
 
 @dataclasses.dataclass
-class AdapterTrainingSettings:
-    """How a language adapter trains.
+class AdapterTrainingSettings(Settings):
+    """How a language adapter trains (stored in its manifest)."""
 
-    Attributes:
-        rank: LoRA rank (8).
-        alpha: LoRA scaling numerator; the update is scaled by alpha / rank (16).
-        dropout: LoRA dropout (0.0).
-        learning_rate: peak AdamW learning rate, after a short warm-up,
-            cosine-decayed (0.002).
-        epochs: most passes over the training split (30).
-        batch_size: image-caption pairs per step (64).
-        validation_fraction: share of pairs held out, in (0, 0.5] (0.1).
-        max_validation: at most this many held-out pairs (1000).
-        patience: stop after this many epochs without a better held-out
-            loss (3).
-        max_added_tokens: at most this many new tokens (4000).
-        min_token_count: a word the base vocabulary cannot write becomes one
-            token when it occurs this often, else it is spelt in characters (2).
-        seed: data split, order and initialisation seed (0).
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    learning_rate: float = 2e-3
-    epochs: int = 30
-    batch_size: int = 64
-    validation_fraction: float = 0.1
-    max_validation: int = 1000
-    patience: int = 3
-    max_added_tokens: int = 4000
-    min_token_count: int = 2
-    seed: int = 0
+    rank: int = setting(8, "LoRA rank", label="LoRA rank", min=1, max=256)
+    alpha: float = setting(
+        16.0,
+        "LoRA scaling numerator; the update is scaled by alpha / rank",
+        label="LoRA alpha",
+        min=0,
+        min_exclusive=True,
+    )
+    dropout: float = setting(0.0, "LoRA dropout, in [0, 1)", label="LoRA dropout")
+    learning_rate: float = setting(
+        2e-3, "peak AdamW learning rate, after a short warm-up, cosine-decayed", cli_flags=("--lr",)
+    )
+    epochs: int = setting(
+        30, "most passes over the training split (early stopping may end sooner)", label="Most epochs", min=1
+    )
+    batch_size: int = setting(64, "image-caption pairs per step", min=1, max=4096)
+    validation_fraction: float = setting(
+        0.1, "share of pairs held out, in (0, 0.5]", min=0, max=0.5, min_exclusive=True
+    )
+    max_validation: int = setting(1000, "most held-out pairs", min=1)
+    patience: int = setting(3, "stop after this many epochs without a better held-out loss", min=1)
+    max_added_tokens: int = setting(4000, "most new tokens", min=0)
+    min_token_count: int = setting(
+        2,
+        "a word the base vocabulary cannot write becomes one token when it occurs this often, else it is spelt "
+        "in characters",
+        min=1,
+    )
+    seed: int = setting(0, "data split, order and initialisation seed")
 
     def __post_init__(self):
-        if not 1 <= self.rank <= 256:
-            raise ValueError(f"`rank` must be in 1..256, got {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"`alpha` must be > 0, got {self.alpha}")
+        super().__post_init__()
+        # open bounds the declared checks do not express
         if not 0 <= self.dropout < 1:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"`learning_rate` must be in (0, 1), got {self.learning_rate}")
-        if self.epochs < 1:
-            raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
-        if not 1 <= self.batch_size <= 4096:
-            raise ValueError(f"`batch_size` must be in 1..4096, got {self.batch_size}")
-        if not 0 < self.validation_fraction <= 0.5:
-            raise ValueError(f"`validation_fraction` must be in (0, 0.5], got {self.validation_fraction}")
-        if self.max_validation < 1:
-            raise ValueError(f"`max_validation` must be >= 1, got {self.max_validation}")
-        if self.patience < 1:
-            raise ValueError(f"`patience` must be >= 1, got {self.patience}")
-        if self.max_added_tokens < 0:
-            raise ValueError(f"`max_added_tokens` must be >= 0, got {self.max_added_tokens}")
-        if self.min_token_count < 1:
-            raise ValueError(f"`min_token_count` must be >= 1, got {self.min_token_count}")
+
+
+@dataclasses.dataclass
+class AdapterJobSettings(Settings):
+    """Where an adapter's data comes from, what it adapts and where it goes.
+
+    The data is either a FiftyOne dataset or view (`samples`, with
+    `caption_field`) or a folder of images with a captions file.
+    """
+
+    caption_field: str | None = setting(None, "the samples' caption field, e.g. caption_de", cli_flags=("-c",))
+    images_dir: str | None = setting(
+        None, "or: a folder of images (with `captions_file`)", cli_flags=("--images",), surfaces=SDK_CLI
+    )
+    captions_file: str | None = setting(
+        None, "a .csv or .jsonl file of image,caption rows", cli_flags=("--captions",), surfaces=SDK_CLI
+    )
+    model: str | None = setting(
+        None,
+        "the base captioner: hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-image-captioning-base)",
+        label="Base model",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_CAPTION_MODEL",
+    )
+    out: str | None = setting(
+        None, "the adapter folder (None: <registry>/<language>)", cli_flags=("-o",), surfaces=SDK_CLI
+    )
+    device: str = setting("auto", "where training runs", choices=DEVICES, envvar="FIFTYONE_BLIP_DEVICE")
+    threads: int | None = setting(None, "CPU threads for torch (None: torch's default)", min=1, surfaces=SDK_CLI)
+    overwrite: bool = setting(False, "replace an installed adapter of this language")
 
 
 class _ImageFeatures:
@@ -928,3 +943,30 @@ def prepare(loaded, language: str | None):
     manifest = session.manifests[language]
     identity = {"language": language, "adapter": manifest.get("files", {}).get(WEIGHTS_FILE)}
     return session.tokenizers[language], identity, lambda: session.active(language)
+
+
+def train(language: str, samples, training: AdapterTrainingSettings, job: AdapterJobSettings, progress=True, log=print):
+    """Trains and installs an adapter from `samples` or `job`'s folder; see `fiftyone_blip.train_adapter`."""
+    check_language(language)
+    if (samples is None) == (job.images_dir is None):
+        raise ValueError("pass either `samples` (with `caption_field`) or `images_dir` (with `captions_file`)")
+    if samples is not None:
+        if not job.caption_field:
+            raise ValueError("`caption_field` is required with `samples`")
+        pairs = pairs_from_dataset(samples, job.caption_field)
+    else:
+        if not job.captions_file:
+            raise ValueError("`captions_file` is required with `images_dir`")
+        pairs = pairs_from_folder(job.images_dir, job.captions_file)
+    return train_adapter(
+        pairs,
+        language,
+        model=job.model,
+        out=job.out,
+        settings=training,
+        device=job.device,
+        overwrite=job.overwrite,
+        threads=job.threads,
+        progress=progress,
+        log=log,
+    )

@@ -537,3 +537,35 @@ def search(
     score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
     order = np.argsort(-score, kind="stable")
     return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]
+
+
+def run(samples, settings, options, **backend_kwargs):
+    """Embeds `samples` on the engine, then builds the similarity index; see `fiftyone_blip.embed`.
+
+    `settings` is a `settings.EmbedSettings`, `options` a `RunOptions`;
+    `backend_kwargs` go to the similarity backend (e.g. `metric="cosine"`).
+    """
+    from fiftyone import ViewField as F
+
+    from fiftyone_blip import engine, models
+
+    engine.check_field_name(settings.field)
+    stored_name = stored_model_name(settings.model)
+    dataset = samples._root_dataset
+    brain_key = settings.brain_key
+    if brain_key is not None and brain_key in dataset.list_brain_runs():
+        built_with = index_model_name(dataset, brain_key)
+        if built_with != stored_name:
+            raise ValueError(
+                f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
+                f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
+            )
+    loaded = models.load_model(settings.model, task="match", device=options.device, dtype=options.dtype)
+    task = embedding_task(loaded, field=settings.field, resize=options.resize)
+    summary = engine.run(samples, task, options)
+    if brain_key is not None and options.shard is None:
+        embedded = dataset.match(F(task.run_field) == task.fingerprint)
+        build_index(
+            embedded, stored_name, field=settings.field, brain_key=brain_key, backend=settings.backend, **backend_kwargs
+        )
+    return summary

@@ -36,6 +36,8 @@ import string
 
 import numpy as np
 
+from fiftyone_blip.settings import Settings, setting
+
 METHODS = ("auto", "itm", "itc", "itm+margin")
 LEVELS = ("sample", "label")
 # Default prompt templates per model. The bundled shapes-tiny matcher knows only
@@ -150,6 +152,126 @@ def label_classes(samples, label_field: str, kind: str) -> list[str]:
 
 
 # --- settings ------------------------------------------------------------------------------------------------
+
+
+METHOD_LABELS = {
+    "auto": "Auto (ITM + margin for labels, ITM for text)",
+    "itm": "ITM probability",
+    "itc": "ITC cosine (needs ITC scores)",
+    "itm+margin": "ITM + margin against the best other class",
+}
+FLAG_BY = ("threshold", "percentile", "top_k")
+
+
+@dataclasses.dataclass
+class FlagSettings(Settings):
+    """How `flag_mislabels` (and `find_mislabels` after scoring) flags; give one of
+    threshold, percentile and top_k (none: threshold 0.5)."""
+
+    field: str | None = setting(
+        None, "where the scores are (None: '{label_field}_match')", label="Score field", cli_flags=("-f",)
+    )
+    method: str = setting(
+        "auto",
+        "the score to rank by: 'itm': 1 - p; 'itc': (1 - cosine) / 2; 'itm+margin': (2 - p - margin) / 3 "
+        "('auto': itm+margin where margins were computed, else itm)",
+        label="Score to rank by",
+        choices=METHODS,
+        choice_labels=METHOD_LABELS,
+    )
+    threshold: float | None = setting(
+        None,
+        "flag mistakenness >= this, in [0, 1] (None with no percentile or top_k: 0.5)",
+        label="Flag mistakenness at or above",
+        min=0,
+        max=1,
+        form_default=0.5,
+        form_when={"flag_by": ("threshold",)},
+    )
+    percentile: float | None = setting(
+        None,
+        "flag mistakenness at or above this percentile, in [0, 100)",
+        label="Flag at or above percentile",
+        min=0,
+        max=100,
+        form_default=90.0,
+        form_when={"flag_by": ("percentile",)},
+    )
+    top_k: int | None = setting(
+        None,
+        "flag the k most suspicious",
+        label="Flag the k most suspicious",
+        min=1,
+        cli_flags=("-k",),
+        form_default=10,
+        form_when={"flag_by": ("top_k",)},
+    )
+    level: str = setting(
+        "sample",
+        "'sample' flags samples; 'label' flags classifications / detections (and tags them) and their samples",
+        label="Flag",
+        choices=LEVELS,
+        choice_labels={"sample": "Samples", "label": "Individual labels"},
+        form_when={"kind": ("classifications", "detections")},
+    )
+    tag: str = setting("mislabel", "the sample (and label) tag")
+    view_name: str | None = setting(None, "the saved review view (None: '{field}-review', underscores as dashes)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.tag or not isinstance(self.tag, str):
+            raise ValueError(f"`tag` must be a non-empty string, got {self.tag!r}")
+        select_flags(np.zeros(1), *self.flag_values())
+
+    def flag_values(self) -> tuple:
+        """(threshold, percentile, top_k), with threshold 0.5 when none is given."""
+        if self.threshold is None and self.percentile is None and self.top_k is None:
+            return 0.5, None, None
+        return self.threshold, self.percentile, self.top_k
+
+    def score_field(self, label_field: str) -> str:
+        return self.field or f"{label_field}_match"
+
+
+@dataclasses.dataclass
+class MislabelSettings(FlagSettings):
+    """What `find_mislabels` scores, then how it flags (the `FlagSettings` fields)."""
+
+    model: str | None = setting(
+        None,
+        "a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-itm-base-coco)",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_MATCH_MODEL",
+    )
+    template: str | None = setting(
+        None,
+        "the label prompt; must contain {label} (None: 'a photo of a {label}'; 'a {label}' for shapes-tiny)",
+        label="Prompt template",
+        cli_flags=("-t",),
+        form_when={"kind": ("classification", "classifications", "detections")},
+    )
+    classes: list[str] | None = setting(
+        None, "the label set for margins, a list or comma-separated text (None: the labels present)"
+    )
+    margin: bool = setting(
+        True,
+        "compute margins against the best other class (one ITM pass per class and label)",
+        label="Margin against the best other class",
+        cli_flags=("--no-margin",),
+        cli_help="Skip margins against the best other class (one ITM pass per class and label).",
+        form_when={"kind": ("classification", "classifications", "detections")},
+    )
+    itc: bool = setting(False, "also store ITC cosine similarities", label="Also store ITC cosine similarity")
+    crop_padding: float | None = setting(
+        None, "detections: box growth factor, >= 1 (None: 1.25; 3.0 for shapes-tiny)", min=1
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.classes, str):
+            self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+        if self.template is not None:
+            check_template(self.template)
 
 
 @dataclasses.dataclass
@@ -664,3 +786,48 @@ def _last_settings(samples, field: str) -> dict | None:
         if record.get("capability") == "match" and record.get("field") == field:
             return record.get("settings")
     return None
+
+
+def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
+    """Scores, then flags, the labels of `samples`; see `fiftyone_blip.find_mislabels`."""
+    from fiftyone_blip import engine, models
+
+    kind = label_kind(samples, label_field)
+    field = settings.score_field(label_field)
+    engine.check_field_name(field)
+    if field == label_field:
+        raise ValueError(f"`field` must differ from `label_field` ({label_field!r})")
+    name, _ = models.resolve_name(settings.model, "match")
+    scoring = MatchSettings(
+        kind=kind,
+        template=default_template(name) if settings.template is None else settings.template,
+        classes=settings.classes if settings.classes is not None else label_classes(samples, label_field, kind),
+        margin=settings.margin,
+        itc=settings.itc,
+        crop_padding=default_crop_padding(name) if settings.crop_padding is None else settings.crop_padding,
+        resize=options.resize,
+    )
+    resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
+    loaded = models.load_model(settings.model, task="match", device=options.device, dtype=options.dtype)
+    task = match_task(loaded, scoring, label_field, field)
+    names = ["itm"] + (["margin"] if scoring.margin else []) + (["itc"] if scoring.itc else [])
+    declare_label_attributes(samples._dataset, label_field, kind, field, names)
+    summary = engine.run(samples, task, options)
+    return {"run": summary, **flag_with(samples, label_field, settings)}
+
+
+def flag_with(samples, label_field: str, settings: FlagSettings) -> dict:
+    """`flag` with the flagging part of `settings`; see `fiftyone_blip.flag_mislabels`."""
+    threshold, percentile, top_k = settings.flag_values()
+    return flag(
+        samples,
+        label_field,
+        settings.score_field(label_field),
+        method=settings.method,
+        threshold=threshold,
+        percentile=percentile,
+        top_k=top_k,
+        level=settings.level,
+        tag=settings.tag,
+        view_name=settings.view_name,
+    )
