@@ -41,6 +41,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from fiftyone_blip.progress import reporter
 from fiftyone_blip.settings import DEVICES, SDK_CLI, Settings, setting
 
 BASE_LANGUAGE = "en"
@@ -494,26 +495,6 @@ def _encode_captions(tokenizer, captions: list[str], bos: int):
     return ids, batch["attention_mask"]
 
 
-def _progress_reporter(progress, description: str):
-    """A callable (done, total) from `progress`: True (a bar), False or a callable."""
-    if callable(progress):
-        return progress, lambda: None
-    if not progress:
-        return (lambda done, total: None), lambda: None
-    from tqdm.auto import tqdm
-
-    bar = {}
-
-    def report(done, total):
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, desc=description, unit="step")
-        bar["bar"].total = total
-        bar["bar"].n = done
-        bar["bar"].refresh()
-
-    return report, lambda: bar.get("bar") and bar["bar"].close()
-
-
 def _greedy_captions(model, tokenizer, features, indices, max_new_tokens: int, batch_size: int = 256):
     import torch
 
@@ -589,7 +570,6 @@ def train_adapter(
     import torch
 
     from fiftyone_blip import models
-    from fiftyone_blip.images import Preprocessor
 
     check_language(language)
     if language == BASE_LANGUAGE:
@@ -606,11 +586,10 @@ def train_adapter(
             raise AdapterError(f"`threads` must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     wall0, cpu0 = time.time(), time.process_time()
-    name, local = models.resolve_name(model, "caption")
-    resolved_device = models.resolve_device(device)
     # A private copy: training resizes embeddings and injects layers, which
     # must not leak into the cached model that captioning uses.
-    loaded = models._load.__wrapped__(name, local, "caption", resolved_device, "float32", None, "sdpa")
+    loaded = models.load_model(model, task="caption", device=device, dtype="float32", cached=False)
+    resolved_device = loaded.device
     net = loaded.model
     base = base_identity(loaded)
     base_parameters = sum(p.numel() for p in net.parameters())
@@ -639,8 +618,8 @@ def train_adapter(
         f"{len(new_tokens)} new tokens, {trainable:,} trainable parameters ({ratio:.2%} of {base_parameters:,})"
     )
 
-    report, close = _progress_reporter(progress, f"adapter {language}")
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, "squash")
+    report, close = reporter(progress, f"adapter {language}", unit="step")
+    preprocess = loaded.preprocessor("squash")
     paths = [p for p, _ in train_pairs] + [p for p, _ in val_pairs]
     features = _ImageFeatures(net, preprocess, paths, resolved_device, settings.batch_size, lambda d, t: None)
     bos = net.config.text_config.bos_token_id

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.settings import Settings, setting
 
 MODES = ("cross-attention", "gradcam")
@@ -144,6 +145,9 @@ class HeatmapSettings(Settings):
             raise ValueError(f"`normalize_heads` must be True or False, got {self.normalize_heads!r}")
         if not isinstance(self.map_size, int) or not 8 <= self.map_size <= 1024:
             raise ValueError(f"`map_size` must be in 8..1024, got {self.map_size!r}")
+        check_field_name(self.field)
+        if self.text is None and self.text_field is not None:
+            check_field_name(self.text_field)
         if self.text is not None and not self.text.strip():
             raise ValueError("`text` must not be empty")
         if self.text is None and self.text_field is None and self.mode == "gradcam":
@@ -335,7 +339,7 @@ class HeatmapMaker:
 
     def __call__(self, pixel_values, texts: list[str]) -> list[dict]:
         """Returns per sample: words, word maps (words, grid, grid), overall map (grid, grid), probs / match."""
-        pixel_values = pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
+        pixel_values = self.loaded.pixels(pixel_values)
         batch = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         if self.settings.mode == "cross-attention":
@@ -458,6 +462,8 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
     """
     import fiftyone as fo
 
+    from fiftyone_blip import fields
+
     names = field_names(field, mode, maps_dir)
     wanted = {
         names["heatmap"]: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
@@ -468,24 +474,7 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
         if mode == "cross-attention"
         else (fo.FloatField, {}),
     }
-    schema = dataset.get_field_schema()
-    for name, (field_type, kwargs) in wanted.items():
-        existing = schema.get(name)
-        if existing is None:
-            continue
-        same = isinstance(existing, field_type)
-        if same and "embedded_doc_type" in kwargs:
-            same = existing.document_type is kwargs["embedded_doc_type"]
-        if same and "subfield" in kwargs:
-            same = isinstance(existing.field, kwargs["subfield"])
-        if not same:
-            raise ValueError(
-                f"field {name!r} already exists as a {type(existing).__name__}; heatmaps write a "
-                f"{field_type.__name__} there: choose another field"
-            )
-    for name, (field_type, kwargs) in wanted.items():
-        if name not in schema:
-            dataset.add_sample_field(name, field_type, **kwargs)
+    fields.declare(dataset, wanted, "heatmaps")
 
 
 def heatmap_task(
@@ -507,14 +496,13 @@ def heatmap_task(
     from PIL import Image
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import Preprocessor
 
     if text is not None and not text.strip():
         raise ValueError("`text` must not be empty")
     if text is None and text_field is None and settings.mode == "gradcam":
         raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
     names = field_names(field, settings.mode, maps_dir)
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    preprocess = loaded.preprocessor(resize)
     maker = HeatmapMaker(loaded, settings)
     reads = (text_field,) if text is None and text_field else ()
     folder = Path(maps_dir).expanduser().resolve() if maps_dir else None
@@ -692,10 +680,8 @@ def run(samples, settings: HeatmapSettings, options):
     """Computes heatmaps of `samples` on the engine; see `fiftyone_blip.heatmaps`."""
     from fiftyone_blip import engine, models
 
-    engine.check_field_name(settings.field)
     text_field = settings.text_field if settings.text is None else None
     if text_field is not None:
-        engine.check_field_name(text_field)
         if text_field not in samples._dataset.get_field_schema():
             raise ValueError(f"`text_field` {text_field!r} is not a field of the dataset: caption the samples first")
         samples = samples.exists(text_field)

@@ -11,9 +11,9 @@ and settings into an engine `Task` that writes, per sample:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
+from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.settings import Settings, check_value, setting
 
 STRATEGIES = ("greedy", "beam", "diverse-beam", "sample")
@@ -138,6 +138,7 @@ class CaptionSettings(Settings):
             raise ValueError(
                 f"`min_new_tokens` must be in 0..max_new_tokens ({self.max_new_tokens}), got {self.min_new_tokens}"
             )
+        check_field_name(self.field)
         if self.prompt is not None:
             self.prompt = self.prompt.strip() or None
         if self.language == BASE_LANGUAGE:
@@ -231,18 +232,10 @@ class Captioner:
             self.prompt_ids = torch.tensor([[text_config.bos_token_id]])
         self.torch = torch
 
-    def autocast(self):
-        """bf16/fp16 on CPU runs as autocast over fp32 weights; GPUs hold weights in that dtype."""
-        torch = self.torch
-        if self.loaded.dtype in ("bfloat16", "float16") and self.device == "cpu":
-            return torch.autocast("cpu", dtype=getattr(torch, self.loaded.dtype))
-        return contextlib.nullcontext()
-
     def __call__(self, pixel_values) -> list[dict]:
         torch = self.torch
-        with torch.inference_mode(), self.autocast():
-            pixel_values = pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
-            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+        with torch.inference_mode(), self.loaded.autocast():
+            image_embeds = self.loaded.image_embeds(pixel_values)
             if self.settings.strategy == "diverse-beam":
                 sequences, confidences = self._diverse(image_embeds)
             else:
@@ -338,10 +331,9 @@ def caption_task(
     import fiftyone as fo
 
     from fiftyone_blip import adapters, engine
-    from fiftyone_blip.images import Preprocessor
 
     tokenizer, adapter_identity, activate = adapters.prepare(loaded, language)
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    preprocess = loaded.preprocessor(resize)
     captioner = Captioner(loaded, settings, tokenizer=tokenizer)
     confidence_field = f"{field}_confidence"
 
@@ -372,7 +364,6 @@ def run(samples, settings: CaptionSettings, options):
         from fiftyone_blip import adapters
 
         adapters.check_language(settings.language)
-    engine.check_field_name(settings.field)
     loaded = models.load_model(settings.model, task="caption", device=options.device, dtype=options.dtype)
     task = caption_task(loaded, settings, field=settings.field, resize=options.resize, language=settings.language)
     return engine.run(samples, task, options)

@@ -30,12 +30,12 @@ ITM probabilities are ranking scores, not calibrated probabilities.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import string
 
 import numpy as np
 
+from fiftyone_blip import fields as schema_fields
 from fiftyone_blip.settings import Settings, setting
 
 METHODS = ("auto", "itm", "itc", "itm+margin")
@@ -120,12 +120,10 @@ def compatible_fields(samples) -> list[str]:
     """The sample fields `label_kind` accepts, in schema order (built-in fields left out)."""
     import fiftyone as fo
 
-    from fiftyone_blip.engine import _RESERVED_FIELDS
-
     names = []
     schema = samples.get_field_schema()
     for name, field in schema.items():
-        if name in _RESERVED_FIELDS:
+        if name in schema_fields.RESERVED_FIELDS:
             continue
         # an engine run's own bookkeeping ("caption_error", "caption_run") is not a label
         stem, _, suffix = name.rpartition("_")
@@ -219,6 +217,8 @@ class FlagSettings(Settings):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.field is not None:
+            schema_fields.check_field_name(self.field)
         if not self.tag or not isinstance(self.tag, str):
             raise ValueError(f"`tag` must be a non-empty string, got {self.tag!r}")
         select_flags(np.zeros(1), *self.flag_values())
@@ -345,23 +345,9 @@ class Matcher:
         self.max_length = min(int(self.tokenizer.model_max_length), text_config.max_position_embeddings)
         self._text_cache: dict[str, tuple] = {}
 
-    def autocast(self):
-        torch = self.torch
-        if self.loaded.dtype in ("bfloat16", "float16") and self.device == "cpu":
-            return torch.autocast("cpu", dtype=getattr(torch, self.loaded.dtype))
-        return contextlib.nullcontext()
-
     def tokens(self, texts: list[str]):
         """Padded token ids and mask for texts (BLIP's tokenizer, truncated to the model's length)."""
-        batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-
-    def image_embeds(self, pixel_values):
-        """Patch embeddings (batch, 1 + grid * grid, width) of a pixel batch."""
-        dtype = next(self.model.parameters()).dtype
-        return self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype=dtype)).last_hidden_state
+        return self.loaded.text_tokens(texts, self.max_length)
 
     def itm(self, image_embeds, image_index: list[int], texts: list[str]) -> np.ndarray:
         """ITM match probability of each pair (image_embeds[image_index[i]], texts[i])."""
@@ -371,14 +357,7 @@ class Matcher:
             chunk = texts[start : start + PAIR_BATCH]
             index = torch.as_tensor(image_index[start : start + PAIR_BATCH], device=image_embeds.device)
             ids, mask = self.tokens(chunk)
-            embeds = image_embeds.index_select(0, index)
-            fused = self.model.text_encoder(
-                input_ids=ids,
-                attention_mask=mask,
-                encoder_hidden_states=embeds,
-                encoder_attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
-            ).last_hidden_state
-            logits = self.model.itm_head(fused[:, 0]).float()
+            logits = self.loaded.itm_logits(image_embeds.index_select(0, index), ids, mask)
             out.append(logits.softmax(-1)[:, 1].cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
@@ -414,8 +393,8 @@ class Matcher:
             prompts already), with `itc` "itc": (n,), with classes "class_itm": (n, C).
         """
         torch = self.torch
-        with torch.inference_mode(), self.autocast():
-            embeds = self.image_embeds(pixel_values)
+        with torch.inference_mode(), self.loaded.autocast():
+            embeds = self.loaded.image_embeds(pixel_values)
             n = embeds.shape[0]
             result = {"itm": self.itm(embeds, list(range(n)), texts)} if own_itm else {}
             if itc:
@@ -441,7 +420,7 @@ class _Item:
     siblings: list[set]  # per view: labels that must not count as "the best other class"
 
 
-def _crop(image, box: list[float], padding: float):
+def crop(image, box: list[float], padding: float):
     """Crops a relative [x, y, w, h] box grown by `padding` around its center (clipped to the image)."""
     width, height = image.size
     x, y, w, h = box
@@ -459,9 +438,9 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
     import fiftyone as fo
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import Preprocessor, load_image
+    from fiftyone_blip.images import load_image
 
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, settings.resize)
+    preprocess = loaded.preprocessor(settings.resize)
     matcher = Matcher(loaded)
     kind = settings.kind
     classes = settings.classes if settings.margin else []
@@ -487,7 +466,7 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
             boxes = value.detections
             pixels = [
                 preprocess.from_image(
-                    _crop(image, boxes[int(p.rsplit(".", 1)[1])].bounding_box, settings.crop_padding)
+                    crop(image, boxes[int(p.rsplit(".", 1)[1])].bounding_box, settings.crop_padding)
                 )[0]
                 for _, p in labels
             ]
@@ -565,10 +544,8 @@ def declare_label_attributes(dataset, label_field: str, kind: str, field: str, n
     """Declares per-label attributes in the dataset schema, so the App can filter on them."""
     import fiftyone as fo
 
-    flat = dataset.get_field_schema(flat=True)
-    for path in label_attribute_paths(label_field, kind, field, names):
-        if path not in flat:
-            dataset.add_sample_field(path, field_type or fo.FloatField)
+    paths = label_attribute_paths(label_field, kind, field, names)
+    schema_fields.declare(dataset, {path: field_type or fo.FloatField for path in paths}, "label QA", flat=True)
 
 
 # --- flagging ------------------------------------------------------------------------------------------------
@@ -703,7 +680,7 @@ def flag(
         label_flags = None
 
     ids = samples.values("id")
-    _declare(dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField})
+    schema_fields.declare(dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
     samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
     samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
     # a re-run replaces the earlier flags of these samples
@@ -767,17 +744,6 @@ def _floats(values) -> list:
     return [None if v is None or np.isnan(v) else float(v) for v in np.asarray(values, dtype=float)]
 
 
-def _declare(dataset, fields: dict) -> None:
-    schema = dataset.get_field_schema()
-    for name, field_type in fields.items():
-        if name in schema and not isinstance(schema[name], field_type):
-            raise ValueError(
-                f"field {name!r} already exists as a {type(schema[name]).__name__}; choose another `field`"
-            )
-        if name not in schema:
-            dataset.add_sample_field(name, field_type)
-
-
 def _last_settings(samples, field: str) -> dict | None:
     """Settings of the latest completed match run that wrote `field` on this dataset."""
     from fiftyone_blip import engine
@@ -794,7 +760,6 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
 
     kind = label_kind(samples, label_field)
     field = settings.score_field(label_field)
-    engine.check_field_name(field)
     if field == label_field:
         raise ValueError(f"`field` must differ from `label_field` ({label_field!r})")
     name, _ = models.resolve_name(settings.model, "match")

@@ -359,6 +359,9 @@ class EmbedSettings(Settings):
 
     def __post_init__(self):
         super().__post_init__()
+        from fiftyone_blip.fields import check_field_name
+
+        check_field_name(self.field)
         if self.brain_key is not None and not (isinstance(self.brain_key, str) and self.brain_key):
             raise ValueError(f"`brain_key` must be a non-empty name or None, got {self.brain_key!r}")
 

@@ -23,7 +23,6 @@ from fiftyone_blip import (
     HeatmapSettings,
     MislabelSettings,
     RunOptions,
-    engine,
     models,
 )
 from fiftyone_blip.settings import form_default, form_shows, label_of
@@ -85,6 +84,12 @@ def run_inputs(inputs, cls):
 
 def run_options(ctx, cls, progress):
     return RunOptions.from_params({**cls.run_defaults, **ctx.params}, progress=progress)
+
+
+def check_settings(ctx, cls, params=None):
+    """The library's own checks of a form: its run options, then its settings (returned)."""
+    run_options(ctx, cls, None)
+    return cls.from_params(ctx.params if params is None else params)
 
 
 def checked_form(inputs, label, check):
@@ -183,9 +188,7 @@ class CaptionSamples(foo.Operator):
         _language_dropdown(inputs, ctx.params.get("model") or defaults["model"])
 
         def check():
-            settings = CaptionSettings.from_params(ctx.params)
-            run_options(ctx, CaptionSettings, None)
-            engine.check_field_name(settings.field)
+            settings = check_settings(ctx, CaptionSettings)
             if settings.language is not None:
                 from fiftyone_blip import adapters
 
@@ -230,12 +233,7 @@ class ComputeHeatmaps(foo.Operator):
         settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=("mode",))
         run_inputs(inputs, HeatmapSettings)
 
-        def check():
-            settings = HeatmapSettings.from_params(ctx.params)
-            run_options(ctx, HeatmapSettings, None)
-            engine.check_field_name(settings.field)
-
-        return checked_form(inputs, "BLIP: word heatmaps", check)
+        return checked_form(inputs, "BLIP: word heatmaps", lambda: check_settings(ctx, HeatmapSettings))
 
     def execute(self, ctx):
         settings, view = HeatmapSettings.from_params(ctx.params), ctx.target_view()
@@ -385,9 +383,7 @@ class FindMislabels(foo.Operator):
             if label_field not in compatible:
                 matching.label_kind(ctx.dataset, label_field)  # raises: a missing field, or what it holds
                 raise ValueError(f"`label_field` {label_field!r} is not a label field (choose one of {compatible})")
-            settings = MislabelSettings.from_params({**context, **ctx.params})
-            run_options(ctx, MislabelSettings, None)
-            engine.check_field_name(settings.score_field(label_field))
+            check_settings(ctx, MislabelSettings, {**context, **ctx.params})
 
         return checked_form(inputs, "BLIP: find mislabels", check)
 
@@ -429,10 +425,8 @@ class ComputeEmbeddings(foo.Operator):
         run_inputs(inputs, EmbedSettings)
 
         def check():
-            settings = EmbedSettings.from_params(ctx.params)
-            run_options(ctx, EmbedSettings, None)
-            engine.check_field_name(settings.field)
-            if not ctx.params.get("brain_key", settings.brain_key):
+            check_settings(ctx, EmbedSettings)
+            if not ctx.params.get("brain_key", "-"):
                 raise ValueError("`brain_key` must be a non-empty name")
 
         return checked_form(inputs, "BLIP: compute embeddings and similarity index", check)
