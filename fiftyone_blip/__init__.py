@@ -23,10 +23,10 @@ __version__ = "0.1.0"
 # Settings classes are light (no torch, no FiftyOne): each declares its fields once, with
 # default, bounds and help, for the SDK, the CLI and the App forms.
 from fiftyone_blip.adapters import AdapterJobSettings, AdapterTrainingSettings  # noqa: E402
-from fiftyone_blip.attention_maps import HeatmapSettings  # noqa: E402
 from fiftyone_blip.captions import CaptionSettings  # noqa: E402
-from fiftyone_blip.matching import FlagSettings, MislabelSettings  # noqa: E402
+from fiftyone_blip.mislabels import FlagSettings, MislabelSettings  # noqa: E402
 from fiftyone_blip.settings import EmbedSettings, RunOptions, SearchSettings, documented  # noqa: E402
+from fiftyone_blip.word_heatmaps import HeatmapSettings  # noqa: E402
 
 __all__ = [
     "RunOptions",
@@ -209,9 +209,9 @@ def heatmaps(samples, settings=None, options=None, **overrides):
         ValueError: an invalid setting, before any sample is touched.
         ModelLoadError: the model cannot be loaded.
     """
-    from fiftyone_blip import attention_maps
+    from fiftyone_blip import word_heatmaps
 
-    return attention_maps.run(samples, *HeatmapSettings.resolve(settings, options, overrides))
+    return word_heatmaps.run(samples, *HeatmapSettings.resolve(settings, options, overrides))
 
 
 def write_heatmap_overlays(sample, output_dir: str, field: str = "heatmap", alpha: float = 0.5) -> list:
@@ -219,7 +219,7 @@ def write_heatmap_overlays(sample, output_dir: str, field: str = "heatmap", alph
 
     Also writes `caption.png` (the whole caption's map). Returns the paths.
     """
-    from fiftyone_blip import attention_maps as heatmap_module
+    from fiftyone_blip import word_heatmaps as heatmap_module
 
     return heatmap_module.write_overlays(sample, output_dir, field=field, alpha=alpha)
 
@@ -353,7 +353,7 @@ def find_mislabels(samples, label_field: str, settings=None, options=None, **ove
         samples: a FiftyOne dataset or view.
         label_field: the field to check (Classification, Classifications,
             Detections or string).
-        settings: a `matching.MislabelSettings` (None: its defaults).
+        settings: a `mislabels.MislabelSettings` (None: its defaults).
         options: a `RunOptions` (None: its defaults).
         **overrides: any field of either, by name:
         {settings}
@@ -368,9 +368,9 @@ def find_mislabels(samples, label_field: str, settings=None, options=None, **ove
             any work.
         ModelLoadError: the model cannot be loaded.
     """
-    from fiftyone_blip import matching
+    from fiftyone_blip import mislabels
 
-    return matching.run(samples, label_field, *MislabelSettings.resolve(settings, options, overrides))
+    return mislabels.run(samples, label_field, *MislabelSettings.resolve(settings, options, overrides))
 
 
 @documented(FlagSettings)
@@ -389,7 +389,7 @@ def flag_mislabels(samples, label_field: str, settings=None, **overrides) -> dic
     Args:
         samples: a FiftyOne dataset or view.
         label_field: the field that was scored.
-        settings: a `matching.FlagSettings` (None: its defaults).
+        settings: a `mislabels.FlagSettings` (None: its defaults).
         **overrides: any of its fields, by name:
         {settings}
 
@@ -397,6 +397,6 @@ def flag_mislabels(samples, label_field: str, settings=None, **overrides) -> dic
         a dict: method, flagged_samples, flagged_labels, scored_samples,
         total_samples, tag, view, score_field, flag_field.
     """
-    from fiftyone_blip import matching
+    from fiftyone_blip import mislabels
 
-    return matching.flag_with(samples, label_field, FlagSettings.resolve(settings, None, overrides, run_options=False))
+    return mislabels.flag_with(samples, label_field, FlagSettings.resolve(settings, None, overrides, run_options=False))

@@ -21,7 +21,7 @@ from fiftyone_blip import (  # light: no torch, no FiftyOne at import
     RunOptions,
     SearchSettings,
 )
-from fiftyone_blip.matching import FlagSettings
+from fiftyone_blip.mislabels import FlagSettings
 
 
 def translate_errors(function):

@@ -242,7 +242,7 @@ def _load(
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice, once per load
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     if attention == "sdpa":
-        from fiftyone_blip.attention import use_sdpa
+        from fiftyone_blip.sdpa import use_sdpa
 
         use_sdpa(model)
     return LoadedModel(
@@ -282,7 +282,7 @@ def load_model(
             dynamically, the fastest CPU setting.
         revision: a hub revision (branch, tag or commit); None for the default.
         attention: "sdpa" (fused scaled-dot-product attention, see
-            `fiftyone_blip.attention`) or "eager" (transformers' own, which
+            `fiftyone_blip.sdpa`) or "eager" (transformers' own, which
             can return attention weights) ("sdpa").
         cached: share one loaded copy per arguments with other callers (the
             last four are kept); False loads a private copy that the caller

@@ -219,7 +219,7 @@ class ComputeHeatmaps(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from fiftyone_blip import attention_maps
+        from fiftyone_blip import word_heatmaps
 
         inputs = types.Object()
         inputs.view_target(ctx)
@@ -229,7 +229,7 @@ class ComputeHeatmaps(foo.Operator):
         if mode == "cross-attention":
             sources["generate"] = "Caption each image first"
         _dropdown(inputs, "text_source", "Text to explain", sources, default="field")
-        defaults = {"model": default_model(ctx, attention_maps.MODE_TASKS[mode])}
+        defaults = {"model": default_model(ctx, word_heatmaps.MODE_TASKS[mode])}
         settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=("mode",))
         run_inputs(inputs, HeatmapSettings)
 
@@ -277,10 +277,10 @@ class WordHeatmapsPanel(foo.Panel):
 
     def _show(self, ctx):
         """Puts the chosen word's overlay and probability into the panel's state and data."""
-        from fiftyone_blip import attention_maps
+        from fiftyone_blip import word_heatmaps
 
         state = ctx.panel.state
-        fields = attention_maps.heatmap_fields(ctx.dataset) if ctx.dataset is not None else []
+        fields = word_heatmaps.heatmap_fields(ctx.dataset) if ctx.dataset is not None else []
         state.fields = fields
         state.message = None
         if not fields:
@@ -293,7 +293,7 @@ class WordHeatmapsPanel(foo.Panel):
             return
         sample = ctx.dataset[ctx.current_sample]
         try:
-            shown = attention_maps.word_view(sample, state.field, int(state.word or 0))
+            shown = word_heatmaps.word_view(sample, state.field, int(state.word or 0))
         except ValueError as error:
             state.message = f"{error}. Run the **BLIP: word heatmaps** operator on this sample."
             return
@@ -350,11 +350,11 @@ class FindMislabels(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from fiftyone_blip import matching
+        from fiftyone_blip import mislabels
 
         inputs = types.Object()
         inputs.view_target(ctx)
-        compatible = matching.compatible_fields(ctx.dataset) if ctx.dataset is not None else []
+        compatible = mislabels.compatible_fields(ctx.dataset) if ctx.dataset is not None else []
         if not compatible:
             prop = inputs.view(
                 "no_fields",
@@ -367,13 +367,13 @@ class FindMislabels(foo.Operator):
             return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
         _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=compatible[0])
         label_field = ctx.params.get("label_field") or compatible[0]
-        kind = matching.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
+        kind = mislabels.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
         model = ctx.params.get("model") or default_model(ctx, "match")
         _dropdown(inputs, "flag_by", "Flag by", _FLAG_BY_LABELS, default="threshold")
         defaults = {
             "model": default_model(ctx, "match"),
             "field": f"{label_field}_match",
-            "template": matching.default_template(model),
+            "template": mislabels.default_template(model),
         }
         context = {"kind": kind, "flag_by": ctx.params.get("flag_by") or "threshold"}
         settings_inputs(inputs, MislabelSettings, ctx.params, defaults=defaults, context=context)
@@ -381,7 +381,7 @@ class FindMislabels(foo.Operator):
 
         def check():
             if label_field not in compatible:
-                matching.label_kind(ctx.dataset, label_field)  # raises: a missing field, or what it holds
+                mislabels.label_kind(ctx.dataset, label_field)  # raises: a missing field, or what it holds
                 raise ValueError(f"`label_field` {label_field!r} is not a label field (choose one of {compatible})")
             check_settings(ctx, MislabelSettings, {**context, **ctx.params})
 

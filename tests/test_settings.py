@@ -89,9 +89,9 @@ def _settings_in(call, cls):
 
 @pytest.mark.parametrize("cls, sdk, _cli, _op", ENGINE, ids=lambda v: getattr(v, "__name__", None))
 def test_sdk_defaults_and_keywords(monkeypatch, cls, sdk, _cli, _op):
-    from fiftyone_blip import attention_maps, captions, embeddings, matching
+    from fiftyone_blip import captions, embeddings, mislabels, word_heatmaps
 
-    module = {"caption": captions, "heatmaps": attention_maps, "find_mislabels": matching, "embed": embeddings}[sdk]
+    module = {"caption": captions, "heatmaps": word_heatmaps, "find_mislabels": mislabels, "embed": embeddings}[sdk]
     calls = _capture(monkeypatch, module, "run")
     function = getattr(fiftyone_blip, sdk)
     extra = ("gt_label",) if sdk == "find_mislabels" else ()
@@ -110,9 +110,9 @@ def test_sdk_defaults_and_keywords(monkeypatch, cls, sdk, _cli, _op):
 
 
 def test_sdk_flag_search_and_adapter_defaults(monkeypatch):
-    from fiftyone_blip import adapters, embeddings, matching
+    from fiftyone_blip import adapters, embeddings, mislabels
 
-    flags = _capture(monkeypatch, matching, "flag_with")
+    flags = _capture(monkeypatch, mislabels, "flag_with")
     fiftyone_blip.flag_mislabels(None, "gt_label")
     assert _settings_in(flags[-1], FlagSettings) == FlagSettings()
     for field in FlagSettings.fields("sdk"):
@@ -269,16 +269,16 @@ def test_form_defaults_heatmaps(fresh_dataset, plugin_installed):
 
 
 def test_form_defaults_mislabels(fresh_dataset, plugin_installed):
-    from fiftyone_blip import matching
+    from fiftyone_blip import mislabels
 
-    context = {"kind": matching.label_kind(fresh_dataset, "gt_label")}
+    context = {"kind": mislabels.label_kind(fresh_dataset, "gt_label")}
     for flag_by in ("threshold", "percentile", "top_k"):
         base = {"label_field": "gt_label", "flag_by": flag_by}
         _check_form(fresh_dataset, MislabelSettings, "find_mislabels", base=base, context=context, dependent=("field",))
     shown = _form(fresh_dataset, "find_mislabels", {"label_field": "gt_label"})
     # the score field the form suggests is the one the SDK picks for None
     assert MislabelSettings(field=shown["field"]).score_field("gt_label") == MislabelSettings().score_field("gt_label")
-    assert shown["template"] == matching.default_template(shown["model"])
+    assert shown["template"] == mislabels.default_template(shown["model"])
 
 
 def test_form_defaults_embeddings_and_adapters(fresh_dataset, plugin_installed):

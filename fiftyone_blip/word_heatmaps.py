@@ -1,7 +1,8 @@
 """Where BLIP looked: one heatmap per caption word, and one for the whole caption.
 
-(The SDK function is `fiftyone_blip.heatmaps`; this module is not named
-`heatmaps` because importing it would replace that function on the package.)
+(The SDK function is `fiftyone_blip.heatmaps`, whose work is `run` here; a
+module named `heatmaps` would replace that function on the package when
+imported, so this one is `word_heatmaps`.)
 
 Two modes:
 
@@ -329,7 +330,7 @@ class HeatmapMaker:
         self.heads = settings.head_indices(text_config.num_attention_heads)
         self.skip_ids = set(self.tokenizer.all_special_ids) | {self.bos, text_config.pad_token_id}
         if loaded.attention != "eager":
-            # SDPA modules return no attention weights (see attention.py).
+            # SDPA modules return no attention weights (see sdpa.py).
             raise ValueError("heatmaps read attention weights: load the model with attention='eager'")
 
     def generate_captions(self, pixel_values) -> list[str]:

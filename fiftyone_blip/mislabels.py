@@ -465,9 +465,9 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
             image = load_image(path)
             boxes = value.detections
             pixels = [
-                preprocess.from_image(
-                    crop(image, boxes[int(p.rsplit(".", 1)[1])].bounding_box, settings.crop_padding)
-                )[0]
+                preprocess.from_image(crop(image, boxes[int(p.rsplit(".", 1)[1])].bounding_box, settings.crop_padding))[
+                    0
+                ]
                 for _, p in labels
             ]
             siblings = [{label} for label, _ in labels]
