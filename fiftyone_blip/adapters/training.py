@@ -1,59 +1,33 @@
-"""LoRA language adapters for BLIP's text decoder: train, save, find, load and switch.
-
-BLIP's decoder writes English. A language adapter teaches it another language
-without copying or retraining the model:
-
-- LoRA matrices on the text decoder's attention, cross-attention and
-  feed-forward layers (the vision encoder stays frozen);
-- new tokens for the words and characters the base tokenizer cannot write
-  (BLIP's bert-base-uncased tokenizer lower-cases and strips accents, and has
-  no vocabulary for most scripts): their embedding rows, which BLIP ties to
-  the output layer, train with the adapter (peft's trainable tokens);
-- a cased, accent-keeping tokenizer saved beside the adapter.
-
-An adapter folder holds peft's standard files (`adapter_config.json`,
-`adapter_model.safetensors`), the tokenizer files and `manifest.json`
-(language, base model, data sizes, held-out metrics, parameter counts).
-
-Adapters are found by language code in the registry folder
-(`FIFTYONE_BLIP_ADAPTERS_DIR`, default `~/.fiftyone-blip/adapters`), then
-among the adapters bundled for shapes-tiny. Several adapters load on one base
-model and switch without reloading it; with no adapter active the base model
-runs exactly as before.
-
-    manifest = train_adapter(pairs_from_dataset(dataset, "caption_de"), "de", model="shapes-tiny")
-    fiftyone_blip.caption(dataset, model="shapes-tiny", language="de", field="caption_de")
-"""
+"""Training a language adapter: settings, the frozen image features, the LoRA loop, saving."""
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
+from fiftyone_blip.adapters.data import pairs_from_dataset, pairs_from_folder
+from fiftyone_blip.adapters.registry import (
+    BASE_LANGUAGE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MAX_SIZE_RATIO,
+    WEIGHTS_FILE,
+    AdapterError,
+    adapter_dir,
+    base_identity,
+    check_language,
+    registry_dir,
+)
+from fiftyone_blip.adapters.tokenizer import build_tokenizer, roundtrip_rate
 from fiftyone_blip.progress import reporter
 from fiftyone_blip.settings import DEVICES, SDK_CLI, Settings, setting
 
-BASE_LANGUAGE = "en"
-REGISTRY_ENV = "FIFTYONE_BLIP_ADAPTERS_DIR"
-DEFAULT_REGISTRY = Path("~/.fiftyone-blip/adapters")
-BUNDLED_ADAPTERS_DIR = Path(__file__).parent / "shapes" / "adapters"
-MANIFEST_FILE = "manifest.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-MAX_SIZE_RATIO = 0.05
-FORMAT_VERSION = 1
-# ISO 639 code with optional subtags ("de", "pt-BR", "zh-Hans"): never a path.
-LANGUAGE_PATTERN = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
 EMBEDDINGS = "text_decoder.bert.embeddings.word_embeddings"
 # peft has no default LoRA targets for BLIP v1. These are the text decoder's
 # self-attention, cross-attention, feed-forward and LM-head transform layers;
@@ -62,292 +36,6 @@ TARGET_MODULES = (
     r"text_decoder\.(?:bert\.encoder\.layer\.\d+\.(?:(?:attention|crossattention)\.(?:self\.(?:query|key|value)"
     r"|output\.dense)|intermediate\.dense|output\.dense)|cls\.predictions\.transform\.dense)"
 )
-
-
-class AdapterError(ValueError):
-    """A language adapter is missing, invalid, or does not fit the model."""
-
-
-def check_language(language: str) -> str:
-    """Returns the language code if it is a plain code; refuses anything that could be a path."""
-    if not isinstance(language, str) or not LANGUAGE_PATTERN.match(language):
-        raise AdapterError(
-            f"`language` must be a language code such as 'de', 'ru' or 'pt-BR' (letters, digits, '-'), got {language!r}"
-        )
-    return language
-
-
-def registry_dir() -> Path:
-    """The folder that holds installed adapters, one subfolder per language."""
-    return Path(os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY).expanduser()
-
-
-def search_dirs() -> list[Path]:
-    """Where adapters are looked for, first match wins: the registry, then the bundled ones."""
-    return [registry_dir(), BUNDLED_ADAPTERS_DIR]
-
-
-def _inside(root: Path, language: str) -> Path:
-    # The pattern already rules out separators and "..": this is a second lock.
-    path = (root / check_language(language)).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise AdapterError(f"adapter {language!r} would resolve outside {str(root)!r}")
-    return path
-
-
-def read_manifest(directory: str | os.PathLike) -> dict:
-    directory = Path(directory)
-    try:
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise AdapterError(f"{str(directory)!r} is not a language adapter ({MANIFEST_FILE}: {error})") from None
-    manifest["path"] = str(directory)
-    return manifest
-
-
-def base_name(loaded) -> str:
-    """How a manifest names a base model: the bundled name, the hub id, or the local directory."""
-    from fiftyone_blip import models
-
-    if loaded.name in models.BUNDLED or loaded.path == loaded.name:
-        return loaded.name
-    return loaded.path
-
-
-def base_identity(loaded) -> dict:
-    text = loaded.model.config.text_config
-    return {
-        "name": base_name(loaded),
-        "revision": loaded.revision,
-        "vocab_size": _base_vocab_size(loaded.model),
-        "hidden_size": text.hidden_size,
-        "num_hidden_layers": text.num_hidden_layers,
-    }
-
-
-def _base_vocab_size(model) -> int:
-    # Once adapters are attached the embedding grows; the base size is kept aside.
-    return getattr(model, "_fiftyone_blip_base_vocab_size", None) or model.config.text_config.vocab_size
-
-
-def installed_adapters(model: str | None = None) -> list[dict]:
-    """Manifests of the installed adapters (registry first, then bundled), each with its `path`.
-
-    Args:
-        model: only adapters trained for this base model name (None: all).
-    """
-    found, seen = [], set()
-    for root in search_dirs():
-        if not root.is_dir():
-            continue
-        inside = root.resolve()
-        for directory in sorted(root.iterdir()):
-            if not LANGUAGE_PATTERN.match(directory.name) or not directory.resolve().is_relative_to(inside):
-                continue  # not a language code, or a link out of the registry: never read
-            if not (directory / MANIFEST_FILE).is_file():
-                continue
-            try:
-                manifest = read_manifest(directory)
-            except AdapterError:
-                continue
-            base = manifest.get("base_model", {}).get("name")
-            key = (directory.name, base)
-            if key in seen or (model is not None and base != model):
-                continue
-            seen.add(key)
-            found.append(manifest)
-    return found
-
-
-def languages(model: str | None = None) -> list[str]:
-    """English plus the languages of the installed adapters for `model` (None: any model), sorted."""
-    return [BASE_LANGUAGE] + sorted({m["language"] for m in installed_adapters(model)} - {BASE_LANGUAGE})
-
-
-def _mismatch(manifest: dict, loaded) -> str | None:
-    trained = manifest.get("base_model", {})
-    current = base_identity(loaded)
-    same_name = trained.get("name") == current["name"]
-    same_revision = None in (trained.get("revision"), current["revision"]) or trained["revision"] == current["revision"]
-    same_shape = all(trained.get(k) == current[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers"))
-    if same_name and same_revision and same_shape:
-        return None
-
-    def describe(identity):
-        revision = f" (revision {identity['revision']})" if identity.get("revision") else ""
-        return f"{identity.get('name')!r}{revision}"
-
-    return (
-        f"adapter {manifest.get('language')!r} at {manifest['path']!r} was trained for base model "
-        f"{describe(trained)}, not for {describe(current)}"
-    )
-
-
-def find_adapter(loaded, language: str) -> dict:
-    """The manifest of the installed adapter for `language` that fits the loaded base model.
-
-    Raises:
-        AdapterError: no such adapter (the message lists the installed
-            languages), or only adapters trained for another base model.
-    """
-    check_language(language)
-    refusals = []
-    for root in search_dirs():
-        directory = _inside(root, language)
-        if not (directory / MANIFEST_FILE).is_file():
-            continue
-        manifest = read_manifest(directory)
-        problem = _mismatch(manifest, loaded)
-        if problem is None:
-            return manifest
-        refusals.append(problem)
-    if refusals:
-        raise AdapterError(refusals[0])
-    available = ", ".join(languages(base_name(loaded)))
-    raise AdapterError(
-        f"no adapter for language {language!r} and model {base_name(loaded)!r}; installed: {available} "
-        f"(registry: {str(registry_dir())!r}, set {REGISTRY_ENV} to change it)"
-    )
-
-
-def _check_files(directory: Path) -> None:
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise AdapterError(
-            f"adapter folder {str(directory)!r} has no {WEIGHTS_FILE}: adapters load as safetensors only"
-        )
-    for name in ("adapter_config.json", "tokenizer_config.json"):
-        if not (directory / name).is_file():
-            raise AdapterError(f"adapter folder {str(directory)!r} has no {name}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def _cased_tokenizer(base_tokenizer, vocab: dict[str, int]):
-    from transformers import BertTokenizerFast
-
-    specials = {
-        name: getattr(base_tokenizer, name)
-        for name in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "bos_token")
-        if getattr(base_tokenizer, name, None)
-    }
-    return BertTokenizerFast(
-        vocab=dict(vocab),
-        do_lower_case=False,
-        strip_accents=False,
-        tokenize_chinese_chars=True,
-        model_max_length=base_tokenizer.model_max_length,
-        **specials,
-    )
-
-
-def _words(tokenizer, text: str) -> list[str]:
-    backend = tokenizer.backend_tokenizer
-    return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))]
-
-
-def build_tokenizer(base_tokenizer, first_new_id: int, captions: list[str], max_added_tokens: int, min_count: int = 2):
-    """A cased, accent-keeping tokenizer: the base vocabulary plus what `captions` need.
-
-    Words the base vocabulary cannot write become whole tokens when they occur
-    at least `min_count` times; rarer ones are spelt with character tokens
-    ("X" and "##X"). New ids start at `first_new_id`.
-
-    Returns:
-        (tokenizer, new tokens in id order)
-    """
-    vocab = dict(base_tokenizer.get_vocab())
-    probe = _cased_tokenizer(base_tokenizer, vocab)
-    unk = probe.unk_token
-    counts = Counter(w for caption in captions for w in _words(probe, caption))
-    model = probe.backend_tokenizer.model
-    uncovered = [(w, n) for w, n in counts.items() if unk in [t.value for t in model.tokenize(w)]]
-    uncovered.sort(key=lambda item: (-item[1], item[0]))
-    whole = [w for w, n in uncovered if n >= min_count]
-    pieces = []
-    for word, n in uncovered:
-        if n < min_count:
-            pieces += [word[0]] + [f"##{c}" for c in word[1:]]
-    new_tokens = []
-    for token in whole + sorted(set(pieces), key=pieces.index):
-        if token not in vocab and token not in new_tokens:
-            new_tokens.append(token)
-    if len(new_tokens) > max_added_tokens:
-        # Characters first: they keep every caption writable when whole words do not fit.
-        chars = [t for t in new_tokens if t in pieces]
-        words = [t for t in new_tokens if t not in pieces]
-        new_tokens = (chars + words)[:max_added_tokens]
-    for offset, token in enumerate(new_tokens):
-        vocab[token] = first_new_id + offset
-    return _cased_tokenizer(base_tokenizer, vocab), new_tokens
-
-
-def roundtrip_rate(tokenizer, captions: list[str]) -> float:
-    """Share of captions that decode back exactly (case, accents, script) after encoding."""
-    if not captions:
-        return 1.0
-    ids = tokenizer(captions)["input_ids"]
-    decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return sum(d.strip() == c.strip() for d, c in zip(decoded, captions)) / len(captions)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training data
-
-
-def pairs_from_dataset(samples, caption_field: str) -> list[tuple[str, str]]:
-    """(filepath, caption) pairs of the samples whose `caption_field` holds a non-empty string."""
-    if not samples.has_field(caption_field):
-        raise AdapterError(f"the samples have no field {caption_field!r}")
-    paths, texts = samples.values(["filepath", caption_field])
-    return [(p, t.strip()) for p, t in zip(paths, texts) if isinstance(t, str) and t.strip()]
-
-
-_IMAGE_KEYS = ("image", "filepath", "file", "filename", "path")
-
-
-def pairs_from_folder(images_dir: str | os.PathLike, captions_file: str | os.PathLike) -> list[tuple[str, str]]:
-    """(filepath, caption) pairs from a folder of images and a CSV or JSONL file of captions.
-
-    Each row names an image (column or key `image`, `filepath`, `file`,
-    `filename` or `path`; relative to `images_dir`) and its `caption`.
-    """
-    images_dir, captions_file = Path(images_dir), Path(captions_file)
-    if not images_dir.is_dir():
-        raise AdapterError(f"images folder {str(images_dir)!r} does not exist")
-    if not captions_file.is_file():
-        raise AdapterError(f"captions file {str(captions_file)!r} does not exist")
-    if captions_file.suffix.lower() == ".csv":
-        with captions_file.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    elif captions_file.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        for number, line in enumerate(captions_file.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise AdapterError(f"{str(captions_file)!r} line {number}: {error}") from None
-    else:
-        raise AdapterError(f"captions file must be .csv or .jsonl, got {str(captions_file)!r}")
-    pairs = []
-    for number, row in enumerate(rows, 1):
-        key = next((k for k in _IMAGE_KEYS if row.get(k)), None)
-        caption = row.get("caption")
-        if key is None or not isinstance(caption, str) or not caption.strip():
-            raise AdapterError(
-                f"{str(captions_file)!r} row {number} needs an image ({'/'.join(_IMAGE_KEYS)}) and a caption"
-            )
-        path = (images_dir / row[key]).resolve()
-        if not path.is_file():
-            raise AdapterError(f"{str(captions_file)!r} row {number}: image {str(path)!r} does not exist")
-        pairs.append((str(path), caption.strip()))
-    return pairs
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
 
 
 @dataclasses.dataclass
@@ -577,7 +265,7 @@ def train_adapter(
     settings = settings or AdapterTrainingSettings()
     if len(pairs) < 2:
         raise AdapterError(f"training needs at least 2 image-caption pairs, got {len(pairs)}")
-    target = Path(out).expanduser() if out is not None else _inside(registry_dir(), language)
+    target = Path(out).expanduser() if out is not None else adapter_dir(registry_dir(), language)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise AdapterError(f"adapter folder {str(target)!r} exists; pass overwrite to replace it")
 
@@ -787,141 +475,6 @@ def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-# ---------------------------------------------------------------------------------------------
-# Inference: several adapters on one base model
-
-
-class _AdapterSession:
-    """The adapters attached to one loaded model, and which one is active."""
-
-    def __init__(self, loaded, capacity: int):
-        self.loaded = loaded
-        self.lock = threading.RLock()
-        self.peft_model = None
-        self.manifests: dict[str, dict] = {}
-        self.tokenizers: dict[str, object] = {}
-        net = loaded.model
-        self.base_vocab = _base_vocab_size(net)
-        net._fiftyone_blip_base_vocab_size = self.base_vocab
-        if capacity > net.text_decoder.get_input_embeddings().weight.shape[0]:
-            net.text_decoder.resize_token_embeddings(capacity, mean_resizing=False)
-        self.capacity = net.text_decoder.get_input_embeddings().weight.shape[0]
-        self.visible = self.base_vocab
-        # Rows beyond the active tokenizer (other languages' tokens) must never be
-        # generated nor take probability mass: their logits are set to the minimum.
-        net.text_decoder.cls.register_forward_hook(self._mask_logits)
-
-    def _mask_logits(self, module, inputs, output):
-        if self.visible < output.shape[-1]:
-            import torch
-
-            output[..., self.visible :] = torch.finfo(output.dtype).min
-        return output
-
-    def attach(self, language: str, manifest: dict) -> None:
-        from peft import PeftModel
-
-        directory = Path(manifest["path"])
-        _check_files(directory)
-        needed = manifest["tokenizer"]["first_added_id"] + manifest["tokenizer"]["added_tokens"]
-        if needed > self.capacity:
-            raise AdapterError(
-                f"adapter {language!r} needs {needed} token rows but the loaded model was extended to "
-                f"{self.capacity} when its first adapter loaded; restart the process to load it"
-            )
-        tokenizer = _load_tokenizer(directory)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if self.peft_model is None:
-                self.peft_model = PeftModel.from_pretrained(
-                    self.loaded.model, str(directory), adapter_name=language, is_trainable=False
-                )
-            else:
-                self.peft_model.load_adapter(str(directory), adapter_name=language, is_trainable=False)
-        self.peft_model.eval()
-        self.manifests[language] = manifest
-        self.tokenizers[language] = tokenizer
-
-    @contextlib.contextmanager
-    def active(self, language: str | None):
-        with self.lock:
-            if language is None or language == BASE_LANGUAGE:
-                self.visible = self.base_vocab
-                context = self.peft_model.disable_adapter() if self.peft_model is not None else contextlib.nullcontext()
-            else:
-                self.peft_model.set_adapter(language)
-                self.visible = len(self.tokenizers[language])
-                context = contextlib.nullcontext()
-            try:
-                with context:
-                    yield
-            finally:
-                self.visible = self.base_vocab
-
-
-def _load_tokenizer(directory: Path):
-    from transformers import BertTokenizerFast
-
-    return BertTokenizerFast.from_pretrained(str(directory), trust_remote_code=False)
-
-
-_SESSIONS: dict[int, _AdapterSession] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-def session_for(loaded, language: str | None = None) -> _AdapterSession | None:
-    """The adapter session of a loaded model, loading `language`'s adapter if needed.
-
-    Returns None for English on a model that never had an adapter attached.
-    """
-    if language is not None:
-        check_language(language)
-    with _SESSIONS_LOCK:
-        session = _SESSIONS.get(id(loaded.model))
-        if session is not None and session.loaded.model is not loaded.model:
-            session = None  # a stale entry: the id was reused
-        if language is None or language == BASE_LANGUAGE:
-            return session
-        if loaded.dtype == "int8":
-            raise AdapterError("language adapters need float weights; `dtype` 'int8' quantizes them away")
-        if session is not None and language in session.manifests:
-            return session
-        manifest = find_adapter(loaded, language)
-        if session is None:
-            # Size the embedding once for every installed adapter of this base, so
-            # later ones load onto the same model without resizing it again.
-            rows = [
-                m["tokenizer"]["first_added_id"] + m["tokenizer"]["added_tokens"]
-                for m in installed_adapters(base_name(loaded))
-                if _mismatch(m, loaded) is None
-            ]
-            needed = manifest["tokenizer"]["first_added_id"] + manifest["tokenizer"]["added_tokens"]
-            session = _AdapterSession(loaded, max([needed, *rows]))
-            _SESSIONS[id(loaded.model)] = session
-        session.attach(language, manifest)
-        return session
-
-
-def prepare(loaded, language: str | None):
-    """For captioning: (tokenizer, identity, activation context factory) of `language` on `loaded`.
-
-    The tokenizer is None for English (the model's own); the identity goes in
-    the run fingerprint so that each language is its own result.
-    """
-    session = session_for(loaded, language)
-    if language is None or language == BASE_LANGUAGE:
-
-        def activate():
-            return session.active(None) if session is not None else contextlib.nullcontext()
-
-        return None, {}, activate
-    manifest = session.manifests[language]
-    identity = {"language": language, "adapter": manifest.get("files", {}).get(WEIGHTS_FILE)}
-    return session.tokenizers[language], identity, lambda: session.active(language)
 
 
 def train(language: str, samples, training: AdapterTrainingSettings, job: AdapterJobSettings, progress=True, log=print):
