@@ -259,102 +259,160 @@ def train_adapter(
 
     from fiftyone_blip import models
 
+    settings = settings or AdapterTrainingSettings()
+    target = _check_request(pairs, language, out, overwrite)
+    if threads is not None:
+        if threads < 1:
+            raise AdapterError(f"`threads` must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    clock = (time.time(), time.process_time())
+    # A private copy: training resizes embeddings and injects layers, which
+    # must not leak into the cached model that captioning uses.
+    loaded = models.load_model(model, task="caption", device=device, dtype="float32", cached=False)
+    torch.manual_seed(settings.seed)
+    train_pairs, val_pairs = _split(pairs, settings)
+    adapter = _new_adapter(loaded, settings, [c for _, c in train_pairs])
+    log(
+        f"adapter {language!r} on {adapter.base['name']!r}: {len(train_pairs)} training and {len(val_pairs)} "
+        f"held-out pairs, {len(adapter.new_tokens)} new tokens, {adapter.trainable:,} trainable parameters "
+        f"({adapter.ratio:.2%} of {adapter.base_parameters:,})"
+    )
+    data = _TrainingData(loaded, adapter.tokenizer, train_pairs, val_pairs, settings.batch_size)
+    report, close = reporter(progress, f"adapter {language}", unit="step")
+    try:
+        best, history = _fit(adapter, data, settings, report, log, clock[0])
+    finally:
+        close()
+    exact = _held_out_exact_match(adapter, data)
+    wall, cpu = time.time() - clock[0], time.process_time() - clock[1]
+    log(f"held-out greedy exact match {exact:.4f} ({len(val_pairs)} pairs); {wall:.0f} s wall, {cpu:.0f} s CPU")
+    manifest = _manifest(language, adapter, data, settings, best, history, exact, (wall, cpu), loaded.device)
+    _save(adapter.peft_model, adapter.tokenizer, manifest, target)
+    manifest["path"] = str(target)
+    return manifest
+
+
+def _check_request(pairs, language: str, out, overwrite: bool) -> Path:
+    """The adapter folder, after the checks that need no model."""
     check_language(language)
     if language == BASE_LANGUAGE:
         raise AdapterError(f"{BASE_LANGUAGE!r} is the base model's own language: it needs no adapter")
-    settings = settings or AdapterTrainingSettings()
     if len(pairs) < 2:
         raise AdapterError(f"training needs at least 2 image-caption pairs, got {len(pairs)}")
     target = Path(out).expanduser() if out is not None else adapter_dir(registry_dir(), language)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise AdapterError(f"adapter folder {str(target)!r} exists; pass overwrite to replace it")
+    return target
 
-    if threads is not None:
-        if threads < 1:
-            raise AdapterError(f"`threads` must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    wall0, cpu0 = time.time(), time.process_time()
-    # A private copy: training resizes embeddings and injects layers, which
-    # must not leak into the cached model that captioning uses.
-    loaded = models.load_model(model, task="caption", device=device, dtype="float32", cached=False)
-    resolved_device = loaded.device
+
+@dataclasses.dataclass
+class _Adapter:
+    """The base model with its new tokens and LoRA layers, ready to train."""
+
+    net: object
+    peft_model: object
+    tokenizer: object
+    base: dict
+    first_new_id: int
+    new_tokens: list
+    trainable: int
+    base_parameters: int
+
+    @property
+    def ratio(self) -> float:
+        return self.trainable / self.base_parameters
+
+    @property
+    def trainable_params(self) -> list:
+        return [p for p in self.peft_model.parameters() if p.requires_grad]
+
+
+def _new_adapter(loaded, settings: AdapterTrainingSettings, train_captions: list[str]) -> _Adapter:
+    """Adds the tokens the captions need and wraps the decoder in LoRA; refuses an adapter too large."""
     net = loaded.model
     base = base_identity(loaded)
     base_parameters = sum(p.numel() for p in net.parameters())
     tokenizer = loaded.processor.tokenizer
-    torch.manual_seed(settings.seed)
-
-    train_pairs, val_pairs = _split(pairs, settings)
     first_new_id = max(base["vocab_size"], max(tokenizer.get_vocab().values()) + 1)
     tokenizer, new_tokens = build_tokenizer(
-        tokenizer, first_new_id, [c for _, c in train_pairs], settings.max_added_tokens, settings.min_token_count
+        tokenizer, first_new_id, train_captions, settings.max_added_tokens, settings.min_token_count
     )
     new_ids = list(range(first_new_id, first_new_id + len(new_tokens)))
     if new_ids:
         net.text_decoder.resize_token_embeddings(new_ids[-1] + 1, mean_resizing=False)
     peft_model = _wrap_for_training(net, settings, new_ids)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    ratio = trainable / base_parameters
-    if ratio > MAX_SIZE_RATIO:
+    adapter = _Adapter(net, peft_model, tokenizer, base, first_new_id, new_tokens, trainable, base_parameters)
+    if adapter.ratio > MAX_SIZE_RATIO:
         raise AdapterError(
-            f"the adapter would hold {trainable:,} parameters, {ratio:.1%} of the base model's {base_parameters:,} "
-            f"(limit {MAX_SIZE_RATIO:.0%}): lower `rank` ({settings.rank}) or `max_added_tokens` "
-            f"({settings.max_added_tokens}, {len(new_tokens)} needed)"
+            f"the adapter would hold {trainable:,} parameters, {adapter.ratio:.1%} of the base model's "
+            f"{base_parameters:,} (limit {MAX_SIZE_RATIO:.0%}): lower `rank` ({settings.rank}) or "
+            f"`max_added_tokens` ({settings.max_added_tokens}, {len(new_tokens)} needed)"
         )
-    log(
-        f"adapter {language!r} on {base['name']!r}: {len(train_pairs)} training and {len(val_pairs)} held-out pairs, "
-        f"{len(new_tokens)} new tokens, {trainable:,} trainable parameters ({ratio:.2%} of {base_parameters:,})"
-    )
+    return adapter
 
-    report, close = reporter(progress, f"adapter {language}", unit="step")
-    preprocess = loaded.preprocessor("squash")
-    paths = [p for p, _ in train_pairs] + [p for p, _ in val_pairs]
-    features = _ImageFeatures(net, preprocess, paths, resolved_device, settings.batch_size, lambda d, t: None)
-    bos = net.config.text_config.bos_token_id
-    train_ids, train_mask = _encode_captions(tokenizer, [c for _, c in train_pairs], bos)
-    val_ids, val_mask = _encode_captions(tokenizer, [c for _, c in val_pairs], bos)
-    val_index = list(range(len(train_pairs), len(paths)))
 
-    def batch_loss(ids, mask, embeds):
+class _TrainingData:
+    """The pairs as model inputs: frozen image features by index, token ids and masks per split."""
+
+    def __init__(self, loaded, tokenizer, train_pairs, val_pairs, batch_size: int):
+        self.device = loaded.device
+        self.train_pairs, self.val_pairs = train_pairs, val_pairs
+        paths = [p for p, _ in train_pairs] + [p for p, _ in val_pairs]
+        self.features = _ImageFeatures(
+            loaded.model, loaded.preprocessor("squash"), paths, loaded.device, batch_size, lambda d, t: None
+        )
+        bos = loaded.model.config.text_config.bos_token_id
+        self.train_ids, self.train_mask = _encode_captions(tokenizer, [c for _, c in train_pairs], bos)
+        self.val_ids, self.val_mask = _encode_captions(tokenizer, [c for _, c in val_pairs], bos)
+        self.val_index = list(range(len(train_pairs), len(paths)))
+
+    def loss(self, net, ids, mask, embeds):
+        """The decoder's mean token loss of a caption batch on its image features."""
         width = int(mask.sum(1).max())
-        ids, mask = ids[:, :width].to(resolved_device), mask[:, :width].to(resolved_device)
+        ids, mask = ids[:, :width].to(self.device), mask[:, :width].to(self.device)
         labels = ids.masked_fill(mask == 0, -100)
         out = net.text_decoder(
-            input_ids=ids,
-            attention_mask=mask,
-            encoder_hidden_states=embeds,
-            labels=labels,
-            reduction="mean",
+            input_ids=ids, attention_mask=mask, encoder_hidden_states=embeds, labels=labels, reduction="mean"
         )
         return out.loss
 
-    def validation_loss():
-        peft_model.eval()
+    def validation_loss(self, net) -> float:
+        import torch
+
         total, count = 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(val_pairs), 256):
+            for start in range(0, len(self.val_pairs), 256):
                 rows = slice(start, start + 256)
-                embeds = features(val_index[rows])
-                total += float(batch_loss(val_ids[rows], val_mask[rows], embeds)) * embeds.shape[0]
+                embeds = self.features(self.val_index[rows])
+                total += float(self.loss(net, self.val_ids[rows], self.val_mask[rows], embeds)) * embeds.shape[0]
                 count += embeds.shape[0]
         return total / max(count, 1)
 
-    trainable_params = [p for p in peft_model.parameters() if p.requires_grad]
+
+def _fit(adapter: _Adapter, data: _TrainingData, settings, report, log, wall0: float):
+    """AdamW with warm-up and cosine decay, early stopping on the held-out loss; keeps the best epoch's weights.
+
+    Returns (best, history): best {"loss", "epoch", "state"} and one row per epoch.
+    """
+    import torch
+
+    trainable_params = adapter.trainable_params
     optimizer = torch.optim.AdamW(trainable_params, lr=settings.learning_rate, weight_decay=0.0)
-    steps_per_epoch = max(1, len(train_pairs) // settings.batch_size)
+    steps_per_epoch = max(1, len(data.train_pairs) // settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     generator = torch.Generator().manual_seed(settings.seed)
     best = {"loss": float("inf"), "epoch": 0, "state": None}
     history, step, stale = [], 0, 0
     for epoch in range(settings.epochs):
-        peft_model.train()
-        order = torch.randperm(len(train_pairs), generator=generator)
+        adapter.peft_model.train()
+        order = torch.randperm(len(data.train_pairs), generator=generator)
         losses = []
         for b in range(steps_per_epoch):
             idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, settings.learning_rate)
-            loss = batch_loss(train_ids[idx], train_mask[idx], features(idx.tolist()))
+            loss = data.loss(adapter.net, data.train_ids[idx], data.train_mask[idx], data.features(idx.tolist()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable_params, 1.0)
@@ -362,7 +420,8 @@ def train_adapter(
             losses.append(loss.item())
             step += 1
             report(step, total_steps)
-        val = validation_loss()
+        adapter.peft_model.eval()
+        val = data.validation_loss(adapter.net)
         history.append(
             {"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_loss": round(val, 5)}
         )
@@ -378,51 +437,60 @@ def train_adapter(
             if stale >= settings.patience:
                 log(f"early stop: no better held-out loss for {settings.patience} epochs")
                 break
-    close()
     with torch.no_grad():
         for p, saved in zip(trainable_params, best["state"]):
             p.copy_(saved)
-    peft_model.eval()
-    val_captions = [c for _, c in val_pairs]
-    longest = int(val_mask.sum(1).max()) + 8
-    predicted = _greedy_captions(net, tokenizer, features, val_index, max_new_tokens=longest)
-    exact = sum(p == c for p, c in zip(predicted, val_captions)) / len(val_captions)
-    wall, cpu = time.time() - wall0, time.process_time() - cpu0
-    log(f"held-out greedy exact match {exact:.4f} ({len(val_captions)} pairs); {wall:.0f} s wall, {cpu:.0f} s CPU")
+    adapter.peft_model.eval()
+    return best, history
 
-    manifest = {
+
+def _held_out_exact_match(adapter: _Adapter, data: _TrainingData) -> float:
+    """The share of held-out captions that greedy decoding writes exactly."""
+    captions = [c for _, c in data.val_pairs]
+    longest = int(data.val_mask.sum(1).max()) + 8
+    predicted = _greedy_captions(adapter.net, adapter.tokenizer, data.features, data.val_index, max_new_tokens=longest)
+    return sum(p == c for p, c in zip(predicted, captions)) / len(captions)
+
+
+def _manifest(language, adapter: _Adapter, data, settings, best, history, exact, times, device) -> dict:
+    """What the adapter folder says about itself (manifest.json)."""
+    import torch
+
+    wall, cpu = times
+    return {
         "format_version": FORMAT_VERSION,
         "language": language,
-        "base_model": base,
+        "base_model": adapter.base,
         "tokenizer": {
-            "added_tokens": len(new_tokens),
-            "first_added_id": first_new_id,
+            "added_tokens": len(adapter.new_tokens),
+            "first_added_id": adapter.first_new_id,
             "do_lower_case": False,
             "strip_accents": False,
-            "roundtrip_train": round(roundtrip_rate(tokenizer, [c for _, c in train_pairs]), 4),
-            "roundtrip_held_out": round(roundtrip_rate(tokenizer, val_captions), 4),
+            "roundtrip_train": round(roundtrip_rate(adapter.tokenizer, [c for _, c in data.train_pairs]), 4),
+            "roundtrip_held_out": round(roundtrip_rate(adapter.tokenizer, [c for _, c in data.val_pairs]), 4),
         },
-        "data": {"train_pairs": len(train_pairs), "held_out_pairs": len(val_pairs)},
+        "data": {"train_pairs": len(data.train_pairs), "held_out_pairs": len(data.val_pairs)},
         "metrics": {
             "held_out_loss": round(best["loss"], 5),
             "held_out_exact_match": round(exact, 4),
             "best_epoch": best["epoch"],
             "epochs_run": len(history),
         },
-        "parameters": {"trainable": trainable, "base": base_parameters, "ratio": round(ratio, 5)},
+        "parameters": {
+            "trainable": adapter.trainable,
+            "base": adapter.base_parameters,
+            "ratio": round(adapter.ratio, 5),
+        },
         "training": {
             "settings": dataclasses.asdict(settings),
             "wall_seconds": round(wall, 1),
             "cpu_seconds": round(cpu, 1),
             "torch_threads": torch.get_num_threads(),
-            "device": resolved_device,
+            "device": device,
             "history": history,
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _save(peft_model, tokenizer, manifest, target)
-    manifest["path"] = str(target)
-    return manifest
 
 
 def _lora_config(settings: AdapterTrainingSettings, new_ids: list[int], inference: bool = False):
