@@ -442,8 +442,7 @@ def search(
 
     See `fiftyone_blip.search` for the arguments.
     """
-    from fiftyone_blip import engine, models
-    from fiftyone_blip.images import ImageDecodeError
+    from fiftyone_blip import models
 
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be a positive integer, got {k!r}")
@@ -496,13 +495,24 @@ def search(
     if not rerank:
         return [Hit(ids[i], paths[i], float(itc[i]), float(itc[i])) for i in order[:k]]
 
+    logits = _itm_logits(loaded, query, paths, batch_size).astype(np.float64)
+    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
+    score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
+    order = np.argsort(-score, kind="stable")
+    return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]
+
+
+def _itm_logits(loaded, query: str, paths: list[str], batch_size: int) -> np.ndarray:
+    """ITM (no match, match) logits of each image against the query; NaN for an unreadable image."""
+    from fiftyone_blip import engine
+    from fiftyone_blip.images import ImageDecodeError
+
     preprocess = loaded.preprocessor("squash")
     embedder = Embedder(loaded)
-    logits = np.full((len(ids), 2), np.nan, dtype=np.float32)
-
-    for start in range(0, len(ids), batch_size):
+    logits = np.full((len(paths), 2), np.nan, dtype=np.float32)
+    for start in range(0, len(paths), batch_size):
         chunk, arrays = [], []
-        for i in range(start, min(start + batch_size, len(ids))):
+        for i in range(start, min(start + batch_size, len(paths))):
             try:
                 arrays.append(preprocess(paths[i])[0])
                 chunk.append(i)
@@ -510,11 +520,7 @@ def search(
                 continue  # an unreadable image keeps no ITM score and sinks to the end
         if arrays:
             logits[chunk] = embedder.itm_logits(engine.to_batch(arrays, "cpu"), query)
-    logits = logits.astype(np.float64)
-    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
-    score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
-    order = np.argsort(-score, kind="stable")
-    return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]
+    return logits
 
 
 def run(samples, settings, options, **backend_kwargs):

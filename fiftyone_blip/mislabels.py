@@ -433,50 +433,52 @@ def crop(image, box: list[float], padding: float):
     return image.crop((left, top, right, bottom))
 
 
+def _views(preprocess, settings: MatchSettings, label_field: str, path, value) -> _Item:
+    """The image views (whole image or crops) and texts one sample gives to score."""
+    from fiftyone_blip.images import load_image
+
+    kind = settings.kind
+    if kind == "text":
+        text = value.strip() if isinstance(value, str) else ""
+        if not text:
+            return _Item([], [], [], [])
+        return _Item([preprocess(path)[0]], [text], [None], [set()])
+    if value is None:
+        return _Item([], [], [], [])
+    if kind == "classification":
+        labels = [(value.label, f"{label_field}")] if value.label else []
+    else:
+        items = getattr(value, _list_path(kind)) or []
+        labels = [(lab.label, f"{label_field}.{_list_path(kind)}.{i}") for i, lab in enumerate(items) if lab.label]
+    if not labels:
+        return _Item([], [], [], [])
+    if kind == "detections":
+        image = load_image(path)
+        detections = value.detections
+        boxes = [detections[int(p.rsplit(".", 1)[1])].bounding_box for _, p in labels]
+        pixels = [preprocess.from_image(crop(image, box, settings.crop_padding))[0] for box in boxes]
+        siblings = [{label} for label, _ in labels]
+    else:
+        array = preprocess(path)[0]
+        pixels = [array] * len(labels)
+        # multi-label: the sample's other labels are not rivals of this one
+        siblings = [{label for label, _ in labels}] * len(labels)
+    return _Item(pixels, [label for label, _ in labels], [p for _, p in labels], siblings)
+
+
 def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
     """An engine `Task` that scores `label_field` against each image into `field` and siblings."""
     import fiftyone as fo
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import load_image
 
     preprocess = loaded.preprocessor(settings.resize)
     matcher = Matcher(loaded)
-    kind = settings.kind
     classes = settings.classes if settings.margin else []
     class_index = {c: i for i, c in enumerate(classes)}
 
     def prepare(path, value):
-        if kind == "text":
-            text = value.strip() if isinstance(value, str) else ""
-            if not text:
-                return _Item([], [], [], [])
-            return _Item([preprocess(path)[0]], [text], [None], [set()])
-        if value is None:
-            return _Item([], [], [], [])
-        if kind == "classification":
-            labels = [(value.label, f"{label_field}")] if value.label else []
-        else:
-            items = getattr(value, _list_path(kind)) or []
-            labels = [(lab.label, f"{label_field}.{_list_path(kind)}.{i}") for i, lab in enumerate(items) if lab.label]
-        if not labels:
-            return _Item([], [], [], [])
-        if kind == "detections":
-            image = load_image(path)
-            boxes = value.detections
-            pixels = [
-                preprocess.from_image(crop(image, boxes[int(p.rsplit(".", 1)[1])].bounding_box, settings.crop_padding))[
-                    0
-                ]
-                for _, p in labels
-            ]
-            siblings = [{label} for label, _ in labels]
-        else:
-            array = preprocess(path)[0]
-            pixels = [array] * len(labels)
-            # multi-label: the sample's other labels are not rivals of this one
-            siblings = [{label for label, _ in labels}] * len(labels)
-        return _Item(pixels, [label for label, _ in labels], [p for _, p in labels], siblings)
+        return _views(preprocess, settings, label_field, path, value)
 
     def step(inputs: list[_Item]) -> list[dict]:
         views = [(n, k) for n, item in enumerate(inputs) for k in range(len(item.labels))]
@@ -631,7 +633,6 @@ def flag(
     view_name: str | None = None,
 ) -> dict:
     """Flags likely mislabels from stored scores (no model needed); see `fiftyone_blip.flag_mislabels`."""
-    import fiftyone as fo
     from fiftyone import ViewField as F
 
     kind = label_kind(samples, label_field)
@@ -641,35 +642,13 @@ def flag(
         raise ValueError("`level` 'label' needs a label field; a text field is flagged per sample")
     if not tag or not isinstance(tag, str):
         raise ValueError(f"`tag` must be a non-empty string, got {tag!r}")
-    schema = samples.get_field_schema()
-    if field not in schema:
+    if field not in samples.get_field_schema():
         raise ValueError(f"no scores in {field!r}: run find_mislabels on {label_field!r} first")
-    settings = _last_settings(samples, field)
-    method = resolve_method(method, kind, settings)
+    method = resolve_method(method, kind, _last_settings(samples, field))
     select_flags(np.zeros(1), threshold, percentile, top_k)  # argument checks before any write
-    dataset = samples._dataset
     score_field, flag_field = f"{field}_mistakenness", f"{field}_flagged"
-    names = {"itm": ["itm"], "itc": ["itc"], "itm+margin": ["itm", "margin"]}[method]
 
-    if kind == "text":
-        columns = samples.values([field] if method == "itm" else [f"{field}_itc"] if method == "itc" else [])
-        sample_scores = mistakenness(*_by_method(method, columns), method=method)
-        label_scores = None
-    else:
-        attrs = label_attribute_paths(label_field, kind, field, names)
-        columns = samples.values(attrs)
-        if _list_path(kind) is None:  # one label per sample
-            label_scores = mistakenness(*_by_method(method, columns), method=method)
-            sample_scores = label_scores
-        else:
-            lengths = [len(v) if v else 0 for v in columns[0]]
-            flat = [[x for values in column for x in (values or [])] for column in columns]
-            flat_scores = mistakenness(*_by_method(method, flat), method=method)
-            label_scores = np.split(flat_scores, np.cumsum(lengths)[:-1]) if lengths else []
-            sample_scores = np.array(
-                [np.nanmax(s) if len(s) and not np.isnan(s).all() else np.nan for s in label_scores], dtype=float
-            )
-
+    sample_scores, label_scores = _scores(samples, label_field, kind, field, method)
     if level == "label" and _list_path(kind) is not None:
         flat_scores = np.concatenate(label_scores) if len(label_scores) else np.zeros(0)
         flat_flags = select_flags(flat_scores, threshold, percentile, top_k)
@@ -679,36 +658,9 @@ def flag(
         sample_flags = select_flags(sample_scores, threshold, percentile, top_k)
         label_flags = None
 
-    ids = samples.values("id")
-    schema_fields.declare(dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
-    samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
-    samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
-    # a re-run replaces the earlier flags of these samples
-    samples.untag_samples(tag)
-    flagged_ids = [i for i, f in zip(ids, sample_flags) if f]
-    samples.select(flagged_ids).tag_samples(tag)
-
+    ids = _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_flags, tag)
     if kind != "text":
-        base = f"{label_field}.{_list_path(kind)}" if _list_path(kind) else label_field
-        declare_label_attributes(dataset, label_field, kind, field, ["mistakenness"])
-        declare_label_attributes(dataset, label_field, kind, field, ["flagged"], fo.BooleanField)
-        if _list_path(kind) is None:
-            per_label_flags = sample_flags.tolist()
-            values_scores = _floats(label_scores)
-        else:
-            per_label_flags = (
-                [f.tolist() for f in label_flags]
-                if label_flags is not None
-                else [[bool(flagged)] * len(s) for flagged, s in zip(sample_flags, label_scores)]
-            )
-            values_scores = [_floats(s) for s in label_scores]
-        # only samples that hold the label (a missing label has nothing to write on)
-        present = set(samples.exists(label_field).values("id"))
-        keep = [i for i, sample_id in enumerate(ids) if sample_id in present]
-        scores_by_id = {ids[i]: values_scores[i] for i in keep}
-        flags_by_id = {ids[i]: per_label_flags[i] for i in keep}
-        samples.set_values(f"{base}.{field}_mistakenness", scores_by_id, key_field="id")
-        samples.set_values(f"{base}.{field}_flagged", flags_by_id, key_field="id")
+        _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags)
         if level == "label":
             labels_view = samples.filter_labels(label_field, F(f"{field}_flagged") == True, only_matches=False)  # noqa: E712
             samples.untag_labels(tag, label_fields=[label_field])
@@ -718,7 +670,7 @@ def flag(
     if level == "label" and _list_path(kind) is not None:
         review = review.filter_labels(label_field, F(f"{field}_flagged") == True)  # noqa: E712
     view_name = view_name or f"{field.replace('_', '-')}-review"
-    dataset.save_view(view_name, review, overwrite=True)
+    samples._dataset.save_view(view_name, review, overwrite=True)
     return {
         "method": method,
         "flagged_samples": int(sample_flags.sum()),
@@ -730,6 +682,65 @@ def flag(
         "score_field": score_field,
         "flag_field": flag_field,
     }
+
+
+def _scores(samples, label_field: str, kind: str, field: str, method: str):
+    """(per-sample mistakenness, per-label mistakenness or None) from the stored scores."""
+    names = {"itm": ["itm"], "itc": ["itc"], "itm+margin": ["itm", "margin"]}[method]
+    if kind == "text":
+        columns = samples.values([field] if method == "itm" else [f"{field}_itc"] if method == "itc" else [])
+        return mistakenness(*_by_method(method, columns), method=method), None
+    columns = samples.values(label_attribute_paths(label_field, kind, field, names))
+    if _list_path(kind) is None:  # one label per sample
+        label_scores = mistakenness(*_by_method(method, columns), method=method)
+        return label_scores, label_scores
+    lengths = [len(v) if v else 0 for v in columns[0]]
+    flat = [[x for values in column for x in (values or [])] for column in columns]
+    flat_scores = mistakenness(*_by_method(method, flat), method=method)
+    label_scores = np.split(flat_scores, np.cumsum(lengths)[:-1]) if lengths else []
+    sample_scores = np.array(
+        [np.nanmax(s) if len(s) and not np.isnan(s).all() else np.nan for s in label_scores], dtype=float
+    )
+    return sample_scores, label_scores
+
+
+def _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_flags, tag: str) -> list:
+    """Writes each sample's mistakenness and flag and re-tags the flagged samples; returns the ids."""
+    import fiftyone as fo
+
+    ids = samples.values("id")
+    schema_fields.declare(samples._dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
+    samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
+    samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
+    # a re-run replaces the earlier flags of these samples
+    samples.untag_samples(tag)
+    samples.select([i for i, f in zip(ids, sample_flags) if f]).tag_samples(tag)
+    return ids
+
+
+def _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags) -> None:
+    """Writes each label's mistakenness and flag as label attributes."""
+    import fiftyone as fo
+
+    dataset = samples._dataset
+    base = f"{label_field}.{_list_path(kind)}" if _list_path(kind) else label_field
+    declare_label_attributes(dataset, label_field, kind, field, ["mistakenness"])
+    declare_label_attributes(dataset, label_field, kind, field, ["flagged"], fo.BooleanField)
+    if _list_path(kind) is None:
+        per_label_flags = sample_flags.tolist()
+        values_scores = _floats(label_scores)
+    else:
+        per_label_flags = (
+            [f.tolist() for f in label_flags]
+            if label_flags is not None
+            else [[bool(flagged)] * len(s) for flagged, s in zip(sample_flags, label_scores)]
+        )
+        values_scores = [_floats(s) for s in label_scores]
+    # only samples that hold the label (a missing label has nothing to write on)
+    present = set(samples.exists(label_field).values("id"))
+    keep = [i for i, sample_id in enumerate(ids) if sample_id in present]
+    samples.set_values(f"{base}.{field}_mistakenness", {ids[i]: values_scores[i] for i in keep}, key_field="id")
+    samples.set_values(f"{base}.{field}_flagged", {ids[i]: per_label_flags[i] for i in keep}, key_field="id")
 
 
 def _by_method(method: str, columns):

@@ -400,7 +400,7 @@ class HeatmapMaker:
         input_ids = input_ids.clone()
         input_ids[:, 0] = self.bos  # the decoder starts from [DEC], not the tokenizer's [CLS]
         with torch.inference_mode():
-            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+            image_embeds = self.loaded.image_embeds(pixel_values)
             out = self.model.text_decoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -419,7 +419,7 @@ class HeatmapMaker:
     def _gradcam(self, pixel_values, input_ids, attention_mask):
         torch = self.torch
         with torch.no_grad():
-            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+            image_embeds = self.loaded.image_embeds(pixel_values)
         with torch.enable_grad():
             out = self.model.text_encoder(
                 input_ids=input_ids,
@@ -478,6 +478,20 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
     fields.declare(dataset, wanted, "heatmaps")
 
 
+def _write_pngs(where: Path, overall, words: list[str], word_maps) -> tuple[str, list[str]]:
+    """Writes the caption map and one greyscale PNG per word under `where`; returns their paths."""
+    from PIL import Image
+
+    where.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overall, mode="L").save(where / "caption.png")
+    paths = []
+    for i, (word, word_map) in enumerate(zip(words, word_maps)):
+        target = where / f"{i:03d}-{re.sub(r'[^A-Za-z0-9]+', '_', word)[:40]}.png"
+        Image.fromarray(word_map, mode="L").save(target)
+        paths.append(str(target))
+    return str(where / "caption.png"), paths
+
+
 def heatmap_task(
     loaded,
     settings: HeatmapSettings,
@@ -494,7 +508,6 @@ def heatmap_task(
     captions the image first (greedy) and explains that caption.
     """
     import fiftyone as fo
-    from PIL import Image
 
     from fiftyone_blip import engine
 
@@ -529,16 +542,8 @@ def heatmap_task(
             values = {names["words"]: row["words"], names["text"]: sample_text}
             if folder is not None:
                 key = hashlib.sha1(f"{path}\n{sample_text}\n{field}".encode()).hexdigest()[:16]
-                where = folder / key
-                where.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(overall, mode="L").save(where / "caption.png")
-                paths = []
-                for i, (word, word_map) in enumerate(zip(row["words"], word_maps)):
-                    target = where / f"{i:03d}-{re.sub(r'[^A-Za-z0-9]+', '_', word)[:40]}.png"
-                    Image.fromarray(word_map, mode="L").save(target)
-                    paths.append(str(target))
-                heatmap = fo.Heatmap(map_path=str(where / "caption.png"), range=[0, 255])
-                values[names["maps"]] = paths
+                caption_png, values[names["maps"]] = _write_pngs(folder / key, overall, row["words"], word_maps)
+                heatmap = fo.Heatmap(map_path=caption_png, range=[0, 255])
             else:
                 heatmap = fo.Heatmap(map=overall, range=[0, 255])
                 values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)

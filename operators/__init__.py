@@ -154,6 +154,32 @@ def _notify(ctx, message):
         yield ctx.trigger("notify", dict(message=message, variant="success"))
 
 
+class EngineOperator(foo.Operator):
+    """An operator that runs one capability on the engine.
+
+    A subclass sets `settings_class`, builds its form in `resolve_input` and
+    says which SDK function to call (`run`) and what to tell the App after
+    (`message`); `execute` is the same for all: the settings from the form,
+    one SDK call with progress, then a notice.
+    """
+
+    settings_class = None
+
+    def run(self, ctx, view, settings, options):
+        raise NotImplementedError
+
+    def message(self, result) -> str:
+        raise NotImplementedError
+
+    def execute(self, ctx):
+        settings, view = self.settings_class.from_params(ctx.params), ctx.target_view()
+        result = yield from _run_with_progress(
+            ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
+        )
+        yield from _notify(ctx, self.message(result))
+        return result
+
+
 def _language_dropdown(inputs, model):
     """English plus the installed adapters trained for `model`."""
     from fiftyone_blip import adapters
@@ -167,7 +193,9 @@ def _language_dropdown(inputs, model):
     )
 
 
-class CaptionSamples(foo.Operator):
+class CaptionSamples(EngineOperator):
+    settings_class = CaptionSettings
+
     @property
     def config(self):
         return _engine_config(
@@ -196,12 +224,11 @@ class CaptionSamples(foo.Operator):
 
         return checked_form(inputs, "BLIP: caption samples", check)
 
-    def execute(self, ctx):
-        settings, view = CaptionSettings.from_params(ctx.params), ctx.target_view()
-        summary = yield from _run_with_progress(
-            ctx, lambda progress: fiftyone_blip.caption(view, settings, run_options(ctx, CaptionSettings, progress))
-        )
-        yield from _notify(ctx, f"BLIP captions: {summary}")
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.caption(view, settings, options)
+
+    def message(self, summary):
+        return f"BLIP captions: {summary}"
 
 
 # ---- heatmaps: where the model looked, per caption word ----
@@ -209,7 +236,9 @@ class CaptionSamples(foo.Operator):
 _TEXT_SOURCES = {"field": "A text field of each sample", "text": "One text for every image (a query)"}
 
 
-class ComputeHeatmaps(foo.Operator):
+class ComputeHeatmaps(EngineOperator):
+    settings_class = HeatmapSettings
+
     @property
     def config(self):
         return _engine_config(
@@ -235,12 +264,11 @@ class ComputeHeatmaps(foo.Operator):
 
         return checked_form(inputs, "BLIP: word heatmaps", lambda: check_settings(ctx, HeatmapSettings))
 
-    def execute(self, ctx):
-        settings, view = HeatmapSettings.from_params(ctx.params), ctx.target_view()
-        summary = yield from _run_with_progress(
-            ctx, lambda progress: fiftyone_blip.heatmaps(view, settings, run_options(ctx, HeatmapSettings, progress))
-        )
-        yield from _notify(ctx, f"BLIP heatmaps: {summary}")
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.heatmaps(view, settings, options)
+
+    def message(self, summary):
+        return f"BLIP heatmaps: {summary}"
 
 
 class WordHeatmapsPanel(foo.Panel):
@@ -339,7 +367,9 @@ class WordHeatmapsPanel(foo.Panel):
 _FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
 
 
-class FindMislabels(foo.Operator):
+class FindMislabels(EngineOperator):
+    settings_class = MislabelSettings
+
     @property
     def config(self):
         return _engine_config(
@@ -387,20 +417,17 @@ class FindMislabels(foo.Operator):
 
         return checked_form(inputs, "BLIP: find mislabels", check)
 
-    def execute(self, ctx):
-        params, view = ctx.params, ctx.target_view()
-        settings = MislabelSettings.from_params(params)
-        result = yield from _run_with_progress(
-            ctx,
-            lambda progress: fiftyone_blip.find_mislabels(
-                view, params["label_field"], settings, run_options(ctx, MislabelSettings, progress)
-            ),
-        )
-        yield from _notify(
-            ctx,
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.find_mislabels(view, ctx.params["label_field"], settings, options)
+
+    def message(self, result):
+        return (
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
-            f"(tag {result['tag']!r}); review view {result['view']!r}",
+            f"(tag {result['tag']!r}); review view {result['view']!r}"
         )
+
+    def execute(self, ctx):
+        result = yield from super().execute(ctx)
         if not ctx.delegated:
             # Open the review view (flagged samples, most suspicious first) by its stages: the App
             # looks a view name up in the saved views it fetched with the page, which do not
@@ -409,7 +436,9 @@ class FindMislabels(foo.Operator):
             yield ctx.ops.set_view(view=review)
 
 
-class ComputeEmbeddings(foo.Operator):
+class ComputeEmbeddings(EngineOperator):
+    settings_class = EmbedSettings
+
     @property
     def config(self):
         return _engine_config(
@@ -431,12 +460,11 @@ class ComputeEmbeddings(foo.Operator):
 
         return checked_form(inputs, "BLIP: compute embeddings and similarity index", check)
 
-    def execute(self, ctx):
-        settings, view = EmbedSettings.from_params(ctx.params), ctx.target_view()
-        summary = yield from _run_with_progress(
-            ctx, lambda progress: fiftyone_blip.embed(view, settings, run_options(ctx, EmbedSettings, progress))
-        )
-        yield from _notify(ctx, f"BLIP embeddings: {summary}")
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.embed(view, settings, options)
+
+    def message(self, summary):
+        return f"BLIP embeddings: {summary}"
 
 
 # --- language adapters ------------------------------------------------------------------------
