@@ -118,11 +118,14 @@ class HeatmapSettings(Settings):
     normalize_heads: bool = setting(
         False,
         "standardise each head's map over the patches before averaging, so diffuse and peaked heads weigh the same",
+        label="Standardise each head's map before averaging",
     )
     map_size: int = setting(
         64, "long side of stored maps in pixels", label="Map size (long side, pixels)", min=8, max=1024
     )
-    maps_dir: str | None = setting(None, "a folder for per-word PNG maps (None: stored in the samples)")
+    maps_dir: str | None = setting(
+        None, "a folder for per-word PNG maps (None: stored in the samples)", label="Folder for per-word PNG maps"
+    )
 
     def __post_init__(self):
         if self.mode not in MODES:
