@@ -300,7 +300,9 @@ class RunOptions(Settings):
     shard: str | None = setting(
         None, "'I/N': only shard I of N, for N parallel workers", label="Shard (I/N)", advanced=True
     )
-    overwrite: bool = setting(False, "recompute and replace results already in the field")
+    overwrite: bool = setting(
+        False, "recompute and replace results already in the field", label="Recompute samples already done"
+    )
     progress: Any = setting(
         True,
         "True for a progress bar, False for none, or a callable progress(done, total)",

@@ -108,7 +108,9 @@ class AdapterJobSettings(Settings):
     )
     device: str = setting("auto", "where training runs", choices=DEVICES, envvar="FIFTYONE_BLIP_DEVICE")
     threads: int | None = setting(None, "CPU threads for torch (None: torch's default)", min=1, surfaces=SDK_CLI)
-    overwrite: bool = setting(False, "replace an installed adapter of this language")
+    overwrite: bool = setting(
+        False, "replace an installed adapter of this language", label="Replace an installed adapter of this language"
+    )
 
 
 class _ImageFeatures:
