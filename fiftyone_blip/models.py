@@ -298,5 +298,6 @@ def load_model(
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    load = _load if cached else _load.__wrapped__
-    return load(resolved, local, task, device, dtype, revision, attention)
+    # lru_cache keeps the undecorated function as __wrapped__: a fresh, private copy
+    loader = _load if cached else _load.__wrapped__
+    return loader(resolved, local, task, device, dtype, revision, attention)
