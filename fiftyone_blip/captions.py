@@ -177,7 +177,10 @@ class CaptionSettings(Settings):
         # scores its own (`sequences_scores`), which needs `output_scores`.
         kwargs.update(output_logits=True, output_scores=self.strategy in ("beam", "diverse-beam"))
         if self.strategy in ("beam", "diverse-beam"):
-            kwargs["early_stopping"] = True
+            # False: stop only when no running beam can still beat the finished ones. True
+            # (stop once num_beams captions have ended) cut captions short: 0.963 vs greedy
+            # 0.978 on held-out shapes; with False both score 0.978 (BENCHMARKS.md).
+            kwargs["early_stopping"] = False
         return kwargs
 
 
