@@ -158,7 +158,7 @@ def index_checkpoint(model, model_kwargs) -> str | None:
 
 
 class _ImageTransform:
-    """PIL image or HWC uint8 array -> normalised CHW float tensor; picklable for DataLoader workers."""
+    """PIL image or HWC uint8 array -> normalised CHW float tensor (the library's `Preprocessor`)."""
 
     def __init__(self, preprocessor):
         self.preprocessor = preprocessor
@@ -207,8 +207,14 @@ def _check_classes(classes) -> list[str] | None:
     return [c.strip() for c in classes]
 
 
-class _BlipModel(fom.Model, fom.TorchModelMixin):
-    """Loads through `fiftyone_blip.models.load_model`; turns images into one pixel batch."""
+class _BlipModel(fom.Model):
+    """Loads through `fiftyone_blip.models.load_model`; turns images into one pixel batch.
+
+    Not a `TorchModelMixin`: FiftyOne's DataLoader path needs torchvision, which
+    fiftyone-blip does not. With `batch_size`, `apply_model` and
+    `compute_embeddings` pass lists of decoded images of any size, which
+    `_pixels` resizes into one batch.
+    """
 
     _TASK = "match"
 
@@ -230,7 +236,7 @@ class _BlipModel(fom.Model, fom.TorchModelMixin):
 
     @property
     def ragged_batches(self):
-        return False  # every image is resized to the model's square input
+        return False  # images of any size batch together: each is resized to the model's square input
 
     @property
     def transforms(self):
@@ -243,10 +249,6 @@ class _BlipModel(fom.Model, fom.TorchModelMixin):
     @preprocess.setter
     def preprocess(self, value):
         self._preprocess = value
-
-    @property
-    def _using_gpu(self):
-        return self.loaded.device == "cuda"
 
     def _pixels(self, images):
         """A (N, 3, S, S) tensor from decoded images, or from FiftyOne's already-transformed batch."""

@@ -48,10 +48,11 @@ def test_the_source_is_one_fiftyone_registers_and_lists(zoo_dir):
     folder = zoo.register_source()
     assert folder == zoo_dir / "fiftyone-blip"
     assert foz.list_zoo_model_sources() == [zoo.source_url()]
-    listed = {model.name for model in foz.list_zoo_models(source=zoo.source_url())}
+    listed = set(foz.list_zoo_models(source=zoo.source_url()))
     assert listed == set(zoo.model_entries())
     assert {"blip-itc-shapes-tiny", "blip-itm-shapes-tiny", "blip-captioning-base", "blip-itc-base-coco"} <= listed
-    for model in foz.list_zoo_models(source=zoo.source_url()):
+    for name in listed:
+        model = foz.get_zoo_model(name)
         assert model.license and model.description and model.requirements.packages
     zoo.register_source()  # idempotent
     assert sorted(p.name for p in folder.iterdir()) == ["__init__.py", "manifest.json"]
@@ -93,7 +94,7 @@ def test_compute_embeddings_runs_in_batches_with_the_library_numbers(clone, zoo_
 
     model.embedder.embed_images = spy
     with caplog.at_level(logging.WARNING):
-        clone.compute_embeddings(model, embeddings_field="zoo_embedding", batch_size=16, num_workers=0)
+        clone.compute_embeddings(model, embeddings_field="zoo_embedding", batch_size=16, progress=False)
     assert "Ignoring batch_size" not in caplog.text
     assert sizes == [16, 16, 16]
 
@@ -119,7 +120,7 @@ def test_zero_shot_classification_with_classes(clone, zoo_dir):
 
     zoo.register_source()
     model = foz.load_zoo_model("blip-itc-shapes-tiny", classes=list(KINDS))
-    clone.apply_model(model, "zero_shot", batch_size=16, num_workers=0, store_logits=True)
+    clone.apply_model(model, "zero_shot", batch_size=16, store_logits=True, progress=False)
     labels = clone.values("zero_shot")
     assert all(isinstance(label, fo.Classification) for label in labels)
     assert all(label.label in KINDS and 0 < label.confidence <= 1 for label in labels)
@@ -130,11 +131,11 @@ def test_zero_shot_classification_with_classes(clone, zoo_dir):
 
     # apply_model(classes=...) gives a model loaded without classes its candidates, for that call
     plain = foz.load_zoo_model("blip-itc-shapes-tiny")
-    clone.apply_model(plain, "zero_shot_call", classes=list(KINDS), batch_size=16, num_workers=0)
+    clone.apply_model(plain, "zero_shot_call", classes=list(KINDS), batch_size=16, progress=False)
     assert clone.values("zero_shot_call.label") == clone.values("zero_shot.label")
     assert plain.config.filter_classes is None  # the call's classes do not stick
     with pytest.raises(ValueError, match="zero-shot classification needs `classes`"):
-        clone.limit(2).apply_model(plain, "nothing", skip_failures=False, num_workers=0)
+        clone.limit(2).apply_model(plain, "nothing", skip_failures=False, progress=False)
 
 
 def test_itm_scores_a_text_field_and_classifies(clone, zoo_dir):
@@ -143,18 +144,18 @@ def test_itm_scores_a_text_field_and_classifies(clone, zoo_dir):
 
     zoo.register_source()
     itm = foz.load_zoo_model("blip-itm-shapes-tiny")
-    clone.apply_model(itm, "caption_itm", text_field="gt_caption", batch_size=16, num_workers=0)
+    clone.apply_model(itm, "caption_itm", text_field="gt_caption", batch_size=16, progress=False)
     true_scores = np.array(clone.values("caption_itm.value"))
     captions = clone.values("gt_caption")
     clone.set_values("shifted_caption", captions[1:] + captions[:1])  # each image with another's caption
-    clone.apply_model(itm, "shifted_itm", text_field="shifted_caption", batch_size=16, num_workers=0)
+    clone.apply_model(itm, "shifted_itm", text_field="shifted_caption", batch_size=16, progress=False)
     shifted_scores = np.array(clone.values("shifted_itm.value"))
     assert isinstance(clone.first()["caption_itm"], fo.Regression)
     assert ((0 <= true_scores) & (true_scores <= 1)).all()
     assert np.mean(true_scores > shifted_scores) >= 0.9
 
     classifier = foz.load_zoo_model("blip-itm-shapes-tiny", classes=list(KINDS))
-    clone.apply_model(classifier, "itm_zero_shot", batch_size=16, num_workers=0)
+    clone.apply_model(classifier, "itm_zero_shot", batch_size=16, progress=False)
     accuracy = _accuracy(clone, "itm_zero_shot")
     print(f"zero-shot ITM accuracy on 48 held-out shapes images ({len(KINDS)} kinds): {accuracy:.3f}")
     assert accuracy >= 0.6
@@ -167,7 +168,7 @@ def test_captioning_model_matches_the_library(clone, zoo_dir):
     zoo.register_source()
     view = clone.limit(16)
     captioner = foz.load_zoo_model("blip-captioning-shapes-tiny", max_new_tokens=20)
-    view.apply_model(captioner, "zoo_caption", batch_size=8, num_workers=0)
+    view.apply_model(captioner, "zoo_caption", batch_size=8, progress=False)
     fiftyone_blip.caption(view, model="shapes-tiny", field="lib_caption", max_new_tokens=20, progress=False)
     labels = view.values("zoo_caption")
     assert all(isinstance(label, fo.Classification) and 0 < label.confidence <= 1 for label in labels)
