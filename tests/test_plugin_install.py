@@ -110,6 +110,8 @@ def _download_and_install(tmp_path, base_url, archive_path):
 import json
 import fiftyone.operators as foo
 import fiftyone_blip
+from fiftyone_blip import zoo
+assert zoo.model_entries()  # the zoo source ships with the package
 uris = sorted(op.uri for op in foo.OperatorRegistry().list_operators() if op.plugin_name == {PLUGIN!r})
 print(json.dumps({{"module": fiftyone_blip.__file__, "version": fiftyone_blip.__version__, "uris": uris}}))
 """
