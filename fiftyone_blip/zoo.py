@@ -149,8 +149,11 @@ def index_checkpoint(model, model_kwargs) -> str | None:
         return kwargs.get("model")
     name = kwargs.get("model_name")
     if isinstance(model, str) and name in model_entries():
-        if _deployment(name)["type"].endswith(".BlipItcModel"):
-            return kwargs.get("model") or _deployment(name)["config"].get("model")
+        deployment = _deployment(name)
+        if deployment["type"].endswith(".BlipItcModel"):
+            from fiftyone_blip.models import DEFAULT_MODELS
+
+            return kwargs.get("model") or deployment["config"].get("model") or DEFAULT_MODELS["match"]
     return None
 
 
@@ -397,8 +400,18 @@ class BlipItmModel(_BlipModel, fom.SamplesMixin):
         super().__init__(config)
         fom.SamplesMixin.__init__(self)
         self.matcher = Matcher(self.loaded)
-        if config.text_field:
-            self.needs_fields = {"text_field": config.text_field}
+
+    @property
+    def needs_fields(self):
+        # apply_model sets the fields of its keyword arguments for one call; the configured text_field stays
+        fields = dict(self._fields)
+        if self.config.text_field and "text_field" not in fields:
+            fields["text_field"] = self.config.text_field
+        return fields
+
+    @needs_fields.setter
+    def needs_fields(self, fields):
+        self._fields = dict(fields or {})
 
     @property
     def classes(self) -> list[str] | None:
@@ -435,7 +448,7 @@ class BlipItmModel(_BlipModel, fom.SamplesMixin):
             return [
                 fol.Classification(label=classes[int(np.argmax(row))], confidence=float(row.max())) for row in probs
             ]
-        field = (self.needs_fields or {}).get("text_field")
+        field = self.needs_fields.get("text_field")
         if self.config.text is not None:
             texts = [self.config.text] * len(args)
         elif field and samples is not None:
@@ -443,6 +456,8 @@ class BlipItmModel(_BlipModel, fom.SamplesMixin):
         else:
             raise ValueError("the ITM model needs `classes`, `text`, or `text_field` (apply_model(..., text_field=F))")
         index = [i for i, text in enumerate(texts) if text is not None]
+        if not index:
+            return [None] * len(texts)
         probs = self._itm(self._pixels(args)[index], list(range(len(index))), [texts[i] for i in index])
         out = [None] * len(texts)  # a sample with no text gets no score
         for i, p in zip(index, probs):

@@ -153,6 +153,9 @@ def test_itm_scores_a_text_field_and_classifies(clone, zoo_dir):
     assert isinstance(clone.first()["caption_itm"], fo.Regression)
     assert ((0 <= true_scores) & (true_scores <= 1)).all()
     assert np.mean(true_scores > shifted_scores) >= 0.9
+    configured = foz.load_zoo_model("blip-itm-shapes-tiny", text_field="gt_caption")
+    clone.apply_model(configured, "configured_itm", batch_size=16, progress=False)
+    assert np.allclose(clone.values("configured_itm.value"), true_scores, atol=1e-6)
 
     classifier = foz.load_zoo_model("blip-itm-shapes-tiny", classes=list(KINDS))
     clone.apply_model(classifier, "itm_zero_shot", batch_size=16, progress=False)
