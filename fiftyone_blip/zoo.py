@@ -116,7 +116,9 @@ def register_source(models_dir: str | os.PathLike | None = None, url: str | None
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(content)
             tmp.replace(path)
-    fozm._invalidate_zoo_models_manifest()  # the memoized manifest (when enabled) predates this copy
+    invalidate = getattr(fozm, "_invalidate_zoo_models_manifest", None)
+    if invalidate is not None:  # FiftyOne versions that can memoize the manifest: it predates this copy
+        invalidate()
     return root
 
 
