@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/eval_adapters.py                  # 1000 test-split images
     .venv/bin/python benchmarks/eval_adapters.py --count 200 --languages en de
+    .venv/bin/python benchmarks/eval_adapters.py --seed 7          # shapes of a generator seed no model saw
 
 Builds (or reuses) a dataset of `--count` shapes images from the `test`
 split, which no model or adapter saw in training, captions it in every
@@ -30,13 +31,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="shapes-test-adapters")
     parser.add_argument("--languages", nargs="+", default=["en", "de", "ru"])
     parser.add_argument("--model", default="shapes-tiny")
+    parser.add_argument("--seed", type=int, default=0, help="shapes generator seed; 0 is the training seed (0)")
     args = parser.parse_args()
 
     import fiftyone_blip
     from fiftyone_blip import demo
     from fiftyone_blip.shapes import GT_CAPTION_FIELDS
 
-    dataset = fiftyone_blip.load_shapes_dataset(args.dataset, count=args.count, split="test")
+    name = args.dataset if args.seed == 0 else f"{args.dataset}-seed{args.seed}"
+    dataset = fiftyone_blip.load_shapes_dataset(name, count=args.count, split="test", seed=args.seed)
     manifests = {m["language"]: m for m in fiftyone_blip.list_adapters(args.model)}
     results = {}
     order = list(args.languages) + (["en"] if "en" in args.languages else [])
@@ -66,7 +69,7 @@ def main() -> None:
         same = dataset.values("eval_en") == dataset.values("eval_en_after")
         results["english_unchanged"] = same
         print(f"English captions identical before and after the adapters loaded: {same}")
-    print(json.dumps({"count": len(dataset), "model": args.model, "results": results}))
+    print(json.dumps({"count": len(dataset), "seed": args.seed, "model": args.model, "results": results}))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def object_words(caption: str, detections) -> list[tuple[str, object]]:
 
 
 def pointing_game(samples, field: str) -> dict:
-    from fiftyone_blip.attention_maps import peak, word_maps
+    from fiftyone_blip.word_heatmaps import peak, word_maps
 
     hits = total = 0
     by_kind = {"colour": [0, 0], "kind": [0, 0]}
@@ -144,6 +144,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--count", type=int, default=200, help="images with 2-3 objects")
+    parser.add_argument("--seed", type=int, default=0, help="shapes generator seed; 0 is the training seed (0)")
     parser.add_argument("--mode", action="append", choices=["cross-attention", "gradcam"])
     parser.add_argument(
         "--text",
@@ -164,8 +165,8 @@ def main():
 
     import fiftyone_blip as fob
 
-    name = f"eval-heatmaps-{args.split}-{args.count}"
-    base = fob.load_shapes_dataset(name, count=args.count * 2, split=args.split)
+    name = f"eval-heatmaps-{args.split}-{args.count}-seed{args.seed}"
+    base = fob.load_shapes_dataset(name, count=args.count * 2, split=args.split, seed=args.seed)
     base.compute_metadata()
     view = base.match(F("gt_objects.detections").length() >= 2).limit(args.count)
     dataset = view.clone()

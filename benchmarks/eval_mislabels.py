@@ -19,7 +19,7 @@ or by a hard swap that shares attributes with the truth:
 
 Scores: ITM (1 - p), ITC cosine ((1 - cos) / 2) and ITM + margin
 ((2 - p - margin) / 3), the same functions `fiftyone_blip.find_mislabels`
-uses (`matching.Matcher`, `matching.mistakenness`). Metrics: AUROC, AUPRC
+uses (`mislabels.Matcher`, `mislabels.mistakenness`). Metrics: AUROC, AUPRC
 (average precision) and precision@k with k = the number of injected errors,
 beside a random ranking (AUROC 0.5, AUPRC and P@k = the noise rate).
 """
@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fiftyone_blip import matching, models  # noqa: E402
+from fiftyone_blip import mislabels, models  # noqa: E402
 from fiftyone_blip.images import Preprocessor  # noqa: E402
 from fiftyone_blip.shapes import data as shapes  # noqa: E402
 
@@ -85,7 +85,7 @@ def class_scores(matcher, pixels, classes, template, batch=256):
             chunk = pixels[start : start + batch]
             result = matcher.score(chunk, [prompts[0]] * len(chunk), classes, template)
             itm.append(result["class_itm"])
-            embeds = matcher.image_embeds(chunk)
+            embeds = matcher.loaded.image_embeds(chunk)
             itc.append((matcher.image_features(embeds) @ text_features.T).numpy())
     return np.concatenate(itm), np.concatenate(itc)
 
@@ -111,9 +111,9 @@ def label_methods(itm_matrix, itc_matrix, assigned: list[int], rivals_of) -> dic
     p = itm_matrix[rows, assigned]
     best_other = np.array([max(itm_matrix[i, j] for j in rivals_of(i)) for i in rows])
     return {
-        "ITM": matching.mistakenness(itm=p, method="itm"),
-        "ITC cosine": matching.mistakenness(itc=itc_matrix[rows, assigned], method="itc"),
-        "ITM + margin": matching.mistakenness(itm=p, margin=p - best_other, method="itm+margin"),
+        "ITM": mislabels.mistakenness(itm=p, method="itm"),
+        "ITC cosine": mislabels.mistakenness(itc=itc_matrix[rows, assigned], method="itc"),
+        "ITM + margin": mislabels.mistakenness(itm=p, margin=p - best_other, method="itm+margin"),
     }
 
 
@@ -165,7 +165,8 @@ def main(argv=None):
     parser.add_argument("--model", default="shapes-tiny")
     parser.add_argument("--template", default=None, help="label prompt template (default: the model's)")
     parser.add_argument("--crop-padding", type=float, default=None, help="detections: box growth (model default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="shapes generator seed; 0 is the training seed (0)")
+    parser.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise (0)")
     parser.add_argument("--templates", action="store_true", help="compare templates on the class label only")
     args = parser.parse_args(argv)
 
@@ -174,9 +175,9 @@ def main(argv=None):
     torch.manual_seed(0)
     started = time.time()
     loaded = models.load_model(args.model, task="match", device="cpu")
-    matcher = matching.Matcher(loaded)
+    matcher = mislabels.Matcher(loaded)
     preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, "squash")
-    scenes = shapes.make_scenes(args.count, split=args.split, size=96)
+    scenes = shapes.make_scenes(args.count, split=args.split, seed=args.seed, size=96)
     images = [scene.render() for scene in scenes]
     pixels = pixels_of(preprocess, images)
     kinds = sorted(shapes.KINDS)
@@ -197,14 +198,14 @@ def main(argv=None):
             def score(values, itm=itm, itc=itc):
                 return label_methods(itm, itc, values, lambda i: [j for j in range(len(kinds)) if j != values[i]])
 
-            evaluate("class", class_truth, corrupt, score, args.count, [0.1], args.seed, rows)
+            evaluate("class", class_truth, corrupt, score, args.count, [0.1], args.noise_seed, rows)
             by = {r[3]: r[4] for r in rows if r[1] == "random"}
             print(f"{template!r:<28} {by['ITM']:>10.4f} {by['ITM + margin']:>17.4f}")
         return
 
-    template = args.template or matching.default_template(args.model)
-    padding = args.crop_padding or matching.default_crop_padding(args.model)
-    matching.check_template(template)
+    template = args.template or mislabels.default_template(args.model)
+    padding = args.crop_padding or mislabels.default_crop_padding(args.model)
+    mislabels.check_template(template)
     rows: list[tuple] = []
     rates = [0.1, 0.4]
 
@@ -221,7 +222,7 @@ def main(argv=None):
     def score_class(values):
         return label_methods(itm, itc, values, lambda i: [j for j in range(len(kinds)) if j != values[i]])
 
-    evaluate("class (5 kinds)", class_truth, corrupt_class, score_class, args.count, rates, args.seed, rows)
+    evaluate("class (5 kinds)", class_truth, corrupt_class, score_class, args.count, rates, args.noise_seed, rows)
 
     # colour class: colour + kind of the largest shape
     colour_classes = [f"{c} {k}" for c in sorted(shapes.COLOURS) for k in kinds]
@@ -238,7 +239,7 @@ def main(argv=None):
     def score_colour(values):
         return label_methods(citm, citc, values, lambda i: [j for j in range(len(colour_classes)) if j != values[i]])
 
-    evaluate("colour class (30)", colour_truth, corrupt_colour, score_colour, args.count, rates, args.seed, rows)
+    evaluate("colour class (30)", colour_truth, corrupt_colour, score_colour, args.count, rates, args.noise_seed, rows)
 
     # detections: each object's kind on its crop
     crops, det_truth, det_scene = [], [], []
@@ -246,7 +247,7 @@ def main(argv=None):
         for obj in scene.objects:
             x0, y0, x1, y1 = obj.box
             box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(matching._crop(image, box, padding))
+            crops.append(mislabels.crop(image, box, padding))
             det_truth.append(kind_index[obj.kind])
             det_scene.append(s)
     crop_pixels = pixels_of(preprocess, crops)
@@ -262,11 +263,13 @@ def main(argv=None):
     def score_detection(values):
         return label_methods(ditm, ditc, values, lambda i: [j for j in range(len(kinds)) if j != values[i]])
 
-    evaluate("detection (kind)", det_truth, corrupt_detection, score_detection, len(crops), rates, args.seed, rows)
+    evaluate(
+        "detection (kind)", det_truth, corrupt_detection, score_detection, len(crops), rates, args.noise_seed, rows
+    )
 
     # captions
     captions = [s.caption() for s in scenes]
-    recolour_rng = random.Random(f"{args.seed}/recolour")
+    recolour_rng = random.Random(f"{args.noise_seed}/recolour")
     hard_captions = []
     for scene in scenes:
         objects = list(scene.objects)
@@ -277,7 +280,7 @@ def main(argv=None):
         hard_captions.append(
             shapes.ShapeScene(scene.index, scene.split, scene.size, scene.background, tuple(objects), 0).caption()
         )
-    swap_rng = random.Random(f"{args.seed}/swap")
+    swap_rng = random.Random(f"{args.noise_seed}/swap")
     swapped = []
     for i in range(len(scenes)):
         j = swap_rng.randrange(len(scenes))
@@ -295,20 +298,21 @@ def main(argv=None):
         p = np.array([caption_scores[name][0][i] for name, i in picked])
         cos = np.array([caption_scores[name][1][i] for name, i in picked])
         return {
-            "ITM": matching.mistakenness(itm=p, method="itm"),
-            "ITC cosine": matching.mistakenness(itc=cos, method="itc"),
+            "ITM": mislabels.mistakenness(itm=p, method="itm"),
+            "ITC cosine": mislabels.mistakenness(itc=cos, method="itc"),
         }
 
-    evaluate("caption", captions, corrupt_caption, score_caption, len(scenes), rates, args.seed, rows)
+    evaluate("caption", captions, corrupt_caption, score_caption, len(scenes), rates, args.noise_seed, rows)
 
     print(
-        f"Injected-noise label QA: {args.count} shapes {args.split}-split images ({len(crops)} objects), model {args.model}, "
+        f"Injected-noise label QA: {args.count} shapes {args.split}-split images (generator seed {args.seed}, "
+        f"{len(crops)} objects), model {args.model}, "
         f"template {template!r}, crop padding {padding}"
     )
     print(format_table(rows))
     # Which caption attributes the matcher can tell apart at all: the true caption
     # against the same caption with one object's kind (or colour) changed.
-    probe_rng = random.Random(f"{args.seed}/probe")
+    probe_rng = random.Random(f"{args.noise_seed}/probe")
     print("\nAttribute probe: ITM AUROC of the true caption against one attribute changed")
     for attribute in ("kind", "colour"):
         changed = []

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset", default="eval-retrieval", help="FiftyOne dataset name (eval-retrieval)")
     parser.add_argument("--backend", default=None, help="similarity backend (FiftyOne's default)")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="shapes generator seed; 0 is the training seed (0)")
     parser.add_argument("--min-relevant", type=int, default=10, help="skip queries with fewer relevant images")
     parser.add_argument(
         "--shortlist", type=int, default=None, help="ITC results the ITM head re-scores (the library's default)"
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import fiftyone_blip
 
-    dataset = fiftyone_blip.load_shapes_dataset(args.dataset, count=args.count, split="test")
+    name = args.dataset if args.seed == 0 else f"{args.dataset}-seed{args.seed}"
+    dataset = fiftyone_blip.load_shapes_dataset(name, count=args.count, split="test", seed=args.seed)
     t0 = time.time()
     summary = fiftyone_blip.embed(dataset, model=args.model, backend=args.backend, progress=False, overwrite=True)
     print(f"embedded and indexed: {summary} (with index: {time.time() - t0:.1f} s)", flush=True)
@@ -93,7 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
             per_query[mode].append((set_name, text, precision))
         seconds[mode] = time.time() - t0
 
-    report = {"count": len(dataset), "model": args.model, "k": args.k, "queries": {}, "precision_at_k": {}}
+    report = {
+        "count": len(dataset),
+        "seed": args.seed,
+        "model": args.model,
+        "k": args.k,
+        "queries": {},
+        "precision_at_k": {},
+    }
     sets = sorted({q[0] for q in queries})
     for set_name in sets:
         report["queries"][set_name] = sum(q[0] == set_name for q in queries)

@@ -17,7 +17,7 @@ settings; keyword arguments of `load_zoo_model` override them (`model=` takes
 any hub id, local directory or bundled name, as `fiftyone_blip.load_model`).
 
 The models run the library's own model steps (`models.load_model`,
-`embeddings.Embedder`, `matching.Matcher`, `captions.Captioner`, the
+`embeddings.Embedder`, `mislabels.Matcher`, `captions.Captioner`, the
 `images.Preprocessor`), so a zoo model and `fiftyone_blip.embed`/`caption`
 give the same numbers. The library's functions remain the fast path (parallel
 decode, resumable runs, run records); these models are for code that lives in
@@ -397,7 +397,7 @@ class BlipItmModel(_BlipModel, fom.SamplesMixin):
     (a `Classification` whose confidence is that prompt's match probability)."""
 
     def __init__(self, config: BlipItmModelConfig):
-        from fiftyone_blip.matching import Matcher
+        from fiftyone_blip.mislabels import Matcher
 
         super().__init__(config)
         fom.SamplesMixin.__init__(self)
@@ -426,9 +426,8 @@ class BlipItmModel(_BlipModel, fom.SamplesMixin):
         return self._itm(images, list(range(len(texts))), texts)
 
     def _itm(self, images, image_index, texts):
-        torch = self.matcher.torch
-        with torch.inference_mode(), self.matcher.autocast():
-            embeds = self.matcher.image_embeds(self._pixels(images))
+        with self.matcher.torch.inference_mode(), self.loaded.autocast():
+            embeds = self.loaded.image_embeds(self._pixels(images))
             return self.matcher.itm(embeds, image_index, texts)
 
     @staticmethod
