@@ -28,9 +28,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-import eta.core.config as etac
-import fiftyone.core.models as fom
 import numpy as np
+
+try:  # FiftyOne's model interface, for the zoo model only: `Embedder` runs without FiftyOne
+    import eta.core.config as etac
+    import fiftyone.core.models as fom
+except ImportError:
+    etac = fom = None
 
 DEFAULT_FIELD = "blip_embedding"
 DEFAULT_BRAIN_KEY = "blip_sim"
@@ -236,7 +240,7 @@ def load_zoo_model(model: str | None = None, device: str = "auto", dtype: str = 
     return BlipItcModel(BlipItcModelConfig({"model": model, "device": device, "dtype": dtype, "revision": revision}))
 
 
-class BlipItcModelConfig(etac.Config):
+class BlipItcModelConfig(etac.Config if etac else object):
     """Settings of `BlipItcModel`: model (hub id, local directory or bundled name), device, dtype, revision."""
 
     def __init__(self, d):
@@ -246,7 +250,7 @@ class BlipItcModelConfig(etac.Config):
         self.revision = self.parse_string(d, "revision", default=None)
 
 
-class BlipItcModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
+class BlipItcModel(*((fom.Model, fom.EmbeddingsMixin, fom.PromptMixin) if fom else ())):
     """BLIP ITC embeddings as a FiftyOne model: images (`embed`, `embed_all`) and text prompts
     (`embed_prompt`, `embed_prompts`), in one space."""
 
