@@ -392,6 +392,24 @@ def pipeline(args) -> dict:
     fitted = [fit_image(image, 384, args.resize, preprocess.fill)[0] for image in decoded]
     array_ms = median_ms(np.asarray, fitted)
 
+    # One thread, CPU time of this thread (less sensitive to other load than wall time),
+    # interleaved: BLIP's processor, the float32 path, the uint8 path in each resize mode.
+    from PIL import Image
+
+    preprocessors = {mode: Preprocessor(processor, 384, mode) for mode in ("squash", "center-crop", "letterbox")}
+    contenders = {
+        "blip_image_processor_float32": lambda p: processor(images=Image.open(p).convert("RGB"), return_tensors="np"),
+        "preprocessor_float32_squash": preprocessors["squash"],
+        **{f"preprocessor_uint8_{mode}": pre.pixels for mode, pre in preprocessors.items()},
+    }
+    cpu_ms = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, function in contenders.items():
+            t0 = time.thread_time()
+            for path in paths[:100]:
+                function(path)
+            cpu_ms[name].append((time.thread_time() - t0) / 100 * 1000)
+
     def summary(rows: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in rows), 1)
 
@@ -420,6 +438,7 @@ def pipeline(args) -> dict:
         "uint8_array": array_ms,
         "engine_and_writes_without_decode": round(1000 / summary(engine_only, "images_per_s"), 3),
     }
+    result["one_thread_cpu_ms_per_image"] = {name: round(statistics.median(v), 3) for name, v in cpu_ms.items()}
     fo.delete_dataset(name)
     return result
 
