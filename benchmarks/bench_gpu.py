@@ -630,41 +630,60 @@ def main(argv=None) -> dict:
         files = unique * (1 if smoke else 8)
         print(f"models and {len(unique)} JPEGs ready in {budget.elapsed:.0f} s", flush=True)
 
+        def save() -> None:
+            # after every part, so that a run stopped from outside still leaves what it measured
+            result["skipped_for_time"] = budget.skipped
+            result["errors"] = errors
+            result["fiftyone_imported"] = sys.modules.get("fiftyone") is not None
+            result["pymongo_imported"] = sys.modules.get("pymongo") is not None
+            result["wall_s"] = round(budget.elapsed, 1)
+            (out / "bench_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+
         result["image_pipeline"] = measured("image pipeline", lambda: image_pipeline(files, 384, seconds), errors)
+        save()
         result["steps"] = {}
         for dtype in dtypes:
-            result["steps"][dtype] = step_functions(paths, device, dtype, size, batch, seconds, budget, errors)
+            result["steps"][dtype] = measured(
+                f"{dtype} steps",
+                lambda d=dtype: step_functions(paths, device, d, size, batch, seconds, budget, errors),
+                errors,
+            )
+            save()
         if budget.allows("batch sweep"):
             result["batch_sweep"] = {"dtype": dtypes[0], "step": "caption_greedy"}
-            result["batch_sweep"]["rows"] = batch_sweep(paths, device, dtypes[0], size, sweep, seconds, budget, errors)
+            result["batch_sweep"]["rows"] = measured(
+                "batch sweep",
+                lambda: batch_sweep(paths, device, dtypes[0], size, sweep, seconds, budget, errors),
+                errors,
+            )
+            save()
         result["transfer"] = measured(
             "uint8 vs float transfer", lambda: transfer_lever(device, dtypes[0], size, batch, seconds), errors
         )
         if device == "cuda":
             if budget.allows("decoding levers", reserve=60):
-                result["decoding_levers"] = decoding_levers(
-                    paths, device, dtypes[0], size, batch, seconds, budget, errors
+                result["decoding_levers"] = measured(
+                    "decoding levers",
+                    lambda: decoding_levers(paths, device, dtypes[0], size, batch, seconds, budget, errors),
+                    errors,
                 )
         else:
             result["decoding_levers"] = "not measured: CUDA only (static cache and CUDA graphs are GPU levers)"
+        save()
         if budget.allows("files to results", reserve=30):
             result["files_to_results"] = measured(
                 "files to results",
                 lambda: files_to_results(paths, files, device, dtypes[0], batch, max(seconds, 0.0)),
                 errors,
             )
+            save()
         result["agreement"] = {}
         for dtype in dtypes:
             if budget.allows(f"agreement {dtype}"):
                 result["agreement"][dtype] = measured(
                     f"agreement {dtype}", lambda d=dtype: agreement(device, d, agreement_count), errors
                 )
-    result["skipped_for_time"] = budget.skipped
-    result["errors"] = errors
-    result["fiftyone_imported"] = sys.modules.get("fiftyone") is not None
-    result["pymongo_imported"] = sys.modules.get("pymongo") is not None
-    result["wall_s"] = round(budget.elapsed, 1)
-    (out / "bench_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        save()
     print(f"wrote {out / 'bench_gpu.json'} in {result['wall_s']} s", flush=True)
     return result
 
