@@ -404,11 +404,11 @@ def pipeline(args) -> dict:
     }
     cpu_ms = {name: [] for name in contenders}
     for _ in range(args.repeats):
-        for name, function in contenders.items():
+        for label, function in contenders.items():
             t0 = time.thread_time()
             for path in paths[:100]:
                 function(path)
-            cpu_ms[name].append((time.thread_time() - t0) / 100 * 1000)
+            cpu_ms[label].append((time.thread_time() - t0) / 100 * 1000)
 
     def summary(rows: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in rows), 1)
@@ -438,7 +438,7 @@ def pipeline(args) -> dict:
         "uint8_array": array_ms,
         "engine_and_writes_without_decode": round(1000 / summary(engine_only, "images_per_s"), 3),
     }
-    result["one_thread_cpu_ms_per_image"] = {name: round(statistics.median(v), 3) for name, v in cpu_ms.items()}
+    result["one_thread_cpu_ms_per_image"] = {label: round(statistics.median(v), 3) for label, v in cpu_ms.items()}
     fo.delete_dataset(name)
     return result
 
