@@ -10,6 +10,10 @@ brings it to the model's size by one of three resize modes:
 
 `Geometry` records where the original image lies in the model's square, so
 that maps over the model input (heatmaps) can be mapped back onto the image.
+
+`Preprocessor.pixels` gives the fitted image as uint8 (what decode threads
+produce); `to_pixel_values` is the one place where a batch of them becomes the
+model's normalised float input, on the model's device.
 """
 
 from __future__ import annotations
