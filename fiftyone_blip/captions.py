@@ -341,11 +341,11 @@ def caption_task(
     confidence_field = f"{field}_confidence"
 
     def prepare(path):
-        return preprocess(path)[0]
+        return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
 
     def step(inputs):
         with activate():
-            rows = captioner(engine.to_batch(inputs, "cpu"))
+            rows = captioner(preprocess.to_pixel_values(inputs, loaded.device))
         return [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
 
     return engine.Task(

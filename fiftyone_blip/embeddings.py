@@ -107,10 +107,10 @@ def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
     embedder = Embedder(loaded)
 
     def prepare(path):
-        return preprocess(path)[0]
+        return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
 
     def step(inputs):
-        vectors = embedder.embed_images(engine.to_batch(inputs, "cpu"))
+        vectors = embedder.embed_images(preprocess.to_pixel_values(inputs, loaded.device))
         return [{field: serialize(vector)} for vector in vectors]
 
     return engine.Task(
