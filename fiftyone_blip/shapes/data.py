@@ -296,9 +296,7 @@ def question_candidates(scene: ShapeScene) -> dict[str, list[ShapeQuestion]]:
             out["colour"].append(ShapeQuestion("colour", f"what colour is the {obj.kind}?", obj.colour))
         out["shape_at"].append(ShapeQuestion("shape_at", f"what shape is {obj.position}?", obj.kind))
         if pairs.count((obj.colour, obj.kind)) == 1:
-            out["where"].append(
-                ShapeQuestion("where", f"where is the {obj.colour} {obj.kind}?", PLACES[obj.cell])
-            )
+            out["where"].append(ShapeQuestion("where", f"where is the {obj.colour} {obj.kind}?", PLACES[obj.cell]))
     for kind in KINDS:
         out["exists"].append(ShapeQuestion("exists", f"is there a {kind}?", "yes" if kind in kinds else "no"))
     return out
