@@ -28,7 +28,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import re
 import time
 import uuid
@@ -37,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
-RUNS_COLLECTION = "fiftyone_blip_runs"
+from fiftyone_blip import run_records as runs
+
+RUNS_COLLECTION = runs.RUNS_COLLECTION
 MAX_BATCH_SIZE = 1024
 
 
@@ -149,47 +150,9 @@ def check_field_name(field: str) -> str:
     return field
 
 
-def _runs_collection():
-    import fiftyone.core.odm as foo
-
-    return foo.get_db_conn()[RUNS_COLLECTION]
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for package in ("fiftyone-blip", "fiftyone", "torch", "transformers", "peft"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _mark_interrupted(dataset_id: str) -> None:
-    """Records of runs on this host whose process is gone become "interrupted"."""
-    runs = _runs_collection()
-    for record in runs.find({"dataset_id": dataset_id, "status": "running", "host": platform.node()}):
-        if record.get("pid") and not _pid_alive(record["pid"]):
-            runs.update_one({"run_id": record["run_id"]}, {"$set": {"status": "interrupted"}})
-
-
 def list_runs(dataset) -> list[dict]:
-    """Returns the run records of a dataset, oldest first."""
-    _mark_interrupted(str(dataset._doc.id))
-    cursor = _runs_collection().find({"dataset_id": str(dataset._doc.id)}, {"_id": 0}).sort("started", 1)
-    return list(cursor)
+    """Returns the run records of a dataset, oldest first (see `fiftyone_blip.runs`)."""
+    return runs.list_runs(dataset)
 
 
 def _progress_bar(total: int, description: str):
@@ -237,7 +200,7 @@ class _Writer:
             self.failed += failed
             self.done += len(self.buffer) - failed
             self.buffer.clear()
-            _runs_collection().update_one(
+            runs.collection().update_one(
                 {"run_id": self.record_id}, {"$set": {"done": self.done, "failed": self.failed}}
             )
         self.last_flush = time.monotonic()
@@ -335,8 +298,120 @@ def _decoded_in_order(
                 pending.append((nxt[0], pool.submit(work, nxt[1])))
 
 
+@dataclasses.dataclass
+class _Selection:
+    """What a run processes: (id, item) pairs, and how many in scope were already done."""
+
+    items: list
+    skipped: int
+
+    @property
+    def total(self) -> int:
+        return len(self.items) + self.skipped
+
+
+def _select(samples, task: Task, fingerprint: str, shard, overwrite: bool) -> _Selection:
+    """The samples in scope (view and shard) that still need a result."""
+    ids, paths, *read_values = samples.values(["id", "filepath", *task.reads])
+    if task.reads:
+        # each item carries its sample's values; prepare gets them after the path
+        paths = list(zip(paths, *read_values))
+    done_ids: set[str] = set()
+    if not overwrite:
+        from fiftyone import ViewField as F
+
+        done_view = samples.match((F(task.run_field) == fingerprint) & (F(task.field) != None))  # noqa: E711
+        done_ids = set(done_view.values("id"))
+    items = []
+    skipped = 0
+    for sample_id, path in zip(ids, paths):
+        if shard and shard_of(sample_id, shard[1]) != shard[0]:
+            continue
+        if sample_id in done_ids:
+            skipped += 1
+            continue
+        items.append((sample_id, path))
+    return _Selection(items, skipped)
+
+
+class _Progress:
+    """Reports progress to a bar, a callable `progress(done, total)`, or nowhere."""
+
+    def __init__(self, progress, total: int, description: str, already: int):
+        self.total = total
+        self.processed = already
+        self.bar = _progress_bar(total, description) if progress is True else None
+        self.report = progress if callable(progress) else None
+        if self.bar is not None:
+            self.bar.update(already)
+
+    def advance(self, count: int) -> None:
+        self.processed += count
+        if self.bar is not None:
+            self.bar.update(count)
+        if self.report is not None:
+            self.report(self.processed, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Stepper:
+    """Runs the model step on a batch of decoded inputs and hands each sample's row to the writer."""
+
+    def __init__(self, task: Task, fingerprint: str, writer: _Writer, progress: _Progress):
+        self.task = task
+        self.fingerprint = fingerprint
+        self.writer = writer
+        self.progress = progress
+        self.model_seconds = 0.0
+
+    def __call__(self, batch: list[tuple[str, Any, str | None]]) -> None:
+        task = self.task
+        good = [(sid, x) for sid, x, err in batch if err is None]
+        results: list[dict] = []
+        if good:
+            t0 = time.perf_counter()
+            results = _step_with_retry(task.step, [x for _, x in good])
+            self.model_seconds += time.perf_counter() - t0
+        by_id = {sid: values for (sid, _), values in zip(good, results)}
+        for sid, _, err in batch:
+            if err is None:
+                row = dict(by_id[sid])
+                row[task.error_field] = None
+                row[task.run_field] = self.fingerprint
+            else:
+                # Only the error is written: a result from an earlier run stays, and
+                # `{field}_run` still describes it.
+                row = {task.error_field: err}
+            self.writer.add(sid, row)
+        self.progress.advance(len(batch))
+
+
+def _batches(entries: Iterable, batch_size: int) -> Iterable[list]:
+    batch: list = []
+    for entry in entries:
+        batch.append(entry)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _prepare_function(task: Task) -> Callable:
+    if task.reads:
+        return lambda item: task.prepare(*item)
+    return task.prepare
+
+
 def run(samples, task: Task, options=None) -> RunSummary:
     """Runs a task over a sample collection, writing results as it goes.
+
+    The steps: declare the fields, select what to process, record the run,
+    decode ahead in threads, step the model per batch, write in chunks,
+    record how the run ended.
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -350,130 +425,44 @@ def run(samples, task: Task, options=None) -> RunSummary:
     from fiftyone_blip.settings import RunOptions
 
     options = options or RunOptions()
-    batch_size = options.batch_size
-    shard_spec = options.shard_spec
-    overwrite = options.overwrite
-    progress = options.progress
-    chunk_size, chunk_seconds = options.chunk_size, options.chunk_seconds
     workers = default_workers() if options.num_workers is None else options.num_workers
     dataset = samples._dataset
     started = time.time()
 
     _declare_fields(dataset, task)
     fingerprint = task.fingerprint
-    ids, paths, *read_values = samples.values(["id", "filepath", *task.reads])
-    prepare = task.prepare
-    if task.reads:
-        # each item carries its sample's values; prepare gets them after the path
-        paths = list(zip(paths, *read_values))
-        prepare = lambda item: task.prepare(*item)  # noqa: E731
-    done_ids: set[str] = set()
-    if not overwrite:
-        from fiftyone import ViewField as F
-
-        done_view = samples.match((F(task.run_field) == fingerprint) & (F(task.field) != None))  # noqa: E711
-        done_ids = set(done_view.values("id"))
-    items = []
-    skipped = 0
-    for sample_id, path in zip(ids, paths):
-        if shard_spec and shard_of(sample_id, shard_spec[1]) != shard_spec[0]:
-            continue
-        if sample_id in done_ids:
-            skipped += 1
-            continue
-        items.append((sample_id, path))
-    total = len(items) + skipped
-    del ids, paths, done_ids
+    shard = options.shard_spec
+    selection = _select(samples, task, fingerprint, shard, options.overwrite)
 
     record_id = uuid.uuid4().hex
-    _runs_collection().insert_one(
-        {
-            "run_id": record_id,
-            "dataset_id": str(dataset._doc.id),
-            "dataset": dataset.name,
-            "capability": task.capability,
-            "field": task.field,
-            "fingerprint": fingerprint,
-            **task.identity,
-            "settings": task.settings,
-            "shard": f"{shard_spec[0]}/{shard_spec[1]}" if shard_spec else None,
-            "batch_size": batch_size,
-            "versions": _versions(),
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "started": datetime.datetime.now(datetime.timezone.utc),
-            "ended": None,
-            "status": "running",
-            "total": total,
-            "done": 0,
-            "failed": 0,
-            "skipped": skipped,
-        }
-    )
+    record = runs.new_record(dataset, task, fingerprint, shard, options.batch_size, record_id)
+    record.update(total=selection.total, skipped=selection.skipped)
+    runs.collection().insert_one(record)
 
-    writer = _Writer(dataset, task, record_id, chunk_size, chunk_seconds)
-    bar = _progress_bar(total, task.capability) if progress is True else None
-    report = progress if callable(progress) else None
-    if bar is not None:
-        bar.update(skipped)
-    model_seconds = 0.0
-    processed = skipped
+    writer = _Writer(dataset, task, record_id, options.chunk_size, options.chunk_seconds)
+    progress = _Progress(options.progress, selection.total, task.capability, selection.skipped)
+    stepper = _Stepper(task, fingerprint, writer, progress)
     status = "failed"
-
-    def emit(batch: list[tuple[str, Any, str | None]]) -> None:
-        nonlocal model_seconds, processed
-        good = [(sid, x) for sid, x, err in batch if err is None]
-        results: list[dict] = []
-        if good:
-            t0 = time.perf_counter()
-            results = _step_with_retry(task.step, [x for _, x in good])
-            model_seconds += time.perf_counter() - t0
-        by_id = {sid: values for (sid, _), values in zip(good, results)}
-        for sid, _, err in batch:
-            if err is None:
-                row = dict(by_id[sid])
-                row[task.error_field] = None
-                row[task.run_field] = fingerprint
-            else:
-                # Only the error is written: a result from an earlier run stays, and
-                # `{field}_run` still describes it.
-                row = {task.error_field: err}
-            writer.add(sid, row)
-        processed += len(batch)
-        if bar is not None:
-            bar.update(len(batch))
-        if report is not None:
-            report(processed, total)
-
     try:
-        batch: list = []
-        window = max(2 * batch_size, 4 * workers)
-        for entry in _decoded_in_order(items, prepare, workers, window):
-            batch.append(entry)
-            if len(batch) == batch_size:
-                emit(batch)
-                batch = []
-        if batch:
-            emit(batch)
+        window = max(2 * options.batch_size, 4 * workers)
+        decoded = _decoded_in_order(selection.items, _prepare_function(task), workers, window)
+        for batch in _batches(decoded, options.batch_size):
+            stepper(batch)
         status = "completed"
     finally:
         # Whatever happened, what was computed is written before the error propagates.
         writer.flush()
-        if bar is not None:
-            bar.close()
-        _runs_collection().update_one(
-            {"run_id": record_id},
-            {"$set": {"status": status, "ended": datetime.datetime.now(datetime.timezone.utc)}},
-        )
+        progress.close()
+        runs.collection().update_one({"run_id": record_id}, {"$set": {"status": status, "ended": runs.now()}})
     return RunSummary(
         run_id=record_id,
         field=task.field,
-        total=total,
+        total=selection.total,
         done=writer.done,
         failed=writer.failed,
-        skipped=skipped,
+        skipped=selection.skipped,
         seconds=time.time() - started,
-        model_seconds=model_seconds,
+        model_seconds=stepper.model_seconds,
     )
 
 
