@@ -543,7 +543,7 @@ def embed(
     if brain_key is not None and shard is None:
         from fiftyone import ViewField as F
 
-        embedded = dataset.match(F(task.run_field) == task.fingerprint)
+        embedded = dataset.match(F(task.run_field) == task.run_stamp)
         embeddings.build_index(
             embedded, stored_name, field=field, brain_key=brain_key, backend=backend, **backend_kwargs
         )
