@@ -28,7 +28,7 @@ count = int(sys.argv[2])
 if fo.dataset_exists("stall"):
     dataset = fo.load_dataset("stall")
 else:
-    dataset = fo.Dataset("stall")
+    dataset = fo.Dataset("stall", persistent=True)
     dataset.add_samples([fo.Sample(filepath=f"/tmp/stall-{i:05d}.jpg") for i in range(count)], progress=False)
 
 def step(inputs):
@@ -39,9 +39,15 @@ task = engine.Task(
     capability="test", field="size", fields={"size": fo.IntField}, settings={}, identity={},
     prepare=lambda path: len(path), step=step,
 )
-print("READY", flush=True)
+said = []
+
+def progress(done, total):
+    # chunks of 8 are written as they fill: by 40 processed, at least 32 are stored
+    if done >= 40 and not said:
+        said.append(print("RUNNING", flush=True))
+
 try:
-    summary = engine.run(dataset, task, RunOptions(batch_size=8, chunk_size=8, num_workers=0, progress=False))
+    summary = engine.run(dataset, task, RunOptions(batch_size=8, chunk_size=8, num_workers=0, progress=progress))
     print("DONE", summary.done, summary.skipped, dataset.count("size"), flush=True)
 except Exception as error:
     print("ERROR", error, flush=True)
@@ -88,8 +94,8 @@ def _worker(uri: str, retry_seconds: float, count: int) -> subprocess.Popen:
 
 
 def _stall(mongod: subprocess.Popen, worker: subprocess.Popen, after: float, seconds: float) -> list[str]:
-    """Waits for the worker to start its run, stops mongod for `seconds`, returns the worker's output."""
-    assert worker.stdout.readline().strip() == "READY"
+    """Waits until the worker has stored results, stops mongod for `seconds`, returns the worker's output."""
+    assert worker.stdout.readline().strip() == "RUNNING"
     time.sleep(after)
     os.kill(mongod.pid, signal.SIGSTOP)
     try:
@@ -102,13 +108,13 @@ def _stall(mongod: subprocess.Popen, worker: subprocess.Popen, after: float, sec
 
 def test_a_short_stall_is_waited_out_and_every_result_lands(own_mongod):
     mongod, uri = own_mongod
-    lines = _stall(mongod, _worker(uri, retry_seconds=60, count=400), after=2.0, seconds=5.0)
+    lines = _stall(mongod, _worker(uri, retry_seconds=60, count=400), after=0.5, seconds=5.0)
     assert lines[-1] == "DONE 400 0 400"
 
 
 def test_a_stall_longer_than_the_limit_stops_with_one_line_and_resume_finishes(own_mongod):
     mongod, uri = own_mongod
-    lines = _stall(mongod, _worker(uri, retry_seconds=2, count=400), after=2.0, seconds=10.0)
+    lines = _stall(mongod, _worker(uri, retry_seconds=2, count=400), after=0.5, seconds=10.0)
     assert lines[-1] == "ERROR database unreachable for 2 s; re-run to resume"
     resumed = _worker(uri, retry_seconds=60, count=400)
     out, _ = resumed.communicate(timeout=300)
