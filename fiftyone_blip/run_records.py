@@ -240,8 +240,11 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=DB_ATTEMPT_SECONDS + 1)
-        with_retry(
-            lambda: collection().update_one(
-                {"_id": self.key}, {"$pull": {"holders": {"run_id": self.run_id}}, "$inc": {"version": 1}}
+        try:
+            with_retry(
+                lambda: collection().update_one(
+                    {"_id": self.key}, {"$pull": {"holders": {"run_id": self.run_id}}, "$inc": {"version": 1}}
+                )
             )
-        )
+        except DatabaseUnreachable:
+            pass  # the claim lapses by itself: its process ends and its heartbeat stops
