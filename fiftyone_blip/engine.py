@@ -426,7 +426,7 @@ def _check_no_foreign_values(samples, task: Task) -> None:
         raise ValueError(
             f"field {task.field!r} already holds values on {count} samples that were not written by "
             f"fiftyone-blip with this model and these settings; pass overwrite=True "
-            f"(CLI --overwrite, the form's Overwrite box) to replace them, or choose another field"
+            f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another field'
         )
 
 
