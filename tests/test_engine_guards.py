@@ -383,3 +383,14 @@ def test_a_run_pages_through_the_collection(fresh_dataset, monkeypatch):
 def test_decode_threads_scale_with_the_cores(monkeypatch):
     monkeypatch.setattr(engine, "_cores", lambda: 32)
     assert engine.default_workers() == 32
+
+
+def test_german_captions_into_a_field_of_english_ones_are_refused(fresh_dataset):
+    view = fresh_dataset.limit(4)
+    fiftyone_blip.caption(view, model="shapes-tiny", progress=False)
+    english = view.values("caption")
+    with pytest.raises(ValueError, match=r"'caption'.*4 samples.*overwrite=True"):
+        fiftyone_blip.caption(view, model="shapes-tiny", language="de", progress=False)
+    assert view.values("caption") == english
+    german = fiftyone_blip.caption(view, model="shapes-tiny", language="de", overwrite=True, progress=False)
+    assert german.done == 4 and view.values("caption") != english
