@@ -383,7 +383,8 @@ def _check_collection(samples) -> None:
         raise ValueError(
             "grouped datasets are not supported: run on one slice, e.g. dataset.select_group_slices('left')"
         )
-    if media_type not in ("image", None):
+    # "unknown" stays allowed: image files without an extension are filed under it
+    if media_type not in ("image", "unknown", None):
         raise ValueError(f"{media_type} samples are not supported: only images")
     # a URL as stored, or as FiftyOne's path normalization leaves it ("/cwd/https:/host/...")
     remote = {"$match": {"filepath": {"$regex": REMOTE_PATH, "$options": "i"}}}
