@@ -368,7 +368,7 @@ def run(samples, settings, options, **backend_kwargs):
     task = embedding_task(loaded, field=settings.field, resize=options.resize)
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:
-        embedded = dataset.match(F(task.run_field) == task.fingerprint)
+        embedded = dataset.match(F(task.run_field) == task.run_stamp)
         build_index(
             embedded, stored_name, field=settings.field, brain_key=brain_key, backend=settings.backend, **backend_kwargs
         )

@@ -27,8 +27,9 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
-import platform
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -36,10 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from fiftyone_blip import fields
+from fiftyone_blip import run_records as runs
 from fiftyone_blip.fields import check_field_name
-from fiftyone_blip.progress import progress_bar as _progress_bar
+from fiftyone_blip.progress import Progress
 
-RUNS_COLLECTION = "fiftyone_blip_runs"
+RUNS_COLLECTION = runs.RUNS_COLLECTION
 MAX_BATCH_SIZE = 1024
 
 
@@ -79,8 +82,30 @@ class Task:
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps({"identity": self.identity, "settings": self.settings}, sort_keys=True, default=str)
+        """Which model and settings: results of another fingerprint are refused without `overwrite`.
+
+        The weights' version (`identity["weights"]`, a local folder's files) is
+        left out: it goes in each sample's stamp, so weights saved again into
+        the same folder recompute the results instead of refusing them.
+        """
+        identity = {k: v for k, v in self.identity.items() if k != "weights"}
+        blob = json.dumps({"identity": identity, "settings": self.settings}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def stamp(self, read_values: tuple = ()) -> str:
+        """What `{field}_run` holds for a result: the fingerprint, then a digest of what it was
+        computed from (the weights' version and the sample values in `reads`) when there is any."""
+        weights = self.identity.get("weights")
+        if weights is None and not self.reads:
+            return self.fingerprint
+        return f"{self.fingerprint}:{input_digest((weights, *read_values))}"
+
+    @property
+    def run_stamp(self) -> str:
+        """The stamp of every result of a task that reads no sample fields."""
+        if self.reads:
+            raise ValueError("a task that reads sample fields has one stamp per sample")
+        return self.stamp()
 
 
 @dataclasses.dataclass
@@ -138,54 +163,50 @@ def check_run_options(field: str, batch_size: int, shard) -> None:
     parse_shard(shard)
 
 
-def _runs_collection():
-    import fiftyone.core.odm as foo
+def input_digest(values) -> str:
+    """A short digest of the values a result was computed from (raw database values).
 
-    return foo.get_db_conn()[RUNS_COLLECTION]
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for package in ("fiftyone-blip", "fiftyone", "torch", "transformers", "peft"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+    Labels count by their ids, labels, boxes and points only: attributes written
+    onto them afterwards (a matcher's scores) are not inputs.
+    """
+    blob = json.dumps(_input_part(values), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_LABEL_KEYS = {"_id", "_cls", "label", "bounding_box", "points", "index", "mask_path"}
 
 
-def _mark_interrupted(dataset_id: str) -> None:
-    """Records of runs on this host whose process is gone become "interrupted"."""
-    runs = _runs_collection()
-    for record in runs.find({"dataset_id": dataset_id, "status": "running", "host": platform.node()}):
-        if record.get("pid") and not _pid_alive(record["pid"]):
-            runs.update_one({"run_id": record["run_id"]}, {"$set": {"status": "interrupted"}})
+def _input_part(value):
+    if isinstance(value, dict):
+        if "_cls" not in value:
+            return {k: _input_part(v) for k, v in value.items()}
+        return {k: _input_part(v) for k, v in value.items() if k in _LABEL_KEYS or isinstance(v, list)}
+    if isinstance(value, (list, tuple)):
+        return [_input_part(v) for v in value]
+    return value
 
 
 def list_runs(dataset) -> list[dict]:
-    """Returns the run records of a dataset, oldest first."""
-    _mark_interrupted(str(dataset._doc.id))
-    cursor = _runs_collection().find({"dataset_id": str(dataset._doc.id)}, {"_id": 0}).sort("started", 1)
-    return list(cursor)
+    """Returns the run records of a dataset, oldest first (see `fiftyone_blip.runs`)."""
+    return runs.list_runs(dataset)
+
+
+class StoreError(RuntimeError):
+    """Results could not be stored (the dataset was deleted during the run)."""
 
 
 class _Writer:
-    """Buffers results and writes them by sample id in chunks of bounded size and age."""
+    """Buffers results and writes them by sample id in chunks of bounded size and age.
+
+    `done` and `failed` count what the database matched, not what was sent: a
+    sample deleted by another process during the run is not counted.
+    """
 
     def __init__(self, dataset, task: Task, record_id: str, chunk_size: int, chunk_seconds: float):
-        self.dataset = dataset
+        # handles kept aside: a Dataset object deleted in this process refuses every attribute
+        self.dataset_name = dataset.name
+        self.collection = dataset._sample_collection
+        self.collection_name = dataset._sample_collection_name
         self.task = task
         self.record_id = record_id
         self.chunk_size = chunk_size
@@ -201,29 +222,54 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        if self.buffer:
-            from bson import ObjectId
-            from pymongo import UpdateOne
-
-            # One update per sample setting all of its fields at once: MongoDB applies
-            # a single-document update atomically, so a crash mid-chunk never leaves a
-            # sample with a result but no fingerprint (or the reverse).
-            now = datetime.datetime.now(datetime.timezone.utc)
-            ids = [ObjectId(sid) for sid in self.buffer]
-            ops = [
-                UpdateOne({"_id": oid}, {"$set": {**{k: _to_bson(v) for k, v in row.items()}, "last_modified_at": now}})
-                for oid, row in zip(ids, self.buffer.values())
-            ]
-            # FiftyOne's own bulk-write primitive: it also refreshes Sample objects in memory.
-            self.dataset._bulk_write(ops, ids=ids)
-            failed = sum(1 for row in self.buffer.values() if row.get(self.task.error_field))
-            self.failed += failed
-            self.done += len(self.buffer) - failed
-            self.buffer.clear()
-            _runs_collection().update_one(
-                {"run_id": self.record_id}, {"$set": {"done": self.done, "failed": self.failed}}
-            )
         self.last_flush = time.monotonic()
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, {}
+        stored = self._write(rows)
+        failed = sum(1 for sid in stored if rows[sid].get(self.task.error_field))
+        self.failed += failed
+        self.done += len(stored) - failed
+        runs.update(self.record_id, {"done": self.done, "failed": self.failed})
+        if len(stored) < len(rows) and not self._dataset_exists():
+            raise StoreError(
+                f"dataset {self.dataset_name!r} was deleted during the run; "
+                f"{self.done} results had been stored in field {self.task.field!r}"
+            )
+
+    def _write(self, rows: dict[str, dict]) -> list[str]:
+        """Writes the rows; returns the ids the database matched."""
+        import fiftyone.core.sample as fos
+        from bson import ObjectId
+        from pymongo import UpdateOne
+
+        # One update per sample setting all of its fields at once: MongoDB applies
+        # a single-document update atomically, so a crash mid-chunk never leaves a
+        # sample with a result but no fingerprint (or the reverse).
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ids = [ObjectId(sid) for sid in rows]
+        ops = [
+            UpdateOne({"_id": oid}, {"$set": {**{k: _to_bson(v) for k, v in row.items()}, "last_modified_at": now}})
+            for oid, row in zip(ids, rows.values())
+        ]
+        collection = self.collection
+        # `$set` by id is idempotent: an attempt repeated after a timeout changes nothing more
+        result = runs.with_retry(lambda: collection.bulk_write(ops, ordered=False))
+        if result.matched_count == len(ops):
+            stored = list(rows)
+        else:
+            found = runs.with_retry(lambda: collection.find({"_id": {"$in": ids}}, {"_id": 1}))
+            present = {str(doc["_id"]) for doc in found}
+            stored = [sid for sid in rows if sid in present]
+        if stored:
+            # refreshes Sample objects held in memory, as FiftyOne's own bulk writes do
+            runs.with_retry(lambda: fos.Sample._reload_docs(self.collection_name, sample_ids=ids))
+        return stored
+
+    def _dataset_exists(self) -> bool:
+        import fiftyone as fo
+
+        return runs.with_retry(lambda: fo.dataset_exists(self.dataset_name))
 
 
 def _to_bson(value):
@@ -235,14 +281,53 @@ def _to_bson(value):
     return value
 
 
+def _bad_output(row: dict, field: str) -> str | None:
+    """Why a model's row is not a result: an empty main value or a non-finite number; None if fine."""
+    main = row.get(field)
+    if isinstance(main, str) and not main.strip():
+        return "empty output"
+    for key, value in row.items():
+        if not _finite(value, top=True):
+            return f"non-finite output in {key!r}"
+    return None
+
+
+def _finite(value, top: bool = False) -> bool:
+    if isinstance(value, (float, np.floating)):
+        return math.isfinite(value)
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, bytes) and top:
+        # vectors and arrays arrive serialized (FiftyOne's numpy bytes)
+        import fiftyone.core.utils as fou
+
+        try:
+            array = fou.deserialize_numpy_array(value)
+        except Exception:
+            return True
+        return _finite(np.asarray(array))
+    return True
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    """Decode threads: one per core, at most 8.
+    """Decode threads: one per core this process may use.
 
     Measured on 2 cores with BLIP-base on the CPU (BENCHMARKS.md): 2 decode
     threads beside the model's 2 torch threads beat 1 and inline decoding, so
     threads are not held back even when the model runs on the CPU.
     """
-    return min(8, os.cpu_count() or 1)
+    return _cores()
 
 
 def _step_with_retry(step: Callable[[list], list[dict]], inputs: list) -> list[dict]:
@@ -260,66 +345,274 @@ def _step_with_retry(step: Callable[[list], list[dict]], inputs: list) -> list[d
         return _step_with_retry(step, inputs[:half]) + _step_with_retry(step, inputs[half:])
 
 
+# ---------------------------------------------------------------- checks before any work
+
+
+REMOTE_PATH = r"^[a-z][a-z0-9+.-]*://|(^|/)(https?|s3|gs|gcs|az|azure|abfss?|minio|ftp):/"
+
+
+def _check_collection(samples) -> None:
+    """Refuses collections whose results could not be written back where they belong."""
+    if samples._is_generated:
+        kind = "patches" if samples._is_patches else "frames" if samples._is_frames else "clips"
+        if samples._is_clips or not samples._is_frames:
+            where = "run on the source dataset"
+        else:
+            where = "clone it into a dataset of images first (view.clone('frames')) and run on that"
+        raise ValueError(
+            f"{kind} views are not supported: results would stay in the view's temporary collection; {where}"
+        )
+    media_type = samples.media_type
+    if media_type == "video":
+        raise ValueError(
+            "video samples are not supported: run on a dataset of their frames as images, "
+            "e.g. dataset.to_frames(sample_frames=True).clone('frames')"
+        )
+    if media_type == "group":
+        raise ValueError(
+            "grouped datasets are not supported: run on one slice, e.g. dataset.select_group_slices('left')"
+        )
+    # "unknown" stays allowed: image files without an extension are filed under it
+    if media_type not in ("image", "unknown", None):
+        raise ValueError(f"{media_type} samples are not supported: only images")
+    # a URL as stored, or as FiftyOne's path normalization leaves it ("/cwd/https:/host/...")
+    remote = {"$match": {"filepath": {"$regex": REMOTE_PATH, "$options": "i"}}}
+    found = list(samples._aggregate(pipeline=[remote, {"$limit": 1}, {"$project": {"filepath": 1}}]))
+    if found:
+        raise ValueError(f"remote media is not supported: download it first (e.g. {found[0]['filepath']!r})")
+
+
 def _declare_fields(dataset, task: Task) -> None:
     """Adds the task's fields; refuses to write into an existing field of another type."""
     import fiftyone as fo
 
-    schema = dataset.get_field_schema()
-    wanted = dict(task.fields)
-    wanted[task.error_field] = fo.StringField
-    wanted[task.run_field] = fo.StringField
-    for name, field_type in wanted.items():
-        if name not in schema:
-            continue
-        existing = schema[name]
-        if not isinstance(existing, field_type):
-            raise ValueError(
-                f"field {name!r} already exists as a {type(existing).__name__}; "
-                f"{task.capability} writes a {field_type.__name__}: choose another field"
-            )
-    for name, field_type in wanted.items():
-        if name not in schema:
-            dataset.add_sample_field(name, field_type)
+    wanted = {**task.fields, task.error_field: fo.StringField, task.run_field: fo.StringField}
+    fields.declare(dataset, wanted, task.capability)
 
 
-def _decoded_in_order(
-    items: list[tuple[str, str]], prepare: Callable, workers: int, window: int
-) -> Iterable[tuple[str, Any, str | None]]:
-    """Yields (id, input or None, error or None) in order, decoding ahead in threads."""
+def _check_no_foreign_values(samples, task: Task) -> None:
+    """Refuses a field that holds values fiftyone-blip did not write with these model and settings."""
+    if task.field not in samples._dataset.get_field_schema():
+        return
+    own = re.compile(f"^{task.fingerprint}(:|$)")
+    foreign = {"$match": {task.field: {"$ne": None}, task.run_field: {"$not": own}}}
+    counted = list(samples._aggregate(pipeline=[foreign, {"$count": "n"}]))
+    count = counted[0]["n"] if counted else 0
+    if count:
+        raise ValueError(
+            f"field {task.field!r} already holds values on {count} samples that were not written by "
+            f"fiftyone-blip with this model and these settings; pass overwrite=True "
+            f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another field'
+        )
+
+
+# ---------------------------------------------------------------- what to process
+
+# Samples read per database round trip: memory stays flat whatever the collection's size.
+PAGE_SIZE = 2000
+
+
+@dataclasses.dataclass
+class _Row:
+    id: str
+    filepath: str
+    reads: tuple
+    stamp: str | None
+    has_result: bool
+
+
+def _read_page(samples, task: Task, after: str | None, size: int) -> list[_Row]:
+    """The next `size` samples of the collection after id `after`, in id order."""
+    from bson import ObjectId
+
+    project = {"filepath": 1, task.run_field: 1, "_has": {"$ne": [{"$ifNull": [f"${task.field}", None]}, None]}}
+    project.update({name: 1 for name in task.reads})
+    stages = [{"$match": {"_id": {"$gt": ObjectId(after)}}}] if after else []
+    stages += [{"$sort": {"_id": 1}}, {"$limit": size}, {"$project": project}]
+    docs = runs.with_retry(lambda: list(samples._aggregate(pipeline=stages)))
+    return [
+        _Row(
+            str(doc["_id"]),
+            doc.get("filepath"),
+            tuple(_get_path(doc, name) for name in task.reads),
+            doc.get(task.run_field),
+            doc["_has"],
+        )
+        for doc in docs
+    ]
+
+
+def _get_path(doc: dict, name: str):
+    for part in name.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
+
+
+class _Selection:
+    """Walks the collection page by page; yields (id, stamp, prepare argument) of what needs a result.
+
+    Samples of other shards are passed over; samples whose stored stamp equals
+    the one a new result would get are skipped (counted in `skipped`).
+    """
+
+    def __init__(self, samples, task: Task, shard, overwrite: bool, on_skip: Callable[[int], None]):
+        self.samples = samples
+        self.task = task
+        self.shard = shard
+        self.overwrite = overwrite
+        self.on_skip = on_skip
+        self.skipped = 0
+        self.selected = 0
+        self.converters = [_converter(samples, name) for name in task.reads]
+
+    def __iter__(self):
+        task, after = self.task, None
+        while True:
+            page = _read_page(self.samples, task, after, PAGE_SIZE)
+            if not page:
+                return
+            after = page[-1].id
+            skipped = 0
+            for row in page:
+                if self.shard and shard_of(row.id, self.shard[1]) != self.shard[0]:
+                    continue
+                stamp = task.stamp(row.reads)
+                if not self.overwrite and row.has_result and row.stamp == stamp:
+                    skipped += 1
+                    continue
+                self.selected += 1
+                values = [convert(value) for convert, value in zip(self.converters, row.reads)]
+                yield row.id, stamp, (row.filepath, *values) if task.reads else row.filepath
+            self.skipped += skipped
+            if skipped:
+                self.on_skip(skipped)
+            if len(page) < PAGE_SIZE:
+                return
+
+    @property
+    def total(self) -> int:
+        return self.selected + self.skipped
+
+
+def _converter(samples, name: str) -> Callable:
+    """Raw database value -> what `prepare` gets (a Label object for label fields)."""
+    field = samples.get_field(name)
+    if field is None or not hasattr(field, "to_python"):
+        return lambda value: value
+    return lambda value: None if value is None else field.to_python(value)
+
+
+def _count_in_scope(samples, shard) -> int:
+    """How many samples of the collection fall in the shard (streams ids; holds none)."""
+    if not shard:
+        return samples.count()
+    cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1}}])
+    return sum(1 for doc in cursor if shard_of(str(doc["_id"]), shard[1]) == shard[0])
+
+
+# ---------------------------------------------------------------- decode, step, progress
+
+
+def _decoded_in_order(items: Iterable, prepare: Callable, workers: int, window: int) -> Iterable[tuple]:
+    """Yields (id, stamp, input or None, error or None) in order, decoding ahead in threads."""
     from fiftyone_blip.images import ImageDecodeError
 
-    def work(path):
+    def work(argument):
         try:
-            return prepare(path), None
+            return prepare(argument), None
         except ImageDecodeError as error:
             return None, str(error)
         except Exception as error:  # a bad file must not end the run
             return None, f"{type(error).__name__}: {error}"
 
     if workers == 0:
-        for sample_id, path in items:
-            result, error = work(path)
-            yield sample_id, result, error
+        for sample_id, stamp, argument in items:
+            yield sample_id, stamp, *work(argument)
         return
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blip-decode") as pool:
         pending: collections.deque = collections.deque()
         iterator = iter(items)
-        for sample_id, path in iterator:
-            pending.append((sample_id, pool.submit(work, path)))
+        for sample_id, stamp, argument in iterator:
+            pending.append((sample_id, stamp, pool.submit(work, argument)))
             if len(pending) >= window:
                 break
         while pending:
-            sample_id, future = pending.popleft()
-            result, error = future.result()
-            yield sample_id, result, error
+            sample_id, stamp, future = pending.popleft()
+            yield sample_id, stamp, *future.result()
             nxt = next(iterator, None)
             if nxt is not None:
-                pending.append((nxt[0], pool.submit(work, nxt[1])))
+                pending.append((nxt[0], nxt[1], pool.submit(work, nxt[2])))
+
+
+class _Stepper:
+    """Runs the model step on a batch of decoded inputs and hands each sample's row to the writer."""
+
+    def __init__(self, task: Task, writer: _Writer, progress: Progress):
+        self.task = task
+        self.writer = writer
+        self.progress = progress
+        self.model_seconds = 0.0
+
+    def __call__(self, batch: list[tuple]) -> None:
+        task = self.task
+        good = [(sid, x) for sid, _, x, err in batch if err is None]
+        results: list[dict] = []
+        if good:
+            t0 = time.perf_counter()
+            results = _step_with_retry(task.step, [x for _, x in good])
+            self.model_seconds += time.perf_counter() - t0
+        by_id = {sid: values for (sid, _), values in zip(good, results)}
+        for sid, stamp, _, err in batch:
+            if err is None:
+                err = _bad_output(by_id[sid], task.field)
+            if err is None:
+                row = dict(by_id[sid])
+                row[task.error_field] = None
+                row[task.run_field] = stamp
+            else:
+                # Only the error is written: a result from an earlier run stays, and
+                # `{field}_run` still describes it.
+                row = {task.error_field: err}
+            self.writer.add(sid, row)
+        self.progress.advance(len(batch))
+
+
+def _batches(entries: Iterable, batch_size: int) -> Iterable[list]:
+    batch: list = []
+    for entry in entries:
+        batch.append(entry)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _prepare_function(task: Task) -> Callable:
+    if task.reads:
+        return lambda item: task.prepare(*item)
+    return task.prepare
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _check(samples, task: Task, options) -> None:
+    """Everything refused before any work: the collection, field types, values of others."""
+    _check_collection(samples)
+    _declare_fields(samples._dataset, task)
+    if not options.overwrite:
+        _check_no_foreign_values(samples, task)
 
 
 def run(samples, task: Task, options=None) -> RunSummary:
     """Runs a task over a sample collection, writing results as it goes.
+
+    The steps: check (collection, fields, values written by others), claim the
+    field, record the run, select page by page what needs a result, decode
+    ahead in threads, step the model per batch, write in chunks, record how
+    the run ended ("completed", "failed" or "interrupted").
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -329,134 +622,82 @@ def run(samples, task: Task, options=None) -> RunSummary:
 
     Returns:
         a `RunSummary`.
+
+    Raises:
+        ValueError: before any work: a view whose results could not be written
+            back, a field of another type, values in the field that this model
+            and these settings did not write (without `overwrite`), or another
+            run writing the same field and shard.
+        run_records.DatabaseUnreachable: MongoDB did not answer for
+            `run_records.DB_RETRY_SECONDS`; what was written stays.
+        StoreError: the dataset was deleted during the run.
     """
     from fiftyone_blip.settings import RunOptions
 
     options = options or RunOptions()
-    batch_size = options.batch_size
-    shard_spec = options.shard_spec
-    overwrite = options.overwrite
-    progress = options.progress
-    chunk_size, chunk_seconds = options.chunk_size, options.chunk_seconds
-    workers = default_workers() if options.num_workers is None else options.num_workers
-    dataset = samples._dataset
     started = time.time()
-
-    _declare_fields(dataset, task)
-    fingerprint = task.fingerprint
-    ids, paths, *read_values = samples.values(["id", "filepath", *task.reads])
-    prepare = task.prepare
-    if task.reads:
-        # each item carries its sample's values; prepare gets them after the path
-        paths = list(zip(paths, *read_values))
-        prepare = lambda item: task.prepare(*item)  # noqa: E731
-    done_ids: set[str] = set()
-    if not overwrite:
-        from fiftyone import ViewField as F
-
-        done_view = samples.match((F(task.run_field) == fingerprint) & (F(task.field) != None))  # noqa: E711
-        done_ids = set(done_view.values("id"))
-    items = []
-    skipped = 0
-    for sample_id, path in zip(ids, paths):
-        if shard_spec and shard_of(sample_id, shard_spec[1]) != shard_spec[0]:
-            continue
-        if sample_id in done_ids:
-            skipped += 1
-            continue
-        items.append((sample_id, path))
-    total = len(items) + skipped
-    del ids, paths, done_ids
-
+    dataset, shard = samples._dataset, options.shard_spec
+    _check(samples, task, options)
     record_id = uuid.uuid4().hex
-    _runs_collection().insert_one(
-        {
-            "run_id": record_id,
-            "dataset_id": str(dataset._doc.id),
-            "dataset": dataset.name,
-            "capability": task.capability,
-            "field": task.field,
-            "fingerprint": fingerprint,
-            **task.identity,
-            "settings": task.settings,
-            "shard": f"{shard_spec[0]}/{shard_spec[1]}" if shard_spec else None,
-            "batch_size": batch_size,
-            "versions": _versions(),
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "started": datetime.datetime.now(datetime.timezone.utc),
-            "ended": None,
-            "status": "running",
-            "total": total,
-            "done": 0,
-            "failed": 0,
-            "skipped": skipped,
-        }
-    )
-
-    writer = _Writer(dataset, task, record_id, chunk_size, chunk_seconds)
-    bar = _progress_bar(total, task.capability) if progress is True else None
-    report = progress if callable(progress) else None
-    if bar is not None:
-        bar.update(skipped)
-    model_seconds = 0.0
-    processed = skipped
-    status = "failed"
-
-    def emit(batch: list[tuple[str, Any, str | None]]) -> None:
-        nonlocal model_seconds, processed
-        good = [(sid, x) for sid, x, err in batch if err is None]
-        results: list[dict] = []
-        if good:
-            t0 = time.perf_counter()
-            results = _step_with_retry(task.step, [x for _, x in good])
-            model_seconds += time.perf_counter() - t0
-        by_id = {sid: values for (sid, _), values in zip(good, results)}
-        for sid, _, err in batch:
-            if err is None:
-                row = dict(by_id[sid])
-                row[task.error_field] = None
-                row[task.run_field] = fingerprint
-            else:
-                # Only the error is written: a result from an earlier run stays, and
-                # `{field}_run` still describes it.
-                row = {task.error_field: err}
-            writer.add(sid, row)
-        processed += len(batch)
-        if bar is not None:
-            bar.update(len(batch))
-        if report is not None:
-            report(processed, total)
-
+    lease = runs.Lease(dataset, task.field, shard, record_id)
+    lease.take()
     try:
-        batch: list = []
-        window = max(2 * batch_size, 4 * workers)
-        for entry in _decoded_in_order(items, prepare, workers, window):
-            batch.append(entry)
-            if len(batch) == batch_size:
-                emit(batch)
-                batch = []
-        if batch:
-            emit(batch)
+        return _run_claimed(samples, task, options, record_id, started)
+    finally:
+        lease.release()
+
+
+def _run_claimed(samples, task: Task, options, record_id: str, started: float) -> RunSummary:
+    dataset, shard = samples._dataset, options.shard_spec
+    total = _count_in_scope(samples, shard)
+    record = runs.new_record(dataset, task, task.fingerprint, shard, options.batch_size, record_id)
+    record["total"] = total
+    runs.with_retry(lambda: runs.collection().insert_one(record))
+
+    writer = _Writer(dataset, task, record_id, options.chunk_size, options.chunk_seconds)
+    progress = Progress(options.progress, total, task.capability)
+    selection = _Selection(samples, task, shard, options.overwrite, on_skip=progress.advance)
+    stepper = _Stepper(task, writer, progress)
+    workers = default_workers() if options.num_workers is None else options.num_workers
+    status = "failed"
+    try:
+        window = max(2 * options.batch_size, 4 * workers)
+        decoded = _decoded_in_order(selection, _prepare_function(task), workers, window)
+        for batch in _batches(decoded, options.batch_size):
+            stepper(batch)
         status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
         # Whatever happened, what was computed is written before the error propagates.
-        writer.flush()
-        if bar is not None:
-            bar.close()
-        _runs_collection().update_one(
-            {"run_id": record_id},
-            {"$set": {"status": status, "ended": datetime.datetime.now(datetime.timezone.utc)}},
-        )
+        try:
+            writer.flush()
+        except BaseException:
+            status = "failed" if status == "completed" else status
+            raise
+        finally:
+            progress.close()
+            runs.update(
+                record_id,
+                {
+                    "status": status,
+                    "ended": runs.now(),
+                    "total": selection.total,
+                    "skipped": selection.skipped,
+                    "done": writer.done,
+                    "failed": writer.failed,
+                },
+            )
     return RunSummary(
         run_id=record_id,
         field=task.field,
-        total=total,
+        total=selection.total,
         done=writer.done,
         failed=writer.failed,
-        skipped=skipped,
+        skipped=selection.skipped,
         seconds=time.time() - started,
-        model_seconds=model_seconds,
+        model_seconds=stepper.model_seconds,
     )
 
 

@@ -51,11 +51,15 @@ class LoadedModel:
     device: str
     dtype: str
     attention: str = "eager"
+    weights: str | None = None  # a local folder's weight files, as "size-mtime_ns" (see `weights_version`)
 
     @property
     def identity(self) -> dict:
         """What a run record stores to say which weights produced a result."""
-        return {"model": self.name, "path": self.path, "revision": self.revision, "dtype": self.dtype}
+        identity = {"model": self.name, "path": self.path, "revision": self.revision, "dtype": self.dtype}
+        if self.weights is not None:
+            identity["weights"] = self.weights
+        return identity
 
     @property
     def grid_size(self) -> int:
@@ -209,7 +213,14 @@ def keep_freed_memory() -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _load(
-    name: str, local: Path | None, task: str, device: str, dtype: str, revision: str | None, attention: str
+    name: str,
+    local: Path | None,
+    task: str,
+    device: str,
+    dtype: str,
+    revision: str | None,
+    attention: str,
+    weights: str | None = None,
 ) -> LoadedModel:
     import torch
     from transformers import (
@@ -271,7 +282,14 @@ def _load(
         device=device,
         dtype=dtype,
         attention=attention,
+        weights=weights,
     )
+
+
+def weights_version(local: Path) -> str:
+    """Size and mtime of a local folder's weight files: new weights saved over old ones change it."""
+    stats = [path.stat() for path in sorted(local.glob("*.safetensors"))]
+    return ",".join(f"{stat.st_size}-{stat.st_mtime_ns}" for stat in stats)
 
 
 def load_model(
@@ -314,6 +332,8 @@ def load_model(
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    # lru_cache keeps the undecorated function as __wrapped__: a fresh, private copy
+    # lru_cache keeps the undecorated function as __wrapped__: a fresh, private copy.
+    # The weights' version is part of the cache key: a model saved again is loaded again.
+    weights = weights_version(local) if local is not None else None
     loader = _load if cached else _load.__wrapped__
-    return loader(resolved, local, task, device, dtype, revision, attention)
+    return loader(resolved, local, task, device, dtype, revision, attention, weights)

@@ -85,13 +85,13 @@ def test_resume_skips_done_samples_and_overwrite_recomputes(fresh_dataset):
     fiftyone_blip.caption(first, model="shapes-tiny", progress=False)
     summary = fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", progress=False)
     assert (summary.skipped, summary.done) == (20, 28)
-    # other settings are another result: nothing is skipped
-    other = fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", max_new_tokens=25, progress=False)
-    assert (other.skipped, other.done) == (0, 48)
+    # other settings are another result: refused without overwrite, replaced with it
+    with pytest.raises(ValueError, match=r"'caption'.*48 samples.*overwrite=True"):
+        fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", max_new_tokens=25, progress=False)
     again = fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", max_new_tokens=25, overwrite=True, progress=False)
     assert again.done == 48
     records = fiftyone_blip.runs(fresh_dataset)
-    assert [r["done"] for r in records] == [20, 28, 48, 48]
+    assert [r["done"] for r in records] == [20, 28, 48]
     assert records[1]["skipped"] == 20 and records[-1]["status"] == "completed"
     assert records[0]["model"] == "shapes-tiny" and "torch" in records[0]["versions"]
     assert records[0]["settings"]["strategy"] == "greedy" and records[0]["ended"] >= records[0]["started"]
