@@ -14,8 +14,8 @@ What it measures, each with the library's own model step (not a copy of it):
 - per dtype (bf16 and fp16 on CUDA, fp32 on CPU), images/s and peak device
   memory of: captioning (greedy and beam 3, exactly 20 new tokens,
   `captions.Captioner`), ITC image embeddings (`embeddings.Embedder`), ITM + ITC
-  scoring of one text per image (`matching.Matcher.score`), cross-attention word
-  heatmaps (`attention_maps.HeatmapMaker`) and captioning through a LoRA
+  scoring of one text per image (`mislabels.Matcher.score`), cross-attention word
+  heatmaps (`word_heatmaps.HeatmapMaker`) and captioning through a LoRA
   language adapter (rank 8 on the decoder modules `adapters.TARGET_MODULES`
   names); BLIP-base-sized random weights (transformers' default `BlipConfig`);
 - a batch-size sweep of greedy captioning in the first dtype;
@@ -161,7 +161,7 @@ def add_lora(loaded) -> None:
 
     from fiftyone_blip import adapters
 
-    config = adapters._lora_config(adapters.AdapterTrainingSettings(), [], inference=True)
+    config = adapters.lora_config(adapters.AdapterTrainingSettings(), [], inference=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peft_model = get_peft_model(loaded.model, config, adapter_name="bench")
@@ -277,7 +277,7 @@ def step_functions(paths: dict, device: str, dtype: str, size: int, batch: int, 
     """Images/s and peak memory of each capability's model step in one dtype."""
     import torch
 
-    from fiftyone_blip import attention_maps, captions, embeddings, images, matching
+    from fiftyone_blip import captions, embeddings, images, mislabels, word_heatmaps
 
     torch.manual_seed(0)
     uint8 = np.random.default_rng(0).integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
@@ -303,7 +303,7 @@ def step_functions(paths: dict, device: str, dtype: str, size: int, batch: int, 
                 errors,
             )
     match_model = load(paths["match"], "match", device, dtype)
-    embedder, matcher = embeddings.Embedder(match_model), matching.Matcher(match_model)
+    embedder, matcher = embeddings.Embedder(match_model), mislabels.Matcher(match_model)
     if budget.allows(f"{dtype} itc_embeddings"):
         rows["itc_embeddings"] = measured(
             f"{dtype} itc_embeddings",
@@ -319,7 +319,7 @@ def step_functions(paths: dict, device: str, dtype: str, size: int, batch: int, 
     if budget.allows(f"{dtype} heatmaps"):
         # heatmaps read attention weights: the captioner loaded with eager attention
         eager = load(paths["caption"], "caption", device, dtype, attention="eager")
-        maker = attention_maps.HeatmapMaker(eager, attention_maps.HeatmapSettings())
+        maker = word_heatmaps.HeatmapMaker(eager, word_heatmaps.HeatmapSettings())
         rows["heatmaps"] = measured(
             f"{dtype} heatmaps",
             lambda: time_step(lambda: maker(pixels(), texts), batch, device, seconds, min_batches),
@@ -489,9 +489,9 @@ def files_to_results(paths: dict, files: list[str], device: str, dtype: str, bat
     synchronize(device)
     done, results, start = 0, 0, time.perf_counter()
     while done == 0 or time.perf_counter() - start < seconds:
-        items = [(str(i), f) for i, f in enumerate(files)]
+        items = [(str(i), None, f) for i, f in enumerate(files)]
         pending: list = []
-        for _sid, pixels, error in engine._decoded_in_order(
+        for _sid, _stamp, pixels, error in engine.decoded_in_order(
             items, lambda f: preprocess.pixels(f)[0], workers, max(2 * batch, 4 * workers)
         ):
             if error is not None:
@@ -539,7 +539,7 @@ def agreement(device: str, dtype: str, count: int) -> dict:
                 out["de"] += [r["caption"] for r in captions.Captioner(caption_model, settings, tokenizer)(pixels)]
             out["embeddings"].append(embeddings.Embedder(match_model).embed_images(pixels))
         out["embeddings"] = np.concatenate(out["embeddings"])
-        adapters._SESSIONS.clear()
+        adapters.forget_sessions()
         release(dev)
         return out
 

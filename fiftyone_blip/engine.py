@@ -513,7 +513,7 @@ def _count_in_scope(samples, shard) -> int:
 # ---------------------------------------------------------------- decode, step, progress
 
 
-def _decoded_in_order(items: Iterable, prepare: Callable, workers: int, window: int) -> Iterable[tuple]:
+def decoded_in_order(items: Iterable, prepare: Callable, workers: int, window: int) -> Iterable[tuple]:
     """Yields (id, stamp, input or None, error or None) in order, decoding ahead in threads."""
     from fiftyone_blip.images import ImageDecodeError
 
@@ -662,7 +662,7 @@ def _run_claimed(samples, task: Task, options, record_id: str, started: float) -
     status = "failed"
     try:
         window = max(2 * options.batch_size, 4 * workers)
-        decoded = _decoded_in_order(selection, _prepare_function(task), workers, window)
+        decoded = decoded_in_order(selection, _prepare_function(task), workers, window)
         for batch in _batches(decoded, options.batch_size):
             stepper(batch)
         status = "completed"

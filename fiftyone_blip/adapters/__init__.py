@@ -45,9 +45,15 @@ from fiftyone_blip.adapters.registry import (
     registry_dir,
     search_dirs,
 )
-from fiftyone_blip.adapters.session import prepare, session_for
+from fiftyone_blip.adapters.session import forget_sessions, prepare, session_for
 from fiftyone_blip.adapters.tokenizer import build_tokenizer, roundtrip_rate
-from fiftyone_blip.adapters.training import AdapterJobSettings, AdapterTrainingSettings, train, train_adapter
+from fiftyone_blip.adapters.training import (
+    AdapterJobSettings,
+    AdapterTrainingSettings,
+    lora_config,
+    train,
+    train_adapter,
+)
 
 __all__ = [
     "BASE_LANGUAGE",
@@ -65,8 +71,10 @@ __all__ = [
     "build_tokenizer",
     "check_language",
     "find_adapter",
+    "forget_sessions",
     "installed_adapters",
     "languages",
+    "lora_config",
     "pairs_from_dataset",
     "pairs_from_folder",
     "prepare",

@@ -100,6 +100,12 @@ _SESSIONS: dict[int, _AdapterSession] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
+def forget_sessions() -> None:
+    """Drops every adapter session, so loaded models can be freed (benchmarks switch devices)."""
+    with _SESSIONS_LOCK:
+        _SESSIONS.clear()
+
+
 def session_for(loaded, language: str | None = None) -> _AdapterSession | None:
     """The adapter session of a loaded model, loading `language`'s adapter if needed.
 

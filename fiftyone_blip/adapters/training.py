@@ -495,7 +495,7 @@ def _manifest(language, adapter: _Adapter, data, settings, best, history, exact,
     }
 
 
-def _lora_config(settings: AdapterTrainingSettings, new_ids: list[int], inference: bool = False):
+def lora_config(settings: AdapterTrainingSettings, new_ids: list[int], inference: bool = False):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -517,7 +517,7 @@ def _wrap_for_training(net, settings, new_ids):
         # peft warns that the resized vocabulary is saved with the adapter; it is
         # not: only the new rows are (save_embedding_layers=False below).
         warnings.simplefilter("ignore")
-        return get_peft_model(net, _lora_config(settings, new_ids), adapter_name="default")
+        return get_peft_model(net, lora_config(settings, new_ids), adapter_name="default")
 
 
 def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
