@@ -727,7 +727,7 @@ def find_mislabels(
         threshold = 0.5
     matching.select_flags([0.0], threshold, percentile, top_k)
     loaded = models.load_model(model, task="match", device=device, dtype=dtype)
-    task = matching.match_task(loaded, settings, label_field, field)
+    task = matching.match_task(loaded, settings, label_field, field, samples._dataset)
     dataset = samples._dataset
     names = ["itm"] + (["margin"] if settings.margin else []) + (["itc"] if settings.itc else [])
     matching.declare_label_attributes(dataset, label_field, kind, field, names)

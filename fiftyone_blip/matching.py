@@ -315,7 +315,9 @@ class _Item:
 
     pixels: list  # one CHW array per view
     labels: list[str]  # one label (or caption) per view
-    paths: list[str | None]  # embedded attribute path prefix per view ("gt.detections.3"), None for text
+    # embedded attribute path prefix per view ("gt" for a Classification), None for text; for list labels
+    # first (sample id, label id), made a stored path ("gt.detections.3") by `stored_label_paths`
+    paths: list
     siblings: list[set]  # per view: labels that must not count as "the best other class"
 
 
@@ -332,8 +334,14 @@ def _crop(image, box: list[float], padding: float):
     return image.crop((left, top, right, bottom))
 
 
-def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
-    """An engine `Task` that scores `label_field` against each image into `field` and siblings."""
+def match_task(loaded, settings: MatchSettings, label_field: str, field: str, dataset):
+    """An engine `Task` that scores `label_field` against each image into `field` and siblings.
+
+    `dataset` is the collection's dataset: per-label scores are written at the
+    stored position of each label's id, looked up there per batch, because a
+    view's label lists may be filtered (`filter_labels`) and a position in the
+    view is not a position in the stored list.
+    """
     import fiftyone as fo
 
     from fiftyone_blip import engine
@@ -345,7 +353,7 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
     classes = settings.classes if settings.margin else []
     class_index = {c: i for i, c in enumerate(classes)}
 
-    def prepare(path, value):
+    def prepare(path, value, sample_id):
         if kind == "text":
             text = value.strip() if isinstance(value, str) else ""
             if not text:
@@ -356,18 +364,17 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
         if kind == "classification":
             labels = [(value.label, f"{label_field}")] if value.label else []
         else:
+            # (sample id, label id) for now: `step` turns it into the stored position
             items = getattr(value, _list_path(kind)) or []
-            labels = [(lab.label, f"{label_field}.{_list_path(kind)}.{i}") for i, lab in enumerate(items) if lab.label]
+            labels = [(lab.label, (sample_id, lab.id)) for lab in items if lab.label]
         if not labels:
             return _Item([], [], [], [])
         if kind == "detections":
             image = load_image(path)
-            boxes = value.detections
+            boxes = {box.id: box for box in value.detections}
             pixels = [
-                preprocess.from_image(
-                    _crop(image, boxes[int(p.rsplit(".", 1)[1])].bounding_box, settings.crop_padding)
-                )[0]
-                for _, p in labels
+                preprocess.from_image(_crop(image, boxes[key[1]].bounding_box, settings.crop_padding))[0]
+                for _, key in labels
             ]
             siblings = [{label} for label, _ in labels]
         else:
@@ -388,6 +395,8 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
         own_itm = not classes or any(inputs[n].labels[k] not in class_index for n, k in views)
         scores = matcher.score(pixels, texts, classes, settings.template, itc=settings.itc, own_itm=own_itm)
         per_sample: dict[int, dict[str, list]] = {n: {"itm": [], "margin": [], "itc": []} for n in range(len(inputs))}
+        if _list_path(kind):
+            inputs = stored_label_paths(dataset, label_field, _list_path(kind), inputs)
         for v, (n, k) in enumerate(views):
             item = inputs[n]
             values = {"itm": float(scores["itm"][v])} if own_itm else {}
@@ -427,8 +436,29 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
         identity=loaded.identity,
         prepare=prepare,
         step=step,
-        reads=(label_field,),
+        reads=(label_field, "id"),
     )
+
+
+def stored_label_paths(dataset, label_field: str, list_name: str, inputs: list[_Item]) -> list[_Item]:
+    """Replaces the (sample id, label id) keys of list labels by their stored paths ("gt.detections.3").
+
+    A label no longer stored (deleted since it was read) gets None: its
+    scores count for its sample but are written nowhere.
+    """
+    sample_ids = sorted({key[0] for item in inputs for key in item.paths if key is not None})
+    if not sample_ids:
+        return inputs
+    ids, stored = dataset.select(sample_ids).values(["id", f"{label_field}.{list_name}.id"])
+    positions = {
+        (sample_id, label_id): f"{label_field}.{list_name}.{i}"
+        for sample_id, label_ids in zip(ids, stored)
+        for i, label_id in enumerate(label_ids or [])
+    }
+    return [
+        dataclasses.replace(item, paths=[None if key is None else positions.get(key) for key in item.paths])
+        for item in inputs
+    ]
 
 
 def label_attribute_paths(label_field: str, kind: str, field: str, names) -> list[str]:
