@@ -410,6 +410,8 @@ def heatmaps(
         if text_field not in samples._dataset.get_field_schema():
             raise ValueError(f"`text_field` {text_field!r} is not a field of the dataset: caption the samples first")
         samples = samples.exists(text_field)
+    if maps_dir:
+        heatmap_module.writable_folder(maps_dir)
     loaded = models.load_model(
         model, task=heatmap_module.MODE_TASKS[mode], device=device, dtype=dtype, attention="eager"
     )

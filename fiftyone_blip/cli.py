@@ -25,6 +25,8 @@ def translate_errors(function):
             return function(*args, **kwargs)
         except (ValueError, ModelLoadError) as error:
             raise click.ClickException(str(error).splitlines()[0]) from None
+        except OSError as error:  # e.g. a disk filling up mid-run: what was done is saved
+            raise click.ClickException(str(error).splitlines()[0]) from None
 
     return wrapper
 
