@@ -67,9 +67,19 @@ def check_template(template: str) -> str:
     if not isinstance(template, str):
         raise ValueError(f"`template` must be a string with a {{label}} placeholder, got {template!r}")
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
     except ValueError as error:
         raise ValueError(f"`template` is not a valid format string ({error}): {template!r}") from None
+    names = [name for name, _, _ in fields if name is not None]
+    # a format spec or conversion ("{label:>20000000}", "{label:d}", "{label!r}") costs memory or
+    # fails on a label only once the model runs: only the plain placeholder is allowed
+    for name, spec, conversion in fields:
+        if name is not None and (spec or conversion):
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(
+                f"`template` may hold only the plain {{label}} placeholder (no format spec or conversion), "
+                f"got {shown} in {template!r}"
+            )
     if "label" not in names:
         raise ValueError(f"`template` must contain {{label}}, got {template!r}")
     if set(names) != {"label"}:

@@ -269,3 +269,30 @@ def test_search_of_a_view_without_indexed_samples_is_one_line(embedded_20, fo, m
             fiftyone_blip.search(not_indexed, dataset.first().id, k=2)
     finally:
         extra.delete()
+
+
+# --- label templates -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template", ["a {label:>20000000}", "a {label:d}", "a {label!r}", "a {label!s:>5}", "{label}{label:^3}"]
+)
+def test_templates_with_a_format_spec_or_conversion_are_refused_before_the_model_loads(
+    fresh_dataset, monkeypatch, template
+):
+    from fiftyone_blip import matching, models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match="only the plain") as raised:
+        fiftyone_blip.find_mislabels(fresh_dataset, "gt_label", model="shapes-tiny", template=template, progress=False)
+    assert repr(template) in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(ValueError, match="only the plain"):
+        matching.check_template(template)
+
+
+def test_plain_templates_with_escaped_braces_pass():
+    from fiftyone_blip import matching
+
+    for template in ("{label}", "a photo of a {label}", "{{not a field}} {label}", "a {label} {{x}}"):
+        assert matching.check_template(template) == template
+    assert matching.MatchSettings(kind="classification", template="{{x}} {label}", classes=["a"]).prompt("b") == "{x} b"
