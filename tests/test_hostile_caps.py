@@ -296,3 +296,60 @@ def test_plain_templates_with_escaped_braces_pass():
     for template in ("{label}", "a photo of a {label}", "{{not a field}} {label}", "a {label} {{x}}"):
         assert matching.check_template(template) == template
     assert matching.MatchSettings(kind="classification", template="{{x}} {label}", classes=["a"]).prompt("b") == "{x} b"
+
+
+# --- caption settings beyond the model's limits --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"strategy": "sample", "temperature": float("inf")}, "`temperature` must be a finite number"),
+        ({"strategy": "sample", "temperature": float("nan")}, "`temperature` must be a finite number"),
+        ({"strategy": "sample", "seed": 2**70}, r"`seed` must be an integer in 0\.\.9223372036854775807"),
+        ({"strategy": "sample", "seed": -1}, "`seed` must be an integer"),
+        ({"repetition_penalty": float("inf")}, "`repetition_penalty` must be a finite number"),
+    ],
+)
+def test_unusable_sampling_settings_are_refused_before_the_model_loads(fresh_dataset, monkeypatch, settings, message):
+    from fiftyone_blip import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=message):
+        fiftyone_blip.caption(fresh_dataset.limit(2), model="shapes-tiny", progress=False, **settings)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"prompt": " ".join(["red circle"] * 40)}, "`prompt` is 81 tokens .* at most 63"),
+        (
+            {"prompt": "a red circle and a blue", "min_new_tokens": 60, "max_new_tokens": 100},
+            "`min_new_tokens` must be at most 57",
+        ),
+    ],
+)
+def test_prompts_beyond_the_text_positions_are_refused_before_any_sample(fresh_dataset, settings, message):
+    view = fresh_dataset.limit(2)
+    with pytest.raises(ValueError, match=message):
+        fiftyone_blip.caption(view, model="shapes-tiny", field="long", progress=False, num_workers=0, **settings)
+    assert "long_run" not in fresh_dataset.get_field_schema()  # no sample touched
+    assert not [r for r in fiftyone_blip.runs(fresh_dataset) if r["field"] == "long"]
+
+
+def test_captions_stop_at_the_last_text_position(fresh_dataset):
+    """min_new_tokens fills the 64 positions of shapes-tiny: generation must stop there, not fail."""
+    view = fresh_dataset.limit(2)
+    summary = fiftyone_blip.caption(
+        view,
+        model="shapes-tiny",
+        strategy="sample",
+        temperature=50.0,
+        min_new_tokens=63,
+        max_new_tokens=128,
+        repetition_penalty=1.0,
+        progress=False,
+        num_workers=0,
+    )
+    assert summary.done == 2 and summary.failed == 0
+    assert all(len(c.split()) > 20 for c in view.values("caption"))
