@@ -96,10 +96,37 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AdapterError(f"{str(directory)!r} is not a language adapter ({MANIFEST_FILE}: {error})") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise AdapterError(f"adapter folder {str(directory)!r} has a broken {MANIFEST_FILE}: {problem}")
     manifest["path"] = str(directory)
     return manifest
+
+
+def manifest_problem(manifest) -> str | None:
+    """What is wrong with a manifest's structure (None: nothing); every field the package reads is checked,
+    so that one broken adapter folder cannot break listing, forms or other adapters."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, got {type(manifest).__name__}"
+    shape = {
+        "base_model": {"name": str},
+        "tokenizer": {"first_added_id": int, "added_tokens": int},
+        "metrics": {"held_out_exact_match": (int, float)},
+        "parameters": {"trainable": int, "ratio": (int, float)},
+        "data": {"train_pairs": int},
+    }
+    if not isinstance(manifest.get("language"), str) or not LANGUAGE_PATTERN.match(manifest["language"]):
+        return f"'language' must be a language code, got {manifest.get('language')!r}"
+    for section, fields in shape.items():
+        value = manifest.get(section)
+        if not isinstance(value, dict):
+            return f"{section!r} must be an object, got {value!r}"
+        for name, kind in fields.items():
+            if not isinstance(value.get(name), kind) or isinstance(value.get(name), bool):
+                return f"'{section}.{name}' is missing or not a {getattr(kind, '__name__', 'number')}"
+    return None
 
 
 def base_name(loaded) -> str:
@@ -130,10 +157,31 @@ def _base_vocab_size(model) -> int:
 def installed_adapters(model: str | None = None) -> list[dict]:
     """Manifests of the installed adapters (registry first, then bundled), each with its `path`.
 
+    A folder with a broken manifest is skipped with a logged warning (see
+    `broken_adapters`).
+
     Args:
         model: only adapters trained for this base model name (None: all).
     """
-    found, seen = [], set()
+    found, broken = _scan(model)
+    for path, problem in broken:
+        _logger().warning("skipping language adapter folder %s: %s", path, problem)
+    return found
+
+
+def broken_adapters() -> list[tuple[str, str]]:
+    """(folder, what is wrong) of each adapter folder whose manifest cannot be used."""
+    return _scan(None)[1]
+
+
+def _logger():
+    import logging
+
+    return logging.getLogger("fiftyone_blip.adapters")
+
+
+def _scan(model: str | None) -> tuple[list[dict], list[tuple[str, str]]]:
+    found, broken, seen = [], [], set()
     for root in search_dirs():
         if not root.is_dir():
             continue
@@ -145,7 +193,8 @@ def installed_adapters(model: str | None = None) -> list[dict]:
                 continue
             try:
                 manifest = read_manifest(directory)
-            except AdapterError:
+            except AdapterError as error:
+                broken.append((str(directory), str(error)))
                 continue
             base = manifest.get("base_model", {}).get("name")
             key = (directory.name, base)
@@ -153,7 +202,7 @@ def installed_adapters(model: str | None = None) -> list[dict]:
                 continue
             seen.add(key)
             found.append(manifest)
-    return found
+    return found, broken
 
 
 def languages(model: str | None = None) -> list[str]:
@@ -215,6 +264,43 @@ def _check_files(directory: Path) -> None:
     for name in ("adapter_config.json", "tokenizer_config.json"):
         if not (directory / name).is_file():
             raise AdapterError(f"adapter folder {str(directory)!r} has no {name}")
+
+
+def check_adapter_files(directory: Path) -> None:
+    """Checks that an adapter's files are present and readable before any model is changed.
+
+    Raises:
+        AdapterError: a missing file, a truncated or corrupt safetensors
+            file, an unreadable adapter config or tokenizer; the file is named.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    _check_files(directory)
+    weights = directory / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                handle.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(f"adapter weights {str(weights)!r} cannot be read ({error})") from None
+    config_path = directory / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        problem = None if isinstance(config, dict) else "not a JSON object"
+        if problem is None and config.get("peft_type") != "LORA":
+            problem = f"peft_type must be 'LORA', got {config.get('peft_type')!r}"
+        if problem is None and not isinstance(config.get("r"), int):
+            problem = f"'r' must be an integer, got {config.get('r')!r}"
+        if problem is None and not config.get("target_modules"):
+            problem = "no target_modules"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = str(error)
+    if problem:
+        raise AdapterError(f"adapter config {str(config_path)!r} is broken: {problem}")
+    try:
+        _load_tokenizer(directory)
+    except Exception as error:  # tokenizers raise several types for a bad file
+        raise AdapterError(f"adapter tokenizer in {str(directory)!r} cannot be loaded ({error})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -809,6 +895,10 @@ class _AdapterSession:
         self.manifests: dict[str, dict] = {}
         self.tokenizers: dict[str, object] = {}
         net = loaded.model
+        # what `undo` restores if the first adapter fails to load
+        self._original_modules = dict(net.named_modules())
+        self._original_rows = net.text_decoder.get_input_embeddings().weight.shape[0]
+        self._had_base_vocab = hasattr(net, "_fiftyone_blip_base_vocab_size")
         self.base_vocab = _base_vocab_size(net)
         net._fiftyone_blip_base_vocab_size = self.base_vocab
         if capacity > net.text_decoder.get_input_embeddings().weight.shape[0]:
@@ -817,7 +907,26 @@ class _AdapterSession:
         self.visible = self.base_vocab
         # Rows beyond the active tokenizer (other languages' tokens) must never be
         # generated nor take probability mass: their logits are set to the minimum.
-        net.text_decoder.cls.register_forward_hook(self._mask_logits)
+        self._hook = net.text_decoder.cls.register_forward_hook(self._mask_logits)
+
+    def undo(self) -> None:
+        """Puts the model back as it was before this session (after its first adapter failed to load)."""
+        net = self.loaded.model
+        self._hook.remove()
+        # peft replaces target layers by wrappers around the originals: put the originals back
+        for name, module in self._original_modules.items():
+            if not name:
+                continue
+            parent_name, _, attribute = name.rpartition(".")
+            parent = self._original_modules[parent_name]
+            if getattr(parent, attribute, None) is not module:
+                setattr(parent, attribute, module)
+        if hasattr(net, "peft_config"):
+            del net.peft_config
+        if net.text_decoder.get_input_embeddings().weight.shape[0] != self._original_rows:
+            net.text_decoder.resize_token_embeddings(self._original_rows, mean_resizing=False)
+        if not self._had_base_vocab:
+            del net._fiftyone_blip_base_vocab_size
 
     def _mask_logits(self, module, inputs, output):
         if self.visible < output.shape[-1]:
@@ -847,7 +956,12 @@ class _AdapterSession:
                     self.loaded.model, str(directory), adapter_name=language, is_trainable=False
                 )
             else:
-                self.peft_model.load_adapter(str(directory), adapter_name=language, is_trainable=False)
+                try:
+                    self.peft_model.load_adapter(str(directory), adapter_name=language, is_trainable=False)
+                except Exception:
+                    if language in self.peft_model.peft_config:  # half loaded: the others stay as they were
+                        self.peft_model.delete_adapter(language)
+                    raise
         self.peft_model.eval()
         self.manifests[language] = manifest
         self.tokenizers[language] = tokenizer
@@ -897,6 +1011,8 @@ def session_for(loaded, language: str | None = None) -> _AdapterSession | None:
         if session is not None and language in session.manifests:
             return session
         manifest = find_adapter(loaded, language)
+        check_adapter_files(Path(manifest["path"]))  # before the model is touched
+        created = session is None
         if session is None:
             # Size the embedding once for every installed adapter of this base, so
             # later ones load onto the same model without resizing it again.
@@ -908,7 +1024,16 @@ def session_for(loaded, language: str | None = None) -> _AdapterSession | None:
             needed = manifest["tokenizer"]["first_added_id"] + manifest["tokenizer"]["added_tokens"]
             session = _AdapterSession(loaded, max([needed, *rows]))
             _SESSIONS[id(loaded.model)] = session
-        session.attach(language, manifest)
+        try:
+            session.attach(language, manifest)
+        except Exception as error:
+            if created:
+                # the cached model goes back to exactly what it was: no adapter layers, hook or rows
+                _SESSIONS.pop(id(loaded.model), None)
+                session.undo()
+            if isinstance(error, AdapterError):
+                raise
+            raise AdapterError(f"adapter {language!r} at {manifest['path']!r} could not be loaded: {error}") from None
         return session
 
 

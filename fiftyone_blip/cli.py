@@ -575,6 +575,8 @@ def adapters_list(model, as_json):
     from fiftyone_blip import adapters as adapters_module
 
     manifests = fiftyone_blip.list_adapters(model)
+    for path, problem in adapters_module.broken_adapters():
+        click.echo(f"broken   {path}: {problem}", err=as_json)
     if as_json:
         for manifest in manifests:
             click.echo(json.dumps(manifest, ensure_ascii=False))
