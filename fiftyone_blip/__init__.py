@@ -517,6 +517,8 @@ def embed(
     if resize not in images.RESIZE_MODES:
         raise ValueError(f"`resize` must be one of {images.RESIZE_MODES}, got {resize!r}")
     engine.check_run_options(field, batch_size, shard)
+    if brain_key is not None:
+        embeddings.check_brain_key(brain_key)
     stored_name = embeddings.stored_model_name(model)
     dataset = samples._root_dataset
     if brain_key is not None and brain_key in dataset.list_brain_runs():

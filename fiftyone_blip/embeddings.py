@@ -372,6 +372,17 @@ def check_same_model(samples, brain_key: str, model: str | None) -> str:
     return built_with
 
 
+def check_brain_key(brain_key) -> str:
+    """Checks a brain key by FiftyOne's own rule (`BaseRun.validate_run`: a valid Python identifier),
+    which FiftyOne applies only when the index is saved, after every image was embedded."""
+    if not isinstance(brain_key, str) or not brain_key.isidentifier():
+        raise ValueError(
+            f"`brain_key` must be a valid Python identifier (letters, digits and underscores, not starting "
+            f"with a digit), got {brain_key!r}"
+        )
+    return brain_key
+
+
 def build_index(
     samples,
     model_name: str,
@@ -393,6 +404,7 @@ def build_index(
     import fiftyone.brain as fob
     from fiftyone import ViewField as F
 
+    check_brain_key(brain_key)
     dataset = samples._root_dataset
     if brain_key in dataset.list_brain_runs():
         built_with = index_model_name(samples, brain_key)

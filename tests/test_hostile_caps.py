@@ -353,3 +353,246 @@ def test_captions_stop_at_the_last_text_position(fresh_dataset):
     )
     assert summary.done == 2 and summary.failed == 0
     assert all(len(c.split()) > 20 for c in view.values("caption"))
+
+
+# --- broken language adapters --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    from fiftyone_blip import adapters
+
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    monkeypatch.setenv(adapters.REGISTRY_ENV, str(folder))
+    return folder
+
+
+def _copy_bundled_adapter(registry, language, manifest=None):
+    import json
+    import shutil
+
+    from fiftyone_blip import adapters
+
+    target = registry / language
+    shutil.copytree(adapters.BUNDLED_ADAPTERS_DIR / "de", target)
+    if manifest is not None:
+        (target / adapters.MANIFEST_FILE).write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    else:
+        data = json.loads((target / adapters.MANIFEST_FILE).read_text())
+        (target / adapters.MANIFEST_FILE).write_text(json.dumps({**data, "language": language}))
+    return target
+
+
+def _bundled_manifest():
+    import json
+
+    from fiftyone_blip import adapters
+
+    return json.loads((adapters.BUNDLED_ADAPTERS_DIR / "de" / adapters.MANIFEST_FILE).read_text())
+
+
+BROKEN_MANIFESTS = {
+    "aa": "[]",
+    "ab": "{not json",
+    "ae": {**_bundled_manifest(), "language": "ae", "base_model": "shapes-tiny"},
+    "af": {k: v for k, v in {**_bundled_manifest(), "language": "af"}.items() if k != "tokenizer"},
+    "ak": {**_bundled_manifest(), "language": "ak", "tokenizer": {"added_tokens": "many"}},
+}
+
+
+def test_broken_registry_adapters_are_skipped_and_named(registry, fresh_dataset, plugin_installed, caplog):
+    import fiftyone.operators as foo
+    from click.testing import CliRunner
+    from fiftyone.operators.executor import ExecutionContext
+
+    from fiftyone_blip import adapters
+    from fiftyone_blip.cli import main
+
+    for language, manifest in BROKEN_MANIFESTS.items():
+        _copy_bundled_adapter(registry, language, manifest)
+    with caplog.at_level("WARNING"):
+        languages = {m["language"] for m in adapters.installed_adapters("shapes-tiny")}
+    assert {"de", "ru"} <= languages and not languages & set(BROKEN_MANIFESTS)
+    for language in BROKEN_MANIFESTS:
+        assert str(registry / language) in caplog.text
+
+    # the App's caption form still opens, English first
+    operator = foo.OperatorRegistry().get_operator("@fiftyone-blip/blip/caption_samples")
+    ctx = ExecutionContext(request_params={"dataset_name": fresh_dataset.name, "params": {"model": "shapes-tiny"}})
+    choices = [c.value for c in operator.resolve_input(ctx).type.properties["language"].view.choices]
+    assert choices[0] == "en" and {"de", "ru"} <= set(choices)
+
+    result = CliRunner().invoke(main, ["adapters", "list"])
+    assert result.exit_code == 0, result.output
+    for language in BROKEN_MANIFESTS:
+        line = next(line for line in result.output.splitlines() if str(registry / language) in line)
+        assert "broken" in line and "manifest.json" in line
+    assert any(line.startswith("de ") for line in result.output.splitlines())
+
+    # a healthy bundled adapter still captions, beside a manifest without "tokenizer"
+    view = fresh_dataset.limit(2)
+    summary = fiftyone_blip.caption(view, model="shapes-tiny", language="de", field="caption_de", progress=False)
+    assert summary.done == 2
+
+
+def _english(view):
+    fiftyone_blip.caption(view, model="shapes-tiny", field="en", overwrite=True, progress=False, num_workers=0)
+    return view.values(["en", "en_confidence"])
+
+
+def _state(loaded):
+    model = loaded.model
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return {k: v.clone() for k, v in model.state_dict().items()}, hooks, type(model.text_decoder).__name__
+
+
+@pytest.mark.parametrize(
+    "damage", ["truncated-weights", "no-tokenizer-config", "bad-adapter-config", "peft-fails-after-loading"]
+)
+def test_a_failed_adapter_load_leaves_the_cached_model_as_it_was(registry, fresh_dataset, damage, monkeypatch):
+    import peft
+    import torch
+
+    from fiftyone_blip import adapters, models
+
+    view = fresh_dataset.limit(3)
+    # a fresh model object: earlier tests in this process may have attached adapters to the cached one
+    models._load.cache_clear()
+    loaded = models.load_model("shapes-tiny", task="caption")
+    before = _english(view)
+    weights, hooks, decoder = _state(loaded)
+
+    target = _copy_bundled_adapter(registry, "de")  # the registry's "de" comes before the bundled one
+    if damage == "truncated-weights":
+        data = (target / adapters.WEIGHTS_FILE).read_bytes()
+        (target / adapters.WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+        message = "adapter_model.safetensors"
+    elif damage == "no-tokenizer-config":
+        (target / "tokenizer_config.json").unlink()
+        message = "tokenizer_config.json"
+    elif damage == "bad-adapter-config":
+        (target / "adapter_config.json").write_text('{"peft_type": "LORA", "r": "eight"}')
+        message = "adapter_config.json"
+    else:  # the files are fine; peft fails after it has wrapped the model's layers
+        original = peft.PeftModel.from_pretrained
+
+        def failing(*args, **kwargs):
+            original(*args, **kwargs)
+            raise RuntimeError("simulated failure")
+
+        monkeypatch.setattr(peft.PeftModel, "from_pretrained", failing)
+        message = "simulated failure"
+    with pytest.raises(adapters.AdapterError, match=message) as raised:
+        fiftyone_blip.caption(view, model="shapes-tiny", language="de", field="de", progress=False)
+    assert str(target) in str(raised.value)
+
+    assert models.load_model("shapes-tiny", task="caption") is loaded  # the same cached model
+    after_weights, after_hooks, after_decoder = _state(loaded)
+    assert after_hooks == hooks and after_decoder == decoder
+    assert after_weights.keys() == weights.keys()
+    assert all(torch.equal(after_weights[k], weights[k]) for k in weights)
+    assert _english(view) == before  # exactly
+
+
+# --- truncated weights -----------------------------------------------------------------------------------------
+
+
+def test_truncated_model_weights_are_a_model_load_error_naming_the_file(tmp_path):
+    import shutil
+
+    from fiftyone_blip import models
+
+    folder = tmp_path / "captioner"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["caption"], folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(models.ModelLoadError, match="model.safetensors") as raised:
+        models.load_model(str(folder), task="caption", device="cpu")
+    assert str(weights) in str(raised.value) and "\n" not in str(raised.value)
+
+
+# --- brain keys --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("brain_key", ["not valid", "../x", "1st", "", "a-b"])
+def test_invalid_brain_keys_are_refused_before_any_image_is_embedded(fresh_dataset, monkeypatch, brain_key):
+    from fiftyone_blip import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match="`brain_key` must be a valid Python identifier"):
+        fiftyone_blip.embed(fresh_dataset.limit(2), model="shapes-tiny", brain_key=brain_key, progress=False)
+    assert not fiftyone_blip.runs(fresh_dataset)
+
+
+# --- paths from App forms ----------------------------------------------------------------------------------------
+
+HEATMAPS_URI = "@fiftyone-blip/blip/compute_heatmaps"
+
+
+def _heatmaps_operator(view, **params):
+    import fiftyone.operators as foo
+
+    params = dict(model="shapes-tiny", mode="gradcam", text_source="text", text="a red circle", **params)
+    return foo.execute_operator(HEATMAPS_URI, ctx=dict(view=view, params=dict(view_target="CURRENT_VIEW", **params)))
+
+
+def _heatmaps_form(dataset, **params):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    operator = foo.OperatorRegistry().get_operator(HEATMAPS_URI)
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": params})
+    return operator.resolve_input(ctx).type.properties
+
+
+def test_app_maps_folders_are_confined_to_the_app_root(fresh_dataset, plugin_installed, tmp_path, monkeypatch):
+    view = fresh_dataset.limit(1)
+    outside = tmp_path / "outside"
+    monkeypatch.delenv("FIFTYONE_BLIP_APP_ROOT", raising=False)
+    assert "maps_dir" not in _heatmaps_form(fresh_dataset)  # not offered without a root
+    for maps_dir in (str(outside), "../outside"):
+        result = _heatmaps_operator(view, maps_dir=maps_dir)
+        assert result.error and "`maps_dir` is not available in the App" in result.error_message
+    assert not outside.exists()
+
+    root = tmp_path / "app-root"
+    root.mkdir()
+    monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
+    assert "maps_dir" in _heatmaps_form(fresh_dataset)
+    for maps_dir in (str(outside), "../outside", "maps/../../outside"):
+        result = _heatmaps_operator(view, maps_dir=maps_dir)
+        assert result.error and "`maps_dir` must be a folder under" in result.error_message, maps_dir
+        form = _heatmaps_form(fresh_dataset, maps_dir=maps_dir)
+        assert form["invalid"].invalid
+    assert not outside.exists()
+    _heatmaps_operator(view, maps_dir="maps").raise_exceptions()
+    assert all(p.startswith(str(root / "maps")) for p in view.first().heatmap_map_paths)
+
+
+def test_app_models_are_bundled_hub_ids_or_folders_under_the_root(
+    fresh_dataset, plugin_installed, tmp_path, monkeypatch
+):
+    import shutil
+
+    from fiftyone_blip import models
+
+    view = fresh_dataset.limit(1)
+    monkeypatch.delenv("FIFTYONE_BLIP_APP_ROOT", raising=False)
+    # an existing folder without config.json and a path that does not exist read the same
+    (tmp_path / "exists").mkdir()
+    messages = []
+    for model in (str(tmp_path / "exists"), str(tmp_path / "missing"), "../../etc"):
+        result = _heatmaps_operator(view, model=model, field="hm_model")
+        assert result.error and "`model` must be shapes-tiny or a hub id" in result.error_message
+        messages.append(result.error_message.replace(model, "MODEL"))
+    assert messages[0] == messages[1] and "does not exist" not in messages[0] and "config.json" not in messages[0]
+
+    root = tmp_path / "app-root"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["match"], root / "matcher")
+    monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
+    result = _heatmaps_operator(view, model=str(tmp_path / "missing"), field="hm_model")
+    assert result.error and "`model` must be" in result.error_message
+    _heatmaps_operator(view, model="matcher", field="hm_root").raise_exceptions()
+    assert view.first().hm_root is not None
