@@ -4,8 +4,11 @@ Each operator builds a form, checks it with the library's own validation, and
 calls one `fiftyone_blip` function. Anything an operator does, a script can do.
 """
 
+import os
 import queue
+import re
 import threading
+from pathlib import Path
 
 import fiftyone.core.fields as fo_fields
 import fiftyone.operators as foo
@@ -32,6 +35,47 @@ def _default_model(ctx):
     if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
         return "shapes-tiny"
     return "Salesforce/blip-image-captioning-base"
+
+
+APP_ROOT_ENV = "FIFTYONE_BLIP_APP_ROOT"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _app_root():
+    """The server folder under which App forms may name paths (None: unset, no paths from the App)."""
+    root = os.environ.get(APP_ROOT_ENV)
+    return Path(root).expanduser().resolve() if root else None
+
+
+def _app_folder(value, name):
+    """A folder from a form, confined to the App root: the App runs as the server, not as the user."""
+    if not value or not str(value).strip():
+        return None
+    root = _app_root()
+    if root is None:
+        raise ValueError(f"`{name}` is not available in the App: the server sets {APP_ROOT_ENV} to allow folders")
+    path = (root / str(value).strip()).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"`{name}` must be a folder under {str(root)!r}, got {value!r}")
+    return str(path)
+
+
+def _app_model(value):
+    """A model from a form: a bundled name, a hub id, or a folder under the App root. Any other server
+    path is refused with the same message whether it exists or not."""
+    if not value or not str(value).strip():
+        return None
+    value = str(value).strip()
+    if value in models.BUNDLED or (_HUB_ID.match(value) and ".." not in value):
+        return value
+    root = _app_root()
+    if root is not None and (root / value).resolve().is_relative_to(root):
+        return str((root / value).resolve())
+    where = f", or a folder under {str(root)!r}" if root is not None else ""
+    raise ValueError(
+        f"`model` must be {', '.join(models.BUNDLED)} or a hub id like Salesforce/blip-itm-base-coco{where}; "
+        f"got {value!r}"
+    )
 
 
 def _dropdown(inputs, name, label, choices, default, description=None):
@@ -191,7 +235,7 @@ class CaptionSamples(foo.Operator):
         def work(progress):
             summary = fiftyone_blip.caption(
                 view,
-                model=params.get("model") or None,
+                model=_app_model(params.get("model")),
                 field=params.get("field", "caption"),
                 resize=params.get("resize", "squash"),
                 batch_size=params.get("batch_size", 16),
@@ -243,7 +287,7 @@ def _heatmap_options(params):
         heads = heads.strip() or "all"
     return dict(
         mode=mode,
-        model=params.get("model") or None,
+        model=_app_model(params.get("model")),
         field=params.get("field", "heatmap"),
         text_field=params.get("text_field", "caption") if source == "field" else None,
         text=(params.get("text") or None) if source == "text" else None,
@@ -252,7 +296,7 @@ def _heatmap_options(params):
         token_positions=params.get("token_positions", "both"),
         normalize_heads=params.get("normalize_heads", False),
         map_size=params.get("map_size", 64),
-        maps_dir=params.get("maps_dir") or None,
+        maps_dir=_app_folder(params.get("maps_dir"), "maps_dir"),
         resize=params.get("resize", "squash"),
         batch_size=params.get("batch_size", 8),
         device=params.get("device", "auto"),
@@ -295,9 +339,13 @@ class ComputeHeatmaps(foo.Operator):
             _dropdown(inputs, "token_positions", "Word steps", _TOKEN_POSITION_LABELS, default="both")
         inputs.bool("normalize_heads", label="Standardise each head's map before averaging", default=False)
         inputs.int("map_size", label="Map size (long side, pixels)", default=64, min=8, max=1024)
-        inputs.str(
-            "maps_dir", label="Folder for per-word PNG maps", required=False, description="empty: in the samples"
-        )
+        if _app_root() is not None:  # a server folder only under the root the server allows
+            inputs.str(
+                "maps_dir",
+                label="Folder for per-word PNG maps",
+                required=False,
+                description=f"under {_app_root()}; empty: in the samples",
+            )
         _engine_inputs(inputs, batch_size=8, shard="Explain only shard I of N, for N delegated workers")
 
         try:
@@ -541,7 +589,7 @@ class FindMislabels(foo.Operator):
             return fiftyone_blip.find_mislabels(
                 view,
                 params["label_field"],
-                model=params.get("model") or None,
+                model=_app_model(params.get("model")),
                 field=params.get("field") or None,
                 template=params.get("template") or None,
                 margin=params.get("margin", True),
@@ -642,7 +690,7 @@ class ComputeEmbeddings(foo.Operator):
         def work(progress):
             return fiftyone_blip.embed(
                 view,
-                model=params.get("model") or None,
+                model=_app_model(params.get("model")),
                 field=params.get("field", "blip_embedding"),
                 brain_key=params.get("brain_key", "blip_sim"),
                 backend=None if backend == "sklearn" else backend,
@@ -733,7 +781,7 @@ class TrainLanguageAdapter(foo.Operator):
             params["language"],
             samples=ctx.target_view(),
             caption_field=params["caption_field"],
-            model=params.get("model") or None,
+            model=_app_model(params.get("model")),
             epochs=params.get("epochs", 30),
             rank=params.get("rank", 8),
             learning_rate=params.get("learning_rate", 2e-3),

@@ -534,8 +534,20 @@ HEATMAPS_URI = "@fiftyone-blip/blip/compute_heatmaps"
 def _heatmaps_operator(view, **params):
     import fiftyone.operators as foo
 
-    params = dict(model="shapes-tiny", mode="gradcam", text_source="text", text="a red circle", **params)
-    return foo.execute_operator(HEATMAPS_URI, ctx=dict(view=view, params=dict(view_target="CURRENT_VIEW", **params)))
+    defaults = dict(model="shapes-tiny", field="heatmap", mode="gradcam", text_source="text", text="a red circle")
+    params = {**defaults, "view_target": "CURRENT_VIEW", **params}
+    return foo.execute_operator(HEATMAPS_URI, ctx=dict(view=view, params=params))
+
+
+def _heatmaps_error(view, **params):
+    """The error of a heatmaps operator run: the form's validation or the run's (None: it ran)."""
+    from fiftyone.operators.executor import ExecutionError
+
+    try:
+        result = _heatmaps_operator(view, **params)
+    except ExecutionError as error:
+        return str(error)
+    return result.error_message if result.error else None
 
 
 def _heatmaps_form(dataset, **params):
@@ -553,8 +565,7 @@ def test_app_maps_folders_are_confined_to_the_app_root(fresh_dataset, plugin_ins
     monkeypatch.delenv("FIFTYONE_BLIP_APP_ROOT", raising=False)
     assert "maps_dir" not in _heatmaps_form(fresh_dataset)  # not offered without a root
     for maps_dir in (str(outside), "../outside"):
-        result = _heatmaps_operator(view, maps_dir=maps_dir)
-        assert result.error and "`maps_dir` is not available in the App" in result.error_message
+        assert "`maps_dir` is not available in the App" in (_heatmaps_error(view, maps_dir=maps_dir) or "")
     assert not outside.exists()
 
     root = tmp_path / "app-root"
@@ -562,8 +573,7 @@ def test_app_maps_folders_are_confined_to_the_app_root(fresh_dataset, plugin_ins
     monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
     assert "maps_dir" in _heatmaps_form(fresh_dataset)
     for maps_dir in (str(outside), "../outside", "maps/../../outside"):
-        result = _heatmaps_operator(view, maps_dir=maps_dir)
-        assert result.error and "`maps_dir` must be a folder under" in result.error_message, maps_dir
+        assert "`maps_dir` must be a folder under" in (_heatmaps_error(view, maps_dir=maps_dir) or ""), maps_dir
         form = _heatmaps_form(fresh_dataset, maps_dir=maps_dir)
         assert form["invalid"].invalid
     assert not outside.exists()
@@ -584,15 +594,14 @@ def test_app_models_are_bundled_hub_ids_or_folders_under_the_root(
     (tmp_path / "exists").mkdir()
     messages = []
     for model in (str(tmp_path / "exists"), str(tmp_path / "missing"), "../../etc"):
-        result = _heatmaps_operator(view, model=model, field="hm_model")
-        assert result.error and "`model` must be shapes-tiny or a hub id" in result.error_message
-        messages.append(result.error_message.replace(model, "MODEL"))
+        message = _heatmaps_error(view, model=model, field="hm_model") or ""
+        assert "`model` must be shapes-tiny or a hub id" in message
+        messages.append(message.replace(model, "MODEL"))
     assert messages[0] == messages[1] and "does not exist" not in messages[0] and "config.json" not in messages[0]
 
     root = tmp_path / "app-root"
     shutil.copytree(models.BUNDLED["shapes-tiny"]["match"], root / "matcher")
     monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
-    result = _heatmaps_operator(view, model=str(tmp_path / "missing"), field="hm_model")
-    assert result.error and "`model` must be" in result.error_message
+    assert "`model` must be" in (_heatmaps_error(view, model=str(tmp_path / "missing"), field="hm_model") or "")
     _heatmaps_operator(view, model="matcher", field="hm_root").raise_exceptions()
     assert view.first().hm_root is not None
