@@ -40,7 +40,7 @@ def object_words(caption: str, detections) -> list[tuple[str, object]]:
 
 
 def pointing_game(samples, field: str) -> dict:
-    from fiftyone_blip.attention_maps import peak, word_maps
+    from fiftyone_blip.word_heatmaps import peak, word_maps
 
     hits = total = 0
     by_kind = {"colour": [0, 0], "kind": [0, 0]}

@@ -19,7 +19,7 @@ or by a hard swap that shares attributes with the truth:
 
 Scores: ITM (1 - p), ITC cosine ((1 - cos) / 2) and ITM + margin
 ((2 - p - margin) / 3), the same functions `fiftyone_blip.find_mislabels`
-uses (`matching.Matcher`, `matching.mistakenness`). Metrics: AUROC, AUPRC
+uses (`mislabels.Matcher`, `mislabels.mistakenness`). Metrics: AUROC, AUPRC
 (average precision) and precision@k with k = the number of injected errors,
 beside a random ranking (AUROC 0.5, AUPRC and P@k = the noise rate).
 """
@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fiftyone_blip import matching, models  # noqa: E402
+from fiftyone_blip import mislabels, models  # noqa: E402
 from fiftyone_blip.images import Preprocessor  # noqa: E402
 from fiftyone_blip.shapes import data as shapes  # noqa: E402
 
@@ -85,7 +85,7 @@ def class_scores(matcher, pixels, classes, template, batch=256):
             chunk = pixels[start : start + batch]
             result = matcher.score(chunk, [prompts[0]] * len(chunk), classes, template)
             itm.append(result["class_itm"])
-            embeds = matcher.image_embeds(chunk)
+            embeds = matcher.loaded.image_embeds(chunk)
             itc.append((matcher.image_features(embeds) @ text_features.T).numpy())
     return np.concatenate(itm), np.concatenate(itc)
 
@@ -111,9 +111,9 @@ def label_methods(itm_matrix, itc_matrix, assigned: list[int], rivals_of) -> dic
     p = itm_matrix[rows, assigned]
     best_other = np.array([max(itm_matrix[i, j] for j in rivals_of(i)) for i in rows])
     return {
-        "ITM": matching.mistakenness(itm=p, method="itm"),
-        "ITC cosine": matching.mistakenness(itc=itc_matrix[rows, assigned], method="itc"),
-        "ITM + margin": matching.mistakenness(itm=p, margin=p - best_other, method="itm+margin"),
+        "ITM": mislabels.mistakenness(itm=p, method="itm"),
+        "ITC cosine": mislabels.mistakenness(itc=itc_matrix[rows, assigned], method="itc"),
+        "ITM + margin": mislabels.mistakenness(itm=p, margin=p - best_other, method="itm+margin"),
     }
 
 
@@ -175,7 +175,7 @@ def main(argv=None):
     torch.manual_seed(0)
     started = time.time()
     loaded = models.load_model(args.model, task="match", device="cpu")
-    matcher = matching.Matcher(loaded)
+    matcher = mislabels.Matcher(loaded)
     preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, "squash")
     scenes = shapes.make_scenes(args.count, split=args.split, seed=args.seed, size=96)
     images = [scene.render() for scene in scenes]
@@ -203,9 +203,9 @@ def main(argv=None):
             print(f"{template!r:<28} {by['ITM']:>10.4f} {by['ITM + margin']:>17.4f}")
         return
 
-    template = args.template or matching.default_template(args.model)
-    padding = args.crop_padding or matching.default_crop_padding(args.model)
-    matching.check_template(template)
+    template = args.template or mislabels.default_template(args.model)
+    padding = args.crop_padding or mislabels.default_crop_padding(args.model)
+    mislabels.check_template(template)
     rows: list[tuple] = []
     rates = [0.1, 0.4]
 
@@ -247,7 +247,7 @@ def main(argv=None):
         for obj in scene.objects:
             x0, y0, x1, y1 = obj.box
             box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(matching._crop(image, box, padding))
+            crops.append(mislabels.crop(image, box, padding))
             det_truth.append(kind_index[obj.kind])
             det_scene.append(s)
     crop_pixels = pixels_of(preprocess, crops)
@@ -298,8 +298,8 @@ def main(argv=None):
         p = np.array([caption_scores[name][0][i] for name, i in picked])
         cos = np.array([caption_scores[name][1][i] for name, i in picked])
         return {
-            "ITM": matching.mistakenness(itm=p, method="itm"),
-            "ITC cosine": matching.mistakenness(itc=cos, method="itc"),
+            "ITM": mislabels.mistakenness(itm=p, method="itm"),
+            "ITC cosine": mislabels.mistakenness(itc=cos, method="itc"),
         }
 
     evaluate("caption", captions, corrupt_caption, score_caption, len(scenes), rates, args.noise_seed, rows)

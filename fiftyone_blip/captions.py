@@ -11,59 +11,116 @@ and settings into an engine `Task` that writes, per sample:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
+
+from fiftyone_blip.fields import check_field_name
+from fiftyone_blip.settings import Settings, check_value, setting
 
 STRATEGIES = ("greedy", "beam", "diverse-beam", "sample")
 MAX_BEAMS = 10
 MAX_NEW_TOKENS = 128
 MAX_SEED = 2**63 - 1
+BASE_LANGUAGE = "en"
+
+
+STRATEGY_LABELS = {
+    "greedy": "Greedy",
+    "beam": "Beam search",
+    "diverse-beam": "Diverse beam search",
+    "sample": "Sampling (top-k / top-p)",
+}
+BEAM_STRATEGIES = ("beam", "diverse-beam")
+DEFAULT_BEAMS = {"beam": 3, "diverse-beam": 4}
 
 
 @dataclasses.dataclass
-class CaptionSettings:
-    """How captions are decoded.
+class CaptionSettings(Settings):
+    """What `caption` writes and how captions are decoded; every field is an SDK keyword,
+    a CLI option and an operator input (see `fiftyone_blip.settings`)."""
 
-    Attributes:
-        strategy: "greedy", "beam", "diverse-beam" or "sample" ("greedy").
-        num_beams: beams for beam strategies, 1..10 (3 for "beam", 4 for
-            "diverse-beam"; must be 1 for greedy and sample).
-        num_beam_groups: groups for "diverse-beam"; must divide num_beams (2).
-        diversity_penalty: "diverse-beam" penalty on tokens that earlier
-            groups chose at the same step (1.0).
-        top_k: "sample": keep the k most likely tokens; 0 keeps all (50).
-        top_p: "sample": nucleus probability mass, in (0, 1] (1.0).
-        temperature: "sample": softmax temperature, > 0 (1.0).
-        seed: "sample": random seed; the same seed, batch size and order
-            give the same captions (0).
-        min_new_tokens: at least this many generated tokens (1).
-        max_new_tokens: at most this many generated tokens, 1..128 (30).
-        repetition_penalty: > 0; above 1 discourages repeats (1.0).
-        no_repeat_ngram_size: forbid repeating n-grams of this size; 0 is off (0).
-        prompt: text the caption continues, e.g. "a picture of" (None). It is
-            not repeated in the stored caption.
-    """
-
-    strategy: str = "greedy"
-    num_beams: int | None = None
-    num_beam_groups: int = 2
-    diversity_penalty: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    temperature: float = 1.0
-    seed: int = 0
-    min_new_tokens: int = 1
-    max_new_tokens: int = 30
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    prompt: str | None = None
+    model: str | None = setting(
+        None,
+        "a hub id, a local directory or 'shapes-tiny' (None: Salesforce/blip-image-captioning-base)",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_CAPTION_MODEL",
+    )
+    field: str = setting("caption", "the field the caption is written to", label="Caption field", cli_flags=("-f",))
+    strategy: str = setting(
+        "greedy",
+        "how captions are decoded",
+        label="Decoding",
+        choices=STRATEGIES,
+        choice_labels=STRATEGY_LABELS,
+        cli_flags=("-s",),
+    )
+    num_beams: int | None = setting(
+        None,
+        "beams for beam strategies, 1..10; 1 for greedy and sample (None: 3 for beam, 4 for diverse-beam)",
+        label="Beams",
+        min=1,
+        max=MAX_BEAMS,
+        cli_flags=("-b",),
+        form_when={"strategy": BEAM_STRATEGIES},
+    )
+    num_beam_groups: int = setting(
+        2,
+        "diverse-beam groups; must divide num_beams",
+        label="Beam groups",
+        min=2,
+        form_when={"strategy": ("diverse-beam",)},
+    )
+    diversity_penalty: float = setting(
+        1.0,
+        "diverse-beam penalty on tokens earlier groups chose at the same step",
+        min=0,
+        form_when={"strategy": ("diverse-beam",)},
+    )
+    top_k: int = setting(
+        50,
+        "sampling: keep the k most likely tokens; 0 keeps all",
+        label="Top-k",
+        min=0,
+        form_when={"strategy": ("sample",)},
+    )
+    top_p: float = setting(
+        1.0,
+        "sampling: nucleus probability mass, in (0, 1]",
+        label="Top-p",
+        min=0,
+        max=1,
+        min_exclusive=True,
+        form_when={"strategy": ("sample",)},
+    )
+    temperature: float = setting(
+        1.0, "sampling: softmax temperature", min=0, min_exclusive=True, form_when={"strategy": ("sample",)}
+    )
+    seed: int = setting(
+        0,
+        "sampling seed; the same seed, batch size and order give the same captions",
+        form_when={"strategy": ("sample",)},
+    )
+    min_new_tokens: int = setting(1, "at least this many generated tokens", min=0, max=MAX_NEW_TOKENS)
+    max_new_tokens: int = setting(30, "at most this many generated tokens", min=1, max=MAX_NEW_TOKENS)
+    repetition_penalty: float = setting(1.0, "above 1 discourages repeats", min=0, min_exclusive=True)
+    no_repeat_ngram_size: int = setting(
+        0, "forbid repeating n-grams of this size; 0 is off", label="No-repeat n-gram size", min=0
+    )
+    prompt: str | None = setting(
+        None, "text the caption continues, e.g. 'a picture of'; not repeated in the stored caption", cli_flags=("-p",)
+    )
+    language: str | None = setting(
+        None,
+        "caption language: None or 'en' for the model's own English, else an installed adapter's code "
+        "(see `fiftyone-blip adapters list`)",
+        cli_flags=("-l",),
+    )
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.num_beams is None:
-            self.num_beams = {"beam": 3, "diverse-beam": 4}.get(self.strategy, 1)
+            self.num_beams = DEFAULT_BEAMS.get(self.strategy, 1)
         if not isinstance(self.num_beams, int) or not 1 <= self.num_beams <= MAX_BEAMS:
             raise ValueError(f"`num_beams` must be in 1..{MAX_BEAMS}, got {self.num_beams!r}")
         if self.strategy in ("greedy", "sample") and self.num_beams != 1:
@@ -76,29 +133,33 @@ class CaptionSettings:
                 )
             if self.diversity_penalty < 0:
                 raise ValueError(f"`diversity_penalty` must be >= 0, got {self.diversity_penalty}")
-        if self.top_k < 0:
-            raise ValueError(f"`top_k` must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}")
-        if not math.isfinite(self.temperature) or self.temperature <= 0:
+        for f in dataclasses.fields(self):
+            if f.name not in ("num_beam_groups", "diversity_penalty", "min_new_tokens"):
+                check_value(f.name, getattr(self, f.name), f.metadata)
+        if not math.isfinite(self.temperature):
             raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature}")
         # the seed is stored in run records (a BSON int64) and fed to torch.manual_seed
         if isinstance(self.seed, float) and self.seed.is_integer():
             self.seed = int(self.seed)  # a form's number field
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"`seed` must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise ValueError(f"`max_new_tokens` must be in 1..{MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if not math.isfinite(self.repetition_penalty):
+            raise ValueError(f"`repetition_penalty` must be a finite number > 0, got {self.repetition_penalty}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(
                 f"`min_new_tokens` must be in 0..max_new_tokens ({self.max_new_tokens}), got {self.min_new_tokens}"
             )
-        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise ValueError(f"`repetition_penalty` must be a finite number > 0, got {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"`no_repeat_ngram_size` must be >= 0, got {self.no_repeat_ngram_size}")
+        check_field_name(self.field)
         if self.prompt is not None:
             self.prompt = self.prompt.strip() or None
+        if self.language == BASE_LANGUAGE:
+            self.language = None
+
+    def replace(self, **overrides):
+        # num_beams follows the strategy unless it is given
+        if "strategy" in overrides and "num_beams" not in overrides:
+            overrides["num_beams"] = None
+        return dataclasses.replace(self, **overrides)
 
     def as_dict(self) -> dict:
         """Only the settings that matter for the strategy (they form the run fingerprint)."""
@@ -109,7 +170,7 @@ class CaptionSettings:
             keep |= {"num_beam_groups", "diversity_penalty"}
         if self.strategy == "sample":
             keep |= {"top_k", "top_p", "temperature", "seed"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k in keep}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in keep}
 
     def generate_kwargs(self) -> dict:
         kwargs = dict(
@@ -205,18 +266,10 @@ class Captioner:
         self.room = check_prompt_room(self.prompt_ids.shape[1], settings, text_config.max_position_embeddings)
         self.torch = torch
 
-    def autocast(self):
-        """bf16/fp16 on CPU runs as autocast over fp32 weights; GPUs hold weights in that dtype."""
-        torch = self.torch
-        if self.loaded.dtype in ("bfloat16", "float16") and self.device == "cpu":
-            return torch.autocast("cpu", dtype=getattr(torch, self.loaded.dtype))
-        return contextlib.nullcontext()
-
     def __call__(self, pixel_values) -> list[dict]:
         torch = self.torch
-        with torch.inference_mode(), self.autocast():
-            pixel_values = pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
-            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+        with torch.inference_mode(), self.loaded.autocast():
+            image_embeds = self.loaded.image_embeds(pixel_values)
             if self.settings.strategy == "diverse-beam":
                 sequences, confidences = self._diverse(image_embeds)
             else:
@@ -314,10 +367,9 @@ def caption_task(
     import fiftyone as fo
 
     from fiftyone_blip import adapters, engine
-    from fiftyone_blip.images import Preprocessor
 
     tokenizer, adapter_identity, activate = adapters.prepare(loaded, language)
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    preprocess = loaded.preprocessor(resize)
     captioner = Captioner(loaded, settings, tokenizer=tokenizer)
     confidence_field = f"{field}_confidence"
 
@@ -338,3 +390,16 @@ def caption_task(
         prepare=prepare,
         step=step,
     )
+
+
+def run(samples, settings: CaptionSettings, options):
+    """Captions `samples` on the engine; see `fiftyone_blip.caption`."""
+    from fiftyone_blip import engine, models
+
+    if settings.language is not None:
+        from fiftyone_blip import adapters
+
+        adapters.check_language(settings.language)
+    loaded = models.load_model(settings.model, task="caption", device=options.device, dtype=options.dtype)
+    task = caption_task(loaded, settings, field=settings.field, resize=options.resize, language=settings.language)
+    return engine.run(samples, task, options)

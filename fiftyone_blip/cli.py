@@ -11,7 +11,17 @@ import sys
 
 import click
 
-from fiftyone_blip import captions as caption_settings  # light: no torch at import
+from fiftyone_blip import (  # light: no torch, no FiftyOne at import
+    AdapterJobSettings,
+    AdapterTrainingSettings,
+    CaptionSettings,
+    EmbedSettings,
+    HeatmapSettings,
+    MislabelSettings,
+    RunOptions,
+    SearchSettings,
+)
+from fiftyone_blip.mislabels import FlagSettings
 
 
 def translate_errors(function):
@@ -46,48 +56,45 @@ def load_samples(dataset_name: str, view_name: str | None = None):
     return dataset.load_saved_view(view_name)
 
 
-DEVICE_OPTION = click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    envvar="FIFTYONE_BLIP_DEVICE",
-    show_default=True,
-)
+def _click_type(field, choices):
+    if choices:
+        return click.Choice([str(c) for c in choices])
+    kind = str(field.type).split("|")[0].strip()
+    return {"int": int, "float": float}.get(kind, str)
 
 
-def engine_options(verb: str, batch_size: int = 16, view_name: str = "view_name", shard_note: str = ""):
-    """The options every engine command shares: input size, batching, device, shards, resume, progress.
+def setting_option(cls, field):
+    """One click option from a settings field: its flags, default, choices, envvar and help."""
+    meta = field.metadata
+    default = cls.run_defaults.get(field.name, cls.defaults()[field.name])
+    flags = list(meta.get("cli_flags") or ())
+    if not any(flag.startswith("--") for flag in flags):
+        flags.append("--" + field.name.replace("_", "-"))
+    text = meta.get("help", "")
+    help_text = meta.get("cli_help") or text[:1].upper() + text[1:] + "."
+    if default is True:  # a setting that is on by default: its flag switches it off
+        return click.option(*flags, field.name, flag_value=False, default=True, help=help_text)
+    if default is False:
+        return click.option(*flags, field.name, is_flag=True, default=False, help=help_text)
+    return click.option(
+        *flags,
+        field.name,
+        type=_click_type(field, meta.get("choices")),
+        default=default,
+        show_default=default is not None,
+        envvar=meta.get("envvar"),
+        help=help_text,
+    )
 
-    `verb` starts the --shard help ("Caption only shard I of N ...").
-    """
-    options = [
-        click.option(
-            "--resize",
-            type=click.Choice(["squash", "center-crop", "letterbox"]),
-            default="squash",
-            show_default=True,
-            help="How images reach the model's square input.",
-        ),
-        click.option("--batch-size", type=int, default=batch_size, show_default=True),
-        DEVICE_OPTION,
-        click.option(
-            "--dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
-            default="auto",
-            show_default=True,
-            help="auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU.",
-        ),
-        click.option(
-            "--workers",
-            type=int,
-            default=None,
-            help="Decode threads, 0 for inline. [default: one per core, at most 8]",
-        ),
-        click.option("--shard", default=None, help=f"{verb} only shard I of N, as I/N (e.g. 0/4).{shard_note}"),
-        click.option("--view", view_name, default=None, help="A saved view of the dataset."),
-        click.option("--overwrite", is_flag=True, help="Recompute samples already done with these settings."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
-    ]
+
+def settings_options(*classes, skip=()):
+    """The click options of every CLI field of `classes` (RunOptions with the first class's run defaults)."""
+    options = []
+    for cls in classes:
+        owner = classes[0]
+        for field in cls.fields("cli"):
+            if field.name not in skip:
+                options.append(setting_option(_with_run_defaults(cls, owner), field))
 
     def decorate(command):
         for option in reversed(options):
@@ -95,6 +102,15 @@ def engine_options(verb: str, batch_size: int = 16, view_name: str = "view_name"
         return command
 
     return decorate
+
+
+def _with_run_defaults(cls, owner):
+    if cls is not RunOptions or not owner.run_defaults:
+        return cls
+    return type("RunOptions", (RunOptions,), {"run_defaults": owner.run_defaults})
+
+
+VIEW_OPTION = click.option("--view", "saved_view", default=None, help="A saved view of the dataset.")
 
 
 @click.group()
@@ -112,36 +128,10 @@ def main():
 
 @main.command()
 @click.argument("dataset")
-@click.option(
-    "-m",
-    "--model",
-    envvar="FIFTYONE_BLIP_CAPTION_MODEL",
-    default=None,
-    help="Hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-image-captioning-base]",
-)
-@click.option("-f", "--field", default="caption", show_default=True, help="Field to write the caption to.")
-@click.option("-s", "--strategy", type=click.Choice(caption_settings.STRATEGIES), default="greedy", show_default=True)
-@click.option("-b", "--num-beams", type=int, default=None, help="Beams, 1..10. [default: 3 beam, 4 diverse-beam]")
-@click.option("--num-beam-groups", type=int, default=2, show_default=True, help="Groups for diverse-beam.")
-@click.option("--diversity-penalty", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=50, show_default=True, help="Sampling: keep the k most likely tokens.")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="Sampling: nucleus probability mass.")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--min-new-tokens", type=int, default=1, show_default=True)
-@click.option("--max-new-tokens", type=int, default=30, show_default=True, help="1..128.")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
-@click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True)
-@click.option("-p", "--prompt", default=None, help="Text the caption continues, e.g. 'a picture of'.")
-@engine_options("Caption")
-@click.option(
-    "-l",
-    "--language",
-    default=None,
-    help="Caption language: 'en' or an installed adapter's code (see `fiftyone-blip adapters list`). [default: en]",
-)
+@settings_options(CaptionSettings, RunOptions)
+@VIEW_OPTION
 @translate_errors
-def caption(dataset, view_name, workers, quiet, **options):
+def caption(dataset, saved_view, **values):
     """Caption every image of DATASET into a string field.
 
     Writes FIELD, FIELD_confidence, FIELD_error and FIELD_run. Samples already
@@ -159,9 +149,7 @@ def caption(dataset, view_name, workers, quiet, **options):
     """
     import fiftyone_blip
 
-    samples = load_samples(dataset, view_name)
-    summary = fiftyone_blip.caption(samples, num_workers=workers, progress=not quiet, **options)
-    click.echo(str(summary))
+    click.echo(str(fiftyone_blip.caption(load_samples(dataset, saved_view), **values)))
 
 
 @main.command()
@@ -238,38 +226,11 @@ def demo(count, name):
 
 @main.command("heatmaps")
 @click.argument("dataset")
-@click.option(
-    "--mode",
-    type=click.Choice(["cross-attention", "gradcam"]),
-    default="cross-attention",
-    show_default=True,
-    help="cross-attention: the captioner's decoder; gradcam: gradient x cross-attention of the ITM head.",
-)
-@click.option(
-    "-m",
-    "--model",
-    default=None,
-    help="Hub id, local directory or 'shapes-tiny'. [default: Salesforce's captioning or ITM base model]",
-)
-@click.option("-f", "--field", default="heatmap", show_default=True, help="Field for the caption heatmap.")
-@click.option("--text-field", default="caption", show_default=True, help="Field holding the text to explain.")
-@click.option("-t", "--text", default=None, help="One text (e.g. a query) to explain on every image.")
+@settings_options(HeatmapSettings, RunOptions)
 @click.option("--generate", is_flag=True, help="cross-attention: caption each image first and explain that caption.")
-@click.option("--layers", default=None, help="'all', 'last' or indices like 0,1. [default: depends on the mode]")
-@click.option("--heads", default="all", show_default=True, help="'all' or indices like 0,1.")
-@click.option(
-    "--token-positions",
-    type=click.Choice(["both", "reading", "predicting"]),
-    default="both",
-    show_default=True,
-    help="cross-attention: the decoder steps that read a word, predict it, or both.",
-)
-@click.option("--normalize-heads", is_flag=True, help="Standardise each head's map before averaging.")
-@click.option("--map-size", type=int, default=64, show_default=True, help="Long side of stored maps, pixels.")
-@click.option("--maps-dir", default=None, help="Store per-word maps as PNG files here instead of in the samples.")
-@engine_options("Explain", batch_size=8)
+@VIEW_OPTION
 @translate_errors
-def heatmaps_command(dataset, view_name, workers, quiet, generate, text_field, **options):
+def heatmaps_command(dataset, saved_view, generate, **values):
     """Compute where BLIP looked for each caption word of DATASET's images.
 
     Writes FIELD (a heatmap of the whole caption, shown over the image in the
@@ -288,15 +249,9 @@ def heatmaps_command(dataset, view_name, workers, quiet, generate, text_field, *
     """
     import fiftyone_blip
 
-    samples = load_samples(dataset, view_name)
-    summary = fiftyone_blip.heatmaps(
-        samples,
-        text_field=None if generate else text_field,
-        num_workers=workers,
-        progress=not quiet,
-        **options,
-    )
-    click.echo(str(summary))
+    if generate:
+        values["text_field"] = None
+    click.echo(str(fiftyone_blip.heatmaps(load_samples(dataset, saved_view), **values)))
 
 
 @main.command("heatmap-overlays")
@@ -335,35 +290,11 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
 @main.command()
 @click.argument("dataset")
 @click.option("-l", "--label-field", required=True, help="Classification, Classifications, Detections or text field.")
-@click.option(
-    "-m",
-    "--model",
-    envvar="FIFTYONE_BLIP_MATCH_MODEL",
-    default=None,
-    help="ITM model: hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-itm-base-coco]",
-)
-@click.option("-f", "--field", default=None, help="Where scores go. [default: LABEL_FIELD_match]")
-@click.option(
-    "-t",
-    "--template",
-    default=None,
-    help="Label prompt with {label}. [default: 'a photo of a {label}'; shapes-tiny: 'a {label}']",
-)
-@click.option("--classes", default=None, help="Comma-separated label set for margins. [default: the labels present]")
-@click.option("--no-margin", is_flag=True, help="Skip margins against the best other class (one ITM pass per class).")
-@click.option("--itc", is_flag=True, help="Also store ITC cosine similarities.")
-@click.option("--method", type=click.Choice(["auto", "itm", "itc", "itm+margin"]), default="auto", show_default=True)
-@click.option("--threshold", type=float, default=None, help="Flag mistakenness >= this (0..1). [default: 0.5]")
-@click.option("--percentile", type=float, default=None, help="Flag mistakenness at or above this percentile.")
-@click.option("-k", "--top-k", type=int, default=None, help="Flag the K most suspicious.")
-@click.option("--level", type=click.Choice(["sample", "label"]), default="sample", show_default=True)
-@click.option("--tag", default="mislabel", show_default=True, help="Tag for flagged samples (and labels).")
-@click.option("--view-name", default=None, help="Saved review view. [default: FIELD-review]")
+@settings_options(MislabelSettings, RunOptions)
 @click.option("--rescore/--flag-only", default=True, help="--flag-only re-flags stored scores without a model.")
-@click.option("--crop-padding", type=float, default=None, help="Detections: box growth factor (>= 1).")
-@engine_options("Score", view_name="view_name_in")
+@VIEW_OPTION
 @translate_errors
-def mislabels(dataset, label_field, rescore, view_name_in, workers, quiet, classes, no_margin, **options):
+def mislabels(dataset, label_field, rescore, saved_view, **values):
     """Flag likely mislabels in LABEL_FIELD of DATASET by image-text matching.
 
     Scores every label (classification, detection crop, or free-text caption)
@@ -381,24 +312,13 @@ def mislabels(dataset, label_field, rescore, view_name_in, workers, quiet, class
     """
     import fiftyone_blip
 
-    samples = load_samples(dataset, view_name_in)
-    flag_options = {k: options[k] for k in ("field", "method", "threshold", "percentile", "top_k", "level", "tag")}
-    flag_options["view_name"] = options["view_name"]
+    samples = load_samples(dataset, saved_view)
     if rescore:
-        score_options = {k: v for k, v in options.items() if k not in flag_options}
-        result = fiftyone_blip.find_mislabels(
-            samples,
-            label_field,
-            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None,
-            margin=not no_margin,
-            num_workers=workers,
-            progress=not quiet,
-            **score_options,
-            **flag_options,
-        )
+        result = fiftyone_blip.find_mislabels(samples, label_field, **values)
         click.echo(str(result["run"]))
     else:
-        result = fiftyone_blip.flag_mislabels(samples, label_field, **flag_options)
+        flag_values = {k: v for k, v in values.items() if k in FlagSettings.names()}
+        result = fiftyone_blip.flag_mislabels(samples, label_field, **flag_values)
     labels = f", {result['flagged_labels']} labels" if result.get("flagged_labels") is not None else ""
     click.echo(
         f"flagged {result['flagged_samples']} of {result['scored_samples']} scored samples{labels} "
@@ -409,26 +329,11 @@ def mislabels(dataset, label_field, rescore, view_name_in, workers, quiet, class
 
 @main.command()
 @click.argument("dataset")
-@click.option(
-    "-m",
-    "--model",
-    envvar="FIFTYONE_BLIP_MATCH_MODEL",
-    default=None,
-    help="BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-itm-base-coco]",
-)
-@click.option("-f", "--field", default="blip_embedding", show_default=True, help="Field to write the embeddings to.")
-@click.option(
-    "-b", "--brain-key", default="blip_sim", show_default=True, help="Similarity index to build (the App finds it)."
-)
+@settings_options(EmbedSettings, RunOptions)
 @click.option("--no-index", is_flag=True, help="Only embed; build no similarity index.")
-@click.option(
-    "--backend",
-    default=None,
-    help="Similarity backend: FiftyOne's default (sklearn) or e.g. lancedb. [default: FiftyOne's default]",
-)
-@engine_options("Embed", shard_note=" No index is built for a shard.")
+@VIEW_OPTION
 @translate_errors
-def embed(dataset, view_name, workers, quiet, no_index, **options):
+def embed(dataset, saved_view, no_index, **values):
     """Embed every image of DATASET with BLIP (ITC) and build a similarity index.
 
     Writes FIELD (a unit vector per image), FIELD_error and FIELD_run, then
@@ -446,30 +351,21 @@ def embed(dataset, view_name, workers, quiet, no_index, **options):
     """
     import fiftyone_blip
 
-    samples = load_samples(dataset, view_name)
     if no_index:
-        options["brain_key"] = None
-    summary = fiftyone_blip.embed(samples, num_workers=workers, progress=not quiet, **options)
-    click.echo(str(summary))
-    if options["brain_key"] and not options["shard"]:
-        click.echo(f"similarity index {options['brain_key']!r} ready")
+        values["brain_key"] = None
+    click.echo(str(fiftyone_blip.embed(load_samples(dataset, saved_view), **values)))
+    if values["brain_key"] and not values["shard"]:
+        click.echo(f"similarity index {values['brain_key']!r} ready")
 
 
 @main.command()
 @click.argument("dataset")
 @click.argument("query")
-@click.option("-k", "--top-k", "k", type=int, default=20, show_default=True, help="How many results.")
-@click.option("-b", "--brain-key", default="blip_sim", show_default=True, help="The index built by `embed`.")
-@click.option("--rerank", is_flag=True, help="Re-score the ITC shortlist with BLIP's ITM head.")
-@click.option(
-    "--shortlist", type=int, default=None, help="How many ITC results --rerank re-scores. [default: max(4k, 128)]"
-)
-@click.option("-m", "--model", default=None, help="Refuse an index built with another model than this one.")
-@DEVICE_OPTION
-@click.option("--view", "view_name", default=None, help="Search only this saved view of the dataset.")
+@settings_options(SearchSettings)
+@click.option("--view", "saved_view", default=None, help="Search only this saved view of the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON lines.")
 @translate_errors
-def search(dataset, query, view_name, as_json, **options):
+def search(dataset, query, saved_view, as_json, **values):
     """Find the images of DATASET that best match QUERY (a text, or a sample id).
 
     Prints one line per result, best first: sample id, file path and score
@@ -487,8 +383,7 @@ def search(dataset, query, view_name, as_json, **options):
 
     import fiftyone_blip
 
-    samples = load_samples(dataset, view_name)
-    hits = fiftyone_blip.search(samples, query, **options)
+    hits = fiftyone_blip.search(load_samples(dataset, saved_view), query, **values)
     for hit in hits:
         click.echo(json.dumps(dataclasses.asdict(hit)) if as_json else str(hit))
 
@@ -510,34 +405,11 @@ def adapters():
 @adapters.command("train")
 @click.option("-l", "--language", required=True, help="Language code the adapter is installed under, e.g. de.")
 @click.option("-d", "--dataset", "dataset_name", default=None, help="A FiftyOne dataset of images and captions.")
-@click.option("--view", "view_name", default=None, help="A saved view of the dataset.")
-@click.option("-c", "--caption-field", default=None, help="The dataset's caption field, e.g. caption_de.")
-@click.option("--images", "images_dir", default=None, help="Or: a folder of images ...")
-@click.option("--captions", "captions_file", default=None, help="... with a .csv or .jsonl of image,caption rows.")
-@click.option(
-    "-m",
-    "--model",
-    envvar="FIFTYONE_BLIP_CAPTION_MODEL",
-    default=None,
-    help="Base captioner: hub id, local directory or 'shapes-tiny'. [default: Salesforce/blip-image-captioning-base]",
-)
-@click.option("-o", "--out", default=None, help="Adapter folder. [default: <registry>/<language>]")
-@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
-@click.option("--alpha", type=float, default=16.0, show_default=True, help="LoRA alpha.")
-@click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True, help="Peak learning rate.")
-@click.option("--epochs", type=int, default=30, show_default=True, help="Most epochs (early stopping may end sooner).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--validation-fraction", type=float, default=0.1, show_default=True, help="Share of pairs held out.")
-@click.option("--max-validation", type=int, default=1000, show_default=True, help="Most held-out pairs.")
-@click.option("--patience", type=int, default=3, show_default=True, help="Epochs without a better held-out loss.")
-@click.option("--max-added-tokens", type=int, default=4000, show_default=True, help="Most new tokens.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@DEVICE_OPTION
-@click.option("--threads", type=int, default=None, help="CPU threads for torch. [default: torch's]")
-@click.option("--overwrite", is_flag=True, help="Replace an installed adapter of this language.")
+@VIEW_OPTION
+@settings_options(AdapterJobSettings, AdapterTrainingSettings)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @translate_errors
-def adapters_train(dataset_name, view_name, quiet, **options):
+def adapters_train(dataset_name, saved_view, quiet, **values):
     """Train a LoRA adapter that captions in another language, and install it.
 
     Only the text decoder adapts (LoRA plus rows for the new tokens its
@@ -553,8 +425,8 @@ def adapters_train(dataset_name, view_name, quiet, **options):
     """
     import fiftyone_blip
 
-    samples = load_samples(dataset_name, view_name) if dataset_name else None
-    manifest = fiftyone_blip.train_adapter(samples=samples, progress=not quiet, log=click.echo, **options)
+    samples = load_samples(dataset_name, saved_view) if dataset_name else None
+    manifest = fiftyone_blip.train_adapter(samples=samples, progress=not quiet, log=click.echo, **values)
     metrics, parameters = manifest["metrics"], manifest["parameters"]
     click.echo(
         f"adapter {manifest['language']!r} saved to {manifest['path']}: held-out exact match "

@@ -23,7 +23,6 @@ is not changed; the loader calls `fiftyone_blip.models.load_model`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -60,54 +59,34 @@ class Embedder:
     def dim(self) -> int:
         return self.model.config.image_text_hidden_size
 
-    def autocast(self):
-        """bf16/fp16 on CPU runs as autocast over fp32 weights; GPUs hold weights in that dtype."""
-        torch = self.torch
-        if self.loaded.dtype in ("bfloat16", "float16") and self.device == "cpu":
-            return torch.autocast("cpu", dtype=getattr(torch, self.loaded.dtype))
-        return contextlib.nullcontext()
-
-    def _pixels(self, pixel_values):
-        return pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
-
     def _normalized(self, features) -> np.ndarray:
         features = self.torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32)
 
     def embed_images(self, pixel_values) -> np.ndarray:
         """(N, 3, S, S) preprocessed pixels -> (N, D) unit vectors."""
-        with self.torch.inference_mode(), self.autocast():
-            image_embeds = self.model.vision_model(pixel_values=self._pixels(pixel_values)).last_hidden_state
+        with self.torch.inference_mode(), self.loaded.autocast():
+            image_embeds = self.loaded.image_embeds(pixel_values)
             return self._normalized(self.model.vision_proj(image_embeds[:, 0]))
 
     def _tokens(self, texts: list[str]):
-        batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt"
-        )
-        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        return self.loaded.text_tokens(texts, self.max_tokens)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> (N, D) unit vectors from the unimodal text encoder."""
         texts = [check_query(text) for text in texts]
         input_ids, attention_mask = self._tokens(texts)
-        with self.torch.inference_mode(), self.autocast():
+        with self.torch.inference_mode(), self.loaded.autocast():
             out = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return self._normalized(self.model.text_proj(out[:, 0]))
 
     def itm_logits(self, pixel_values, text: str) -> np.ndarray:
         """ITM "match" logits of N images against one text (the ITM head's class 1)."""
-        torch = self.torch
         input_ids, attention_mask = self._tokens([check_query(text)])
-        with torch.inference_mode(), self.autocast():
-            image_embeds = self.model.vision_model(pixel_values=self._pixels(pixel_values)).last_hidden_state
+        with self.torch.inference_mode(), self.loaded.autocast():
+            image_embeds = self.loaded.image_embeds(pixel_values)
             n = image_embeds.shape[0]
-            fused = self.model.text_encoder(
-                input_ids=input_ids.expand(n, -1),
-                attention_mask=attention_mask.expand(n, -1),
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
-            ).last_hidden_state
-            logits = self.model.itm_head(fused[:, 0]).float()
+            logits = self.loaded.itm_logits(image_embeds, input_ids.expand(n, -1), attention_mask.expand(n, -1))
         return logits.cpu().numpy()
 
 
@@ -130,11 +109,10 @@ def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
     import fiftyone as fo
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import Preprocessor
 
     if loaded.task != "match":
         raise ValueError(f"embeddings need a BlipForImageTextRetrieval model (task 'match'), got task {loaded.task!r}")
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    preprocess = loaded.preprocessor(resize)
     embedder = Embedder(loaded)
 
     def prepare(path):
@@ -509,8 +487,7 @@ def search(
 
     See `fiftyone_blip.search` for the arguments.
     """
-    from fiftyone_blip import engine, models
-    from fiftyone_blip.images import ImageDecodeError, Preprocessor
+    from fiftyone_blip import models
 
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be a positive integer, got {k!r}")
@@ -564,13 +541,24 @@ def search(
     if not rerank:
         return [Hit(ids[i], paths[i], float(itc[i]), float(itc[i])) for i in order[:k]]
 
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, "squash")
-    embedder = Embedder(loaded)
-    logits = np.full((len(ids), 2), np.nan, dtype=np.float32)
+    logits = _itm_logits(loaded, query, paths, batch_size).astype(np.float64)
+    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
+    score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
+    order = np.argsort(-score, kind="stable")
+    return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]
 
-    for start in range(0, len(ids), batch_size):
+
+def _itm_logits(loaded, query: str, paths: list[str], batch_size: int) -> np.ndarray:
+    """ITM (no match, match) logits of each image against the query; NaN for an unreadable image."""
+    from fiftyone_blip import engine
+    from fiftyone_blip.images import ImageDecodeError
+
+    preprocess = loaded.preprocessor("squash")
+    embedder = Embedder(loaded)
+    logits = np.full((len(paths), 2), np.nan, dtype=np.float32)
+    for start in range(0, len(paths), batch_size):
         chunk, arrays = [], []
-        for i in range(start, min(start + batch_size, len(ids))):
+        for i in range(start, min(start + batch_size, len(paths))):
             try:
                 arrays.append(preprocess(paths[i])[0])
                 chunk.append(i)
@@ -578,8 +566,37 @@ def search(
                 continue  # an unreadable image keeps no ITM score and sinks to the end
         if arrays:
             logits[chunk] = embedder.itm_logits(engine.to_batch(arrays, "cpu"), query)
-    logits = logits.astype(np.float64)
-    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
-    score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
-    order = np.argsort(-score, kind="stable")
-    return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]
+    return logits
+
+
+def run(samples, settings, options, **backend_kwargs):
+    """Embeds `samples` on the engine, then builds the similarity index; see `fiftyone_blip.embed`.
+
+    `settings` is a `settings.EmbedSettings`, `options` a `RunOptions`;
+    `backend_kwargs` go to the similarity backend (e.g. `metric="cosine"`).
+    """
+    from fiftyone import ViewField as F
+
+    from fiftyone_blip import engine, models
+
+    stored_name = stored_model_name(settings.model)
+    dataset = samples._root_dataset
+    brain_key = settings.brain_key
+    if brain_key is not None:
+        check_brain_key(brain_key)
+    if brain_key is not None and brain_key in dataset.list_brain_runs():
+        built_with = index_model_name(dataset, brain_key)
+        if built_with != stored_name:
+            raise ValueError(
+                f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
+                f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
+            )
+    loaded = models.load_model(settings.model, task="match", device=options.device, dtype=options.dtype)
+    task = embedding_task(loaded, field=settings.field, resize=options.resize)
+    summary = engine.run(samples, task, options)
+    if brain_key is not None and options.shard is None:
+        embedded = dataset.match(F(task.run_field) == task.fingerprint)
+        build_index(
+            embedded, stored_name, field=settings.field, brain_key=brain_key, backend=settings.backend, **backend_kwargs
+        )
+    return summary

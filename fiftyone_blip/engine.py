@@ -29,13 +29,15 @@ import hashlib
 import json
 import os
 import platform
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+
+from fiftyone_blip.fields import check_field_name
+from fiftyone_blip.progress import progress_bar as _progress_bar
 
 RUNS_COLLECTION = "fiftyone_blip_runs"
 MAX_BATCH_SIZE = 1024
@@ -129,24 +131,11 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_RESERVED_FIELDS = {"id", "filepath", "tags", "metadata", "created_at", "last_modified_at", "media_type"}
-
-
 def check_run_options(field: str, batch_size: int, shard) -> None:
     """The checks every capability runs before touching a sample."""
     check_field_name(field)
     check_batch_size(batch_size)
     parse_shard(shard)
-
-
-def check_field_name(field: str) -> str:
-    """Checks that `field` can hold results: a plain name, not a built-in field."""
-    if not isinstance(field, str) or not _FIELD_NAME.match(field):
-        raise ValueError(f"`field` must be a name of letters, digits and underscores, got {field!r}")
-    if field in _RESERVED_FIELDS:
-        raise ValueError(f"`field` cannot be the built-in field {field!r}")
-    return field
 
 
 def _runs_collection():
@@ -190,12 +179,6 @@ def list_runs(dataset) -> list[dict]:
     _mark_interrupted(str(dataset._doc.id))
     cursor = _runs_collection().find({"dataset_id": str(dataset._doc.id)}, {"_id": 0}).sort("started", 1)
     return list(cursor)
-
-
-def _progress_bar(total: int, description: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="sample", dynamic_ncols=True)
 
 
 class _Writer:

@@ -10,6 +10,7 @@ models are cached per process, so an App operator run twice loads once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -62,6 +63,48 @@ class LoadedModel:
     @property
     def image_size(self) -> int:
         return self.model.config.vision_config.image_size
+
+    # ---- the BLIP steps every capability shares
+
+    def preprocessor(self, resize: str = "squash"):
+        """An `images.Preprocessor` for this model's processor and input size."""
+        from fiftyone_blip.images import Preprocessor
+
+        return Preprocessor(self.processor.image_processor, self.image_size, resize)
+
+    def autocast(self):
+        """bf16/fp16 on CPU runs as autocast over fp32 weights; GPUs hold weights in that dtype."""
+        import torch
+
+        if self.dtype in ("bfloat16", "float16") and self.device == "cpu":
+            return torch.autocast("cpu", dtype=getattr(torch, self.dtype))
+        return contextlib.nullcontext()
+
+    def pixels(self, pixel_values):
+        """A pixel batch on the model's device, in its weights' dtype."""
+        return pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
+
+    def image_embeds(self, pixel_values):
+        """Patch embeddings (batch, 1 + grid * grid, width) of a pixel batch."""
+        return self.model.vision_model(pixel_values=self.pixels(pixel_values)).last_hidden_state
+
+    def text_tokens(self, texts: list[str], max_length: int, tokenizer=None):
+        """Padded token ids and attention mask of `texts`, truncated to `max_length`, on the device."""
+        tokenizer = tokenizer if tokenizer is not None else self.processor.tokenizer
+        batch = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def itm_logits(self, image_embeds, input_ids, attention_mask):
+        """The ITM head's (no match, match) logits, in float32, of each text fused with its image."""
+        import torch
+
+        fused = self.model.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device),
+        ).last_hidden_state
+        return self.model.itm_head(fused[:, 0]).float()
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -218,7 +261,7 @@ def _load(
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice, once per load
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     if attention == "sdpa":
-        from fiftyone_blip.attention import use_sdpa
+        from fiftyone_blip.sdpa import use_sdpa
 
         use_sdpa(model)
     return LoadedModel(
@@ -241,6 +284,7 @@ def load_model(
     dtype: str = "auto",
     revision: str | None = None,
     attention: str = "sdpa",
+    cached: bool = True,
 ) -> LoadedModel:
     """Loads a BLIP model and its processor.
 
@@ -257,8 +301,11 @@ def load_model(
             dynamically, the fastest CPU setting.
         revision: a hub revision (branch, tag or commit); None for the default.
         attention: "sdpa" (fused scaled-dot-product attention, see
-            `fiftyone_blip.attention`) or "eager" (transformers' own, which
+            `fiftyone_blip.sdpa`) or "eager" (transformers' own, which
             can return attention weights) ("sdpa").
+        cached: share one loaded copy per arguments with other callers (the
+            last four are kept); False loads a private copy that the caller
+            may change, e.g. to train it (True).
 
     Raises:
         ModelLoadError: the model cannot be found, or is not the BLIP
@@ -270,4 +317,6 @@ def load_model(
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    return _load(resolved, local, task, device, dtype, revision, attention)
+    # lru_cache keeps the undecorated function as __wrapped__: a fresh, private copy
+    loader = _load if cached else _load.__wrapped__
+    return loader(resolved, local, task, device, dtype, revision, attention)

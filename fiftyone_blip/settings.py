@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 # Surfaces a setting is offered on; `progress`, a Python callable, is SDK-only.
 SURFACES = ("sdk", "cli", "app")
+SDK_CLI = ("sdk", "cli")
 
 
 def setting(
@@ -36,6 +37,11 @@ def setting(
     advanced: bool = False,
     surfaces: tuple[str, ...] = SURFACES,
     cli_flags: tuple[str, ...] = (),
+    envvar: str | None = None,
+    cli_help: str | None = None,
+    choice_labels: dict | None = None,
+    form_default: Any = dataclasses.MISSING,
+    form_when: dict | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field that carries its own documentation and bounds.
@@ -49,7 +55,17 @@ def setting(
             exclusive with `min_exclusive`.
         advanced: shown in the forms' collapsed "Advanced" part.
         surfaces: where the setting is offered: "sdk", "cli", "app".
-        cli_flags: short CLI flags besides --name-with-dashes, e.g. ("-b",).
+        cli_flags: CLI flags. Short ones ("-b",) go beside --name-with-dashes;
+            a long one replaces it ("--workers"). For a setting that is True
+            by default, the flags switch it off ("--no-margin").
+        envvar: the environment variable the CLI reads the setting from (None).
+        cli_help: the CLI help where it differs from `help` (a flag that
+            switches a setting off says what switching it off does).
+        choice_labels: form labels of the choices, by value (None: the values).
+        form_default: what the form suggests where the default (None) only
+            means "not chosen" (e.g. a threshold when flagging by threshold).
+        form_when: the form shows the setting only when these params hold one
+            of the given values, e.g. {"strategy": ("beam", "diverse-beam")}.
     """
     metadata = dict(
         help=help,
@@ -61,6 +77,11 @@ def setting(
         advanced=advanced,
         surfaces=surfaces,
         cli_flags=cli_flags,
+        envvar=envvar,
+        cli_help=cli_help,
+        choice_labels=choice_labels,
+        form_default=form_default,
+        form_when=form_when,
     )
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -92,8 +113,28 @@ def check_value(name: str, value: Any, metadata: dict) -> None:
         raise ValueError(f"`{name}` must be <= {hi}, got {value!r}")
 
 
+def form_shows(field: dataclasses.Field, params: dict) -> bool:
+    """Whether a form with `params` shows `field`: each `form_when` condition whose key is given holds."""
+    when = field.metadata.get("form_when") or {}
+    return all(params.get(key) in allowed for key, allowed in when.items() if params.get(key) is not None)
+
+
+def form_default(cls, field: dataclasses.Field):
+    """What a form suggests for `field`: its `form_default`, else the (run) default."""
+    suggestion = field.metadata.get("form_default", dataclasses.MISSING)
+    if suggestion is not dataclasses.MISSING:
+        return suggestion
+    return cls.run_defaults.get(field.name, cls.defaults()[field.name])
+
+
 class Settings:
-    """Mixin for settings dataclasses: declared checks, `from_params`, `replace`, `as_dict`."""
+    """Mixin for settings dataclasses: declared checks, `from_params`, `replace`, `as_dict`.
+
+    `run_defaults` holds the `RunOptions` defaults that differ for a
+    capability (heatmaps step 8 images at a time), read by every surface.
+    """
+
+    run_defaults: ClassVar[dict] = {}
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -107,6 +148,15 @@ class Settings:
         ]
 
     @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def declared(cls, name: str) -> dataclasses.Field:
+        """The declared field `name` (not `field`, which is a setting of several classes)."""
+        return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
     def defaults(cls) -> dict:
         return {
             f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
@@ -117,20 +167,94 @@ class Settings:
     def from_params(cls, params: dict, **overrides):
         """Settings from a dict named like the SDK keywords (an operator's `ctx.params`).
 
-        Keys that are not fields are ignored; a missing or None value takes the
-        default, so a form that leaves a field empty gets the same result as
-        the SDK.
+        Keys that are not fields are ignored; a missing, None or empty value
+        takes the default, so a form that leaves a field empty gets the same
+        result as the SDK. A field the form hides (`form_when` does not hold
+        for params that are given) is ignored too: a value left from an
+        earlier choice does not count.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in (params or {}).items() if k in names and v is not None}
+        params = params or {}
+        values = {}
+        for f in dataclasses.fields(cls):
+            if not form_shows(f, params):
+                continue
+            value = params.get(f.name)
+            if value is None or value == "":
+                # a shown input with no value yet stands for its form suggestion
+                when = f.metadata.get("form_when")
+                chosen = when and all(params.get(key) is not None for key in when)
+                value = f.metadata.get("form_default", dataclasses.MISSING) if chosen else None
+                if value is dataclasses.MISSING or value is None:
+                    continue
+            values[f.name] = value
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def resolve(cls, settings=None, options=None, overrides: dict | None = None, run_options: bool = True):
+        """(settings, options) from an SDK call's `settings=`, `options=` and keyword overrides.
+
+        A keyword that names a field of this class overrides `settings` (None:
+        the defaults); one that names a `RunOptions` field overrides `options`
+        (None: the defaults, with `run_defaults`). Any other keyword is a
+        TypeError, as for an ordinary function.
+        """
+        overrides = dict(overrides or {})
+        mine = {k: overrides.pop(k) for k in list(overrides) if k in {f.name for f in dataclasses.fields(cls)}}
+        run = {}
+        if run_options:
+            run_names = {f.name for f in dataclasses.fields(RunOptions)}
+            run = {k: overrides.pop(k) for k in list(overrides) if k in run_names}
+        if overrides:
+            raise TypeError(f"unexpected keyword argument {next(iter(overrides))!r}")
+        if settings is not None and not isinstance(settings, cls):
+            raise ValueError(f"`settings` must be a {cls.__name__}, got {type(settings).__name__}")
+        settings = cls(**mine) if settings is None else settings.replace(**mine) if mine else settings
+        if not run_options:
+            return settings
+        if options is None:
+            options = RunOptions(**{**cls.run_defaults, **run})
+        elif run:
+            options = options.replace(**run)
+        return settings, options
+
+    @classmethod
+    def doc(cls, surface: str = "sdk") -> str:
+        """One line per setting: name, help, allowed values and default, for docstrings."""
+        lines = []
+        for f in cls.fields(surface):
+            meta = f.metadata
+            text = meta.get("help", "")
+            if meta.get("choices"):
+                text += ": " + ", ".join(repr(c) for c in meta["choices"])
+            lo, hi = meta.get("min"), meta.get("max")
+            if lo is not None and hi is not None:
+                text += f", in ({lo}, {hi}]" if meta.get("min_exclusive") else f", {lo}..{hi}"
+            default = cls.run_defaults.get(f.name, cls.defaults()[f.name])
+            if not (default is None and "(None:" in text):
+                text += f" ({default!r})"
+            lines.append(f"    {f.name}: {text}.")
+        return "\n".join(lines)
 
     def replace(self, **overrides):
         return dataclasses.replace(self, **overrides)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def documented(*classes):
+    """Fills a function docstring's `{settings}` with each class's settings, one line each.
+
+    The help, bounds and defaults then live only on the dataclasses.
+    """
+
+    def decorate(function):
+        text = "\n".join(c.doc().replace("\n    ", "\n        ").replace("    ", "        ", 1) for c in classes)
+        function.__doc__ = function.__doc__.replace("{settings}", text.lstrip())
+        return function
+
+    return decorate
 
 
 MAX_BATCH_SIZE = 1024
@@ -146,18 +270,46 @@ class RunOptions(Settings):
     `resize`, `device` and `dtype` go to the model step; the rest to the engine.
     """
 
-    resize: str = setting("squash", "how images meet the model's square input", choices=RESIZE_MODES)
-    batch_size: int = setting(16, "images per model step", min=1, max=MAX_BATCH_SIZE, cli_flags=("-B",), advanced=True)
-    device: str = setting("auto", "where the model runs", choices=DEVICES, advanced=True)
+    resize: str = setting(
+        "squash",
+        "how images meet the model's square input",
+        choices=RESIZE_MODES,
+        choice_labels={
+            "squash": "Squash to square (BLIP default)",
+            "center-crop": "Center crop",
+            "letterbox": "Letterbox (pad)",
+        },
+    )
+    batch_size: int = setting(16, "images per model step", min=1, max=MAX_BATCH_SIZE, advanced=True)
+    device: str = setting("auto", "where the model runs", choices=DEVICES, advanced=True, envvar="FIFTYONE_BLIP_DEVICE")
     dtype: str = setting(
-        "auto", "weights and activations (auto: float32 on CPU, bfloat16 on GPUs)", choices=DTYPES, advanced=True
+        "auto",
+        "weights and activations (auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU)",
+        label="Precision",
+        choices=DTYPES,
+        advanced=True,
     )
     num_workers: int | None = setting(
-        None, "decode threads, 0 decodes inline (None: one per core)", min=0, advanced=True, surfaces=("sdk", "cli")
+        None,
+        "decode threads, 0 decodes inline (None: one per core, at most 8)",
+        min=0,
+        advanced=True,
+        surfaces=("sdk", "cli"),
+        cli_flags=("--workers",),
     )
-    shard: str | None = setting(None, "'I/N': only shard I of N, for N parallel workers", advanced=True)
-    overwrite: bool = setting(False, "recompute and replace results already in the field")
-    progress: Any = setting(True, "True, False, None or a callable progress(done, total)", surfaces=("sdk",))
+    shard: str | None = setting(
+        None, "'I/N': only shard I of N, for N parallel workers", label="Shard (I/N)", advanced=True
+    )
+    overwrite: bool = setting(
+        False, "recompute and replace results already in the field", label="Recompute samples already done"
+    )
+    progress: Any = setting(
+        True,
+        "True for a progress bar, False for none, or a callable progress(done, total)",
+        surfaces=("sdk", "cli"),
+        cli_flags=("-q", "--quiet"),
+        cli_help="No progress bar.",
+    )
     chunk_size: int = setting(256, "results per bulk write", min=1, surfaces=("sdk",))
     chunk_seconds: float = setting(10.0, "longest time a result waits before it is written", min=0, surfaces=("sdk",))
 
@@ -174,3 +326,75 @@ class RunOptions(Settings):
         from fiftyone_blip.engine import parse_shard
 
         return parse_shard(self.shard)
+
+
+# --- embeddings and search: `embeddings.py` loads FiftyOne at import, so its settings live here ---------
+
+
+@dataclasses.dataclass
+class EmbedSettings(Settings):
+    """What `embed` writes and which similarity index it builds."""
+
+    model: str | None = setting(
+        None,
+        "a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-itm-base-coco)",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_MATCH_MODEL",
+    )
+    field: str = setting("blip_embedding", "the embeddings field", label="Embeddings field", cli_flags=("-f",))
+    brain_key: str | None = setting(
+        "blip_sim",
+        "the similarity index to build, which the App's similarity search lists (None: embed only)",
+        label="Similarity index (brain key)",
+        cli_flags=("-b",),
+    )
+    backend: str | None = setting(
+        None,
+        "the similarity backend: None for FiftyOne's default (sklearn), or e.g. 'lancedb'",
+        label="Similarity backend",
+        choice_labels={
+            "sklearn": "FiftyOne default (in the database)",
+            "lancedb": "LanceDB (embedded vector database)",
+        },
+        form_default="sklearn",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        from fiftyone_blip.fields import check_field_name
+
+        check_field_name(self.field)
+        if self.brain_key is not None and not (isinstance(self.brain_key, str) and self.brain_key):
+            raise ValueError(f"`brain_key` must be a non-empty name or None, got {self.brain_key!r}")
+
+    @classmethod
+    def from_params(cls, params: dict, **overrides):
+        # the form's "sklearn" choice stands for FiftyOne's default backend
+        if (params or {}).get("backend") == "sklearn":
+            params = {**params, "backend": None}
+        return super().from_params(params, **overrides)
+
+
+@dataclasses.dataclass
+class SearchSettings(Settings):
+    """How `search` ranks; not a run over the collection, so no `RunOptions`."""
+
+    k: int = setting(
+        20, "how many results, 1 .. the number of samples searched", cli_flags=("-k", "--top-k"), surfaces=SDK_CLI
+    )
+    brain_key: str = setting("blip_sim", "the index built by `embed`", cli_flags=("-b",), surfaces=SDK_CLI)
+    model: str | None = setting(
+        None,
+        "the model the index must use; another is an error (None: the index's own)",
+        cli_flags=("-m",),
+        surfaces=SDK_CLI,
+    )
+    rerank: bool = setting(
+        False, "re-score the ITC shortlist with BLIP's ITM head (text queries only)", surfaces=SDK_CLI
+    )
+    shortlist: int | None = setting(
+        None, "how many ITC results the ITM head re-scores, >= k (None: max(4k, 128))", surfaces=SDK_CLI
+    )
+    device: str = setting(
+        "auto", "where the query runs", choices=DEVICES, envvar="FIFTYONE_BLIP_DEVICE", surfaces=SDK_CLI
+    )

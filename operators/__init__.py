@@ -1,9 +1,12 @@
 """FiftyOne App operators for fiftyone-blip.
 
-Each operator builds a form, checks it with the library's own validation, and
-calls one `fiftyone_blip` function. Anything an operator does, a script can do.
+Each operator builds its form from the settings dataclasses (default, bounds,
+choices and help come from there), checks it with the library's own
+validation, and its `execute` is one `fiftyone_blip` call. Anything an
+operator does, a script can do.
 """
 
+import dataclasses
 import os
 import queue
 import re
@@ -15,26 +18,24 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_blip
-from fiftyone_blip import captions, engine, models
-
-_STRATEGY_LABELS = {
-    "greedy": "Greedy",
-    "beam": "Beam search",
-    "diverse-beam": "Diverse beam search",
-    "sample": "Sampling (top-k / top-p)",
-}
-_RESIZE_LABELS = {
-    "squash": "Squash to square (BLIP default)",
-    "center-crop": "Center crop",
-    "letterbox": "Letterbox (pad)",
-}
+from fiftyone_blip import (
+    AdapterJobSettings,
+    AdapterTrainingSettings,
+    CaptionSettings,
+    EmbedSettings,
+    HeatmapSettings,
+    MislabelSettings,
+    RunOptions,
+    models,
+)
+from fiftyone_blip.settings import form_default, form_shows, label_of
 
 
-def _default_model(ctx):
-    # The bundled model only knows shapes images; everything else gets Salesforce's.
+def default_model(ctx, task):
+    """The form's model: the bundled one on a shapes dataset (it knows only shapes), else Salesforce's."""
     if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
         return "shapes-tiny"
-    return "Salesforce/blip-image-captioning-base"
+    return models.DEFAULT_MODELS[task]
 
 
 APP_ROOT_ENV = "FIFTYONE_BLIP_APP_ROOT"
@@ -78,12 +79,83 @@ def _app_model(value):
     )
 
 
+def app_params(params: dict) -> dict:
+    """A form's params with the server paths it names confined (see `_app_model`, `_app_folder`); the
+    library and the CLI take any path, as they run as the user."""
+    params = dict(params or {})
+    if params.get("model"):
+        params["model"] = _app_model(params["model"])
+    if params.get("maps_dir"):
+        params["maps_dir"] = _app_folder(params["maps_dir"], "maps_dir")
+    return params
+
+
 def _dropdown(inputs, name, label, choices, default, description=None):
     """An enum input shown as a dropdown; `choices` maps values to labels."""
     view = types.Dropdown(label=label, description=description)
     for value, choice_label in choices.items():
         view.add_choice(value, label=choice_label)
     inputs.enum(name, view.values(), default=default, view=view)
+
+
+def setting_input(inputs, cls, field, default=dataclasses.MISSING):
+    """One form input from a settings field: its label, help, default, choices and bounds."""
+    meta = field.metadata
+    default = form_default(cls, field) if default is dataclasses.MISSING else default
+    label, description = label_of(field), meta.get("help") or None
+    choices = meta.get("choices")
+    labels = meta.get("choice_labels") or {}
+    if choices is None and labels:
+        choices = tuple(labels)
+    if choices is not None:
+        _dropdown(inputs, field.name, label, {c: labels.get(c, c) for c in choices}, default, description)
+        return
+    kind = str(field.type).split("|")[0].strip()
+    bounds = {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
+    if isinstance(default, bool) or kind == "bool":
+        inputs.bool(field.name, label=label, default=default, description=description)
+    elif kind == "int":
+        inputs.int(field.name, label=label, default=default, description=description, **bounds)
+    elif kind == "float":
+        inputs.float(field.name, label=label, default=default, description=description, **bounds)
+    else:
+        inputs.str(field.name, label=label, default=default, required=False, description=description)
+
+
+def settings_inputs(inputs, cls, params, defaults=None, skip=(), context=None):
+    """The form inputs of every App field of `cls` that the form shows for `params` (and `context`)."""
+    defaults, shown = defaults or {}, {**(context or {}), **params}
+    for field in cls.fields("app"):
+        if field.name not in skip and form_shows(field, shown):
+            setting_input(inputs, cls, field, defaults.get(field.name, dataclasses.MISSING))
+
+
+def run_inputs(inputs, cls):
+    """The `RunOptions` inputs, with `cls`'s run defaults (heatmaps step 8 images at a time)."""
+    owner = type("RunOptions", (RunOptions,), {"run_defaults": cls.run_defaults})
+    for field in RunOptions.fields("app"):
+        setting_input(inputs, owner, field)
+
+
+def run_options(ctx, cls, progress):
+    return RunOptions.from_params({**cls.run_defaults, **ctx.params}, progress=progress)
+
+
+def check_settings(ctx, cls, params=None):
+    """The library's own checks of a form: its run options, then its settings (returned)."""
+    run_options(ctx, cls, None)
+    return cls.from_params(app_params(ctx.params if params is None else params))
+
+
+def checked_form(inputs, label, check):
+    """The form, marked invalid with the library's own message when `check()` raises ValueError."""
+    try:
+        check()
+    except ValueError as error:
+        prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
+        prop.invalid = True
+        prop.error_message = str(error)
+    return types.Property(inputs, view=types.View(label=label))
 
 
 def _engine_config(name, label, description):
@@ -96,42 +168,6 @@ def _engine_config(name, label, description):
         execute_as_generator=True,
         allow_immediate_execution=True,
         allow_delegated_execution=True,
-    )
-
-
-def _engine_inputs(inputs, batch_size=16, resize=True, shard=None, overwrite="Recompute samples already done"):
-    """The inputs every engine operator shares; `shard` describes the shard input (None: no shard input)."""
-    if resize:
-        _dropdown(inputs, "resize", "Resize", _RESIZE_LABELS, default="squash")
-    inputs.int("batch_size", label="Batch size", default=batch_size, min=1, max=engine.MAX_BATCH_SIZE)
-    _dropdown(inputs, "device", "Device", {d: d for d in models.DEVICES}, default="auto")
-    _dropdown(
-        inputs,
-        "dtype",
-        "Precision",
-        {d: d for d in models.DTYPES},
-        default="auto",
-        description="int8: dynamic quantization, fastest on CPU",
-    )
-    if shard is not None:
-        inputs.str("shard", label="Shard (I/N)", required=False, description=shard)
-    inputs.bool("overwrite", label=overwrite, default=False)
-
-
-def _caption_settings(params):
-    return captions.CaptionSettings(
-        strategy=params.get("strategy", "greedy"),
-        num_beams=params.get("num_beams") if params.get("strategy") in ("beam", "diverse-beam") else None,
-        num_beam_groups=params.get("num_beam_groups", 2),
-        top_k=params.get("top_k", 50),
-        top_p=params.get("top_p", 1.0),
-        temperature=params.get("temperature", 1.0),
-        seed=params.get("seed", 0),
-        min_new_tokens=params.get("min_new_tokens", 1),
-        max_new_tokens=params.get("max_new_tokens", 30),
-        repetition_penalty=params.get("repetition_penalty", 1.0),
-        no_repeat_ngram_size=params.get("no_repeat_ngram_size", 0),
-        prompt=params.get("prompt") or None,
     )
 
 
@@ -166,7 +202,55 @@ def _run_with_progress(ctx, work):
     return outcome["result"]
 
 
-class CaptionSamples(foo.Operator):
+def _notify(ctx, message):
+    """The tail of an immediate run: reload the dataset and say what was done."""
+    if not ctx.delegated:
+        yield ctx.trigger("reload_dataset")
+        yield ctx.trigger("notify", dict(message=message, variant="success"))
+
+
+class EngineOperator(foo.Operator):
+    """An operator that runs one capability on the engine.
+
+    A subclass sets `settings_class`, builds its form in `resolve_input` and
+    says which SDK function to call (`run`) and what to tell the App after
+    (`message`); `execute` is the same for all: the settings from the form,
+    one SDK call with progress, then a notice.
+    """
+
+    settings_class = None
+
+    def run(self, ctx, view, settings, options):
+        raise NotImplementedError
+
+    def message(self, result) -> str:
+        raise NotImplementedError
+
+    def execute(self, ctx):
+        settings, view = self.settings_class.from_params(app_params(ctx.params)), ctx.target_view()
+        result = yield from _run_with_progress(
+            ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
+        )
+        yield from _notify(ctx, self.message(result))
+        return result
+
+
+def _language_dropdown(inputs, model):
+    """English plus the installed adapters trained for `model`."""
+    from fiftyone_blip import adapters
+
+    choices = {adapters.BASE_LANGUAGE: "English (no adapter)"}
+    for manifest in adapters.installed_adapters(model):
+        choices.setdefault(manifest["language"], f"{manifest['language']} (adapter)")
+    field = CaptionSettings.declared("language")
+    _dropdown(
+        inputs, "language", "Language", choices, default=adapters.BASE_LANGUAGE, description=field.metadata["help"]
+    )
+
+
+class CaptionSamples(EngineOperator):
+    settings_class = CaptionSettings
+
     @property
     def config(self):
         return _engine_config(
@@ -176,137 +260,40 @@ class CaptionSamples(foo.Operator):
         )
 
     def resolve_input(self, ctx):
+        from fiftyone_blip import captions
+
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str(
-            "model",
-            label="Model",
-            default=_default_model(ctx),
-            required=True,
-            description="A hub id, a local directory, or shapes-tiny",
-        )
-        inputs.str("field", label="Caption field", default="caption", required=True)
-        _dropdown(inputs, "strategy", "Decoding", _STRATEGY_LABELS, default="greedy")
-        chosen = ctx.params.get("strategy", "greedy")
-        if chosen in ("beam", "diverse-beam"):
-            inputs.int("num_beams", label="Beams", default=3 if chosen == "beam" else 4, min=1, max=captions.MAX_BEAMS)
-        if chosen == "diverse-beam":
-            inputs.int("num_beam_groups", label="Beam groups", default=2, min=2)
-        if chosen == "sample":
-            inputs.int("top_k", label="Top-k", default=50, min=0)
-            inputs.float("top_p", label="Top-p", default=1.0, min=0.0, max=1.0)
-            inputs.float("temperature", label="Temperature", default=1.0)
-            inputs.int("seed", label="Seed", default=0)
-        inputs.int("min_new_tokens", label="Min new tokens", default=1, min=0, max=captions.MAX_NEW_TOKENS)
-        inputs.int("max_new_tokens", label="Max new tokens", default=30, min=1, max=captions.MAX_NEW_TOKENS)
-        inputs.float("repetition_penalty", label="Repetition penalty", default=1.0)
-        inputs.int("no_repeat_ngram_size", label="No-repeat n-gram size", default=0, min=0)
-        inputs.str(
-            "prompt", label="Prompt", required=False, description="Text the caption continues, e.g. 'a picture of'"
-        )
-        _engine_inputs(
-            inputs,
-            shard="Caption only shard I of N, for N delegated workers",
-            overwrite="Recompute samples already captioned",
-        )
-        _language_dropdown(inputs, ctx.params.get("model") or _default_model(ctx))
+        strategy = ctx.params.get("strategy") or form_default(CaptionSettings, CaptionSettings.declared("strategy"))
+        defaults = {"model": default_model(ctx, "caption"), "num_beams": captions.DEFAULT_BEAMS.get(strategy)}
+        settings_inputs(inputs, CaptionSettings, ctx.params, defaults=defaults, skip=("language",))
+        run_inputs(inputs, CaptionSettings)
+        _language_dropdown(inputs, ctx.params.get("model") or defaults["model"])
 
-        # The library's own checks, so the form and the SDK agree on what is valid.
-        try:
-            _caption_settings(ctx.params)
-            if _chosen_language(ctx.params) is not None:
+        def check():
+            settings = check_settings(ctx, CaptionSettings)
+            if settings.language is not None:
                 from fiftyone_blip import adapters
 
-                adapters.check_language(_chosen_language(ctx.params))
-            engine.check_run_options(
-                ctx.params.get("field", "caption"), ctx.params.get("batch_size", 16), ctx.params.get("shard")
-            )
-        except ValueError as error:
-            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
-            prop.invalid = True
-            prop.error_message = str(error)
-        return types.Property(inputs, view=types.View(label="BLIP: caption samples"))
+                adapters.check_language(settings.language)
 
-    def execute(self, ctx):
-        params = ctx.params
-        settings = _caption_settings(params)
-        view = ctx.target_view()
+        return checked_form(inputs, "BLIP: caption samples", check)
 
-        def work(progress):
-            summary = fiftyone_blip.caption(
-                view,
-                model=_app_model(params.get("model")),
-                field=params.get("field", "caption"),
-                resize=params.get("resize", "squash"),
-                batch_size=params.get("batch_size", 16),
-                device=params.get("device", "auto"),
-                dtype=params.get("dtype", "auto"),
-                shard=params.get("shard") or None,
-                overwrite=params.get("overwrite", False),
-                progress=progress,
-                language=_chosen_language(params),
-                **{k: v for k, v in vars(settings).items()},
-            )
-            return summary
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.caption(view, settings, options)
 
-        summary = yield from _run_with_progress(ctx, work)
-        if not ctx.delegated:
-            yield ctx.trigger("reload_dataset")
-            yield ctx.trigger("notify", dict(message=f"BLIP captions: {summary}", variant="success"))
+    def message(self, summary):
+        return f"BLIP captions: {summary}"
 
 
 # ---- heatmaps: where the model looked, per caption word ----
 
-_HEATMAP_MODE_LABELS = {
-    "cross-attention": "Cross-attention (captioner decoder, with word probabilities)",
-    "gradcam": "Grad-CAM (ITM head; any text)",
-}
-_TOKEN_POSITION_LABELS = {
-    "both": "Steps that read and that predict the word",
-    "reading": "Steps that read the word",
-    "predicting": "Steps that predict the word",
-}
+_TEXT_SOURCES = {"field": "A text field of each sample", "text": "One text for every image (a query)"}
 
 
-def _default_heatmap_model(ctx, mode):
-    if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
-        return "shapes-tiny"
-    return models.DEFAULT_MODELS["caption" if mode == "cross-attention" else "match"]
+class ComputeHeatmaps(EngineOperator):
+    settings_class = HeatmapSettings
 
-
-def _heatmap_options(params):
-    """The SDK keyword arguments a heatmap form stands for (checked by the library)."""
-    mode = params.get("mode", "cross-attention")
-    source = params.get("text_source", "field")
-    # "0,2" is passed on as text: HeatmapSettings parses and checks it
-    layers = params.get("layers") or None
-    if isinstance(layers, str):
-        layers = layers.strip() or None
-    heads = params.get("heads") or "all"
-    if isinstance(heads, str):
-        heads = heads.strip() or "all"
-    return dict(
-        mode=mode,
-        model=_app_model(params.get("model")),
-        field=params.get("field", "heatmap"),
-        text_field=params.get("text_field", "caption") if source == "field" else None,
-        text=(params.get("text") or None) if source == "text" else None,
-        layers=layers,
-        heads=heads,
-        token_positions=params.get("token_positions", "both"),
-        normalize_heads=params.get("normalize_heads", False),
-        map_size=params.get("map_size", 64),
-        maps_dir=_app_folder(params.get("maps_dir"), "maps_dir"),
-        resize=params.get("resize", "squash"),
-        batch_size=params.get("batch_size", 8),
-        device=params.get("device", "auto"),
-        dtype=params.get("dtype", "auto"),
-        shard=params.get("shard") or None,
-        overwrite=params.get("overwrite", False),
-    )
-
-
-class ComputeHeatmaps(foo.Operator):
     @property
     def config(self):
         return _engine_config(
@@ -316,68 +303,29 @@ class ComputeHeatmaps(foo.Operator):
         )
 
     def resolve_input(self, ctx):
+        from fiftyone_blip import word_heatmaps
+
         inputs = types.Object()
         inputs.view_target(ctx)
-        _dropdown(inputs, "mode", "Mode", _HEATMAP_MODE_LABELS, default="cross-attention")
-        mode = ctx.params.get("mode", "cross-attention")
-        inputs.str("model", label="Model", default=_default_heatmap_model(ctx, mode), required=True)
-        inputs.str("field", label="Heatmap field", default="heatmap", required=True)
-        sources = {"field": "A text field of each sample", "text": "One text for every image (a query)"}
+        mode = ctx.params.get("mode") or form_default(HeatmapSettings, HeatmapSettings.declared("mode"))
+        setting_input(inputs, HeatmapSettings, HeatmapSettings.declared("mode"))
+        sources = dict(_TEXT_SOURCES)
         if mode == "cross-attention":
             sources["generate"] = "Caption each image first"
         _dropdown(inputs, "text_source", "Text to explain", sources, default="field")
-        source = ctx.params.get("text_source", "field")
-        if source == "field":
-            inputs.str("text_field", label="Text field", default="caption", required=True)
-        elif source == "text":
-            inputs.str("text", label="Text", required=True, description="e.g. a red circle on the left")
-        inputs.str(
-            "layers", label="Layers", required=False, description="all, last or indices like 0,1 (empty: the default)"
-        )
-        inputs.str("heads", label="Heads", default="all", description="all or indices like 0,1")
-        if mode == "cross-attention":
-            _dropdown(inputs, "token_positions", "Word steps", _TOKEN_POSITION_LABELS, default="both")
-        inputs.bool("normalize_heads", label="Standardise each head's map before averaging", default=False)
-        inputs.int("map_size", label="Map size (long side, pixels)", default=64, min=8, max=1024)
-        if _app_root() is not None:  # a server folder only under the root the server allows
-            inputs.str(
-                "maps_dir",
-                label="Folder for per-word PNG maps",
-                required=False,
-                description=f"under {_app_root()}; empty: in the samples",
-            )
-        _engine_inputs(inputs, batch_size=8, shard="Explain only shard I of N, for N delegated workers")
+        defaults = {"model": default_model(ctx, word_heatmaps.MODE_TASKS[mode])}
+        # a maps folder only under the root the server allows
+        skip = ("mode",) if _app_root() is not None else ("mode", "maps_dir")
+        settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=skip)
+        run_inputs(inputs, HeatmapSettings)
 
-        try:
-            from fiftyone_blip import attention_maps
+        return checked_form(inputs, "BLIP: word heatmaps", lambda: check_settings(ctx, HeatmapSettings))
 
-            options = _heatmap_options(ctx.params)
-            attention_maps.HeatmapSettings(
-                mode=options["mode"],
-                layers=options["layers"],
-                heads=options["heads"],
-                token_positions=options["token_positions"],
-                normalize_heads=options["normalize_heads"],
-                map_size=options["map_size"],
-            )
-            engine.check_run_options(options["field"], options["batch_size"], options["shard"])
-        except ValueError as error:
-            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
-            prop.invalid = True
-            prop.error_message = str(error)
-        return types.Property(inputs, view=types.View(label="BLIP: word heatmaps"))
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.heatmaps(view, settings, options)
 
-    def execute(self, ctx):
-        options = _heatmap_options(ctx.params)
-        view = ctx.target_view()
-
-        def work(progress):
-            return fiftyone_blip.heatmaps(view, progress=progress, **options)
-
-        summary = yield from _run_with_progress(ctx, work)
-        if not ctx.delegated:
-            yield ctx.trigger("reload_dataset")
-            yield ctx.trigger("notify", dict(message=f"BLIP heatmaps: {summary}", variant="success"))
+    def message(self, summary):
+        return f"BLIP heatmaps: {summary}"
 
 
 class WordHeatmapsPanel(foo.Panel):
@@ -414,10 +362,10 @@ class WordHeatmapsPanel(foo.Panel):
 
     def _show(self, ctx):
         """Puts the chosen word's overlay and probability into the panel's state and data."""
-        from fiftyone_blip import attention_maps
+        from fiftyone_blip import word_heatmaps
 
         state = ctx.panel.state
-        fields = attention_maps.heatmap_fields(ctx.dataset) if ctx.dataset is not None else []
+        fields = word_heatmaps.heatmap_fields(ctx.dataset) if ctx.dataset is not None else []
         state.fields = fields
         state.message = None
         if not fields:
@@ -430,7 +378,7 @@ class WordHeatmapsPanel(foo.Panel):
             return
         sample = ctx.dataset[ctx.current_sample]
         try:
-            shown = attention_maps.word_view(sample, state.field, int(state.word or 0))
+            shown = word_heatmaps.word_view(sample, state.field, int(state.word or 0))
         except ValueError as error:
             state.message = f"{error}. Run the **BLIP: word heatmaps** operator on this sample."
             return
@@ -474,31 +422,11 @@ class WordHeatmapsPanel(foo.Panel):
 # --- label QA: mislabels by image-text matching ---------------------------------------------------------------
 
 _FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
-_METHOD_LABELS = {
-    "auto": "Auto (ITM + margin for labels, ITM for text)",
-    "itm": "ITM probability",
-    "itc": "ITC cosine (needs ITC scores)",
-    "itm+margin": "ITM + margin against the best other class",
-}
 
 
-def _default_match_model(ctx):
-    if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
-        return "shapes-tiny"
-    return models.DEFAULT_MODELS["match"]
+class FindMislabels(EngineOperator):
+    settings_class = MislabelSettings
 
-
-def _flag_value(params):
-    """(threshold, percentile, top_k) from the form: exactly one is set."""
-    flag_by = params.get("flag_by", "threshold")
-    return (
-        params.get("threshold", 0.5) if flag_by == "threshold" else None,
-        params.get("percentile", 90.0) if flag_by == "percentile" else None,
-        params.get("top_k", 10) if flag_by == "top_k" else None,
-    )
-
-
-class FindMislabels(foo.Operator):
     @property
     def config(self):
         return _engine_config(
@@ -509,11 +437,11 @@ class FindMislabels(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from fiftyone_blip import matching
+        from fiftyone_blip import mislabels
 
         inputs = types.Object()
         inputs.view_target(ctx)
-        compatible = matching.compatible_fields(ctx.dataset) if ctx.dataset is not None else []
+        compatible = mislabels.compatible_fields(ctx.dataset) if ctx.dataset is not None else []
         if not compatible:
             prop = inputs.view(
                 "no_fields",
@@ -526,96 +454,38 @@ class FindMislabels(foo.Operator):
             return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
         _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=compatible[0])
         label_field = ctx.params.get("label_field") or compatible[0]
-        kind = matching.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
-        model = ctx.params.get("model") or _default_match_model(ctx)
-        inputs.str(
-            "model",
-            label="Model",
-            default=_default_match_model(ctx),
-            required=True,
-            description="A BLIP ITM model: hub id, local directory, or shapes-tiny",
-        )
-        inputs.str("field", label="Score field", default=f"{label_field}_match", required=False)
-        if kind != "text":
-            inputs.str(
-                "template",
-                label="Prompt template",
-                default=matching.default_template(model),
-                required=False,
-                description="How a label becomes text; must contain {label}",
-            )
-            inputs.bool("margin", label="Margin against the best other class", default=True)
-        inputs.bool("itc", label="Also store ITC cosine similarity", default=False)
-        _dropdown(inputs, "method", "Score to rank by", _METHOD_LABELS, default="auto")
+        kind = mislabels.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
+        model = ctx.params.get("model") or default_model(ctx, "match")
         _dropdown(inputs, "flag_by", "Flag by", _FLAG_BY_LABELS, default="threshold")
-        flag_by = ctx.params.get("flag_by", "threshold")
-        if flag_by == "threshold":
-            inputs.float("threshold", label="Flag mistakenness at or above", default=0.5, min=0.0, max=1.0)
-        elif flag_by == "percentile":
-            inputs.float("percentile", label="Flag at or above percentile", default=90.0, min=0.0, max=100.0)
-        else:
-            inputs.int("top_k", label="Flag the k most suspicious", default=10, min=1)
-        if kind in ("classifications", "detections"):
-            _dropdown(inputs, "level", "Flag", {"sample": "Samples", "label": "Individual labels"}, default="sample")
-        inputs.str("tag", label="Tag", default="mislabel", required=False)
-        _engine_inputs(
-            inputs, resize=False, shard="Score only shard I of N", overwrite="Rescore samples already scored"
-        )
+        defaults = {
+            "model": default_model(ctx, "match"),
+            "field": f"{label_field}_match",
+            "template": mislabels.default_template(model),
+        }
+        context = {"kind": kind, "flag_by": ctx.params.get("flag_by") or "threshold"}
+        settings_inputs(inputs, MislabelSettings, ctx.params, defaults=defaults, context=context)
+        run_inputs(inputs, MislabelSettings)
 
-        try:
+        def check():
             if label_field not in compatible:
-                matching.label_kind(ctx.dataset, label_field)  # raises: a missing field, or what it holds
+                mislabels.label_kind(ctx.dataset, label_field)  # raises: a missing field, or what it holds
                 raise ValueError(f"`label_field` {label_field!r} is not a label field (choose one of {compatible})")
-            if kind != "text":
-                matching.check_template(ctx.params.get("template") or matching.default_template(model))
-            matching.select_flags([0.0], *_flag_value(ctx.params))
-            engine.check_run_options(
-                ctx.params.get("field") or f"{label_field}_match",
-                ctx.params.get("batch_size", 16),
-                ctx.params.get("shard") or None,
-            )
-        except ValueError as error:
-            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
-            prop.invalid = True
-            prop.error_message = str(error)
-        return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
+            check_settings(ctx, MislabelSettings, {**context, **ctx.params})
 
-    def execute(self, ctx):
-        params = ctx.params
-        view = ctx.target_view()
-        threshold, percentile, top_k = _flag_value(params)
+        return checked_form(inputs, "BLIP: find mislabels", check)
 
-        def work(progress):
-            return fiftyone_blip.find_mislabels(
-                view,
-                params["label_field"],
-                model=_app_model(params.get("model")),
-                field=params.get("field") or None,
-                template=params.get("template") or None,
-                margin=params.get("margin", True),
-                itc=params.get("itc", False),
-                method=params.get("method", "auto"),
-                threshold=threshold,
-                percentile=percentile,
-                top_k=top_k,
-                level=params.get("level", "sample"),
-                tag=params.get("tag") or "mislabel",
-                batch_size=params.get("batch_size", 16),
-                device=params.get("device", "auto"),
-                dtype=params.get("dtype", "auto"),
-                shard=params.get("shard") or None,
-                overwrite=params.get("overwrite", False),
-                progress=progress,
-            )
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.find_mislabels(view, ctx.params["label_field"], settings, options)
 
-        result = yield from _run_with_progress(ctx, work)
-        message = (
+    def message(self, result):
+        return (
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
             f"(tag {result['tag']!r}); review view {result['view']!r}"
         )
+
+    def execute(self, ctx):
+        result = yield from super().execute(ctx)
         if not ctx.delegated:
-            yield ctx.trigger("reload_dataset")
-            yield ctx.trigger("notify", dict(message=message, variant="success"))
             # Open the review view (flagged samples, most suspicious first) by its stages: the App
             # looks a view name up in the saved views it fetched with the page, which do not
             # hold the one this run just saved, so `set_view(name=...)` would fail there.
@@ -623,19 +493,9 @@ class FindMislabels(foo.Operator):
             yield ctx.ops.set_view(view=review)
 
 
-_BACKEND_LABELS = {
-    "sklearn": "FiftyOne default (in the database)",
-    "lancedb": "LanceDB (embedded vector database)",
-}
+class ComputeEmbeddings(EngineOperator):
+    settings_class = EmbedSettings
 
-
-def _default_match_model(ctx):
-    if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
-        return "shapes-tiny"
-    return models.DEFAULT_MODELS["match"]
-
-
-class ComputeEmbeddings(foo.Operator):
     @property
     def config(self):
         return _engine_config(
@@ -647,84 +507,24 @@ class ComputeEmbeddings(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str(
-            "model",
-            label="Model",
-            default=_default_match_model(ctx),
-            required=True,
-            description="A BlipForImageTextRetrieval hub id, a local directory, or shapes-tiny",
-        )
-        inputs.str("field", label="Embeddings field", default="blip_embedding", required=True)
-        inputs.str(
-            "brain_key",
-            label="Similarity index (brain key)",
-            default="blip_sim",
-            required=True,
-            description="The App's similarity search lists it; text prompts work on it",
-        )
-        _dropdown(inputs, "backend", "Similarity backend", _BACKEND_LABELS, default="sklearn")
-        _engine_inputs(
-            inputs,
-            shard="Embed only shard I of N (no index is built for a shard; run once more without it)",
-            overwrite="Recompute existing embeddings",
-        )
+        settings_inputs(inputs, EmbedSettings, ctx.params, defaults={"model": default_model(ctx, "match")})
+        run_inputs(inputs, EmbedSettings)
 
-        try:
-            engine.check_run_options(
-                ctx.params.get("field", "blip_embedding"), ctx.params.get("batch_size", 16), ctx.params.get("shard")
-            )
-            brain_key = ctx.params.get("brain_key", "blip_sim")
-            if not brain_key:
+        def check():
+            check_settings(ctx, EmbedSettings)
+            if not ctx.params.get("brain_key", "-"):
                 raise ValueError("`brain_key` must be a non-empty name")
-        except ValueError as error:
-            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
-            prop.invalid = True
-            prop.error_message = str(error)
-        return types.Property(inputs, view=types.View(label="BLIP: compute embeddings and similarity index"))
 
-    def execute(self, ctx):
-        params = ctx.params
-        view = ctx.target_view()
-        backend = params.get("backend", "sklearn")
+        return checked_form(inputs, "BLIP: compute embeddings and similarity index", check)
 
-        def work(progress):
-            return fiftyone_blip.embed(
-                view,
-                model=_app_model(params.get("model")),
-                field=params.get("field", "blip_embedding"),
-                brain_key=params.get("brain_key", "blip_sim"),
-                backend=None if backend == "sklearn" else backend,
-                resize=params.get("resize", "squash"),
-                batch_size=params.get("batch_size", 16),
-                device=params.get("device", "auto"),
-                dtype=params.get("dtype", "auto"),
-                shard=params.get("shard") or None,
-                overwrite=params.get("overwrite", False),
-                progress=progress,
-            )
+    def run(self, ctx, view, settings, options):
+        return fiftyone_blip.embed(view, settings, options)
 
-        summary = yield from _run_with_progress(ctx, work)
-        if not ctx.delegated:
-            yield ctx.trigger("reload_dataset")
-            yield ctx.trigger("notify", dict(message=f"BLIP embeddings: {summary}", variant="success"))
+    def message(self, summary):
+        return f"BLIP embeddings: {summary}"
 
 
 # --- language adapters ------------------------------------------------------------------------
-
-
-def _language_dropdown(inputs, model):
-    """English plus the installed adapters trained for `model`."""
-    from fiftyone_blip import adapters
-
-    choices = {"en": "English (no adapter)"}
-    for manifest in adapters.installed_adapters(model):
-        choices.setdefault(manifest["language"], f"{manifest['language']} (adapter)")
-    _dropdown(inputs, "language", "Language", choices, default="en", description="Installed language adapters")
-
-
-def _chosen_language(params):
-    language = params.get("language") or "en"
-    return None if language == "en" else language
 
 
 class TrainLanguageAdapter(foo.Operator):
@@ -755,38 +555,24 @@ class TrainLanguageAdapter(foo.Operator):
             _dropdown(inputs, "caption_field", "Caption field", {f: f for f in string_fields}, default=default)
         else:
             inputs.str("caption_field", label="Caption field", required=True)
-        inputs.str("model", label="Base model", default=_default_model(ctx), required=True)
-        inputs.int("epochs", label="Most epochs", default=30, min=1)
-        inputs.int("rank", label="LoRA rank", default=8, min=1, max=256)
-        inputs.float("learning_rate", label="Learning rate", default=2e-3)
-        inputs.int("batch_size", label="Batch size", default=64, min=1)
-        inputs.bool("overwrite", label="Replace an installed adapter of this language", default=False)
-        try:
+        defaults = {"model": default_model(ctx, "caption")}
+        settings_inputs(inputs, AdapterJobSettings, ctx.params, defaults=defaults, skip=("caption_field",))
+        settings_inputs(inputs, AdapterTrainingSettings, ctx.params)
+
+        def check():
             adapters.check_language(ctx.params.get("language") or "xx")
-            adapters.AdapterTrainingSettings(
-                rank=ctx.params.get("rank", 8),
-                learning_rate=ctx.params.get("learning_rate", 2e-3),
-                epochs=ctx.params.get("epochs", 30),
-                batch_size=ctx.params.get("batch_size", 64),
-            )
-        except ValueError as error:
-            prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
-            prop.invalid = True
-            prop.error_message = str(error)
-        return types.Property(inputs, view=types.View(label="BLIP: train a language adapter"))
+            AdapterTrainingSettings.from_params(ctx.params)
+            AdapterJobSettings.from_params(app_params(ctx.params))
+
+        return checked_form(inputs, "BLIP: train a language adapter", check)
 
     def execute(self, ctx):
         params = ctx.params
         manifest = fiftyone_blip.train_adapter(
             params["language"],
             samples=ctx.target_view(),
-            caption_field=params["caption_field"],
-            model=_app_model(params.get("model")),
-            epochs=params.get("epochs", 30),
-            rank=params.get("rank", 8),
-            learning_rate=params.get("learning_rate", 2e-3),
-            batch_size=params.get("batch_size", 64),
-            overwrite=params.get("overwrite", False),
+            settings=AdapterTrainingSettings.from_params(params),
+            job=AdapterJobSettings.from_params(app_params(params)),
             progress=lambda done, total: ctx.set_progress(done / max(total, 1), f"step {done}/{total}"),
             log=lambda line: None,
         )
@@ -796,9 +582,6 @@ class TrainLanguageAdapter(foo.Operator):
             "held_out_exact_match": manifest["metrics"]["held_out_exact_match"],
             "trainable_parameters": manifest["parameters"]["trainable"],
         }
-
-
-# --- end of language adapters --------------------------------------------------------------------
 
 
 def register(p):

@@ -183,7 +183,7 @@ def test_sdpa_gives_the_same_outputs_as_eager(tiny_random_captioner):
     import torch
     from transformers import BlipForConditionalGeneration
 
-    from fiftyone_blip.attention import use_eager, use_sdpa
+    from fiftyone_blip.sdpa import use_eager, use_sdpa
 
     model = BlipForConditionalGeneration.from_pretrained(tiny_random_captioner).eval()
     pixels = torch.randn(3, 3, 64, 64)

@@ -6,7 +6,7 @@ from PIL import Image
 
 
 def test_settings_validate_themselves():
-    from fiftyone_blip.attention_maps import HeatmapSettings, default_gradcam_layer
+    from fiftyone_blip.word_heatmaps import HeatmapSettings, default_gradcam_layer
 
     with pytest.raises(ValueError, match="`mode`"):
         HeatmapSettings(mode="saliency")
@@ -26,7 +26,7 @@ def test_settings_validate_themselves():
 
 
 def test_word_pieces_merge_into_words():
-    from fiftyone_blip.attention_maps import merge_word_pieces
+    from fiftyone_blip.word_heatmaps import merge_word_pieces
 
     tokens = ["a", "dog", "##gy", ",", "run", "##s"]
     assert merge_word_pieces(tokens, [1, 2, 3, 4, 5, 6]) == [("a", [1]), ("doggy", [2, 3]), ("runs", [5, 6])]
@@ -35,8 +35,8 @@ def test_word_pieces_merge_into_words():
 @pytest.mark.parametrize("mode", ["letterbox", "center-crop", "squash"])
 def test_grid_maps_land_where_the_model_saw_them(mode):
     """A hot patch of the model's grid lands on the original pixels that patch saw."""
-    from fiftyone_blip.attention_maps import grid_to_image, peak
     from fiftyone_blip.images import fit_image
+    from fiftyone_blip.word_heatmaps import grid_to_image, peak
 
     width, height, size, grid = 300, 120, 96, 6  # non-square: letterbox pads top and bottom
     _, geometry = fit_image(Image.new("RGB", (width, height)), size, mode)
@@ -124,8 +124,8 @@ def test_gradcam_for_a_query_with_png_maps(heatmapped, tmp_path):
 def test_letterboxed_wide_image_end_to_end(fo, tmp_path):
     """A shapes scene in a wide canvas, letterboxed: maps keep the image's aspect and find its objects."""
     import fiftyone_blip
-    from fiftyone_blip.attention_maps import peak
     from fiftyone_blip.shapes import make_scene
+    from fiftyone_blip.word_heatmaps import peak
 
     dataset = fo.Dataset()
     hits = total = 0
@@ -193,8 +193,8 @@ class _Ctx:
 def test_panel_shows_the_chosen_words_map_and_probability(heatmapped, plugin_installed):
     import fiftyone.operators as foo
 
-    from fiftyone_blip.attention_maps import overlay, word_maps
     from fiftyone_blip.images import load_image
+    from fiftyone_blip.word_heatmaps import overlay, word_maps
 
     operators = importlib_plugin()
     registry = foo.OperatorRegistry()

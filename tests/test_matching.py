@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from label_noise import swap_captions, swap_class_labels, swap_object_labels
 
 import fiftyone_blip
-from fiftyone_blip import matching
+from fiftyone_blip import mislabels
 
 URI = "@fiftyone-blip/blip/find_mislabels"
 
@@ -15,26 +15,26 @@ URI = "@fiftyone-blip/blip/find_mislabels"
 
 
 def test_template_checks():
-    assert matching.check_template("a photo of a {label}") == "a photo of a {label}"
+    assert mislabels.check_template("a photo of a {label}") == "a photo of a {label}"
     with pytest.raises(ValueError, match=r"must contain \{label\}"):
-        matching.check_template("a photo of a thing")
+        mislabels.check_template("a photo of a thing")
     with pytest.raises(ValueError, match="only the"):
-        matching.check_template("a {colour} {label}")
+        mislabels.check_template("a {colour} {label}")
     with pytest.raises(ValueError, match="not a valid format"):
-        matching.check_template("a {label")
+        mislabels.check_template("a {label")
 
 
 def test_flag_selection_by_threshold_percentile_and_top_k():
     scores = np.array([0.9, 0.1, np.nan, 0.6, 0.3])
-    assert matching.select_flags(scores, threshold=0.5).tolist() == [True, False, False, True, False]
-    assert matching.select_flags(scores, top_k=1).tolist() == [True, False, False, False, False]
-    assert matching.select_flags(scores, top_k=10).sum() == 4  # NaN (unscored) is never flagged
-    assert matching.select_flags(scores, percentile=50).tolist() == [True, False, False, True, False]
+    assert mislabels.select_flags(scores, threshold=0.5).tolist() == [True, False, False, True, False]
+    assert mislabels.select_flags(scores, top_k=1).tolist() == [True, False, False, False, False]
+    assert mislabels.select_flags(scores, top_k=10).sum() == 4  # NaN (unscored) is never flagged
+    assert mislabels.select_flags(scores, percentile=50).tolist() == [True, False, False, True, False]
     with pytest.raises(ValueError, match="exactly one"):
-        matching.select_flags(scores, threshold=0.5, top_k=2)
-    assert matching.mistakenness(itm=[1.0], margin=[1.0], method="itm+margin")[0] == 0.0
-    assert matching.mistakenness(itm=[0.0], margin=[-1.0], method="itm+margin")[0] == 1.0
-    assert matching.mistakenness(itc=[-1.0], method="itc")[0] == 1.0
+        mislabels.select_flags(scores, threshold=0.5, top_k=2)
+    assert mislabels.mistakenness(itm=[1.0], margin=[1.0], method="itm+margin")[0] == 0.0
+    assert mislabels.mistakenness(itm=[0.0], margin=[-1.0], method="itm+margin")[0] == 1.0
+    assert mislabels.mistakenness(itc=[-1.0], method="itc")[0] == 1.0
 
 
 # --- the SDK against a real dataset --------------------------------------------------------------------------

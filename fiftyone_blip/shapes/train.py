@@ -536,7 +536,7 @@ def kind_label_auroc(model, tokenizer, pixels, scenes, rate: float = 0.1, seed: 
 
 def crop_set(processor, scenes: list[shapes.ShapeScene], seed: int, padding: float = 3.0):
     """One object per scene, cropped as `find_mislabels` crops detections: (pixels, objects, the scenes' other kinds)."""
-    from fiftyone_blip.matching import _crop
+    from fiftyone_blip.mislabels import crop
 
     rng = random.Random(seed)
     chunks, objects, others = [], [], []
@@ -545,7 +545,7 @@ def crop_set(processor, scenes: list[shapes.ShapeScene], seed: int, padding: flo
         for scene in scenes[start : start + 512]:
             obj = rng.choice(scene.objects)
             x0, y0, x1, y1 = (v / scene.size for v in obj.box)
-            images.append(_crop(scene.render(), [x0, y0, x1 - x0, y1 - y0], padding))
+            images.append(crop(scene.render(), [x0, y0, x1 - x0, y1 - y0], padding))
             objects.append(obj)
             others.append(sorted({o.kind for o in scene.objects} - {obj.kind}))
         chunks.append(processor(images=images, return_tensors="pt")["pixel_values"])

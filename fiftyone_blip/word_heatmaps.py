@@ -1,7 +1,8 @@
 """Where BLIP looked: one heatmap per caption word, and one for the whole caption.
 
-(The SDK function is `fiftyone_blip.heatmaps`; this module is not named
-`heatmaps` because importing it would replace that function on the package.)
+(The SDK function is `fiftyone_blip.heatmaps`, whose work is `run` here; a
+module named `heatmaps` would replace that function on the package when
+imported, so this one is `word_heatmaps`.)
 
 Two modes:
 
@@ -47,44 +48,95 @@ from pathlib import Path
 
 import numpy as np
 
+from fiftyone_blip.fields import check_field_name
+from fiftyone_blip.settings import Settings, setting
+
 MODES = ("cross-attention", "gradcam")
 TOKEN_POSITIONS = ("both", "reading", "predicting")
 MODE_TASKS = {"cross-attention": "caption", "gradcam": "match"}
 _WORDLIKE = re.compile(r"\w")
 
 
-@dataclasses.dataclass
-class HeatmapSettings:
-    """How heatmaps are computed and stored.
+MODE_LABELS = {
+    "cross-attention": "Cross-attention (captioner decoder, with word probabilities)",
+    "gradcam": "Grad-CAM (ITM head; any text)",
+}
+TOKEN_POSITION_LABELS = {
+    "both": "Steps that read and that predict the word",
+    "reading": "Steps that read the word",
+    "predicting": "Steps that predict the word",
+}
+# the fields of `HeatmapSettings` that change the maps themselves (the rest say where they go)
+MAP_SETTINGS = ("mode", "layers", "heads", "token_positions", "normalize_heads", "map_size")
 
-    Attributes:
-        mode: "cross-attention" (the captioner's decoder) or "gradcam" (the
-            matcher's ITM head) ("cross-attention").
-        layers: which text layers to use: "all", "last", an index or a list
-            of indices (None: "all" for cross-attention; for gradcam the layer
-            at two thirds of the depth, but at most the last but one, whose
-            word tokens still reach the match logit: layer 8 of 12 for
-            BLIP-base, as in BLIP's own Grad-CAM).
-        heads: "all" or a list of head indices to average ("all").
-        token_positions: cross-attention only: a word's map is the mean over
-            the decoder steps that read its pieces ("reading"), that predict
-            them ("predicting"), or both ("both").
-        normalize_heads: standardise each head's map over the patches
-            before averaging, so diffuse and peaked heads weigh the same (False).
-        map_size: long side of stored maps in pixels, 8..1024 (64).
+
+@dataclasses.dataclass
+class HeatmapSettings(Settings):
+    """What `heatmaps` explains, where it writes, and how the maps are computed.
+
+    `layers` (None): "all" for cross-attention; for gradcam the layer at two
+    thirds of the depth, but at most the last but one, whose word tokens
+    still reach the match logit: layer 8 of 12 for BLIP-base, as in BLIP's
+    own Grad-CAM.
     """
 
-    mode: str = "cross-attention"
-    layers: str | int | list[int] | None = None
-    heads: str | list[int] = "all"
-    token_positions: str = "both"
-    normalize_heads: bool = False
-    map_size: int = 64
+    run_defaults = {"batch_size": 8}
+
+    mode: str = setting(
+        "cross-attention",
+        "cross-attention: the captioner's decoder; gradcam: gradient x cross-attention of the matcher's ITM head",
+        choices=MODES,
+        choice_labels=MODE_LABELS,
+    )
+    model: str | None = setting(
+        None,
+        "a hub id, a local directory or 'shapes-tiny' (None: Salesforce's captioning or ITM base model, by mode)",
+        cli_flags=("-m",),
+    )
+    field: str = setting("heatmap", "the field for the caption heatmap", label="Heatmap field", cli_flags=("-f",))
+    text_field: str | None = setting(
+        "caption",
+        "the field holding each sample's text; None with no `text`: cross-attention captions each image first",
+        form_when={"text_source": ("field",)},
+    )
+    text: str | None = setting(
+        None,
+        "one text (e.g. a query) to explain on every image",
+        cli_flags=("-t",),
+        form_when={"text_source": ("text",)},
+    )
+    layers: str | int | list[int] | None = setting(
+        None, "'all', 'last', an index or indices like 0,1 of the text layers to average (None: by mode)"
+    )
+    heads: str | list[int] = setting("all", "'all' or indices like 0,1 of the attention heads to average")
+    token_positions: str = setting(
+        "both",
+        "cross-attention: average the decoder steps that read a word, predict it, or both",
+        label="Word steps",
+        choices=TOKEN_POSITIONS,
+        choice_labels=TOKEN_POSITION_LABELS,
+        form_when={"mode": ("cross-attention",)},
+    )
+    normalize_heads: bool = setting(
+        False,
+        "standardise each head's map over the patches before averaging, so diffuse and peaked heads weigh the same",
+        label="Standardise each head's map before averaging",
+    )
+    map_size: int = setting(
+        64, "long side of stored maps in pixels", label="Map size (long side, pixels)", min=8, max=1024
+    )
+    maps_dir: str | None = setting(
+        None, "a folder for per-word PNG maps (None: stored in the samples)", label="Folder for per-word PNG maps"
+    )
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
-        # "0,2" (from a form or a command line) means [0, 2]
+        # "0,2" (from a form or a command line) means [0, 2]; empty text means the default
+        if isinstance(self.layers, str):
+            self.layers = self.layers.strip() or None
+        if isinstance(self.heads, str):
+            self.heads = self.heads.strip() or "all"
         if isinstance(self.layers, int):
             self.layers = [self.layers]
         elif self.layers is not None and self.layers not in ("all", "last"):
@@ -99,6 +151,24 @@ class HeatmapSettings:
             raise ValueError(f"`normalize_heads` must be True or False, got {self.normalize_heads!r}")
         if not isinstance(self.map_size, int) or not 8 <= self.map_size <= 1024:
             raise ValueError(f"`map_size` must be in 8..1024, got {self.map_size!r}")
+        check_field_name(self.field)
+        if self.text is None and self.text_field is not None:
+            check_field_name(self.text_field)
+        if self.text is not None and not self.text.strip():
+            raise ValueError("`text` must not be empty")
+        if self.text is None and self.text_field is None and self.mode == "gradcam":
+            raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
+
+    @classmethod
+    def from_params(cls, params: dict, **overrides):
+        # a form picks the text by `text_source`: a field, one text, or (cross-attention) a fresh caption
+        source = (params or {}).get("text_source")
+        if source is not None:
+            if source != "field":
+                overrides.setdefault("text_field", None)
+            if source != "text":
+                overrides.setdefault("text", None)
+        return super().from_params(params, **overrides)
 
     def layer_indices(self, num_layers: int) -> list[int]:
         """The layers to use for a text model of `num_layers` layers."""
@@ -122,7 +192,8 @@ class HeatmapSettings:
         return sorted(set(self.heads))
 
     def as_dict(self) -> dict:
-        keep = dataclasses.asdict(self)
+        """The settings that change the maps (they form the run fingerprint)."""
+        keep = {name: getattr(self, name) for name in MAP_SETTINGS}
         if self.mode == "gradcam":
             keep.pop("token_positions")
         return keep
@@ -264,7 +335,7 @@ class HeatmapMaker:
         self.heads = settings.head_indices(text_config.num_attention_heads)
         self.skip_ids = set(self.tokenizer.all_special_ids) | {self.bos, text_config.pad_token_id}
         if loaded.attention != "eager":
-            # SDPA modules return no attention weights (see attention.py).
+            # SDPA modules return no attention weights (see sdpa.py).
             raise ValueError("heatmaps read attention weights: load the model with attention='eager'")
 
     def generate_captions(self, pixel_values) -> list[str]:
@@ -274,7 +345,7 @@ class HeatmapMaker:
 
     def __call__(self, pixel_values, texts: list[str]) -> list[dict]:
         """Returns per sample: words, word maps (words, grid, grid), overall map (grid, grid), probs / match."""
-        pixel_values = pixel_values.to(self.device, dtype=next(self.model.parameters()).dtype)
+        pixel_values = self.loaded.pixels(pixel_values)
         batch = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         if self.settings.mode == "cross-attention":
@@ -334,7 +405,7 @@ class HeatmapMaker:
         input_ids = input_ids.clone()
         input_ids[:, 0] = self.bos  # the decoder starts from [DEC], not the tokenizer's [CLS]
         with torch.inference_mode():
-            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+            image_embeds = self.loaded.image_embeds(pixel_values)
             out = self.model.text_decoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -353,7 +424,7 @@ class HeatmapMaker:
     def _gradcam(self, pixel_values, input_ids, attention_mask):
         torch = self.torch
         with torch.no_grad():
-            image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+            image_embeds = self.loaded.image_embeds(pixel_values)
         with torch.enable_grad():
             out = self.model.text_encoder(
                 input_ids=input_ids,
@@ -397,6 +468,8 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
     """
     import fiftyone as fo
 
+    from fiftyone_blip import fields
+
     names = field_names(field, mode, maps_dir)
     wanted = {
         names["heatmap"]: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
@@ -407,24 +480,7 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
         if mode == "cross-attention"
         else (fo.FloatField, {}),
     }
-    schema = dataset.get_field_schema()
-    for name, (field_type, kwargs) in wanted.items():
-        existing = schema.get(name)
-        if existing is None:
-            continue
-        same = isinstance(existing, field_type)
-        if same and "embedded_doc_type" in kwargs:
-            same = existing.document_type is kwargs["embedded_doc_type"]
-        if same and "subfield" in kwargs:
-            same = isinstance(existing.field, kwargs["subfield"])
-        if not same:
-            raise ValueError(
-                f"field {name!r} already exists as a {type(existing).__name__}; heatmaps write a "
-                f"{field_type.__name__} there: choose another field"
-            )
-    for name, (field_type, kwargs) in wanted.items():
-        if name not in schema:
-            dataset.add_sample_field(name, field_type, **kwargs)
+    fields.declare(dataset, wanted, "heatmaps")
 
 
 def heatmap_task(
@@ -445,14 +501,13 @@ def heatmap_task(
     import fiftyone as fo
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import Preprocessor
 
     if text is not None and not text.strip():
         raise ValueError("`text` must not be empty")
     if text is None and text_field is None and settings.mode == "gradcam":
         raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
     names = field_names(field, settings.mode, maps_dir)
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    preprocess = loaded.preprocessor(resize)
     maker = HeatmapMaker(loaded, settings)
     reads = (text_field,) if text is None and text_field else ()
     folder = writable_folder(maps_dir) if maps_dir else None
@@ -693,3 +748,30 @@ def word_view(sample, field: str = "heatmap", word_index: int = 0, min_side: int
         "map": maps[index],
         "overlay": data_url(overlay(image, maps[index])),
     }
+
+
+def run(samples, settings: HeatmapSettings, options):
+    """Computes heatmaps of `samples` on the engine; see `fiftyone_blip.heatmaps`."""
+    from fiftyone_blip import engine, models
+
+    text_field = settings.text_field if settings.text is None else None
+    if text_field is not None:
+        if text_field not in samples._dataset.get_field_schema():
+            raise ValueError(f"`text_field` {text_field!r} is not a field of the dataset: caption the samples first")
+        samples = samples.exists(text_field)
+    if settings.maps_dir:
+        writable_folder(settings.maps_dir)
+    loaded = models.load_model(
+        settings.model, task=MODE_TASKS[settings.mode], device=options.device, dtype=options.dtype, attention="eager"
+    )
+    task = heatmap_task(
+        loaded,
+        settings,
+        field=settings.field,
+        text_field=settings.text_field,
+        text=settings.text,
+        resize=options.resize,
+        maps_dir=settings.maps_dir,
+    )
+    declare_fields(samples._dataset, settings.field, settings.mode, settings.maps_dir)
+    return engine.run(samples, task, options)

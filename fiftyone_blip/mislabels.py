@@ -30,11 +30,13 @@ ITM probabilities are ranking scores, not calibrated probabilities.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import string
 
 import numpy as np
+
+from fiftyone_blip import fields as schema_fields
+from fiftyone_blip.settings import Settings, setting
 
 METHODS = ("auto", "itm", "itc", "itm+margin")
 LEVELS = ("sample", "label")
@@ -128,12 +130,10 @@ def compatible_fields(samples) -> list[str]:
     """The sample fields `label_kind` accepts, in schema order (built-in fields left out)."""
     import fiftyone as fo
 
-    from fiftyone_blip.engine import _RESERVED_FIELDS
-
     names = []
     schema = samples.get_field_schema()
     for name, field in schema.items():
-        if name in _RESERVED_FIELDS:
+        if name in schema_fields.RESERVED_FIELDS:
             continue
         # an engine run's own bookkeeping ("caption_error", "caption_run") is not a label
         stem, _, suffix = name.rpartition("_")
@@ -160,6 +160,128 @@ def label_classes(samples, label_field: str, kind: str) -> list[str]:
 
 
 # --- settings ------------------------------------------------------------------------------------------------
+
+
+METHOD_LABELS = {
+    "auto": "Auto (ITM + margin for labels, ITM for text)",
+    "itm": "ITM probability",
+    "itc": "ITC cosine (needs ITC scores)",
+    "itm+margin": "ITM + margin against the best other class",
+}
+FLAG_BY = ("threshold", "percentile", "top_k")
+
+
+@dataclasses.dataclass
+class FlagSettings(Settings):
+    """How `flag_mislabels` (and `find_mislabels` after scoring) flags; give one of
+    threshold, percentile and top_k (none: threshold 0.5)."""
+
+    field: str | None = setting(
+        None, "where the scores are (None: '{label_field}_match')", label="Score field", cli_flags=("-f",)
+    )
+    method: str = setting(
+        "auto",
+        "the score to rank by: 'itm': 1 - p; 'itc': (1 - cosine) / 2; 'itm+margin': (2 - p - margin) / 3 "
+        "('auto': itm+margin where margins were computed, else itm)",
+        label="Score to rank by",
+        choices=METHODS,
+        choice_labels=METHOD_LABELS,
+    )
+    threshold: float | None = setting(
+        None,
+        "flag mistakenness >= this, in [0, 1] (None with no percentile or top_k: 0.5)",
+        label="Flag mistakenness at or above",
+        min=0,
+        max=1,
+        form_default=0.5,
+        form_when={"flag_by": ("threshold",)},
+    )
+    percentile: float | None = setting(
+        None,
+        "flag mistakenness at or above this percentile, in [0, 100)",
+        label="Flag at or above percentile",
+        min=0,
+        max=100,
+        form_default=90.0,
+        form_when={"flag_by": ("percentile",)},
+    )
+    top_k: int | None = setting(
+        None,
+        "flag the k most suspicious",
+        label="Flag the k most suspicious",
+        min=1,
+        cli_flags=("-k",),
+        form_default=10,
+        form_when={"flag_by": ("top_k",)},
+    )
+    level: str = setting(
+        "sample",
+        "'sample' flags samples; 'label' flags classifications / detections (and tags them) and their samples",
+        label="Flag",
+        choices=LEVELS,
+        choice_labels={"sample": "Samples", "label": "Individual labels"},
+        form_when={"kind": ("classifications", "detections")},
+    )
+    tag: str = setting("mislabel", "the sample (and label) tag")
+    view_name: str | None = setting(None, "the saved review view (None: '{field}-review', underscores as dashes)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.field is not None:
+            schema_fields.check_field_name(self.field)
+        if not self.tag or not isinstance(self.tag, str):
+            raise ValueError(f"`tag` must be a non-empty string, got {self.tag!r}")
+        select_flags(np.zeros(1), *self.flag_values())
+
+    def flag_values(self) -> tuple:
+        """(threshold, percentile, top_k), with threshold 0.5 when none is given."""
+        if self.threshold is None and self.percentile is None and self.top_k is None:
+            return 0.5, None, None
+        return self.threshold, self.percentile, self.top_k
+
+    def score_field(self, label_field: str) -> str:
+        return self.field or f"{label_field}_match"
+
+
+@dataclasses.dataclass
+class MislabelSettings(FlagSettings):
+    """What `find_mislabels` scores, then how it flags (the `FlagSettings` fields)."""
+
+    model: str | None = setting(
+        None,
+        "a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-itm-base-coco)",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_MATCH_MODEL",
+    )
+    template: str | None = setting(
+        None,
+        "the label prompt; must contain {label} (None: 'a photo of a {label}'; 'a {label}' for shapes-tiny)",
+        label="Prompt template",
+        cli_flags=("-t",),
+        form_when={"kind": ("classification", "classifications", "detections")},
+    )
+    classes: list[str] | None = setting(
+        None, "the label set for margins, a list or comma-separated text (None: the labels present)"
+    )
+    margin: bool = setting(
+        True,
+        "compute margins against the best other class (one ITM pass per class and label)",
+        label="Margin against the best other class",
+        cli_flags=("--no-margin",),
+        cli_help="Skip margins against the best other class (one ITM pass per class and label).",
+        form_when={"kind": ("classification", "classifications", "detections")},
+    )
+    itc: bool = setting(False, "also store ITC cosine similarities", label="Also store ITC cosine similarity")
+    crop_padding: float | None = setting(
+        None, "detections: box growth factor, >= 1 (None: 1.25; 3.0 for shapes-tiny)", min=1
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.classes, str):
+            self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+        if self.template is not None:
+            check_template(self.template)
 
 
 @dataclasses.dataclass
@@ -233,23 +355,9 @@ class Matcher:
         self.max_length = min(int(self.tokenizer.model_max_length), text_config.max_position_embeddings)
         self._text_cache: dict[str, tuple] = {}
 
-    def autocast(self):
-        torch = self.torch
-        if self.loaded.dtype in ("bfloat16", "float16") and self.device == "cpu":
-            return torch.autocast("cpu", dtype=getattr(torch, self.loaded.dtype))
-        return contextlib.nullcontext()
-
     def tokens(self, texts: list[str]):
         """Padded token ids and mask for texts (BLIP's tokenizer, truncated to the model's length)."""
-        batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-
-    def image_embeds(self, pixel_values):
-        """Patch embeddings (batch, 1 + grid * grid, width) of a pixel batch."""
-        dtype = next(self.model.parameters()).dtype
-        return self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype=dtype)).last_hidden_state
+        return self.loaded.text_tokens(texts, self.max_length)
 
     def itm(self, image_embeds, image_index: list[int], texts: list[str]) -> np.ndarray:
         """ITM match probability of each pair (image_embeds[image_index[i]], texts[i])."""
@@ -259,14 +367,7 @@ class Matcher:
             chunk = texts[start : start + PAIR_BATCH]
             index = torch.as_tensor(image_index[start : start + PAIR_BATCH], device=image_embeds.device)
             ids, mask = self.tokens(chunk)
-            embeds = image_embeds.index_select(0, index)
-            fused = self.model.text_encoder(
-                input_ids=ids,
-                attention_mask=mask,
-                encoder_hidden_states=embeds,
-                encoder_attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
-            ).last_hidden_state
-            logits = self.model.itm_head(fused[:, 0]).float()
+            logits = self.loaded.itm_logits(image_embeds.index_select(0, index), ids, mask)
             out.append(logits.softmax(-1)[:, 1].cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
@@ -302,8 +403,8 @@ class Matcher:
             prompts already), with `itc` "itc": (n,), with classes "class_itm": (n, C).
         """
         torch = self.torch
-        with torch.inference_mode(), self.autocast():
-            embeds = self.image_embeds(pixel_values)
+        with torch.inference_mode(), self.loaded.autocast():
+            embeds = self.loaded.image_embeds(pixel_values)
             n = embeds.shape[0]
             result = {"itm": self.itm(embeds, list(range(n)), texts)} if own_itm else {}
             if itc:
@@ -331,7 +432,7 @@ class _Item:
     siblings: list[set]  # per view: labels that must not count as "the best other class"
 
 
-def _crop(image, box: list[float], padding: float):
+def crop(image, box: list[float], padding: float):
     """Crops a relative [x, y, w, h] box grown by `padding` around its center (clipped to the image)."""
     width, height = image.size
     x, y, w, h = box
@@ -342,6 +443,42 @@ def _crop(image, box: list[float], padding: float):
     if right <= left or bottom <= top:
         raise ValueError(f"box {box} lies outside the image")
     return image.crop((left, top, right, bottom))
+
+
+def _views(preprocess, settings: MatchSettings, label_field: str, path, value, sample_id=None) -> _Item:
+    """The image views (whole image or crops) and texts one sample gives to score.
+
+    List labels are keyed (sample id, label id) here; `stored_label_paths` turns that into the
+    stored position, since a view's label lists may be filtered (`filter_labels`)."""
+    from fiftyone_blip.images import load_image
+
+    kind = settings.kind
+    if kind == "text":
+        text = value.strip() if isinstance(value, str) else ""
+        if not text:
+            return _Item([], [], [], [])
+        return _Item([preprocess(path)[0]], [text], [None], [set()])
+    if value is None:
+        return _Item([], [], [], [])
+    if kind == "classification":
+        labels = [(value.label, f"{label_field}")] if value.label else []
+    else:
+        items = getattr(value, _list_path(kind)) or []
+        labels = [(lab.label, (sample_id, lab.id)) for lab in items if lab.label]
+    if not labels:
+        return _Item([], [], [], [])
+    if kind == "detections":
+        image = load_image(path)
+        detections = {detection.id: detection for detection in value.detections}
+        boxes = [detections[key[1]].bounding_box for _, key in labels]
+        pixels = [preprocess.from_image(crop(image, box, settings.crop_padding))[0] for box in boxes]
+        siblings = [{label} for label, _ in labels]
+    else:
+        array = preprocess(path)[0]
+        pixels = [array] * len(labels)
+        # multi-label: the sample's other labels are not rivals of this one
+        siblings = [{label for label, _ in labels}] * len(labels)
+    return _Item(pixels, [label for label, _ in labels], [p for _, p in labels], siblings)
 
 
 def match_task(loaded, settings: MatchSettings, label_field: str, field: str, dataset):
@@ -355,44 +492,14 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str, da
     import fiftyone as fo
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import Preprocessor, load_image
 
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, settings.resize)
+    preprocess = loaded.preprocessor(settings.resize)
     matcher = Matcher(loaded)
-    kind = settings.kind
     classes = settings.classes if settings.margin else []
     class_index = {c: i for i, c in enumerate(classes)}
 
     def prepare(path, value, sample_id):
-        if kind == "text":
-            text = value.strip() if isinstance(value, str) else ""
-            if not text:
-                return _Item([], [], [], [])
-            return _Item([preprocess(path)[0]], [text], [None], [set()])
-        if value is None:
-            return _Item([], [], [], [])
-        if kind == "classification":
-            labels = [(value.label, f"{label_field}")] if value.label else []
-        else:
-            # (sample id, label id) for now: `step` turns it into the stored position
-            items = getattr(value, _list_path(kind)) or []
-            labels = [(lab.label, (sample_id, lab.id)) for lab in items if lab.label]
-        if not labels:
-            return _Item([], [], [], [])
-        if kind == "detections":
-            image = load_image(path)
-            boxes = {box.id: box for box in value.detections}
-            pixels = [
-                preprocess.from_image(_crop(image, boxes[key[1]].bounding_box, settings.crop_padding))[0]
-                for _, key in labels
-            ]
-            siblings = [{label} for label, _ in labels]
-        else:
-            array = preprocess(path)[0]
-            pixels = [array] * len(labels)
-            # multi-label: the sample's other labels are not rivals of this one
-            siblings = [{label for label, _ in labels}] * len(labels)
-        return _Item(pixels, [label for label, _ in labels], [p for _, p in labels], siblings)
+        return _views(preprocess, settings, label_field, path, value, sample_id)
 
     def step(inputs: list[_Item]) -> list[dict]:
         views = [(n, k) for n, item in enumerate(inputs) for k in range(len(item.labels))]
@@ -405,8 +512,8 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str, da
         own_itm = not classes or any(inputs[n].labels[k] not in class_index for n, k in views)
         scores = matcher.score(pixels, texts, classes, settings.template, itc=settings.itc, own_itm=own_itm)
         per_sample: dict[int, dict[str, list]] = {n: {"itm": [], "margin": [], "itc": []} for n in range(len(inputs))}
-        if _list_path(kind):
-            inputs = stored_label_paths(dataset, label_field, _list_path(kind), inputs)
+        if _list_path(settings.kind):
+            inputs = stored_label_paths(dataset, label_field, _list_path(settings.kind), inputs)
         for v, (n, k) in enumerate(views):
             item = inputs[n]
             values = {"itm": float(scores["itm"][v])} if own_itm else {}
@@ -483,10 +590,8 @@ def declare_label_attributes(dataset, label_field: str, kind: str, field: str, n
     """Declares per-label attributes in the dataset schema, so the App can filter on them."""
     import fiftyone as fo
 
-    flat = dataset.get_field_schema(flat=True)
-    for path in label_attribute_paths(label_field, kind, field, names):
-        if path not in flat:
-            dataset.add_sample_field(path, field_type or fo.FloatField)
+    paths = label_attribute_paths(label_field, kind, field, names)
+    schema_fields.declare(dataset, {path: field_type or fo.FloatField for path in paths}, "label QA", flat=True)
 
 
 # --- flagging ------------------------------------------------------------------------------------------------
@@ -572,7 +677,6 @@ def flag(
     view_name: str | None = None,
 ) -> dict:
     """Flags likely mislabels from stored scores (no model needed); see `fiftyone_blip.flag_mislabels`."""
-    import fiftyone as fo
     from fiftyone import ViewField as F
 
     kind = label_kind(samples, label_field)
@@ -582,35 +686,13 @@ def flag(
         raise ValueError("`level` 'label' needs a label field; a text field is flagged per sample")
     if not tag or not isinstance(tag, str):
         raise ValueError(f"`tag` must be a non-empty string, got {tag!r}")
-    schema = samples.get_field_schema()
-    if field not in schema:
+    if field not in samples.get_field_schema():
         raise ValueError(f"no scores in {field!r}: run find_mislabels on {label_field!r} first")
-    settings = _last_settings(samples, field)
-    method = resolve_method(method, kind, settings)
+    method = resolve_method(method, kind, _last_settings(samples, field))
     select_flags(np.zeros(1), threshold, percentile, top_k)  # argument checks before any write
-    dataset = samples._dataset
     score_field, flag_field = f"{field}_mistakenness", f"{field}_flagged"
-    names = {"itm": ["itm"], "itc": ["itc"], "itm+margin": ["itm", "margin"]}[method]
 
-    if kind == "text":
-        columns = samples.values([field] if method == "itm" else [f"{field}_itc"] if method == "itc" else [])
-        sample_scores = mistakenness(*_by_method(method, columns), method=method)
-        label_scores = None
-    else:
-        attrs = label_attribute_paths(label_field, kind, field, names)
-        columns = samples.values(attrs)
-        if _list_path(kind) is None:  # one label per sample
-            label_scores = mistakenness(*_by_method(method, columns), method=method)
-            sample_scores = label_scores
-        else:
-            lengths = [len(v) if v else 0 for v in columns[0]]
-            flat = [[x for values in column for x in (values or [])] for column in columns]
-            flat_scores = mistakenness(*_by_method(method, flat), method=method)
-            label_scores = np.split(flat_scores, np.cumsum(lengths)[:-1]) if lengths else []
-            sample_scores = np.array(
-                [np.nanmax(s) if len(s) and not np.isnan(s).all() else np.nan for s in label_scores], dtype=float
-            )
-
+    sample_scores, label_scores = _scores(samples, label_field, kind, field, method)
     if level == "label" and _list_path(kind) is not None:
         flat_scores = np.concatenate(label_scores) if len(label_scores) else np.zeros(0)
         flat_flags = select_flags(flat_scores, threshold, percentile, top_k)
@@ -620,36 +702,9 @@ def flag(
         sample_flags = select_flags(sample_scores, threshold, percentile, top_k)
         label_flags = None
 
-    ids = samples.values("id")
-    _declare(dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField})
-    samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
-    samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
-    # a re-run replaces the earlier flags of these samples
-    samples.untag_samples(tag)
-    flagged_ids = [i for i, f in zip(ids, sample_flags) if f]
-    samples.select(flagged_ids).tag_samples(tag)
-
+    ids = _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_flags, tag)
     if kind != "text":
-        base = f"{label_field}.{_list_path(kind)}" if _list_path(kind) else label_field
-        declare_label_attributes(dataset, label_field, kind, field, ["mistakenness"])
-        declare_label_attributes(dataset, label_field, kind, field, ["flagged"], fo.BooleanField)
-        if _list_path(kind) is None:
-            per_label_flags = sample_flags.tolist()
-            values_scores = _floats(label_scores)
-        else:
-            per_label_flags = (
-                [f.tolist() for f in label_flags]
-                if label_flags is not None
-                else [[bool(flagged)] * len(s) for flagged, s in zip(sample_flags, label_scores)]
-            )
-            values_scores = [_floats(s) for s in label_scores]
-        # only samples that hold the label (a missing label has nothing to write on)
-        present = set(samples.exists(label_field).values("id"))
-        keep = [i for i, sample_id in enumerate(ids) if sample_id in present]
-        scores_by_id = {ids[i]: values_scores[i] for i in keep}
-        flags_by_id = {ids[i]: per_label_flags[i] for i in keep}
-        samples.set_values(f"{base}.{field}_mistakenness", scores_by_id, key_field="id")
-        samples.set_values(f"{base}.{field}_flagged", flags_by_id, key_field="id")
+        _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags)
         if level == "label":
             labels_view = samples.filter_labels(label_field, F(f"{field}_flagged") == True, only_matches=False)  # noqa: E712
             samples.untag_labels(tag, label_fields=[label_field])
@@ -659,7 +714,7 @@ def flag(
     if level == "label" and _list_path(kind) is not None:
         review = review.filter_labels(label_field, F(f"{field}_flagged") == True)  # noqa: E712
     view_name = view_name or f"{field.replace('_', '-')}-review"
-    dataset.save_view(view_name, review, overwrite=True)
+    samples._dataset.save_view(view_name, review, overwrite=True)
     return {
         "method": method,
         "flagged_samples": int(sample_flags.sum()),
@@ -671,6 +726,65 @@ def flag(
         "score_field": score_field,
         "flag_field": flag_field,
     }
+
+
+def _scores(samples, label_field: str, kind: str, field: str, method: str):
+    """(per-sample mistakenness, per-label mistakenness or None) from the stored scores."""
+    names = {"itm": ["itm"], "itc": ["itc"], "itm+margin": ["itm", "margin"]}[method]
+    if kind == "text":
+        columns = samples.values([field] if method == "itm" else [f"{field}_itc"] if method == "itc" else [])
+        return mistakenness(*_by_method(method, columns), method=method), None
+    columns = samples.values(label_attribute_paths(label_field, kind, field, names))
+    if _list_path(kind) is None:  # one label per sample
+        label_scores = mistakenness(*_by_method(method, columns), method=method)
+        return label_scores, label_scores
+    lengths = [len(v) if v else 0 for v in columns[0]]
+    flat = [[x for values in column for x in (values or [])] for column in columns]
+    flat_scores = mistakenness(*_by_method(method, flat), method=method)
+    label_scores = np.split(flat_scores, np.cumsum(lengths)[:-1]) if lengths else []
+    sample_scores = np.array(
+        [np.nanmax(s) if len(s) and not np.isnan(s).all() else np.nan for s in label_scores], dtype=float
+    )
+    return sample_scores, label_scores
+
+
+def _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_flags, tag: str) -> list:
+    """Writes each sample's mistakenness and flag and re-tags the flagged samples; returns the ids."""
+    import fiftyone as fo
+
+    ids = samples.values("id")
+    schema_fields.declare(samples._dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
+    samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
+    samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
+    # a re-run replaces the earlier flags of these samples
+    samples.untag_samples(tag)
+    samples.select([i for i, f in zip(ids, sample_flags) if f]).tag_samples(tag)
+    return ids
+
+
+def _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags) -> None:
+    """Writes each label's mistakenness and flag as label attributes."""
+    import fiftyone as fo
+
+    dataset = samples._dataset
+    base = f"{label_field}.{_list_path(kind)}" if _list_path(kind) else label_field
+    declare_label_attributes(dataset, label_field, kind, field, ["mistakenness"])
+    declare_label_attributes(dataset, label_field, kind, field, ["flagged"], fo.BooleanField)
+    if _list_path(kind) is None:
+        per_label_flags = sample_flags.tolist()
+        values_scores = _floats(label_scores)
+    else:
+        per_label_flags = (
+            [f.tolist() for f in label_flags]
+            if label_flags is not None
+            else [[bool(flagged)] * len(s) for flagged, s in zip(sample_flags, label_scores)]
+        )
+        values_scores = [_floats(s) for s in label_scores]
+    # only samples that hold the label (a missing label has nothing to write on)
+    present = set(samples.exists(label_field).values("id"))
+    keep = [i for i, sample_id in enumerate(ids) if sample_id in present]
+    samples.set_values(f"{base}.{field}_mistakenness", {ids[i]: values_scores[i] for i in keep}, key_field="id")
+    samples.set_values(f"{base}.{field}_flagged", {ids[i]: per_label_flags[i] for i in keep}, key_field="id")
 
 
 def _by_method(method: str, columns):
@@ -685,17 +799,6 @@ def _floats(values) -> list:
     return [None if v is None or np.isnan(v) else float(v) for v in np.asarray(values, dtype=float)]
 
 
-def _declare(dataset, fields: dict) -> None:
-    schema = dataset.get_field_schema()
-    for name, field_type in fields.items():
-        if name in schema and not isinstance(schema[name], field_type):
-            raise ValueError(
-                f"field {name!r} already exists as a {type(schema[name]).__name__}; choose another `field`"
-            )
-        if name not in schema:
-            dataset.add_sample_field(name, field_type)
-
-
 def _last_settings(samples, field: str) -> dict | None:
     """Settings of the latest completed match run that wrote `field` on this dataset."""
     from fiftyone_blip import engine
@@ -704,3 +807,47 @@ def _last_settings(samples, field: str) -> dict | None:
         if record.get("capability") == "match" and record.get("field") == field:
             return record.get("settings")
     return None
+
+
+def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
+    """Scores, then flags, the labels of `samples`; see `fiftyone_blip.find_mislabels`."""
+    from fiftyone_blip import engine, models
+
+    kind = label_kind(samples, label_field)
+    field = settings.score_field(label_field)
+    if field == label_field:
+        raise ValueError(f"`field` must differ from `label_field` ({label_field!r})")
+    name, _ = models.resolve_name(settings.model, "match")
+    scoring = MatchSettings(
+        kind=kind,
+        template=default_template(name) if settings.template is None else settings.template,
+        classes=settings.classes if settings.classes is not None else label_classes(samples, label_field, kind),
+        margin=settings.margin,
+        itc=settings.itc,
+        crop_padding=default_crop_padding(name) if settings.crop_padding is None else settings.crop_padding,
+        resize=options.resize,
+    )
+    resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
+    loaded = models.load_model(settings.model, task="match", device=options.device, dtype=options.dtype)
+    task = match_task(loaded, scoring, label_field, field, samples._dataset)
+    names = ["itm"] + (["margin"] if scoring.margin else []) + (["itc"] if scoring.itc else [])
+    declare_label_attributes(samples._dataset, label_field, kind, field, names)
+    summary = engine.run(samples, task, options)
+    return {"run": summary, **flag_with(samples, label_field, settings)}
+
+
+def flag_with(samples, label_field: str, settings: FlagSettings) -> dict:
+    """`flag` with the flagging part of `settings`; see `fiftyone_blip.flag_mislabels`."""
+    threshold, percentile, top_k = settings.flag_values()
+    return flag(
+        samples,
+        label_field,
+        settings.score_field(label_field),
+        method=settings.method,
+        threshold=threshold,
+        percentile=percentile,
+        top_k=top_k,
+        level=settings.level,
+        tag=settings.tag,
+        view_name=settings.view_name,
+    )
