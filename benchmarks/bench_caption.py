@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_caption.py                 # speed (BLIP-base sized)
     .venv/bin/python benchmarks/bench_caption.py --mode levers   # each speed lever alone
     .venv/bin/python benchmarks/bench_caption.py --mode memory   # RSS at 1k vs 10k samples
+    .venv/bin/python benchmarks/bench_caption.py --mode pipeline # decode + resize + writes, null model
 
 Speed mode builds a BLIP-base-sized captioner (transformers' default BlipConfig:
 ViT-B/16 at 384 px, a 12-layer BERT-base decoder, a 30,524-token vocabulary)
@@ -312,22 +313,163 @@ def memory(args) -> dict:
     return {"runs": results, "rss_10k_over_1k": round(ratio, 3)}
 
 
+def pipeline(args) -> dict:
+    """What the engine can feed a model: the full engine with database writes, the model a no-op.
+
+    Real 640x480 photo-like JPEGs in a FiftyOne dataset; each run decodes and
+    fits every image (`images.Preprocessor.pixels`, uint8) in the engine's decode
+    threads, calls a null step that returns one small integer per image, and
+    writes it with the engine's bulk writes. Runs are interleaved across thread
+    counts and repeated; medians are reported. Then, on one thread, where the
+    time goes: open + decode, fit (resize), the uint8 array, and the engine with
+    its writes alone (a prepare that returns a ready array).
+    """
+    import fiftyone as fo
+    from transformers import BlipImageProcessor
+
+    from fiftyone_blip import engine
+    from fiftyone_blip.images import Preprocessor, fit_image, load_image
+    from fiftyone_blip.settings import RunOptions
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sample_images import write_jpegs
+
+    work = Path(args.workdir)
+    paths = write_jpegs(work / "photos", args.count)
+    name = "bench-pipeline"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    dataset.add_samples([fo.Sample(filepath=p) for p in paths], progress=False)
+    processor = BlipImageProcessor(size={"height": 384, "width": 384})
+    preprocess = Preprocessor(processor, 384, args.resize)
+
+    def null_step(inputs):
+        return [{"pipeline_check": int(x[0, 0, 0])} for x in inputs]
+
+    def task(prepare):
+        return engine.Task(
+            capability="pipeline",
+            field="pipeline_check",
+            fields={"pipeline_check": fo.IntField},
+            settings={"resize": args.resize},
+            identity={"model": "null"},
+            prepare=prepare,
+            step=null_step,
+        )
+
+    def timed_run(prepare, workers: int) -> dict:
+        options = RunOptions(batch_size=args.batch_size, num_workers=workers, overwrite=True, progress=False)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        summary = engine.run(dataset, task(prepare), options)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        assert summary.done == len(paths), summary
+        return {"images_per_s": summary.done / wall, "images_per_cpu_s": summary.done / cpu}
+
+    def decode_and_fit(path):
+        return preprocess.pixels(path)[0]
+
+    timed_run(decode_and_fit, 1)  # warm-up: page cache, the database, the thread pool
+    runs = {workers: [] for workers in args.workers}
+    for _ in range(args.repeats):
+        for workers in args.workers:
+            runs[workers].append(timed_run(decode_and_fit, workers))
+    ready = preprocess.pixels(paths[0])[0]
+    engine_only = [timed_run(lambda path: ready, 1) for _ in range(args.repeats)]
+
+    def median_ms(function, inputs) -> float:
+        """CPU ms of this thread per item (median of repeats): less sensitive to other load than wall time."""
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.thread_time()
+            for item in inputs:
+                function(item)
+            times.append((time.thread_time() - t0) / len(inputs))
+        return round(statistics.median(times) * 1000, 3)
+
+    decode_ms = median_ms(lambda p: load_image(p, min_size=384), paths[:200])
+    decoded = [load_image(p, min_size=384) for p in paths[:50]]
+    fit_ms = median_ms(lambda image: fit_image(image, 384, args.resize, preprocess.fill), decoded)
+    fitted = [fit_image(image, 384, args.resize, preprocess.fill)[0] for image in decoded]
+    array_ms = median_ms(np.asarray, fitted)
+
+    # One thread, CPU time of this thread (less sensitive to other load than wall time),
+    # interleaved: BLIP's processor, the float32 path, the uint8 path in each resize mode.
+    from PIL import Image
+
+    preprocessors = {mode: Preprocessor(processor, 384, mode) for mode in ("squash", "center-crop", "letterbox")}
+    contenders = {
+        "blip_image_processor_float32": lambda p: processor(images=Image.open(p).convert("RGB"), return_tensors="np"),
+        "preprocessor_float32_squash": preprocessors["squash"],
+        **{f"preprocessor_uint8_{mode}": pre.pixels for mode, pre in preprocessors.items()},
+    }
+    cpu_ms = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for label, function in contenders.items():
+            t0 = time.thread_time()
+            for path in paths[:100]:
+                function(path)
+            cpu_ms[label].append((time.thread_time() - t0) / 100 * 1000)
+
+    def summary(rows: list[dict], key: str) -> float:
+        return round(statistics.median(r[key] for r in rows), 1)
+
+    result = {
+        "images": len(paths),
+        "source": "640x480 JPEG, quality 90",
+        "resize": args.resize,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "cores": os.cpu_count(),
+    }
+    for workers, rows in runs.items():
+        result[f"decode_threads_{workers}"] = {
+            "images_per_s_runs": [round(r["images_per_s"], 1) for r in rows],
+            "images_per_s": summary(rows, "images_per_s"),
+            "images_per_s_per_thread": round(summary(rows, "images_per_s") / workers, 1),
+            "images_per_cpu_s": summary(rows, "images_per_cpu_s"),
+        }
+    one = result.get("decode_threads_1", {}).get("images_per_s")
+    two = result.get("decode_threads_2", {}).get("images_per_s")
+    if one and two:
+        result["scaling_2_over_1"] = round(two / one, 2)
+    result["one_thread_cpu_ms_per_image_by_stage"] = {
+        "open_and_decode": decode_ms,
+        "fit": fit_ms,
+        "uint8_array": array_ms,
+    }
+    result["engine_and_writes_without_decode"] = {
+        "wall_ms_per_image": round(1000 / summary(engine_only, "images_per_s"), 3),
+        "process_cpu_ms_per_image": round(1000 / summary(engine_only, "images_per_cpu_s"), 3),
+    }
+    result["one_thread_cpu_ms_per_image"] = {label: round(statistics.median(v), 3) for label, v in cpu_ms.items()}
+    fo.delete_dataset(name)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("speed", "levers", "memory", "memory-child"), default="speed")
+    parser.add_argument("--mode", choices=("speed", "levers", "memory", "memory-child", "pipeline"), default="speed")
     parser.add_argument("--repeats", type=int, default=3, help="levers: timed repeats per setting (median)")
     parser.add_argument("--levers", nargs="+", default=None, help="levers: only these settings (by label)")
     parser.add_argument("--count", type=int, default=200, help="engine images (speed) or samples (memory-child)")
     parser.add_argument("--baseline-count", type=int, default=24, help="images timed in the per-sample loop")
     parser.add_argument("--agreement-count", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="speed: decode threads to try")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=None, help="decode threads to try (speed: 0 1 2; pipeline: 1 2)"
+    )
+    parser.add_argument("--resize", default="squash", help="pipeline: resize mode")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "fiftyone-blip-bench"))
     args = parser.parse_args()
+    if args.workers is None:
+        args.workers = [1, 2] if args.mode == "pipeline" else [0, 1, 2]
+    if args.mode == "pipeline" and args.count == 200:
+        args.count = 600  # about 5 s per run on one thread
     if args.mode == "memory-child":
         print(json.dumps(memory_child(args.count)))
         return
-    result = {"speed": speed, "levers": levers, "memory": memory}[args.mode](args)
+    result = {"speed": speed, "levers": levers, "memory": memory, "pipeline": pipeline}[args.mode](args)
     print(json.dumps(result, indent=2))
 
 

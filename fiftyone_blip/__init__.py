@@ -347,7 +347,8 @@ def find_mislabels(samples, label_field: str, settings=None, options=None, **ove
     attributes `{field}_itm`, `{field}_margin`, `{field}_itc`; per sample,
     `{field}` (the lowest ITM probability of its labels), `{field}_margin`,
     `{field}_itc`, `{field}_error`, `{field}_run`. Then flags as
-    `flag_mislabels` does (default: mistakenness >= 0.5).
+    `flag_mislabels` does (default: an ITM probability of at most 0.04,
+    i.e. mistakenness >= 0.96).
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -379,8 +380,10 @@ def flag_mislabels(samples, label_field: str, settings=None, **overrides) -> dic
 
     The mistakenness score (0..1, higher = more likely wrong) of a label is,
     by `method`: "itm": 1 - p; "itc": (1 - cosine) / 2; "itm+margin":
-    (2 - p - margin) / 3 ("auto": itm+margin where margins were computed,
-    else itm). A sample's score is its worst label's. Writes
+    (2 - p - margin) / 3 ("auto": itm). Without a threshold, percentile or
+    top_k, labels with mistakenness >= 0.96 are flagged (an ITM probability
+    of at most 0.04: the rule chosen on held-out shapes, see
+    benchmarks/eval_flag_rule.py). A sample's score is its worst label's. Writes
     `{field}_mistakenness` and `{field}_flagged` per sample (and per label for
     label fields), re-tags the samples with `tag` (earlier tags in `samples`
     are removed first), and saves a view of the flagged samples, most

@@ -188,7 +188,10 @@ class CaptionSettings(Settings):
         # scores its own (`sequences_scores`), which needs `output_scores`.
         kwargs.update(output_logits=True, output_scores=self.strategy in ("beam", "diverse-beam"))
         if self.strategy in ("beam", "diverse-beam"):
-            kwargs["early_stopping"] = True
+            # False: stop only when no running beam can still beat the finished ones. True
+            # (stop once num_beams captions have ended) cut captions short: 0.963 vs greedy
+            # 0.978 on held-out shapes; with False both score 0.978 (BENCHMARKS.md).
+            kwargs["early_stopping"] = False
         return kwargs
 
 
@@ -374,11 +377,11 @@ def caption_task(
     confidence_field = f"{field}_confidence"
 
     def prepare(path):
-        return preprocess(path)[0]
+        return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
 
     def step(inputs):
         with activate():
-            rows = captioner(engine.to_batch(inputs, "cpu"))
+            rows = captioner(preprocess.to_pixel_values(inputs, loaded.device))
         return [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
 
     return engine.Task(

@@ -12,23 +12,16 @@ an image and a text embedding ranks images for a text query.
 
 The index is a FiftyOne brain similarity run. FiftyOne reloads its model in a
 later process (a script, or the App's text search) by calling
-`fiftyone.zoo.load_zoo_model(config.model, **config.model_kwargs)`; so the run
-stores the zoo name `ZOO_MODEL_NAME` and `model_kwargs={"model": <BLIP model>}`
-(a hub id, an absolute local directory or a bundled name). `register_zoo_model`
-makes that name resolvable: it writes a small model-zoo source (a manifest and
-a loader module) into FiftyOne's `model_zoo_dir`, which FiftyOne scans for
-sources in every process. Nothing is downloaded and the user's FiftyOne config
-is not changed; the loader calls `fiftyone_blip.models.load_model`.
+`fiftyone.zoo.load_zoo_model(config.model, **config.model_kwargs)`; the run
+stores the URL of fiftyone-blip's model-zoo source and the zoo model's name
+(see `fiftyone_blip.zoo.index_reference`), so that call works whatever the
+process's `model_zoo_dir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
-import eta.core.config as etac
-import fiftyone.core.models as fom
 import numpy as np
 
 DEFAULT_FIELD = "blip_embedding"
@@ -36,8 +29,6 @@ DEFAULT_BRAIN_KEY = "blip_sim"
 # ITC results the ITM head re-scores unless told (at least 4k): BLIP's own
 # retrieval evaluation re-ranks the top 128 (Flickr30k) or 256 (COCO).
 DEFAULT_SHORTLIST = 128
-ZOO_MODEL_NAME = "fiftyone-blip-itc"
-ZOO_SOURCE_DIR = "fiftyone-blip"
 MAX_QUERY_TOKENS = 64
 
 
@@ -116,10 +107,10 @@ def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
     embedder = Embedder(loaded)
 
     def prepare(path):
-        return preprocess(path)[0]
+        return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
 
     def step(inputs):
-        vectors = embedder.embed_images(engine.to_batch(inputs, "cpu"))
+        vectors = embedder.embed_images(preprocess.to_pixel_values(inputs, loaded.device))
         return [{field: serialize(vector)} for vector in vectors]
 
     return engine.Task(
@@ -131,178 +122,6 @@ def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
         prepare=prepare,
         step=step,
     )
-
-
-# --- the zoo model FiftyOne reloads by name -------------------------------------------------------
-
-_ZOO_LOADER = '''"""fiftyone-blip's model-zoo source: BLIP ITC embeddings for similarity indexes.
-
-Written by fiftyone_blip.embeddings.register_zoo_model; FiftyOne imports it to
-reload the model of a similarity index by name. It needs fiftyone-blip installed.
-"""
-
-
-def download_model(model_name, model_path):
-    # Nothing to download here: weights are resolved by fiftyone_blip.models.load_model.
-    import os
-
-    os.makedirs(os.path.dirname(model_path), exist_ok=True)
-    with open(model_path, "w") as f:
-        f.write("{}\\n")
-
-
-def load_model(model_name, model_path, **kwargs):
-    from fiftyone_blip.embeddings import load_zoo_model
-
-    return load_zoo_model(**kwargs)
-'''
-
-
-def zoo_manifest() -> dict:
-    import fiftyone_blip
-
-    return {
-        "name": ZOO_SOURCE_DIR,
-        "models": [
-            {
-                "base_name": ZOO_MODEL_NAME,
-                "base_filename": f"{ZOO_MODEL_NAME}.json",
-                "version": None,
-                "description": (
-                    "BLIP image and text embeddings (ITC) from a BlipForImageTextRetrieval checkpoint; "
-                    "pass model_kwargs={'model': <hub id | local dir | 'shapes-tiny'>}"
-                ),
-                "source": "https://github.com/salesforce/BLIP",
-                "author": "fiftyone-blip",
-                "license": "BSD-3-Clause",
-                "size_bytes": 0,
-                "requirements": {"packages": ["fiftyone-blip"], "cpu": {"support": True}, "gpu": {"support": True}},
-                "tags": ["embeddings", "zero-shot", "torch", "transformers", "fiftyone-blip"],
-                "date_added": "2026-11-27 00:00:00",
-                "fiftyone_blip_version": fiftyone_blip.__version__,
-            }
-        ],
-    }
-
-
-def register_zoo_model(models_dir: str | None = None) -> Path:
-    """Writes fiftyone-blip's model-zoo source into FiftyOne's `model_zoo_dir`; returns its folder.
-
-    Idempotent. After it, `fiftyone.zoo.load_zoo_model(ZOO_MODEL_NAME, model=NAME)`
-    works in any process that uses the same `model_zoo_dir`.
-    """
-    import fiftyone as fo
-
-    root = Path(models_dir or fo.config.model_zoo_dir).expanduser() / ZOO_SOURCE_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    files = {
-        "manifest.json": json.dumps(zoo_manifest(), indent=2) + "\n",
-        "__init__.py": _ZOO_LOADER,
-        f"{ZOO_MODEL_NAME}.json": "{}\n",
-    }
-    for name, text in files.items():
-        path = root / name
-        if not path.exists() or path.read_text() != text:
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-    return root
-
-
-def load_zoo_model(model: str | None = None, device: str = "auto", dtype: str = "auto", revision: str | None = None):
-    """The `fiftyone.core.models.Model` a similarity index reloads (see `BlipItcModel`)."""
-    return BlipItcModel(BlipItcModelConfig({"model": model, "device": device, "dtype": dtype, "revision": revision}))
-
-
-class BlipItcModelConfig(etac.Config):
-    """Settings of `BlipItcModel`: model (hub id, local directory or bundled name), device, dtype, revision."""
-
-    def __init__(self, d):
-        self.model = self.parse_string(d, "model", default=None)
-        self.device = self.parse_string(d, "device", default="auto")
-        self.dtype = self.parse_string(d, "dtype", default="auto")
-        self.revision = self.parse_string(d, "revision", default=None)
-
-
-class BlipItcModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
-    """BLIP ITC embeddings as a FiftyOne model: images (`embed`, `embed_all`) and text prompts
-    (`embed_prompt`, `embed_prompts`), in one space."""
-
-    def __init__(self, config: BlipItcModelConfig):
-        from fiftyone_blip import models
-        from fiftyone_blip.images import Preprocessor
-
-        self.config = config
-        self.loaded = models.load_model(
-            config.model, task="match", device=config.device, dtype=config.dtype, revision=config.revision
-        )
-        self.embedder = Embedder(self.loaded)
-        self._preprocessor = Preprocessor(self.loaded.processor.image_processor, self.loaded.image_size, "squash")
-
-    @property
-    def media_type(self):
-        return "image"
-
-    @property
-    def ragged_batches(self):
-        return True  # images arrive as decoded arrays of any size
-
-    @property
-    def transforms(self):
-        return None
-
-    @property
-    def preprocess(self):
-        return False  # FiftyOne passes decoded images; they are resized and normalized here
-
-    @preprocess.setter
-    def preprocess(self, value):
-        pass
-
-    @property
-    def has_logits(self):
-        return False
-
-    @property
-    def has_embeddings(self):
-        return True
-
-    @property
-    def can_embed_prompts(self):
-        return True
-
-    def _pixels(self, images):
-        from PIL import Image
-
-        from fiftyone_blip import engine
-
-        arrays = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                image = Image.fromarray(np.asarray(image))
-            arrays.append(self._preprocessor.from_image(image)[0])
-        return engine.to_batch(arrays, "cpu")
-
-    def embed(self, arg):
-        return self.embed_all([arg])[0]
-
-    def embed_all(self, args):
-        return self.embedder.embed_images(self._pixels(args))
-
-    def predict(self, arg):
-        return self.embed(arg)
-
-    def predict_all(self, args):
-        return self.embed_all(args)
-
-    def get_embeddings(self):
-        raise NotImplementedError("BlipItcModel returns embeddings from embed() directly")
-
-    def embed_prompt(self, arg):
-        return self.embed_prompts([arg])[0]
-
-    def embed_prompts(self, args):
-        return self.embedder.embed_texts(list(args))
 
 
 # --- the similarity index ---------------------------------------------------------------------
@@ -319,13 +138,16 @@ def index_model_name(samples, brain_key: str) -> str:
             f"dataset {dataset.name!r} has no similarity index {brain_key!r} "
             f"(indexes: {', '.join(keys) or 'none'}); build one with `fiftyone-blip embed {dataset.name}`"
         )
+    from fiftyone_blip import zoo
+
     config = dataset.get_brain_info(brain_key).config
-    if getattr(config, "model", None) != ZOO_MODEL_NAME:
+    checkpoint = zoo.index_checkpoint(getattr(config, "model", None), getattr(config, "model_kwargs", None))
+    if checkpoint is None:
         raise ValueError(
             f"brain key {brain_key!r} is not a fiftyone-blip index (it was built with model "
             f"{getattr(config, 'model', None)!r}); use an index built by `fiftyone_blip.embed`"
         )
-    return (config.model_kwargs or {}).get("model")
+    return checkpoint
 
 
 def stored_model_name(name: str | None) -> str:
@@ -397,14 +219,13 @@ def build_index(
     with_embeddings = samples.match(F(field) != None)  # noqa: E711
     if len(with_embeddings) == 0:
         raise ValueError(f"no sample of {dataset.name!r} holds an embedding in {field!r}")
-    register_zoo_model()
-    model_kwargs = {"model": model_name}
-    if revision:
-        model_kwargs["revision"] = revision
+    from fiftyone_blip import zoo
+
+    model, model_kwargs = zoo.index_reference(model_name, revision)
     return fob.compute_similarity(
         with_embeddings,
         embeddings=field,
-        model=ZOO_MODEL_NAME,
+        model=model,
         model_kwargs=model_kwargs,
         brain_key=brain_key,
         backend=backend,

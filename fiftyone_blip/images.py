@@ -10,6 +10,10 @@ brings it to the model's size by one of three resize modes:
 
 `Geometry` records where the original image lies in the model's square, so
 that maps over the model input (heatmaps) can be mapped back onto the image.
+
+`Preprocessor.pixels` gives the fitted image as uint8 (what decode threads
+produce); `to_pixel_values` is the one place where a batch of them becomes the
+model's normalised float input, on the model's device.
 """
 
 from __future__ import annotations
@@ -172,10 +176,17 @@ def fit_image(
 
 
 class Preprocessor:
-    """Turns a file path into the model's normalised CHW float array.
+    """Turns a file path into the model's input; safe to call from worker threads.
 
     Built from a BLIP image processor so that "squash" matches the processor's
-    own output; safe to call from worker threads.
+    own output. Two outputs:
+
+    - `pixels(path)`: the fitted image as a uint8 (size, size, 3) array, the
+      cheap form for decode threads (4x smaller than floats, no float work on
+      the CPU); `to_pixel_values(arrays, device, dtype)` turns a list of them
+      into the model's normalised batch on the model's device.
+    - `__call__(path)` / `from_image(image)`: the normalised (3, size, size)
+      float32 array itself, computed here on the CPU (the same values).
     """
 
     def __init__(self, image_processor, size: int, mode: str = "squash"):
@@ -183,17 +194,91 @@ class Preprocessor:
             raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {mode!r}")
         self.size = size
         self.mode = mode
-        mean = np.asarray(image_processor.image_mean, dtype=np.float32)
-        std = np.asarray(image_processor.image_std, dtype=np.float32)
+        self.mean = tuple(float(m) for m in image_processor.image_mean)
+        self.std = tuple(float(s) for s in image_processor.image_std)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
         self.scale = (1.0 / 255.0) / std  # folds rescale and std into one multiply
         self.shift = mean / std
-        self.fill = tuple(int(round(m * 255)) for m in mean)
+        self.fill = tuple(int(round(m * 255)) for m in self.mean)
 
     def __call__(self, path: str) -> tuple[np.ndarray, Geometry]:
-        return self.from_image(load_image(path, min_size=self.size))
+        return self._normalise(*self.pixels(path))
 
     def from_image(self, image: Image.Image) -> tuple[np.ndarray, Geometry]:
-        image = to_rgb(image)
+        return self._normalise(*self.pixels_from_image(image))
+
+    def pixels(self, path: str) -> tuple[np.ndarray, Geometry]:
+        """Decodes and fits a file: a uint8 (size, size, 3) RGB array and its geometry."""
+        return self.pixels_from_image(load_image(path, min_size=self.size), upright=True)
+
+    def pixels_from_image(self, image: Image.Image, upright: bool = False) -> tuple[np.ndarray, Geometry]:
+        """Fits a PIL image: a uint8 (size, size, 3) RGB array and its geometry.
+
+        `upright`: the image is already 8-bit RGB with EXIF orientation applied
+        (as `load_image` returns it), so `to_rgb` is skipped.
+        """
+        if not upright:
+            image = to_rgb(image)
         fitted, geometry = fit_image(image, self.size, self.mode, self.fill)
-        array = np.asarray(fitted, dtype=np.float32) * self.scale - self.shift
+        return np.asarray(fitted), geometry
+
+    def to_pixel_values(self, arrays, device="cpu", dtype=None):
+        """A list of `pixels` arrays -> the model's normalised (N, 3, size, size) tensor on `device`."""
+        return to_pixel_values(arrays, device, dtype, self.mean, self.std)
+
+    def _normalise(self, pixels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+        array = pixels.astype(np.float32) * self.scale - self.shift
         return np.ascontiguousarray(array.transpose(2, 0, 1)), geometry
+
+
+def to_pixel_values(arrays, device="cpu", dtype=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    """Stacks uint8 HxWx3 images into the model's normalised (N, 3, H, W) tensor on `device`.
+
+    The one place where pixels become floats. Only uint8 crosses to the device
+    (a quarter of the bytes of float32); the rescale, the mean/std normalisation
+    and the cast to `dtype` run there. On CUDA the batch is stacked straight into
+    page-locked (pinned) host memory and copied without blocking the host, so
+    the next batch can be decoded while this one is in flight.
+
+    Args:
+        arrays: a list of (H, W, 3) uint8 arrays of one size, or an (N, H, W, 3)
+            uint8 array or tensor.
+        device: the model's device ("cpu").
+        dtype: the model's floating dtype, a torch dtype or its name (None:
+            float32); normalisation itself
+            always runs in float32, as BLIP's image processor does.
+        mean: per-channel mean on the 0..1 scale (0.5 each).
+        std: per-channel standard deviation on the 0..1 scale (0.5 each).
+
+    Returns:
+        a contiguous (N, 3, H, W) tensor of `dtype` on `device`.
+    """
+    import torch
+
+    device = torch.device(device)
+    if isinstance(arrays, torch.Tensor):
+        batch = arrays
+    else:
+        if isinstance(arrays, np.ndarray):
+            arrays = list(arrays) if arrays.ndim == 4 else [arrays]
+        if not arrays:
+            raise ValueError("`arrays` must hold at least one image, got none")
+        first = np.asarray(arrays[0])
+        if first.dtype != np.uint8 or first.ndim != 3 or first.shape[2] != 3:
+            raise ValueError(f"`arrays` must be (H, W, 3) uint8 images, got {first.dtype} {first.shape}")
+        pinned = device.type == "cuda"
+        batch = torch.empty((len(arrays), *first.shape), dtype=torch.uint8, pin_memory=pinned)
+        np.stack(arrays, out=batch.numpy())
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+        raise ValueError(f"`arrays` must be (N, H, W, 3) uint8, got {batch.dtype} {tuple(batch.shape)}")
+    batch = batch.to(device, non_blocking=batch.is_pinned())
+    # x / 255 then (x - mean) / std, folded into one multiply-add as in `Preprocessor`.
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
+    scale = (1.0 / 255.0) / std_t
+    shift = torch.tensor(mean, dtype=torch.float32, device=device) / std_t
+    pixels = torch.addcmul(-shift.view(1, 3, 1, 1), batch.permute(0, 3, 1, 2).float(), scale.view(1, 3, 1, 1))
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if dtype is not None and dtype != torch.float32:
+        pixels = pixels.to(dtype)
+    return pixels.contiguous()

@@ -20,10 +20,13 @@ import sys
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).parent / "shapes" / "models"
-BUNDLED = {"shapes-tiny": {"caption": BUNDLED_DIR / "captioner", "match": BUNDLED_DIR / "matcher"}}
+BUNDLED = {
+    "shapes-tiny": {"caption": BUNDLED_DIR / "captioner", "match": BUNDLED_DIR / "matcher", "vqa": BUNDLED_DIR / "vqa"}
+}
 DEFAULT_MODELS = {
     "caption": "Salesforce/blip-image-captioning-base",
     "match": "Salesforce/blip-itm-base-coco",
+    "vqa": "Salesforce/blip-vqa-base",
 }
 TASKS = tuple(DEFAULT_MODELS)
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -159,7 +162,11 @@ def check_blip_config(config: dict, source: str, task: str) -> None:
     model_type = config.get("model_type")
     if model_type != "blip":
         raise ModelLoadError(f"{source} is not a BLIP model (config model_type is {model_type!r})")
-    expected = {"caption": "BlipForConditionalGeneration", "match": "BlipForImageTextRetrieval"}[task]
+    expected = {
+        "caption": "BlipForConditionalGeneration",
+        "match": "BlipForImageTextRetrieval",
+        "vqa": "BlipForQuestionAnswering",
+    }[task]
     architectures = config.get("architectures") or []
     if architectures and expected not in architectures:
         raise ModelLoadError(f"{source} is a {architectures[0]} checkpoint; {task} needs a {expected} checkpoint")
@@ -220,7 +227,12 @@ def _load(
 ) -> LoadedModel:
     import torch
     from safetensors import SafetensorError
-    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor
+    from transformers import (
+        BlipForConditionalGeneration,
+        BlipForImageTextRetrieval,
+        BlipForQuestionAnswering,
+        BlipProcessor,
+    )
 
     if local is not None:
         config_file = local / "config.json"
@@ -235,7 +247,11 @@ def _load(
         source = name
     check_blip_config(config, repr(source), task)
 
-    cls = BlipForConditionalGeneration if task == "caption" else BlipForImageTextRetrieval
+    cls = {
+        "caption": BlipForConditionalGeneration,
+        "match": BlipForImageTextRetrieval,
+        "vqa": BlipForQuestionAnswering,
+    }[task]
     # On CPU, weights stay fp32: bf16/fp16 there run as autocast, int8 as dynamic quantization.
     weight_dtype = torch.float32 if device == "cpu" else getattr(torch, dtype)
     try:
@@ -292,8 +308,8 @@ def load_model(
         name: a hub id ("Salesforce/blip-image-captioning-base"), a local
             directory, or a bundled name ("shapes-tiny"). Defaults to the
             Salesforce base checkpoint of the task.
-        task: "caption" (BlipForConditionalGeneration) or "match"
-            (BlipForImageTextRetrieval).
+        task: "caption" (BlipForConditionalGeneration), "match"
+            (BlipForImageTextRetrieval) or "vqa" (BlipForQuestionAnswering).
         device: "auto", "cpu", "cuda" or "mps" ("auto").
         dtype: "auto", "float32", "bfloat16", "float16" or "int8" ("auto":
             float32 on CPU, bfloat16 on GPUs). On CPU, bf16/fp16 run as autocast

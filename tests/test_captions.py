@@ -199,3 +199,21 @@ def test_settings_as_dict_keeps_only_what_matters():
     assert "top_p" not in greedy and "num_beams" not in greedy
     sample = captions.CaptionSettings(strategy="sample", top_p=0.5).as_dict()
     assert sample["top_p"] == 0.5
+
+
+def test_beam_search_does_not_stop_at_the_first_short_caption():
+    # With early_stopping=True, beam search ended as soon as 3 hypotheses had ended, so a
+    # caption that stops one word early ("... at the bottom" for "... at the bottom right")
+    # won before the full one finished. These held-out images were cut short that way.
+    import numpy as np
+    import torch
+
+    from fiftyone_blip import models
+    from fiftyone_blip.shapes import data
+
+    loaded = models.load_model("shapes-tiny", task="caption")
+    preprocess = loaded.preprocessor("squash")
+    scenes = [data.make_scene(i, split="test") for i in (14, 134, 188, 213)]
+    pixels = torch.from_numpy(np.stack([preprocess.from_image(s.render())[0] for s in scenes]))
+    beam = captions.Captioner(loaded, captions.CaptionSettings(strategy="beam"))(pixels)
+    assert [row["caption"] for row in beam] == [s.caption() for s in scenes]

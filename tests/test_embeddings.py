@@ -215,6 +215,8 @@ def test_bad_input_is_a_one_line_error(embedded, other_matcher, fo):
 def test_operator_builds_an_index_the_app_can_search(clone, plugin_installed):
     import fiftyone.operators as foo
 
+    from fiftyone_blip import zoo
+
     result = foo.execute_operator(
         "@fiftyone-blip/blip/compute_embeddings",
         ctx=dict(
@@ -225,7 +227,8 @@ def test_operator_builds_an_index_the_app_can_search(clone, plugin_installed):
     result.raise_exceptions()
     assert clone.count("blip_embedding") == 12
     info = clone.get_brain_info("app_sim")
-    assert info.config.supports_prompts and info.config.model == "fiftyone-blip-itc"
+    assert info.config.supports_prompts and info.config.model == zoo.source_url()
+    assert info.config.model_kwargs == {"model_name": "blip-itc-shapes-tiny", "model": "shapes-tiny"}
     assert len(clone.sort_by_similarity("a red circle", k=3, brain_key="app_sim")) == 3
 
 

@@ -118,7 +118,7 @@ def test_squash_matches_the_blip_processor():
     ours, _ = preprocess.from_image(image)
     theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
     assert ours.shape == theirs.shape == (3, 96, 96)
-    assert np.abs(ours - theirs).max() < 1e-4
+    assert np.abs(ours - theirs).max() < 1e-5
 
 
 def test_named_pipe_is_refused_without_blocking(tmp_path):
@@ -166,3 +166,65 @@ def test_decoding_in_threads_leaves_the_warning_filters_alone(tmp_path):
     for thread in threads:
         thread.join()
     assert warnings.filters == before
+
+
+def pil_blip_processor(size: int):
+    """BLIP's image processor on its Pillow backend, the reference for "squash".
+
+    Where torchvision is installed, `BlipImageProcessor` resolves to a torchvision
+    backend whose resize is not Pillow's; the Pillow one is the reference here.
+    """
+    try:
+        from transformers import BlipImageProcessorPil as processor_class
+    except ImportError:
+        from transformers import BlipImageProcessor as processor_class
+    return processor_class(size={"height": size, "width": size})
+
+
+@pytest.mark.parametrize("source, size", [((150, 110), 96), ((640, 480), 384)], ids=["small", "vga"])
+def test_png_squash_equals_the_blip_processor_within_1e_5(tmp_path, source, size):
+    import torch
+
+    processor = pil_blip_processor(size)
+    preprocess = images.Preprocessor(processor, size, "squash")
+    rng = np.random.default_rng(0)
+    path = save(Image.fromarray(rng.integers(0, 256, (source[1], source[0], 3), dtype=np.uint8)), tmp_path / "x.png")
+    theirs = processor(images=Image.open(path), return_tensors="np")["pixel_values"][0]
+
+    floats, _ = preprocess(path)
+    assert floats.shape == theirs.shape == (3, size, size)
+    assert np.abs(floats - theirs).max() < 1e-5
+
+    pixels, _ = preprocess.pixels(path)
+    assert pixels.dtype == np.uint8 and pixels.shape == (size, size, 3)
+    batch = preprocess.to_pixel_values([pixels, pixels], "cpu", torch.float32)
+    assert batch.dtype == torch.float32 and tuple(batch.shape) == (2, 3, size, size) and batch.is_contiguous()
+    assert np.abs(batch[1].numpy() - theirs).max() < 1e-5
+
+
+@pytest.mark.parametrize("mode", images.RESIZE_MODES)
+def test_uint8_path_gives_the_float_path_values(tmp_path, mode):
+    preprocess = images.Preprocessor(pil_blip_processor(64), 64, mode)
+    paths = [save(Image.effect_noise((90 + 13 * i, 70), 60).convert("RGB"), tmp_path / f"{i}.png") for i in range(3)]
+    floats = np.stack([preprocess(p)[0] for p in paths])
+    pixels = [preprocess.pixels(p) for p in paths]
+    assert [g for _, g in pixels] == [preprocess(p)[1] for p in paths]
+    batch = preprocess.to_pixel_values([a for a, _ in pixels]).numpy()
+    assert np.abs(batch - floats).max() < 1e-6
+
+
+def test_to_pixel_values_casts_and_checks_its_input():
+    import torch
+
+    pixels = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    pixels[1] = 255
+    out = images.to_pixel_values(pixels, "cpu", "bfloat16", mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    assert out.dtype == torch.bfloat16 and tuple(out.shape) == (2, 3, 8, 8)
+    assert out[0, :, 0, 0].float().tolist() == [-2.0, -1.0, -0.5]
+    assert out[1, :, 0, 0].float().tolist() == [2.0, 1.0, 0.5]
+    same = images.to_pixel_values(torch.from_numpy(pixels), "cpu", torch.bfloat16, (0.5,) * 3, (0.25, 0.5, 1.0))
+    assert torch.equal(out, same)
+    with pytest.raises(ValueError, match=r"`arrays` must be \(H, W, 3\) uint8 images, got float32"):
+        images.to_pixel_values([np.zeros((8, 8, 3), dtype=np.float32)])
+    with pytest.raises(ValueError, match="at least one image"):
+        images.to_pixel_values([])

@@ -59,6 +59,16 @@ def test_captions_with_injected_errors_are_flagged(fresh_dataset):
     assert set(fresh_dataset.match_tags("mislabel").values("id")) <= wrong
 
 
+def test_the_default_rule_flags_few_clean_labels_and_finds_injected_ones(fresh_dataset):
+    # clean: the earlier default (ITM + margin >= 0.5) flagged about 15% of clean class labels
+    result = fiftyone_blip.find_mislabels(fresh_dataset, "gt_label", model="shapes-tiny", progress=False)
+    assert result["flagged_samples"] <= 2 and result["method"] == "itm"  # at most 5% of 48
+    wrong = swap_class_labels(fresh_dataset, 5, seed=3)
+    fiftyone_blip.find_mislabels(fresh_dataset, "gt_label", model="shapes-tiny", progress=False, overwrite=True)
+    flagged = set(fresh_dataset.match_tags("mislabel").values("id"))
+    assert len(flagged & wrong) >= 4 and len(flagged - wrong) <= 2
+
+
 def test_classification_labels_store_itm_and_margin_on_the_label(fresh_dataset):
     view = fresh_dataset.limit(12)
     unlabeled = view.skip(11).first()
@@ -67,7 +77,7 @@ def test_classification_labels_store_itm_and_margin_on_the_label(fresh_dataset):
     result = fiftyone_blip.find_mislabels(
         view, "gt_label", model="shapes-tiny", percentile=75, progress=False, num_workers=0
     )
-    assert result["method"] == "itm+margin" and result["run"].done == 12
+    assert result["method"] == "itm" and result["run"].done == 12
     label = view.first().gt_label
     assert 0 <= label["gt_label_match_itm"] <= 1 and -1 <= label["gt_label_match_margin"] <= 1
     assert label["gt_label_match_mistakenness"] is not None

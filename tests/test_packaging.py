@@ -21,6 +21,9 @@ def test_a_wheel_ships_the_plugin_and_plugin_install_links_it(tmp_path):
     assert {
         "fiftyone_blip/plugin_files/fiftyone.yml",
         "fiftyone_blip/plugin_files/__init__.py",
+        "fiftyone_blip/plugin_files/requirements.txt",
+        "fiftyone_blip/zoo_source/manifest.json",
+        "fiftyone_blip/zoo_source/__init__.py",
         "fiftyone_blip/shapes/models/matcher/model.safetensors",
         "fiftyone_blip/shapes/adapters/de/adapter_model.safetensors",
     } <= names, sorted(names)

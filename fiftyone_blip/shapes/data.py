@@ -255,3 +255,94 @@ def english_vocabulary() -> list[str]:
     for phrase in POSITIONS.values():
         words.update(phrase.split())
     return sorted(words)
+
+
+# Visual questions with known answers. Every question is asked only where its
+# answer is a function of the image: "what colour is the circle?" only when
+# the scene holds exactly one circle, "where is the red circle?" only when it
+# holds exactly one red circle.
+QUESTION_TYPES = ("count", "colour", "exists", "shape_at", "where")
+# (row, col) -> the answer to "where is ...?": the position phrase without its preposition.
+PLACES = {
+    (0, 0): "top left",
+    (0, 1): "top",
+    (0, 2): "top right",
+    (1, 0): "left",
+    (1, 1): "center",
+    (1, 2): "right",
+    (2, 0): "bottom left",
+    (2, 1): "bottom",
+    (2, 2): "bottom right",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeQuestion:
+    """One question about a scene, its answer and its type (one of `QUESTION_TYPES`)."""
+
+    kind: str
+    question: str
+    answer: str
+
+
+def question_candidates(scene: ShapeScene) -> dict[str, list[ShapeQuestion]]:
+    """Every well-posed question of each type about a scene, in a fixed order."""
+    kinds = [o.kind for o in scene.objects]
+    pairs = [(o.colour, o.kind) for o in scene.objects]
+    out: dict[str, list[ShapeQuestion]] = {t: [] for t in QUESTION_TYPES}
+    out["count"].append(ShapeQuestion("count", "how many shapes are there?", str(len(scene.objects))))
+    for obj in scene.objects:
+        if kinds.count(obj.kind) == 1:
+            out["colour"].append(ShapeQuestion("colour", f"what colour is the {obj.kind}?", obj.colour))
+        out["shape_at"].append(ShapeQuestion("shape_at", f"what shape is {obj.position}?", obj.kind))
+        if pairs.count((obj.colour, obj.kind)) == 1:
+            out["where"].append(ShapeQuestion("where", f"where is the {obj.colour} {obj.kind}?", PLACES[obj.cell]))
+    for kind in KINDS:
+        out["exists"].append(ShapeQuestion("exists", f"is there a {kind}?", "yes" if kind in kinds else "no"))
+    return out
+
+
+def make_questions(scene: ShapeScene, per_type: int = 1, seed: int = 0) -> list[ShapeQuestion]:
+    """Up to `per_type` questions of each type about a scene, drawn deterministically.
+
+    The draw depends only on the scene (split, index, generator seed) and `seed`.
+    "is there a KIND?" questions are drawn half "yes", half "no" where both
+    exist, so that "yes" is not the better guess.
+    """
+    rng = random.Random(f"questions/{seed}/{scene.split}/{scene.index}/{scene.noise_seed}")
+    candidates = question_candidates(scene)
+    picked: list[ShapeQuestion] = []
+    for kind in QUESTION_TYPES:
+        pool = candidates[kind]
+        if kind == "exists":
+            yes = [q for q in pool if q.answer == "yes"]
+            no = [q for q in pool if q.answer == "no"]
+            chosen = []
+            for i in range(min(per_type, len(pool))):
+                side = (yes, no)[(i + rng.randrange(2)) % 2] if yes and no else (yes or no)
+                remaining = [q for q in side if q not in chosen] or [q for q in pool if q not in chosen]
+                chosen.append(rng.choice(remaining))
+            picked += chosen
+        else:
+            picked += rng.sample(pool, min(per_type, len(pool)))
+    return picked
+
+
+def answer_vocabulary() -> dict[str, list[str]]:
+    """Every answer each question type can have, sorted (the closed answer lists)."""
+    return {
+        "count": ["1", "2", "3"],
+        "colour": sorted(COLOURS),
+        "exists": ["no", "yes"],
+        "shape_at": sorted(KINDS),
+        "where": sorted(PLACES.values()),
+    }
+
+
+def question_vocabulary() -> list[str]:
+    """Every word a shapes question or answer can use, sorted."""
+    words = {"?", "how", "many", "shapes", "are", "there", "what", "colour", "is", "the", "shape", "where", "a"}
+    words |= set(KINDS) | set(COLOURS) | {"yes", "no", "1", "2", "3"}
+    for phrase in list(POSITIONS.values()) + list(PLACES.values()):
+        words.update(phrase.split())
+    return sorted(words)

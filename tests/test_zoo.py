@@ -1,0 +1,214 @@
+"""BLIP as FiftyOne zoo models: the source FiftyOne reads, batching, zero-shot classes, ITM,
+captions, and a similarity index whose prompt model reloads in any process."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from repo_archive import serve, tracked_files_archive
+
+import fiftyone_blip
+from fiftyone_blip import zoo
+from fiftyone_blip.shapes.data import KINDS
+
+
+@pytest.fixture(scope="module")
+def base(fo):
+    dataset = fiftyone_blip.load_shapes_dataset("t-zoo-base", count=48, split="test", overwrite=True)
+    yield dataset
+    fo.delete_dataset("t-zoo-base")
+
+
+@pytest.fixture
+def clone(base, fo, request):
+    name = "t-zoo-" + request.node.name[:40]
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = base.clone(name)
+    yield dataset
+    fo.delete_dataset(name)
+
+
+@pytest.fixture
+def zoo_dir(fo, tmp_path, monkeypatch):
+    """An empty model_zoo_dir for one test."""
+    folder = tmp_path / "models"
+    monkeypatch.setattr(fo.config, "model_zoo_dir", str(folder))
+    return folder
+
+
+def test_the_source_is_one_fiftyone_registers_and_lists(zoo_dir):
+    import fiftyone.zoo as foz
+
+    assert foz.list_zoo_model_sources() == []
+    folder = zoo.register_source()
+    assert folder == zoo_dir / "fiftyone-blip"
+    assert foz.list_zoo_model_sources() == [zoo.source_url()]
+    listed = set(foz.list_zoo_models(source=zoo.source_url()))
+    assert listed == set(zoo.model_entries())
+    assert {"blip-itc-shapes-tiny", "blip-itm-shapes-tiny", "blip-captioning-base", "blip-itc-base-coco"} <= listed
+    for name in listed:
+        model = foz.get_zoo_model(name)
+        assert model.license and model.description and model.requirements.packages
+    zoo.register_source()  # idempotent
+    assert sorted(p.name for p in folder.iterdir()) == ["__init__.py", "manifest.json"]
+
+
+def test_register_source_writes_only_over_its_own_folder(zoo_dir):
+    (zoo_dir / "fiftyone-blip").mkdir(parents=True)
+    (zoo_dir / "fiftyone-blip" / "manifest.json").write_text(json.dumps({"name": "someone-else", "models": []}))
+    with pytest.raises(ValueError, match="is not a fiftyone-blip model source"):
+        zoo.register_source()
+    assert json.loads((zoo_dir / "fiftyone-blip" / "manifest.json").read_text())["name"] == "someone-else"
+
+
+def test_settings_are_checked_with_one_line_errors(zoo_dir):
+    import fiftyone.zoo as foz
+
+    zoo.register_source()
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['clases'\]"):
+        foz.load_zoo_model("blip-itc-shapes-tiny", clases=["circle"])
+    with pytest.raises(ValueError, match="`classes` must be a non-empty list"):
+        foz.load_zoo_model("blip-itc-shapes-tiny", classes="circle")
+    with pytest.raises(ValueError, match="`strategy` must be one of"):
+        foz.load_zoo_model("blip-captioning-shapes-tiny", strategy="best")
+    with pytest.raises(ValueError, match="`model_name` must be one of"):
+        zoo.load_model("blip-itc-tiny")
+
+
+def test_compute_embeddings_runs_in_batches_with_the_library_numbers(clone, zoo_dir, caplog):
+    import fiftyone.zoo as foz
+
+    zoo.register_source()
+    model = foz.load_zoo_model("blip-itc-shapes-tiny")
+    sizes = []
+    original = model.embedder.embed_images
+
+    def spy(pixels):
+        sizes.append(len(pixels))
+        return original(pixels)
+
+    model.embedder.embed_images = spy
+    with caplog.at_level(logging.WARNING):
+        clone.compute_embeddings(model, embeddings_field="zoo_embedding", batch_size=16, progress=False)
+    assert "Ignoring batch_size" not in caplog.text
+    assert sizes == [16, 16, 16]
+
+    fiftyone_blip.embed(clone, model="shapes-tiny", field="lib_embedding", brain_key=None, progress=False)
+    zoo_vectors = np.stack(clone.values("zoo_embedding"))
+    lib_vectors = np.stack(clone.values("lib_embedding"))
+    assert zoo_vectors.shape == (48, 256)
+    assert np.abs(zoo_vectors - lib_vectors).max() < 1e-5  # one model step for both
+
+    prompts = model.embed_prompts(["a red circle", "a blue square"])
+    assert prompts.shape == (2, 256) and np.allclose(np.linalg.norm(prompts, axis=1), 1.0, atol=1e-5)
+    assert model.can_embed_prompts and np.allclose(model.embed_prompt("a red circle"), prompts[0])
+
+
+def _accuracy(dataset, field):
+    predicted, truth = dataset.values(f"{field}.label"), dataset.values("gt_label.label")
+    return float(np.mean([p == t for p, t in zip(predicted, truth)]))
+
+
+def test_zero_shot_classification_with_classes(clone, zoo_dir):
+    import fiftyone as fo
+    import fiftyone.zoo as foz
+
+    zoo.register_source()
+    model = foz.load_zoo_model("blip-itc-shapes-tiny", classes=list(KINDS))
+    clone.apply_model(model, "zero_shot", batch_size=16, store_logits=True, progress=False)
+    labels = clone.values("zero_shot")
+    assert all(isinstance(label, fo.Classification) for label in labels)
+    assert all(label.label in KINDS and 0 < label.confidence <= 1 for label in labels)
+    assert all(np.asarray(label.logits).shape == (len(KINDS),) for label in labels)
+    accuracy = _accuracy(clone, "zero_shot")
+    print(f"zero-shot ITC accuracy on 48 held-out shapes images ({len(KINDS)} kinds): {accuracy:.3f}")
+    assert accuracy >= 0.6  # chance is 0.2; the label is the largest of up to three shapes
+
+    # apply_model(classes=...) gives a model loaded without classes its candidates, for that call
+    plain = foz.load_zoo_model("blip-itc-shapes-tiny")
+    clone.apply_model(plain, "zero_shot_call", classes=list(KINDS), batch_size=16, progress=False)
+    assert clone.values("zero_shot_call.label") == clone.values("zero_shot.label")
+    assert plain.config.filter_classes is None  # the call's classes do not stick
+    with pytest.raises(ValueError, match="zero-shot classification needs `classes`"):
+        clone.limit(2).apply_model(plain, "nothing", skip_failures=False, progress=False)
+
+
+def test_itm_scores_a_text_field_and_classifies(clone, zoo_dir):
+    import fiftyone as fo
+    import fiftyone.zoo as foz
+
+    zoo.register_source()
+    itm = foz.load_zoo_model("blip-itm-shapes-tiny")
+    clone.apply_model(itm, "caption_itm", text_field="gt_caption", batch_size=16, progress=False)
+    true_scores = np.array(clone.values("caption_itm.value"))
+    captions = clone.values("gt_caption")
+    clone.set_values("shifted_caption", captions[1:] + captions[:1])  # each image with another's caption
+    clone.apply_model(itm, "shifted_itm", text_field="shifted_caption", batch_size=16, progress=False)
+    shifted_scores = np.array(clone.values("shifted_itm.value"))
+    assert isinstance(clone.first()["caption_itm"], fo.Regression)
+    assert ((0 <= true_scores) & (true_scores <= 1)).all()
+    assert np.mean(true_scores > shifted_scores) >= 0.9
+    configured = foz.load_zoo_model("blip-itm-shapes-tiny", text_field="gt_caption")
+    clone.apply_model(configured, "configured_itm", batch_size=16, progress=False)
+    assert np.allclose(clone.values("configured_itm.value"), true_scores, atol=1e-6)
+
+    classifier = foz.load_zoo_model("blip-itm-shapes-tiny", classes=list(KINDS))
+    clone.apply_model(classifier, "itm_zero_shot", batch_size=16, progress=False)
+    accuracy = _accuracy(clone, "itm_zero_shot")
+    print(f"zero-shot ITM accuracy on 48 held-out shapes images ({len(KINDS)} kinds): {accuracy:.3f}")
+    assert accuracy >= 0.6
+
+
+def test_captioning_model_matches_the_library(clone, zoo_dir):
+    import fiftyone as fo
+    import fiftyone.zoo as foz
+
+    zoo.register_source()
+    view = clone.limit(16)
+    captioner = foz.load_zoo_model("blip-captioning-shapes-tiny", max_new_tokens=20)
+    view.apply_model(captioner, "zoo_caption", batch_size=8, progress=False)
+    fiftyone_blip.caption(view, model="shapes-tiny", field="lib_caption", max_new_tokens=20, progress=False)
+    labels = view.values("zoo_caption")
+    assert all(isinstance(label, fo.Classification) and 0 < label.confidence <= 1 for label in labels)
+    assert [label.label for label in labels] == view.values("lib_caption")
+    assert np.allclose([label.confidence for label in labels], view.values("lib_caption_confidence"), atol=1e-5)
+
+
+def test_an_index_is_queried_by_text_in_a_process_with_another_model_zoo_dir(clone, tmp_path, monkeypatch):
+    """The index stores the source URL; a process whose model_zoo_dir lacks the source fetches it
+    from there (a local server stands in for GitHub) and reloads the prompt model by name."""
+    www = tmp_path / "www"
+    tracked_files_archive(www / "fiftyone-blip.zip", prefix="fiftyone-blip-main")
+    with serve(www) as base_url:
+        url = f"{base_url}/fiftyone-blip.zip"
+        monkeypatch.setenv(zoo.SOURCE_URL_ENV, url)
+        fiftyone_blip.embed(clone, model="shapes-tiny", brain_key="zoo_sim", progress=False)
+        expected = clone.sort_by_similarity("a red circle", k=5, brain_key="zoo_sim").values("id")
+        config = clone.get_brain_info("zoo_sim").config
+        assert config.model == url and config.model_kwargs["model_name"] == "blip-itc-shapes-tiny"
+
+        other_zoo = tmp_path / "other-models"
+        code = f"""
+import json
+import fiftyone as fo
+import fiftyone.zoo as foz
+assert not foz.list_zoo_model_sources()
+dataset = fo.load_dataset({clone.name!r})
+ids = dataset.sort_by_similarity("a red circle", k=5, brain_key="zoo_sim").values("id")
+model = dataset.load_brain_results("zoo_sim").get_model()
+print(json.dumps({{"ids": ids, "model": type(model).__name__, "sources": foz.list_zoo_model_sources()}}))
+"""
+        env = {**os.environ, "FIFTYONE_MODEL_ZOO_DIR": str(other_zoo)}
+        env.pop(zoo.SOURCE_URL_ENV, None)  # the fresh process knows only what the index stored
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ids"] == expected
+    assert out["model"] == "BlipItcModel"
+    assert out["sources"] == [url]
+    assert (other_zoo / "fiftyone-blip" / "manifest.json").is_file()
