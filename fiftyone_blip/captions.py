@@ -12,6 +12,7 @@ and settings into an engine `Task` that writes, per sample:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.settings import Settings, check_value, setting
@@ -19,6 +20,7 @@ from fiftyone_blip.settings import Settings, check_value, setting
 STRATEGIES = ("greedy", "beam", "diverse-beam", "sample")
 MAX_BEAMS = 10
 MAX_NEW_TOKENS = 128
+MAX_SEED = 2**63 - 1
 BASE_LANGUAGE = "en"
 
 
@@ -134,6 +136,15 @@ class CaptionSettings(Settings):
         for f in dataclasses.fields(self):
             if f.name not in ("num_beam_groups", "diversity_penalty", "min_new_tokens"):
                 check_value(f.name, getattr(self, f.name), f.metadata)
+        if not math.isfinite(self.temperature):
+            raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature}")
+        # the seed is stored in run records (a BSON int64) and fed to torch.manual_seed
+        if isinstance(self.seed, float) and self.seed.is_integer():
+            self.seed = int(self.seed)  # a form's number field
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"`seed` must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
+        if not math.isfinite(self.repetition_penalty):
+            raise ValueError(f"`repetition_penalty` must be a finite number > 0, got {self.repetition_penalty}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(
                 f"`min_new_tokens` must be in 0..max_new_tokens ({self.max_new_tokens}), got {self.min_new_tokens}"
@@ -182,6 +193,28 @@ class CaptionSettings(Settings):
             # 0.978 on held-out shapes; with False both score 0.978 (BENCHMARKS.md).
             kwargs["early_stopping"] = False
         return kwargs
+
+
+def check_prompt_room(prompt_tokens: int, settings: CaptionSettings, positions: int) -> int:
+    """How many tokens a caption may add after the prompt within the model's text positions.
+
+    Raises:
+        ValueError: the prompt, or the prompt and `min_new_tokens`, do not
+            fit (checked once the tokenizer and config are known, before any
+            sample is touched).
+    """
+    room = positions - prompt_tokens
+    if room < 1:
+        raise ValueError(
+            f"`prompt` is {prompt_tokens} tokens (with the start token); the model reads at most {positions - 1}: "
+            f"{settings.prompt!r}"
+        )
+    if settings.min_new_tokens > room:
+        raise ValueError(
+            f"`min_new_tokens` must be at most {room} with this prompt ({prompt_tokens} tokens of the model's "
+            f"{positions} text positions), got {settings.min_new_tokens}"
+        )
+    return room
 
 
 class DiversityLogitsProcessor:
@@ -233,6 +266,7 @@ class Captioner:
             self.prompt_ids = ids[:, :-1]  # drop [SEP]: the caption continues the prompt
         else:
             self.prompt_ids = torch.tensor([[text_config.bos_token_id]])
+        self.room = check_prompt_room(self.prompt_ids.shape[1], settings, text_config.max_position_embeddings)
         self.torch = torch
 
     def __call__(self, pixel_values) -> list[dict]:
@@ -251,6 +285,8 @@ class Captioner:
         torch = self.torch
         batch = image_embeds.shape[0]
         input_ids = self.prompt_ids.to(self.device).repeat(batch, 1)
+        # a caption stops where the model's text positions end (beyond them, generate fails)
+        kwargs = {**kwargs, "max_new_tokens": min(kwargs["max_new_tokens"], self.room)}
         # Sampling is seeded per batch, on a forked RNG so the caller's random state is left alone.
         cuda = [self.device] if str(self.device).startswith("cuda") else []
         with torch.random.fork_rng(devices=cuda, enabled=self.settings.strategy == "sample"):

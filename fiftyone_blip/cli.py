@@ -35,6 +35,8 @@ def translate_errors(function):
             return function(*args, **kwargs)
         except (ValueError, ModelLoadError) as error:
             raise click.ClickException(str(error).splitlines()[0]) from None
+        except OSError as error:  # e.g. a disk filling up mid-run: what was done is saved
+            raise click.ClickException(str(error).splitlines()[0]) from None
 
     return wrapper
 
@@ -445,6 +447,8 @@ def adapters_list(model, as_json):
     from fiftyone_blip import adapters as adapters_module
 
     manifests = fiftyone_blip.list_adapters(model)
+    for path, problem in adapters_module.broken_adapters():
+        click.echo(f"broken   {path}: {problem}", err=as_json)
     if as_json:
         for manifest in manifests:
             click.echo(json.dumps(manifest, ensure_ascii=False))

@@ -172,6 +172,17 @@ def check_same_model(samples, brain_key: str, model: str | None) -> str:
     return built_with
 
 
+def check_brain_key(brain_key) -> str:
+    """Checks a brain key by FiftyOne's own rule (`BaseRun.validate_run`: a valid Python identifier),
+    which FiftyOne applies only when the index is saved, after every image was embedded."""
+    if not isinstance(brain_key, str) or not brain_key.isidentifier():
+        raise ValueError(
+            f"`brain_key` must be a valid Python identifier (letters, digits and underscores, not starting "
+            f"with a digit), got {brain_key!r}"
+        )
+    return brain_key
+
+
 def build_index(
     samples,
     model_name: str,
@@ -193,6 +204,7 @@ def build_index(
     import fiftyone.brain as fob
     from fiftyone import ViewField as F
 
+    check_brain_key(brain_key)
     dataset = samples._root_dataset
     if brain_key in dataset.list_brain_runs():
         built_with = index_model_name(samples, brain_key)
@@ -241,6 +253,39 @@ class Hit:
         return f"{self.id}  {self.filepath}  {self.score:.4f}{itm}"
 
 
+def indexed_in_view(results, samples, brain_key: str) -> int:
+    """How many samples of `samples` the index holds (deleted samples do not count).
+
+    Raises:
+        ValueError: none does (nothing to search), before any model is loaded.
+    """
+    if results.sample_ids is not None:
+        count = len(set(samples.values("id")).intersection(results.sample_ids))
+    else:
+        results.use_view(samples)
+        try:
+            count = results.index_size
+        finally:
+            results.clear_view()
+    if not count:
+        raise ValueError(
+            f"no sample of the searched view is in the index {brain_key!r} "
+            f"({len(samples)} samples, none indexed): embed them first"
+        )
+    return count
+
+
+def nearest_in_view(results, query_vector, k: int):
+    """The k nearest samples of the index's current view, asking the index for more while some of
+    its nearest were deleted since it was built (the index keeps their ids; the view drops them)."""
+    depth = k
+    view = results.sort_by_similarity(query_vector, k=depth)
+    while len(view) < k and depth < results.index_size:
+        depth = min(depth + k - len(view), results.index_size)
+        view = results.sort_by_similarity(query_vector, k=depth)
+    return view
+
+
 def _is_sample_id(query) -> bool:
     from bson import ObjectId
 
@@ -286,6 +331,7 @@ def search(
     depth = (shortlist or max(4 * k, DEFAULT_SHORTLIST)) if rerank else k + int(by_id)
 
     results = dataset.load_brain_results(brain_key)
+    depth = min(depth, indexed_in_view(results, samples, brain_key))
     loaded = None
     if by_id:
         if len(dataset.select(query)) == 0:
@@ -303,7 +349,7 @@ def search(
     if samples is not dataset:
         results.use_view(samples)
     try:
-        view = results.sort_by_similarity(query_vector, k=depth)
+        view = nearest_in_view(results, query_vector, depth)
         ids, paths, vectors = view.values(["id", "filepath", field])
     finally:
         if samples is not dataset:
@@ -357,6 +403,8 @@ def run(samples, settings, options, **backend_kwargs):
     stored_name = stored_model_name(settings.model)
     dataset = samples._root_dataset
     brain_key = settings.brain_key
+    if brain_key is not None:
+        check_brain_key(brain_key)
     if brain_key is not None and brain_key in dataset.list_brain_runs():
         built_with = index_model_name(dataset, brain_key)
         if built_with != stored_name:

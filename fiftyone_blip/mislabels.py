@@ -76,9 +76,19 @@ def check_template(template: str) -> str:
     if not isinstance(template, str):
         raise ValueError(f"`template` must be a string with a {{label}} placeholder, got {template!r}")
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
     except ValueError as error:
         raise ValueError(f"`template` is not a valid format string ({error}): {template!r}") from None
+    names = [name for name, _, _ in fields if name is not None]
+    # a format spec or conversion ("{label:>20000000}", "{label:d}", "{label!r}") costs memory or
+    # fails on a label only once the model runs: only the plain placeholder is allowed
+    for name, spec, conversion in fields:
+        if name is not None and (spec or conversion):
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(
+                f"`template` may hold only the plain {{label}} placeholder (no format spec or conversion), "
+                f"got {shown} in {template!r}"
+            )
     if "label" not in names:
         raise ValueError(f"`template` must contain {{label}}, got {template!r}")
     if set(names) != {"label"}:
@@ -422,7 +432,9 @@ class _Item:
 
     pixels: list  # one CHW array per view
     labels: list[str]  # one label (or caption) per view
-    paths: list[str | None]  # embedded attribute path prefix per view ("gt.detections.3"), None for text
+    # embedded attribute path prefix per view ("gt" for a Classification), None for text; for list labels
+    # first (sample id, label id), made a stored path ("gt.detections.3") by `stored_label_paths`
+    paths: list
     siblings: list[set]  # per view: labels that must not count as "the best other class"
 
 
@@ -439,8 +451,11 @@ def crop(image, box: list[float], padding: float):
     return image.crop((left, top, right, bottom))
 
 
-def _views(preprocess, settings: MatchSettings, label_field: str, path, value) -> _Item:
-    """The image views (whole image or crops) and texts one sample gives to score."""
+def _views(preprocess, settings: MatchSettings, label_field: str, path, value, sample_id=None) -> _Item:
+    """The image views (whole image or crops) and texts one sample gives to score.
+
+    List labels are keyed (sample id, label id) here; `stored_label_paths` turns that into the
+    stored position, since a view's label lists may be filtered (`filter_labels`)."""
     from fiftyone_blip.images import load_image
 
     kind = settings.kind
@@ -455,13 +470,13 @@ def _views(preprocess, settings: MatchSettings, label_field: str, path, value) -
         labels = [(value.label, f"{label_field}")] if value.label else []
     else:
         items = getattr(value, _list_path(kind)) or []
-        labels = [(lab.label, f"{label_field}.{_list_path(kind)}.{i}") for i, lab in enumerate(items) if lab.label]
+        labels = [(lab.label, (sample_id, lab.id)) for lab in items if lab.label]
     if not labels:
         return _Item([], [], [], [])
     if kind == "detections":
         image = load_image(path)
-        detections = value.detections
-        boxes = [detections[int(p.rsplit(".", 1)[1])].bounding_box for _, p in labels]
+        detections = {detection.id: detection for detection in value.detections}
+        boxes = [detections[key[1]].bounding_box for _, key in labels]
         pixels = [preprocess.from_image(crop(image, box, settings.crop_padding))[0] for box in boxes]
         siblings = [{label} for label, _ in labels]
     else:
@@ -472,8 +487,14 @@ def _views(preprocess, settings: MatchSettings, label_field: str, path, value) -
     return _Item(pixels, [label for label, _ in labels], [p for _, p in labels], siblings)
 
 
-def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
-    """An engine `Task` that scores `label_field` against each image into `field` and siblings."""
+def match_task(loaded, settings: MatchSettings, label_field: str, field: str, dataset):
+    """An engine `Task` that scores `label_field` against each image into `field` and siblings.
+
+    `dataset` is the collection's dataset: per-label scores are written at the
+    stored position of each label's id, looked up there per batch, because a
+    view's label lists may be filtered (`filter_labels`) and a position in the
+    view is not a position in the stored list.
+    """
     import fiftyone as fo
 
     from fiftyone_blip import engine
@@ -483,8 +504,8 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
     classes = settings.classes if settings.margin else []
     class_index = {c: i for i, c in enumerate(classes)}
 
-    def prepare(path, value):
-        return _views(preprocess, settings, label_field, path, value)
+    def prepare(path, value, sample_id):
+        return _views(preprocess, settings, label_field, path, value, sample_id)
 
     def step(inputs: list[_Item]) -> list[dict]:
         views = [(n, k) for n, item in enumerate(inputs) for k in range(len(item.labels))]
@@ -497,6 +518,8 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
         own_itm = not classes or any(inputs[n].labels[k] not in class_index for n, k in views)
         scores = matcher.score(pixels, texts, classes, settings.template, itc=settings.itc, own_itm=own_itm)
         per_sample: dict[int, dict[str, list]] = {n: {"itm": [], "margin": [], "itc": []} for n in range(len(inputs))}
+        if _list_path(settings.kind):
+            inputs = stored_label_paths(dataset, label_field, _list_path(settings.kind), inputs)
         for v, (n, k) in enumerate(views):
             item = inputs[n]
             values = {"itm": float(scores["itm"][v])} if own_itm else {}
@@ -536,8 +559,29 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str):
         identity=loaded.identity,
         prepare=prepare,
         step=step,
-        reads=(label_field,),
+        reads=(label_field, "id"),
     )
+
+
+def stored_label_paths(dataset, label_field: str, list_name: str, inputs: list[_Item]) -> list[_Item]:
+    """Replaces the (sample id, label id) keys of list labels by their stored paths ("gt.detections.3").
+
+    A label no longer stored (deleted since it was read) gets None: its
+    scores count for its sample but are written nowhere.
+    """
+    sample_ids = sorted({key[0] for item in inputs for key in item.paths if key is not None})
+    if not sample_ids:
+        return inputs
+    ids, stored = dataset.select(sample_ids).values(["id", f"{label_field}.{list_name}.id"])
+    positions = {
+        (sample_id, label_id): f"{label_field}.{list_name}.{i}"
+        for sample_id, label_ids in zip(ids, stored)
+        for i, label_id in enumerate(label_ids or [])
+    }
+    return [
+        dataclasses.replace(item, paths=[None if key is None else positions.get(key) for key in item.paths])
+        for item in inputs
+    ]
 
 
 def label_attribute_paths(label_field: str, kind: str, field: str, names) -> list[str]:
@@ -791,7 +835,7 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
     )
     resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
     loaded = models.load_model(settings.model, task="match", device=options.device, dtype=options.dtype)
-    task = match_task(loaded, scoring, label_field, field)
+    task = match_task(loaded, scoring, label_field, field, samples._dataset)
     names = ["itm"] + (["margin"] if scoring.margin else []) + (["itc"] if scoring.itc else [])
     declare_label_attributes(samples._dataset, label_field, kind, field, names)
     summary = engine.run(samples, task, options)

@@ -211,6 +211,20 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
+def _damaged_weights(local: Path) -> Path | None:
+    """The first .safetensors file of a folder that cannot be read (a truncated download), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(local.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_tensor(key)
+        except (SafetensorError, OSError):
+            return path
+    return None
+
+
 @functools.lru_cache(maxsize=4)
 def _load(
     name: str,
@@ -223,6 +237,7 @@ def _load(
     weights: str | None = None,
 ) -> LoadedModel:
     import torch
+    from safetensors import SafetensorError
     from transformers import (
         BlipForConditionalGeneration,
         BlipForImageTextRetrieval,
@@ -257,6 +272,10 @@ def _load(
         processor = BlipProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
     except OSError as error:
         raise ModelLoadError(f"cannot load {source!r}: {str(error).splitlines()[0]}") from None
+    except SafetensorError as error:
+        damaged = _damaged_weights(local) if local is not None else None
+        where = f"weights file {str(damaged)!r}" if damaged else "its weights"
+        raise ModelLoadError(f"cannot load {source!r}: {where} cannot be read ({error})") from None
     model.to(device).eval()
     if device == "cpu":
         keep_freed_memory()

@@ -39,8 +39,10 @@ with the long side `map_size` pixels and the image's aspect.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -481,20 +483,6 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
     fields.declare(dataset, wanted, "heatmaps")
 
 
-def _write_pngs(where: Path, overall, words: list[str], word_maps) -> tuple[str, list[str]]:
-    """Writes the caption map and one greyscale PNG per word under `where`; returns their paths."""
-    from PIL import Image
-
-    where.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overall, mode="L").save(where / "caption.png")
-    paths = []
-    for i, (word, word_map) in enumerate(zip(words, word_maps)):
-        target = where / f"{i:03d}-{re.sub(r'[^A-Za-z0-9]+', '_', word)[:40]}.png"
-        Image.fromarray(word_map, mode="L").save(target)
-        paths.append(str(target))
-    return str(where / "caption.png"), paths
-
-
 def heatmap_task(
     loaded,
     settings: HeatmapSettings,
@@ -522,7 +510,7 @@ def heatmap_task(
     preprocess = loaded.preprocessor(resize)
     maker = HeatmapMaker(loaded, settings)
     reads = (text_field,) if text is None and text_field else ()
-    folder = Path(maps_dir).expanduser().resolve() if maps_dir else None
+    folder = writable_folder(maps_dir) if maps_dir else None
 
     def prepare(path, sample_text=None):
         if reads and not (isinstance(sample_text, str) and sample_text.strip()):
@@ -530,7 +518,7 @@ def heatmap_task(
         array, geometry = preprocess(path)
         return array, geometry, text if text is not None else sample_text, path
 
-    def step(inputs):
+    def step(inputs, written=None):
         pixels = engine.to_batch([x[0] for x in inputs], "cpu")
         texts = [x[2] for x in inputs]
         missing = [i for i, t in enumerate(texts) if t is None]
@@ -539,14 +527,15 @@ def heatmap_task(
                 texts[i] = caption or "."
         rows = maker(pixels, texts)
         out = []
-        for (_, geometry, _, path), sample_text, row in zip(inputs, texts, rows):
+        written = [] if written is None else written  # files this step created
+        for (_, geometry, _, _), sample_text, row in zip(inputs, texts, rows):
             word_maps = to_uint8(grid_to_image(row["maps"], geometry, settings.map_size))
             overall = to_uint8(grid_to_image(row["overall"], geometry, settings.map_size))
             values = {names["words"]: row["words"], names["text"]: sample_text}
             if folder is not None:
-                key = hashlib.sha1(f"{path}\n{sample_text}\n{field}".encode()).hexdigest()[:16]
-                caption_png, values[names["maps"]] = _write_pngs(folder / key, overall, row["words"], word_maps)
-                heatmap = fo.Heatmap(map_path=caption_png, range=[0, 255])
+                caption_path, paths = save_map_files(folder, overall, row["words"], word_maps, written)
+                heatmap = fo.Heatmap(map_path=caption_path, range=[0, 255])
+                values[names["maps"]] = paths
             else:
                 heatmap = fo.Heatmap(map=overall, range=[0, 255])
                 values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)
@@ -555,6 +544,8 @@ def heatmap_task(
             out.append(values)
         return out
 
+    if folder is not None:
+        step = _removing_files_on_error(step)
     return engine.Task(
         capability="heatmaps",
         field=field,
@@ -571,6 +562,81 @@ def heatmap_task(
         step=step,
         reads=reads,
     )
+
+
+def writable_folder(folder, name: str = "maps_dir") -> Path:
+    """Creates `folder` if needed and checks that a file can be written in it (before any work).
+
+    Raises:
+        ValueError: the folder cannot be created or written (read-only, no
+            permission, a file in the way), naming the parameter and the path.
+    """
+    import tempfile
+
+    path = Path(folder).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # a real write, not os.access: root passes access checks on a read-only mount
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"`{name}` {str(folder)!r} is not a writable folder ({error.strerror or error})") from None
+    return path
+
+
+def save_map_files(folder: Path, overall: np.ndarray, words: list[str], word_maps: np.ndarray, written: list):
+    """Writes a sample's maps as greyscale PNGs; returns (caption map path, per-word map paths).
+
+    The subfolder is named by a hash of the maps themselves, so a file, once
+    a sample refers to it, never changes: another run (another dataset,
+    model or settings) into the same folder writes other maps elsewhere, and
+    the same maps again land on identical files, which are left as they are.
+    Each file is written under a temporary name and renamed, so no reader
+    sees half a PNG. New files are appended to `written`.
+    """
+    from PIL import Image
+
+    digest = hashlib.sha1()
+    for part in (overall.shape, word_maps.shape, words):
+        digest.update(repr(part).encode())
+    digest.update(np.ascontiguousarray(overall).tobytes())
+    digest.update(np.ascontiguousarray(word_maps).tobytes())
+    where = folder / digest.hexdigest()[:24]
+    where.mkdir(parents=True, exist_ok=True)
+    targets = [(where / "caption.png", overall)] + [
+        (where / f"{i:03d}-{re.sub(r'[^A-Za-z0-9]+', '_', word)[:40]}.png", word_map)
+        for i, (word, word_map) in enumerate(zip(words, word_maps))
+    ]
+    for target, array in targets:
+        if target.exists():
+            continue
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            Image.fromarray(array, mode="L").save(partial, format="PNG")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        written.append(target)
+    return str(targets[0][0]), [str(target) for target, _ in targets[1:]]
+
+
+def _removing_files_on_error(step):
+    """Wraps a step that writes map files: if a write fails (disk full, permissions), the files of
+    the batch are removed (no sample will refer to them) and one `OSError` names the cause."""
+
+    def guarded(inputs):
+        written: list[Path] = []
+        try:
+            return step(inputs, written)
+        except OSError as error:
+            for target in written:
+                target.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    target.parent.rmdir()  # only if empty
+            reason = error.strerror or str(error)
+            raise OSError(error.errno, f"heatmap maps could not be written ({reason}): {error.filename}") from None
+
+    return guarded
 
 
 # ---------------------------------------------------------------- reading stored maps
@@ -628,8 +694,7 @@ def write_overlays(sample, output_dir, field: str = "heatmap", alpha: float = 0.
 
     words, maps, _ = word_maps(sample, field)
     image = load_image(sample.filepath)
-    output = Path(output_dir).expanduser()
-    output.mkdir(parents=True, exist_ok=True)
+    output = writable_folder(output_dir, "output_dir")
     written = []
     heatmap = sample.get_field(field)
     if heatmap is not None:
@@ -694,6 +759,8 @@ def run(samples, settings: HeatmapSettings, options):
         if text_field not in samples._dataset.get_field_schema():
             raise ValueError(f"`text_field` {text_field!r} is not a field of the dataset: caption the samples first")
         samples = samples.exists(text_field)
+    if settings.maps_dir:
+        writable_folder(settings.maps_dir)
     loaded = models.load_model(
         settings.model, task=MODE_TASKS[settings.mode], device=options.device, dtype=options.dtype, attention="eager"
     )

@@ -7,8 +7,11 @@ operator does, a script can do.
 """
 
 import dataclasses
+import os
 import queue
+import re
 import threading
+from pathlib import Path
 
 import fiftyone.core.fields as fo_fields
 import fiftyone.operators as foo
@@ -33,6 +36,58 @@ def default_model(ctx, task):
     if ctx.dataset is not None and "shapes" in (ctx.dataset.info or {}):
         return "shapes-tiny"
     return models.DEFAULT_MODELS[task]
+
+
+APP_ROOT_ENV = "FIFTYONE_BLIP_APP_ROOT"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _app_root():
+    """The server folder under which App forms may name paths (None: unset, no paths from the App)."""
+    root = os.environ.get(APP_ROOT_ENV)
+    return Path(root).expanduser().resolve() if root else None
+
+
+def _app_folder(value, name):
+    """A folder from a form, confined to the App root: the App runs as the server, not as the user."""
+    if not value or not str(value).strip():
+        return None
+    root = _app_root()
+    if root is None:
+        raise ValueError(f"`{name}` is not available in the App: the server sets {APP_ROOT_ENV} to allow folders")
+    path = (root / str(value).strip()).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"`{name}` must be a folder under {str(root)!r}, got {value!r}")
+    return str(path)
+
+
+def _app_model(value):
+    """A model from a form: a bundled name, a hub id, or a folder under the App root. Any other server
+    path is refused with the same message whether it exists or not."""
+    if not value or not str(value).strip():
+        return None
+    value = str(value).strip()
+    if value in models.BUNDLED or (_HUB_ID.match(value) and ".." not in value):
+        return value
+    root = _app_root()
+    if root is not None and (root / value).resolve().is_relative_to(root):
+        return str((root / value).resolve())
+    where = f", or a folder under {str(root)!r}" if root is not None else ""
+    raise ValueError(
+        f"`model` must be {', '.join(models.BUNDLED)} or a hub id like Salesforce/blip-itm-base-coco{where}; "
+        f"got {value!r}"
+    )
+
+
+def app_params(params: dict) -> dict:
+    """A form's params with the server paths it names confined (see `_app_model`, `_app_folder`); the
+    library and the CLI take any path, as they run as the user."""
+    params = dict(params or {})
+    if params.get("model"):
+        params["model"] = _app_model(params["model"])
+    if params.get("maps_dir"):
+        params["maps_dir"] = _app_folder(params["maps_dir"], "maps_dir")
+    return params
 
 
 def _dropdown(inputs, name, label, choices, default, description=None):
@@ -89,7 +144,7 @@ def run_options(ctx, cls, progress):
 def check_settings(ctx, cls, params=None):
     """The library's own checks of a form: its run options, then its settings (returned)."""
     run_options(ctx, cls, None)
-    return cls.from_params(ctx.params if params is None else params)
+    return cls.from_params(app_params(ctx.params if params is None else params))
 
 
 def checked_form(inputs, label, check):
@@ -172,7 +227,7 @@ class EngineOperator(foo.Operator):
         raise NotImplementedError
 
     def execute(self, ctx):
-        settings, view = self.settings_class.from_params(ctx.params), ctx.target_view()
+        settings, view = self.settings_class.from_params(app_params(ctx.params)), ctx.target_view()
         result = yield from _run_with_progress(
             ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
         )
@@ -259,7 +314,9 @@ class ComputeHeatmaps(EngineOperator):
             sources["generate"] = "Caption each image first"
         _dropdown(inputs, "text_source", "Text to explain", sources, default="field")
         defaults = {"model": default_model(ctx, word_heatmaps.MODE_TASKS[mode])}
-        settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=("mode",))
+        # a maps folder only under the root the server allows
+        skip = ("mode",) if _app_root() is not None else ("mode", "maps_dir")
+        settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=skip)
         run_inputs(inputs, HeatmapSettings)
 
         return checked_form(inputs, "BLIP: word heatmaps", lambda: check_settings(ctx, HeatmapSettings))
@@ -505,7 +562,7 @@ class TrainLanguageAdapter(foo.Operator):
         def check():
             adapters.check_language(ctx.params.get("language") or "xx")
             AdapterTrainingSettings.from_params(ctx.params)
-            AdapterJobSettings.from_params(ctx.params)
+            AdapterJobSettings.from_params(app_params(ctx.params))
 
         return checked_form(inputs, "BLIP: train a language adapter", check)
 
@@ -515,7 +572,7 @@ class TrainLanguageAdapter(foo.Operator):
             params["language"],
             samples=ctx.target_view(),
             settings=AdapterTrainingSettings.from_params(params),
-            job=AdapterJobSettings.from_params(params),
+            job=AdapterJobSettings.from_params(app_params(params)),
             progress=lambda done, total: ctx.set_progress(done / max(total, 1), f"step {done}/{total}"),
             log=lambda line: None,
         )

@@ -263,7 +263,9 @@ def test_form_defaults_caption(fresh_dataset, plugin_installed):
     assert shown["diversity_penalty"] == CaptionSettings().diversity_penalty
 
 
-def test_form_defaults_heatmaps(fresh_dataset, plugin_installed):
+def test_form_defaults_heatmaps(fresh_dataset, plugin_installed, tmp_path, monkeypatch):
+    # the maps folder is offered only where the server names a root for App paths
+    monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(tmp_path))
     _check_form(fresh_dataset, HeatmapSettings, "compute_heatmaps", base={"text_source": "field"})
     _check_form(fresh_dataset, HeatmapSettings, "compute_heatmaps", base={"text_source": "text", "text": "a dog"})
 

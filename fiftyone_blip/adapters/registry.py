@@ -54,10 +54,37 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AdapterError(f"{str(directory)!r} is not a language adapter ({MANIFEST_FILE}: {error})") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise AdapterError(f"adapter folder {str(directory)!r} has a broken {MANIFEST_FILE}: {problem}")
     manifest["path"] = str(directory)
     return manifest
+
+
+def manifest_problem(manifest) -> str | None:
+    """What is wrong with a manifest's structure (None: nothing); every field the package reads is checked,
+    so that one broken adapter folder cannot break listing, forms or other adapters."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, got {type(manifest).__name__}"
+    shape = {
+        "base_model": {"name": str},
+        "tokenizer": {"first_added_id": int, "added_tokens": int},
+        "metrics": {"held_out_exact_match": (int, float)},
+        "parameters": {"trainable": int, "ratio": (int, float)},
+        "data": {"train_pairs": int},
+    }
+    if not isinstance(manifest.get("language"), str) or not LANGUAGE_PATTERN.match(manifest["language"]):
+        return f"'language' must be a language code, got {manifest.get('language')!r}"
+    for section, fields in shape.items():
+        value = manifest.get(section)
+        if not isinstance(value, dict):
+            return f"{section!r} must be an object, got {value!r}"
+        for name, kind in fields.items():
+            if not isinstance(value.get(name), kind) or isinstance(value.get(name), bool):
+                return f"'{section}.{name}' is missing or not a {getattr(kind, '__name__', 'number')}"
+    return None
 
 
 def base_name(loaded) -> str:
@@ -88,10 +115,31 @@ def base_vocab_size(model) -> int:
 def installed_adapters(model: str | None = None) -> list[dict]:
     """Manifests of the installed adapters (registry first, then bundled), each with its `path`.
 
+    A folder with a broken manifest is skipped with a logged warning (see
+    `broken_adapters`).
+
     Args:
         model: only adapters trained for this base model name (None: all).
     """
-    found, seen = [], set()
+    found, broken = _scan(model)
+    for path, problem in broken:
+        _logger().warning("skipping language adapter folder %s: %s", path, problem)
+    return found
+
+
+def broken_adapters() -> list[tuple[str, str]]:
+    """(folder, what is wrong) of each adapter folder whose manifest cannot be used."""
+    return _scan(None)[1]
+
+
+def _logger():
+    import logging
+
+    return logging.getLogger("fiftyone_blip.adapters")
+
+
+def _scan(model: str | None) -> tuple[list[dict], list[tuple[str, str]]]:
+    found, broken, seen = [], [], set()
     for root in search_dirs():
         if not root.is_dir():
             continue
@@ -103,7 +151,8 @@ def installed_adapters(model: str | None = None) -> list[dict]:
                 continue
             try:
                 manifest = read_manifest(directory)
-            except AdapterError:
+            except AdapterError as error:
+                broken.append((str(directory), str(error)))
                 continue
             base = manifest.get("base_model", {}).get("name")
             key = (directory.name, base)
@@ -111,7 +160,7 @@ def installed_adapters(model: str | None = None) -> list[dict]:
                 continue
             seen.add(key)
             found.append(manifest)
-    return found
+    return found, broken
 
 
 def languages(model: str | None = None) -> list[str]:
@@ -173,3 +222,42 @@ def check_files(directory: Path) -> None:
     for name in ("adapter_config.json", "tokenizer_config.json"):
         if not (directory / name).is_file():
             raise AdapterError(f"adapter folder {str(directory)!r} has no {name}")
+
+
+def check_adapter_files(directory: Path) -> None:
+    """Checks that an adapter's files are present and readable before any model is changed.
+
+    Raises:
+        AdapterError: a missing file, a truncated or corrupt safetensors
+            file, an unreadable adapter config or tokenizer; the file is named.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    check_files(directory)
+    weights = directory / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                handle.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(f"adapter weights {str(weights)!r} cannot be read ({error})") from None
+    config_path = directory / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        problem = None if isinstance(config, dict) else "not a JSON object"
+        if problem is None and config.get("peft_type") != "LORA":
+            problem = f"peft_type must be 'LORA', got {config.get('peft_type')!r}"
+        if problem is None and not isinstance(config.get("r"), int):
+            problem = f"'r' must be an integer, got {config.get('r')!r}"
+        if problem is None and not config.get("target_modules"):
+            problem = "no target_modules"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = str(error)
+    if problem:
+        raise AdapterError(f"adapter config {str(config_path)!r} is broken: {problem}")
+    try:
+        from transformers import BertTokenizerFast
+
+        BertTokenizerFast.from_pretrained(str(directory), trust_remote_code=False)
+    except Exception as error:  # tokenizers raise several types for a bad file
+        raise AdapterError(f"adapter tokenizer in {str(directory)!r} cannot be loaded ({error})") from None

@@ -12,6 +12,7 @@ from fiftyone_blip.adapters.registry import (
     AdapterError,
     base_name,
     base_vocab_size,
+    check_adapter_files,
     check_files,
     check_language,
     find_adapter,
@@ -30,6 +31,10 @@ class _AdapterSession:
         self.manifests: dict[str, dict] = {}
         self.tokenizers: dict[str, object] = {}
         net = loaded.model
+        # what `undo` restores if the first adapter fails to load
+        self._original_modules = dict(net.named_modules())
+        self._original_rows = net.text_decoder.get_input_embeddings().weight.shape[0]
+        self._had_base_vocab = hasattr(net, "_fiftyone_blip_base_vocab_size")
         self.base_vocab = base_vocab_size(net)
         net._fiftyone_blip_base_vocab_size = self.base_vocab
         if capacity > net.text_decoder.get_input_embeddings().weight.shape[0]:
@@ -38,7 +43,26 @@ class _AdapterSession:
         self.visible = self.base_vocab
         # Rows beyond the active tokenizer (other languages' tokens) must never be
         # generated nor take probability mass: their logits are set to the minimum.
-        net.text_decoder.cls.register_forward_hook(self._mask_logits)
+        self._hook = net.text_decoder.cls.register_forward_hook(self._mask_logits)
+
+    def undo(self) -> None:
+        """Puts the model back as it was before this session (after its first adapter failed to load)."""
+        net = self.loaded.model
+        self._hook.remove()
+        # peft replaces target layers by wrappers around the originals: put the originals back
+        for name, module in self._original_modules.items():
+            if not name:
+                continue
+            parent_name, _, attribute = name.rpartition(".")
+            parent = self._original_modules[parent_name]
+            if getattr(parent, attribute, None) is not module:
+                setattr(parent, attribute, module)
+        if hasattr(net, "peft_config"):
+            del net.peft_config
+        if net.text_decoder.get_input_embeddings().weight.shape[0] != self._original_rows:
+            net.text_decoder.resize_token_embeddings(self._original_rows, mean_resizing=False)
+        if not self._had_base_vocab:
+            del net._fiftyone_blip_base_vocab_size
 
     def _mask_logits(self, module, inputs, output):
         if self.visible < output.shape[-1]:
@@ -68,7 +92,12 @@ class _AdapterSession:
                     self.loaded.model, str(directory), adapter_name=language, is_trainable=False
                 )
             else:
-                self.peft_model.load_adapter(str(directory), adapter_name=language, is_trainable=False)
+                try:
+                    self.peft_model.load_adapter(str(directory), adapter_name=language, is_trainable=False)
+                except Exception:
+                    if language in self.peft_model.peft_config:  # half loaded: the others stay as they were
+                        self.peft_model.delete_adapter(language)
+                    raise
         self.peft_model.eval()
         self.manifests[language] = manifest
         self.tokenizers[language] = tokenizer
@@ -124,6 +153,8 @@ def session_for(loaded, language: str | None = None) -> _AdapterSession | None:
         if session is not None and language in session.manifests:
             return session
         manifest = find_adapter(loaded, language)
+        check_adapter_files(Path(manifest["path"]))  # before the model is touched
+        created = session is None
         if session is None:
             # Size the embedding once for every installed adapter of this base, so
             # later ones load onto the same model without resizing it again.
@@ -135,7 +166,16 @@ def session_for(loaded, language: str | None = None) -> _AdapterSession | None:
             needed = manifest["tokenizer"]["first_added_id"] + manifest["tokenizer"]["added_tokens"]
             session = _AdapterSession(loaded, max([needed, *rows]))
             _SESSIONS[id(loaded.model)] = session
-        session.attach(language, manifest)
+        try:
+            session.attach(language, manifest)
+        except Exception as error:
+            if created:
+                # the cached model goes back to exactly what it was: no adapter layers, hook or rows
+                _SESSIONS.pop(id(loaded.model), None)
+                session.undo()
+            if isinstance(error, AdapterError):
+                raise
+            raise AdapterError(f"adapter {language!r} at {manifest['path']!r} could not be loaded: {error}") from None
         return session
 
 
