@@ -247,3 +247,26 @@ def test_operator_offers_installed_languages_and_captions_in_one(fresh_dataset, 
     params = dict(model="shapes-tiny", field="caption_ru", language="ru", view_target="CURRENT_VIEW")
     foo.execute_operator(uri, ctx=dict(view=view, params=params)).raise_exceptions()
     assert sum(a == b for a, b in zip(*view.values(["caption_ru", "gt_caption_ru"]))) >= 5
+
+
+def test_outside_a_language_run_the_model_is_the_base_model():
+    # The last adapter used stayed active: a caller using the loaded model directly (the zoo
+    # captioner, a benchmark) got German-adapter output decoded as English after a German run.
+    import numpy as np
+    import torch
+
+    from fiftyone_blip import adapters, captions, models
+    from fiftyone_blip.shapes import data
+
+    loaded = models.load_model("shapes-tiny", task="caption", cached=False)
+    preprocess = loaded.preprocessor("squash")
+    pixels = torch.from_numpy(
+        np.stack([preprocess.from_image(data.make_scene(i, "test").render())[0] for i in range(8)])
+    )
+    english = captions.Captioner(loaded, captions.CaptionSettings())
+    before = english(pixels)
+    tokenizer, _identity, activate = adapters.prepare(loaded, "de")
+    with activate():
+        german = captions.Captioner(loaded, captions.CaptionSettings(), tokenizer=tokenizer)(pixels)
+    assert german[0]["caption"].startswith("ein")
+    assert english(pixels) == before

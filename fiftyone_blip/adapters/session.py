@@ -99,6 +99,9 @@ class _AdapterSession:
                         self.peft_model.delete_adapter(language)
                     raise
         self.peft_model.eval()
+        # Outside `active(language)` the model is the base model: any caller that uses it
+        # directly (the zoo captioner, heatmaps) gets English, whatever loaded before.
+        self.peft_model.base_model.disable_adapter_layers()
         self.manifests[language] = manifest
         self.tokenizers[language] = tokenizer
 
@@ -111,12 +114,21 @@ class _AdapterSession:
             else:
                 self.peft_model.set_adapter(language)
                 self.visible = len(self.tokenizers[language])
-                context = contextlib.nullcontext()
+                context = _adapters_enabled(self.peft_model)
             try:
                 with context:
                     yield
             finally:
                 self.visible = self.base_vocab
+
+
+@contextlib.contextmanager
+def _adapters_enabled(peft_model):
+    peft_model.base_model.enable_adapter_layers()
+    try:
+        yield
+    finally:
+        peft_model.base_model.disable_adapter_layers()
 
 
 def _load_tokenizer(directory: Path):
