@@ -135,7 +135,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _caption_tokens(tokenizer, captions: list[str], bos: int | None = None):
+def text_tokens(tokenizer, captions: list[str], bos: int | None = None):
     batch = tokenizer(captions, padding="longest", return_tensors="pt")
     input_ids = batch["input_ids"]
     if bos is not None:
@@ -226,7 +226,7 @@ def train_captioner(processor, train_pixels, train_scenes, val_pixels, val_capti
     tokenizer = processor.tokenizer
     bos = model.config.text_config.bos_token_id
     pad = model.config.text_config.pad_token_id
-    input_ids, attention_mask = _caption_tokens(tokenizer, train_captions, bos=bos)
+    input_ids, attention_mask = text_tokens(tokenizer, train_captions, bos=bos)
     n = len(train_pixels)
     steps = n // args.batch_size
     generator = torch.Generator().manual_seed(args.seed)
@@ -312,7 +312,7 @@ def train_matcher_captions(processor, train_pixels, train_scenes, val_pixels, va
         model.vision_model.load_state_dict(vision_state)
     tokenizer = processor.tokenizer
     captions = [s.caption() for s in train_scenes]
-    input_ids, attention_mask = _caption_tokens(tokenizer, captions)
+    input_ids, attention_mask = text_tokens(tokenizer, captions)
     n = len(train_pixels)
     steps = n // args.batch_size
     rng = random.Random(args.seed)
@@ -716,7 +716,7 @@ Training time: {minutes:.1f} minutes on {threads} CPU threads.
 """
 
 
-def _without_out(argv: list[str]) -> list[str]:
+def without_out(argv: list[str]) -> list[str]:
     """The command line minus `--out DIR`, which changes where files go, not what they hold."""
     kept, skip = [], False
     for arg in argv:
@@ -752,7 +752,7 @@ def save(model, processor, directory: Path, kind: str, metrics: dict, args, minu
             seed=args.seed,
             train_count=args.train_count,
             val_count=args.val_count,
-            command=" ".join(["python -m fiftyone_blip.shapes.train"] + _without_out(args.argv)),
+            command=" ".join(["python -m fiftyone_blip.shapes.train"] + without_out(args.argv)),
             metrics="\n".join(f"- {k}: {v}" for k, v in metrics.items()),
             minutes=minutes,
             threads=torch.get_num_threads(),

@@ -34,12 +34,13 @@ import torch
 from fiftyone_blip.shapes import data as shapes
 from fiftyone_blip.shapes.train import (
     IMAGE_SIZE,
-    _without_out,
     load_captioner_weights,
     lr_at,
     pixel_tensor,
+    text_tokens,
     vision_prefix,
     vision_suffix,
+    without_out,
 )
 
 CAPTIONER_DIR = Path(__file__).parent / "models" / "captioner"
@@ -128,15 +129,6 @@ def accuracy_by_type(pairs, answers) -> dict:
     return out
 
 
-def tokens(tokenizer, texts: list[str], bos: int | None = None):
-    batch = tokenizer(texts, padding="longest", return_tensors="pt")
-    ids = batch["input_ids"]
-    if bos is not None:
-        ids = ids.clone()
-        ids[:, 0] = bos
-    return ids, batch["attention_mask"]
-
-
 def train(args):
     processor = build_vqa_processor(args.captioner_dir)
     model = build_vqa_model(processor, args.captioner_dir, seed=args.seed, text_layers=args.text_layers)
@@ -163,8 +155,8 @@ def train(args):
 
     pairs = question_set(train_scenes, args.per_type, seed=args.seed)
     images = torch.tensor([i for i, _ in pairs])
-    q_ids, q_mask = tokens(tokenizer, [q.question for _, q in pairs])
-    a_ids, a_mask = tokens(tokenizer, [q.answer for _, q in pairs], bos=text_config.bos_token_id)
+    q_ids, q_mask = text_tokens(tokenizer, [q.question for _, q in pairs])
+    a_ids, a_mask = text_tokens(tokenizer, [q.answer for _, q in pairs], bos=text_config.bos_token_id)
     val_pairs = question_set(val_scenes, 1, seed=args.seed)
     print(f"{len(pairs)} training questions, {len(val_pairs)} validation questions", flush=True)
 
@@ -300,7 +292,7 @@ def save(model, processor, metrics: dict, args, minutes: float, cpu_minutes: flo
             seed=args.seed,
             train_count=args.train_count,
             val_count=args.val_count,
-            command=" ".join(["python -m fiftyone_blip.shapes.train_vqa"] + _without_out(args.argv)),
+            command=" ".join(["python -m fiftyone_blip.shapes.train_vqa"] + without_out(args.argv)),
             metrics="\n".join(lines),
             selected_step=metrics["selected_step"],
             minutes=minutes,
