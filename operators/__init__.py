@@ -7,7 +7,9 @@ operator does, a script can do.
 """
 
 import dataclasses
+import json
 import queue
+import re
 import threading
 
 import fiftyone.core.fields as fo_fields
@@ -25,7 +27,7 @@ from fiftyone_blip import (
     RunOptions,
     models,
 )
-from fiftyone_blip.settings import form_default, form_shows, label_of
+from fiftyone_blip.settings import check_value, form_default, form_shows, label_of
 
 
 def default_model(ctx, task):
@@ -92,15 +94,101 @@ def check_settings(ctx, cls, params=None):
     return cls.from_params(ctx.params if params is None else params)
 
 
-def checked_form(inputs, label, check):
-    """The form, marked invalid with the library's own message when `check()` raises ValueError."""
-    try:
-        check()
-    except ValueError as error:
-        prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
+def field_checks(params, *classes):
+    """One check per form value against its setting's bounds and choices, so each input is judged alone."""
+    checks = []
+    for cls in classes:
+        for field in cls.fields("app"):
+            value = params.get(field.name)
+            if value is None or value == "" or not form_shows(field, params):
+                continue
+            if cls is RunOptions:  # each run option checks alone (the shard's I/N form too)
+                checks.append(lambda name=field.name, value=value: RunOptions(**{name: value}))
+            else:
+                checks.append(lambda name=field.name, value=value, meta=field.metadata: check_value(name, value, meta))
+    return checks
+
+
+_QUOTED_NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _input_named(inputs, message):
+    """The form input a library message is about: the first `name` in backquotes, else the first input it names."""
+    names = inputs.properties
+    for name in _QUOTED_NAME.findall(message) + _WORD.findall(message):
+        if name in names and name != "view_target":
+            return name
+    return None
+
+
+def checked_form(inputs, label, *checks):
+    """The form, with each failed check's message at the input it names (invalid), as @voxel51/brain does.
+
+    Every check runs (a form shows all its errors at once); a check is a
+    callable that raises ValueError (or `ModelLoadError`) with the library's
+    own message. The message shows under the input, with the input's label
+    for the parameter's name. A message that names no input of the form is
+    shown as a notice at the form's end.
+    """
+    flagged, notices = set(), []
+    for check in checks:
+        try:
+            check()
+        except (ValueError, models.ModelLoadError) as error:
+            message = str(error)
+            name = _input_named(inputs, message)
+            if name is None:
+                notices.append(message)
+            elif name not in flagged:
+                flagged.add(name)
+                prop = inputs.properties[name]
+                field_label = getattr(prop.view, "label", None) or name
+                prop.invalid = True
+                prop.error_message = message.replace(f"`{name}`", field_label)
+    if notices:
+        prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=notices[0]))
         prop.invalid = True
-        prop.error_message = str(error)
+        prop.error_message = notices[0]
     return types.Property(inputs, view=types.View(label=label))
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_model(name, task):
+    """Checks a model name without loading it: bundled, an existing local folder, or a hub id `org/name`."""
+    if not name:
+        return None
+    _, local = models.resolve_name(name, task)  # raises for a folder that does not exist
+    if local is None and not _HUB_ID.match(name):
+        raise ValueError(
+            f"`model` {name!r} is not a bundled model ({', '.join(models.BUNDLED)}), a local folder "
+            f"or a hub id like {models.DEFAULT_MODELS[task]!r}"
+        )
+    return local
+
+
+def check_text_field(dataset, param, name, must_exist):
+    """Checks that `name` is (or can become) a text field of `dataset`; `param` is the form input."""
+    if dataset is None or not name:
+        return
+    field = dataset.get_field_schema().get(name)
+    if field is None:
+        if must_exist:
+            raise ValueError(f"`{param}` {name!r} is not a field of dataset {dataset.name!r}")
+        return
+    if not isinstance(field, fo_fields.StringField):
+        kind = getattr(field, "document_type", None)
+        kind = kind.__name__ if kind is not None else type(field).__name__
+        raise ValueError(f"`{param}` {name!r} holds {kind} values, not text: choose a text field")
+
+
+def check_nonempty(params, name):
+    """A text input cleared in the form: the library would take its default, so say it instead."""
+    value = params.get(name)
+    if value is not None and not str(value).strip():
+        raise ValueError(f"`{name}` must not be empty")
 
 
 def _engine_config(name, label, description):
@@ -154,6 +242,24 @@ def _notify(ctx, message):
         yield ctx.trigger("notify", dict(message=message, variant="success"))
 
 
+def failure_reason(error) -> str:
+    """The one-line reason of a failed run: the first line of the error's message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _notify_failure(ctx, label, error):
+    """Tells the App a run failed, and why.
+
+    FiftyOne drops an exception raised in a generator `execute` (one that
+    reports progress): the form closes and the App shows nothing. So an
+    immediate run sends the notification itself; the caller re-raises, which
+    a delegated run's operation records as its failure.
+    """
+    if not ctx.delegated:
+        yield ctx.trigger("notify", dict(message=f"{label} failed: {failure_reason(error)}", variant="error"))
+
+
 class EngineOperator(foo.Operator):
     """An operator that runs one capability on the engine.
 
@@ -172,10 +278,14 @@ class EngineOperator(foo.Operator):
         raise NotImplementedError
 
     def execute(self, ctx):
-        settings, view = self.settings_class.from_params(ctx.params), ctx.target_view()
-        result = yield from _run_with_progress(
-            ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
-        )
+        try:
+            settings, view = self.settings_class.from_params(ctx.params), ctx.target_view()
+            result = yield from _run_with_progress(
+                ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
+            )
+        except Exception as error:
+            yield from _notify_failure(ctx, self.config.label, error)
+            raise
         yield from _notify(ctx, self.message(result))
         return result
 
@@ -222,7 +332,15 @@ class CaptionSamples(EngineOperator):
 
                 adapters.check_language(settings.language)
 
-        return checked_form(inputs, "BLIP: caption samples", check)
+        params = ctx.params
+        return checked_form(
+            inputs,
+            "BLIP: caption samples",
+            *field_checks(params, CaptionSettings, RunOptions),
+            lambda: check_model(params.get("model"), "caption"),
+            lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
+            check,
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.caption(view, settings, options)
@@ -262,7 +380,27 @@ class ComputeHeatmaps(EngineOperator):
         settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=("mode",))
         run_inputs(inputs, HeatmapSettings)
 
-        return checked_form(inputs, "BLIP: word heatmaps", lambda: check_settings(ctx, HeatmapSettings))
+        params = {"text_source": "field", **ctx.params}
+        task = word_heatmaps.MODE_TASKS[mode]
+
+        def check_layers():
+            # the layer range is known without loading the model when its config is on disk
+            local = check_model(params.get("model") or defaults["model"], task)
+            settings = HeatmapSettings(mode=mode, layers=params.get("layers"))
+            if local is not None and settings.layers is not None:
+                config = json.loads((local / "config.json").read_text())
+                settings.layer_indices(config["text_config"]["num_hidden_layers"])
+
+        text_field = params.get("text_field") or form_default(HeatmapSettings, HeatmapSettings.declared("text_field"))
+        return checked_form(
+            inputs,
+            "BLIP: word heatmaps",
+            *field_checks(params, HeatmapSettings, RunOptions),
+            lambda: check_model(params.get("model"), task),
+            lambda: params["text_source"] != "field" or check_text_field(ctx.dataset, "text_field", text_field, True),
+            check_layers,
+            lambda: check_settings(ctx, HeatmapSettings),
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.heatmaps(view, settings, options)
@@ -415,7 +553,15 @@ class FindMislabels(EngineOperator):
                 raise ValueError(f"`label_field` {label_field!r} is not a label field (choose one of {compatible})")
             check_settings(ctx, MislabelSettings, {**context, **ctx.params})
 
-        return checked_form(inputs, "BLIP: find mislabels", check)
+        params = {**context, **ctx.params}
+        return checked_form(
+            inputs,
+            "BLIP: find mislabels",
+            *field_checks(params, MislabelSettings, RunOptions),
+            lambda: check_model(params.get("model"), "match"),
+            lambda: check_nonempty(params, "tag"),
+            check,
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.find_mislabels(view, ctx.params["label_field"], settings, options)
@@ -453,18 +599,40 @@ class ComputeEmbeddings(EngineOperator):
         settings_inputs(inputs, EmbedSettings, ctx.params, defaults={"model": default_model(ctx, "match")})
         run_inputs(inputs, EmbedSettings)
 
-        def check():
-            check_settings(ctx, EmbedSettings)
-            if not ctx.params.get("brain_key", "-"):
-                raise ValueError("`brain_key` must be a non-empty name")
-
-        return checked_form(inputs, "BLIP: compute embeddings and similarity index", check)
+        params = ctx.params
+        return checked_form(
+            inputs,
+            "BLIP: compute embeddings and similarity index",
+            *field_checks(params, EmbedSettings, RunOptions),
+            lambda: check_model(params.get("model"), "match"),
+            lambda: check_nonempty(params, "brain_key"),
+            lambda: check_settings(ctx, EmbedSettings),
+            lambda: check_brain_key(
+                ctx.dataset, params.get("brain_key"), params.get("model") or default_model(ctx, "match")
+            ),
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.embed(view, settings, options)
 
     def message(self, summary):
         return f"BLIP embeddings: {summary}"
+
+
+def check_brain_key(dataset, brain_key, model):
+    """A brain key already in use must hold a fiftyone-blip index of the same model (it is then rebuilt)."""
+    from fiftyone_blip import embeddings
+
+    if dataset is None or not brain_key or brain_key not in dataset.list_brain_runs():
+        return
+    try:
+        built_with = embeddings.index_model_name(dataset, brain_key)
+    except ValueError:
+        raise ValueError(f"`brain_key` {brain_key!r} holds another kind of brain run: choose another key") from None
+    if built_with != embeddings.stored_model_name(model):
+        raise ValueError(
+            f"`brain_key` {brain_key!r} already holds an index built with model {built_with!r}: choose another key"
+        )
 
 
 # --- language adapters ------------------------------------------------------------------------

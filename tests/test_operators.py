@@ -90,8 +90,8 @@ def test_invalid_form_is_marked_invalid_and_nothing_runs(fresh_dataset):
         request_params=dict(dataset_name=fresh_dataset.name, params=dict(strategy="beam", num_beams=42))
     )
     form = operator.resolve_input(ctx)
-    invalid = [p for p in form.type.properties.values() if getattr(p, "invalid", False)]
-    assert invalid and "num_beams" in invalid[0].error_message
+    invalid = {name: p.error_message for name, p in form.type.properties.items() if getattr(p, "invalid", False)}
+    assert invalid == {"num_beams": "Beams must be in 1..10, got 42"}
 
     with pytest.raises(Exception, match="num_beams"):
         foo.execute_operator(
@@ -121,3 +121,60 @@ def test_immediate_runs_stream_progress_to_the_app(fresh_dataset):
     assert [m.operator_uri for m in messages[-2:]] == ["reload_dataset", "notify"]
     assert "48 done" in messages[-1].params["message"]
     assert fresh_dataset.count("caption") == 48
+
+
+def _form_errors(uri, dataset, params):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params=params))
+    form = foo.get_operator(uri).resolve_input(ctx)
+    return {name: p.error_message for name, p in form.type.properties.items() if getattr(p, "invalid", False)}
+
+
+def test_invalid_inputs_are_flagged_at_their_fields_with_their_labels(fresh_dataset):
+    caption = _form_errors(
+        URI,
+        fresh_dataset,
+        dict(model="no-such-model", field="gt_label", max_new_tokens=500, shard="3/2", batch_size=0),
+    )
+    assert set(caption) == {"model", "field", "max_new_tokens", "shard", "batch_size"}, caption
+    assert caption["max_new_tokens"] == "Max new tokens must be in 1..128, got 500"
+    assert "holds Classification values, not text" in caption["field"]
+    assert "'no-such-model' is not a bundled model" in caption["model"]
+
+    heatmaps = _form_errors(
+        "@fiftyone-blip/blip/compute_heatmaps",
+        fresh_dataset,
+        dict(model="shapes-tiny", text_source="field", text_field="no_such_field", layers="99", map_size=4),
+    )
+    assert set(heatmaps) == {"text_field", "layers", "map_size"}, heatmaps
+    assert "out of range for a 2-layer text model" in heatmaps["layers"]
+
+    embed = _form_errors("@fiftyone-blip/blip/compute_embeddings", fresh_dataset, dict(brain_key="my key"))
+    assert set(embed) == {"brain_key"} and "letters, digits and underscores" in embed["brain_key"]
+
+    qa = _form_errors("@fiftyone-blip/blip/find_mislabels", fresh_dataset, dict(label_field="gt_label", tag=" "))
+    assert qa == {"tag": "Tag must not be empty"}
+
+
+def test_a_failed_run_tells_the_app_why(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    operator = foo.get_operator(URI)
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=fresh_dataset.name,
+            params=dict(model="Salesforce/not-cached-here", field="caption", view_target="DATASET"),
+        ),
+        executor=Executor(),
+    )
+    messages = []
+    with pytest.raises(Exception, match="not in the local Hugging Face cache"):
+        for message in operator.execute(ctx):
+            messages.append(message.body)
+    notices = [m.params for m in messages if m.operator_uri == "notify"]
+    assert len(notices) == 1 and notices[0]["variant"] == "error"
+    assert notices[0]["message"].startswith("BLIP: caption samples failed: cannot load 'Salesforce/not-cached-here'")
+    assert "\n" not in notices[0]["message"]
