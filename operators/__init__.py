@@ -25,6 +25,7 @@ from fiftyone_blip import (
     HeatmapSettings,
     MislabelSettings,
     RunOptions,
+    SearchSettings,
     models,
 )
 from fiftyone_blip.settings import check_value, form_default, form_shows, label_of
@@ -635,6 +636,87 @@ def check_brain_key(dataset, brain_key, model):
         )
 
 
+def blip_indexes(dataset) -> list[str]:
+    """The dataset's similarity indexes built by fiftyone-blip (other brain runs cannot embed BLIP text)."""
+    from fiftyone_blip import embeddings
+
+    keys = []
+    for key in dataset.list_brain_runs() if dataset is not None else []:
+        try:
+            embeddings.index_model_name(dataset, key)
+        except ValueError:
+            continue
+        keys.append(key)
+    return keys
+
+
+class SearchByText(foo.Operator):
+    """Text search re-ranked by BLIP's ITM head: the SDK's `search(..., rerank=True)`, shown as the App's view.
+
+    The App's own similarity search ranks by the ITC cosine alone; this
+    re-scores the ITC shortlist with the ITM head (BLIP's retrieval recipe)
+    and sets the view to the results in that order.
+    """
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="search_by_text",
+            label="BLIP: search by text",
+            description="Find the samples that best match a text: ITC shortlist re-scored by BLIP's ITM head",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        label = "BLIP: search by text"
+        keys = blip_indexes(ctx.dataset)
+        if not keys:
+            prop = inputs.view(
+                "no_index",
+                types.Warning(
+                    label="No BLIP similarity index",
+                    description="Build one first with the **BLIP: compute embeddings and similarity index** operator",
+                ),
+            )
+            prop.invalid = True
+            return types.Property(inputs, view=types.View(label=label))
+        inputs.str("query", label="Text", required=True, description="what to look for, e.g. 'a red circle'")
+        default_key = SearchSettings.defaults()["brain_key"]
+        default_key = default_key if default_key in keys else keys[0]
+        _dropdown(inputs, "brain_key", "Similarity index (brain key)", {k: k for k in keys}, default=default_key)
+        count = len(ctx.view) if ctx.view is not None else 0
+        k_default = min(SearchSettings.defaults()["k"], max(count, 1))
+        setting_input(inputs, SearchSettings, SearchSettings.declared("k"), default=k_default)
+        inputs.properties["k"].view.label = "Results (k)"
+        setting_input(inputs, SearchSettings, SearchSettings.declared("rerank"), default=True)
+        inputs.properties["rerank"].view.label = "Re-rank the ITC shortlist with the ITM head"
+        params = ctx.params
+
+        def check_k():
+            k = params.get("k")
+            if k is not None and not 1 <= k <= count:
+                raise ValueError(f"`k` must be at most the number of samples searched ({count}), got {k}")
+
+        return checked_form(
+            inputs, label, check_k, lambda: params.get("query") is None or check_nonempty(params, "query")
+        )
+
+    def execute(self, ctx):
+        params, view = ctx.params, ctx.view
+        query, brain_key = params["query"], params.get("brain_key") or SearchSettings.defaults()["brain_key"]
+        k, rerank = params.get("k") or SearchSettings.defaults()["k"], params.get("rerank", True)
+        hits = fiftyone_blip.search(view, query, k=k, brain_key=brain_key, rerank=rerank)
+        ids = [hit.id for hit in hits]
+        ctx.ops.set_view(view=view.select(ids, ordered=True))
+        ranking = "ITC shortlist re-scored by ITM" if rerank else "ITC cosine"
+        ctx.ops.notify(
+            f"BLIP search: the {len(ids)} best matches of {query!r}, best first ({ranking}; index {brain_key!r})",
+            variant="success",
+        )
+        return {"ids": ids}
+
+
 # --- language adapters ------------------------------------------------------------------------
 
 
@@ -701,4 +783,5 @@ def register(p):
     p.register(WordHeatmapsPanel)
     p.register(FindMislabels)
     p.register(ComputeEmbeddings)
+    p.register(SearchByText)
     p.register(TrainLanguageAdapter)

@@ -178,3 +178,21 @@ def test_a_failed_run_tells_the_app_why(fresh_dataset):
     assert len(notices) == 1 and notices[0]["variant"] == "error"
     assert notices[0]["message"].startswith("BLIP: caption samples failed: cannot load 'Salesforce/not-cached-here'")
     assert "\n" not in notices[0]["message"]
+
+
+def test_search_by_text_sets_the_view_to_the_reranked_results_in_order(fresh_dataset):
+    import fiftyone.operators as foo
+
+    import fiftyone_blip
+
+    fiftyone_blip.embed(fresh_dataset, model="shapes-tiny", progress=False, num_workers=0)
+    expected = [h.id for h in fiftyone_blip.search(fresh_dataset, "a red circle", k=5, rerank=True)]
+    result = foo.execute_operator(
+        "@fiftyone-blip/blip/search_by_text",
+        ctx=dict(dataset=fresh_dataset, params=dict(query="a red circle", k=5, brain_key="blip_sim", rerank=True)),
+    )
+    result.raise_exceptions()
+    assert result.result["ids"] == expected
+    assert _form_errors("@fiftyone-blip/blip/search_by_text", fresh_dataset, dict(query="x", k=49)) == {
+        "k": "Results (k) must be at most the number of samples searched (48), got 49"
+    }
