@@ -321,10 +321,16 @@ class CaptionSamples(EngineOperator):
         inputs = types.Object()
         inputs.view_target(ctx)
         strategy = ctx.params.get("strategy") or form_default(CaptionSettings, CaptionSettings.declared("strategy"))
-        defaults = {"model": default_model(ctx, "caption"), "num_beams": captions.DEFAULT_BEAMS.get(strategy)}
+        model = ctx.params.get("model") or default_model(ctx, "caption")
+        # the language comes first: the caption field it suggests follows it (caption_de for "de")
+        _language_dropdown(inputs, model)
+        defaults = {
+            "model": default_model(ctx, "caption"),
+            "num_beams": captions.DEFAULT_BEAMS.get(strategy),
+            "field": captions.default_field(ctx.params.get("language")),
+        }
         settings_inputs(inputs, CaptionSettings, ctx.params, defaults=defaults, skip=("language",))
         run_inputs(inputs, CaptionSettings)
-        _language_dropdown(inputs, ctx.params.get("model") or defaults["model"])
 
         def check():
             settings = check_settings(ctx, CaptionSettings)
@@ -352,6 +358,17 @@ class CaptionSamples(EngineOperator):
 
 # ---- heatmaps: where the model looked, per caption word ----
 
+
+def text_field_default(dataset, default):
+    """The text field a form suggests: `default` where the dataset has it, else its first caption-like text field."""
+    if dataset is None:
+        return default
+    schema = dataset.get_field_schema(ftype=fo_fields.StringField)
+    if default in schema:
+        return default
+    return next((name for name in sorted(schema) if "caption" in name), default)
+
+
 _TEXT_SOURCES = {"field": "A text field of each sample", "text": "One text for every image (a query)"}
 
 
@@ -377,7 +394,10 @@ class ComputeHeatmaps(EngineOperator):
         if mode == "cross-attention":
             sources["generate"] = "Caption each image first"
         _dropdown(inputs, "text_source", "Text to explain", sources, default="field")
-        defaults = {"model": default_model(ctx, word_heatmaps.MODE_TASKS[mode])}
+        defaults = {
+            "model": default_model(ctx, word_heatmaps.MODE_TASKS[mode]),
+            "text_field": text_field_default(ctx.dataset, HeatmapSettings.defaults()["text_field"]),
+        }
         settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=("mode",))
         run_inputs(inputs, HeatmapSettings)
 
@@ -392,7 +412,7 @@ class ComputeHeatmaps(EngineOperator):
                 config = json.loads((local / "config.json").read_text())
                 settings.layer_indices(config["text_config"]["num_hidden_layers"])
 
-        text_field = params.get("text_field") or form_default(HeatmapSettings, HeatmapSettings.declared("text_field"))
+        text_field = params.get("text_field") or defaults["text_field"]
         return checked_form(
             inputs,
             "BLIP: word heatmaps",
@@ -503,6 +523,21 @@ class WordHeatmapsPanel(foo.Panel):
 
 # --- label QA: mislabels by image-text matching ---------------------------------------------------------------
 
+
+def label_field_default(dataset, compatible):
+    """The label field a form suggests: the first label field (Classification, Classifications,
+    Detections), else the first caption-like text field; never a plain string such as `split`."""
+    import fiftyone as fo
+
+    schema = dataset.get_field_schema() if dataset is not None else {}
+    labels = (fo.Classification, fo.Classifications, fo.Detections)
+    for name in compatible:
+        field = schema.get(name)
+        if isinstance(field, fo.EmbeddedDocumentField) and issubclass(field.document_type, labels):
+            return name
+    return next((name for name in compatible if "caption" in name), compatible[0])
+
+
 _FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
 
 
@@ -534,8 +569,9 @@ class FindMislabels(EngineOperator):
             )
             prop.invalid = True
             return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
-        _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=compatible[0])
-        label_field = ctx.params.get("label_field") or compatible[0]
+        suggested = label_field_default(ctx.dataset, compatible)
+        _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=suggested)
+        label_field = ctx.params.get("label_field") or suggested
         kind = mislabels.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
         model = ctx.params.get("model") or default_model(ctx, "match")
         _dropdown(inputs, "flag_by", "Flag by", _FLAG_BY_LABELS, default="threshold")
@@ -568,9 +604,11 @@ class FindMislabels(EngineOperator):
         return fiftyone_blip.find_mislabels(view, ctx.params["label_field"], settings, options)
 
     def message(self, result):
+        unscored = result["total_samples"] - result["scored_samples"]
+        without = f"; {unscored} samples without a label were not scored" if unscored else ""
         return (
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
-            f"(tag {result['tag']!r}); review view {result['view']!r}"
+            f"(tag {result['tag']!r}){without}; review view {result['view']!r}"
         )
 
     def execute(self, ctx):

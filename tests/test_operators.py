@@ -196,3 +196,33 @@ def test_search_by_text_sets_the_view_to_the_reranked_results_in_order(fresh_dat
     assert _form_errors("@fiftyone-blip/blip/search_by_text", fresh_dataset, dict(query="x", k=49)) == {
         "k": "Results (k) must be at most the number of samples searched (48), got 49"
     }
+
+
+def test_label_qa_form_suggests_a_label_field_not_a_plain_string(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    fresh_dataset.set_values("split", ["train"] * len(fresh_dataset))  # a string field before the labels
+    ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params={}))
+    form = foo.get_operator("@fiftyone-blip/blip/find_mislabels").resolve_input(ctx)
+    assert form.type.properties["label_field"].default == "gt_label"
+
+
+def test_label_qa_notice_counts_samples_without_a_label(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    for sample in fresh_dataset.limit(3):
+        sample["gt_label"] = None
+        sample.save()
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=fresh_dataset.name,
+            params=dict(label_field="gt_label", model="shapes-tiny", view_target="DATASET", margin=False),
+        ),
+        executor=Executor(),
+    )
+    messages = [m.body for m in foo.get_operator("@fiftyone-blip/blip/find_mislabels").execute(ctx)]
+    notices = [m.params["message"] for m in messages if m.operator_uri == "notify"]
+    assert len(notices) == 1 and "of 45 samples" in notices[0], notices
+    assert "3 samples without a label were not scored" in notices[0]
