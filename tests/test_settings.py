@@ -267,7 +267,13 @@ def test_form_defaults_heatmaps(fresh_dataset, plugin_installed):
     _check_form(
         fresh_dataset, HeatmapSettings, "compute_heatmaps", base={"text_source": "field"}, dependent=("text_field",)
     )
-    _check_form(fresh_dataset, HeatmapSettings, "compute_heatmaps", base={"text_source": "text", "text": "a dog"})
+    _check_form(
+        fresh_dataset,
+        HeatmapSettings,
+        "compute_heatmaps",
+        base={"text_source": "text", "text": "a dog"},
+        dependent=("text_field",),
+    )
 
 
 def test_form_defaults_mislabels(fresh_dataset, plugin_installed):

@@ -25,7 +25,7 @@ def test_invalid_inputs_are_flagged_at_their_fields(app, app_dataset):
     flag(app, form, "Max new tokens", 500, "Max new tokens must be in 1..128, got 500")
     app.expect(execute).to_be_disabled()
     flag(app, form, "Batch size", 0, "Batch size must be in 1..1024, got 0")
-    flag(app, form, "Shard (I/N)", "3/2", "shard must be I/N with 0 <= I < N, got 3/2")
+    flag(app, form, "Shard (I/N)", "3/2", "Shard (I/N) must be I/N with 0 <= I < N, got 3/2")
     flag(
         app,
         form,
