@@ -123,6 +123,11 @@ def _input_named(inputs, message):
     return None
 
 
+def schedule_note(inputs):
+    """The form's note on scheduling: what "Schedule" needs, and where to see its runs."""
+    inputs.view("schedule_note", types.Notice(label=SCHEDULE_NOTE))
+
+
 def checked_form(inputs, label, *checks):
     """The form, with each failed check's message at the input it names (invalid), as @voxel51/brain does.
 
@@ -261,6 +266,25 @@ def _notify_failure(ctx, label, error):
         yield ctx.trigger("notify", dict(message=f"{label} failed: {failure_reason(error)}", variant="error"))
 
 
+# Above this many target samples a run is offered as "Schedule" (delegated) first; "Execute" stays
+# available. Immediate runs stop after `fo.config.operator_timeout` (600 s): BLIP-base captions
+# about 1.4 images/s on a small CPU, so 500 images is near that limit.
+DELEGATE_ABOVE = 500
+
+SCHEDULE_NOTE = (
+    "**Schedule** runs this in the background: the App must run with "
+    "`FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true` and a `fiftyone delegated launch` must be running "
+    "(`fiftyone-blip app DATASET` starts both); `fiftyone delegated list` shows the queued and finished runs."
+)
+
+
+def target_size(ctx) -> int:
+    try:
+        return len(ctx.target_view())
+    except Exception:  # no dataset yet: nothing to decide
+        return 0
+
+
 class EngineOperator(foo.Operator):
     """An operator that runs one capability on the engine.
 
@@ -271,6 +295,16 @@ class EngineOperator(foo.Operator):
     """
 
     settings_class = None
+
+    def resolve_execution_options(self, ctx):
+        """Both ways to run; scheduling is the suggested one above `DELEGATE_ABOVE` samples."""
+        from fiftyone.operators.executor import ExecutionOptions
+
+        return ExecutionOptions(
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=target_size(ctx) > DELEGATE_ABOVE,
+        )
 
     def run(self, ctx, view, settings, options):
         raise NotImplementedError
@@ -340,6 +374,7 @@ class CaptionSamples(EngineOperator):
                 adapters.check_language(settings.language)
 
         params = ctx.params
+        schedule_note(inputs)
         return checked_form(
             inputs,
             "BLIP: caption samples",
@@ -413,6 +448,7 @@ class ComputeHeatmaps(EngineOperator):
                 settings.layer_indices(config["text_config"]["num_hidden_layers"])
 
         text_field = params.get("text_field") or defaults["text_field"]
+        schedule_note(inputs)
         return checked_form(
             inputs,
             "BLIP: word heatmaps",
@@ -591,6 +627,7 @@ class FindMislabels(EngineOperator):
             check_settings(ctx, MislabelSettings, {**context, **ctx.params})
 
         params = {**context, **ctx.params}
+        schedule_note(inputs)
         return checked_form(
             inputs,
             "BLIP: find mislabels",
@@ -639,6 +676,7 @@ class ComputeEmbeddings(EngineOperator):
         run_inputs(inputs, EmbedSettings)
 
         params = ctx.params
+        schedule_note(inputs)
         return checked_form(
             inputs,
             "BLIP: compute embeddings and similarity index",

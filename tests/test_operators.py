@@ -226,3 +226,20 @@ def test_label_qa_notice_counts_samples_without_a_label(fresh_dataset):
     notices = [m.params["message"] for m in messages if m.operator_uri == "notify"]
     assert len(notices) == 1 and "of 45 samples" in notices[0], notices
     assert "3 samples without a label were not scored" in notices[0]
+
+
+def test_large_targets_are_offered_for_scheduling_first(fresh_dataset, monkeypatch):
+    import sys
+
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    operator = foo.get_operator(URI)
+    module = sys.modules[type(operator).__module__]
+    ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params=dict(view_target="DATASET")))
+    options = operator.resolve_execution_options(ctx)
+    assert options.allow_immediate_execution and options.allow_delegated_execution
+    assert not options.default_choice_to_delegated  # 48 samples
+    monkeypatch.setattr(module, "DELEGATE_ABOVE", 40)
+    options = operator.resolve_execution_options(ctx)
+    assert options.allow_immediate_execution and options.default_choice_to_delegated
