@@ -309,7 +309,7 @@ class EngineOperator(foo.Operator):
     def run(self, ctx, view, settings, options):
         raise NotImplementedError
 
-    def message(self, result) -> str:
+    def message(self, result, settings) -> str:
         raise NotImplementedError
 
     def execute(self, ctx):
@@ -321,7 +321,7 @@ class EngineOperator(foo.Operator):
         except Exception as error:
             yield from _notify_failure(ctx, self.config.label, error)
             raise
-        yield from _notify(ctx, self.message(result))
+        yield from _notify(ctx, self.message(result, settings))
         return result
 
 
@@ -387,8 +387,8 @@ class CaptionSamples(EngineOperator):
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.caption(view, settings, options)
 
-    def message(self, summary):
-        return f"BLIP captions: {summary}"
+    def message(self, summary, settings):
+        return f"BLIP captions: {summary}; field {settings.field!r} (tick it in the sidebar to see it on the grid)"
 
 
 # ---- heatmaps: where the model looked, per caption word ----
@@ -462,8 +462,23 @@ class ComputeHeatmaps(EngineOperator):
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.heatmaps(view, settings, options)
 
-    def message(self, summary):
-        return f"BLIP heatmaps: {summary}"
+    def message(self, summary, settings):
+        return (
+            f"BLIP heatmaps: {summary}; field {settings.field!r}: open a sample and its "
+            "BLIP word heatmaps panel to see each word's map"
+        )
+
+
+# Words whose maps say little (articles, prepositions): the panel opens on the first other word.
+FUNCTION_WORDS = frozenset(
+    "a an the of on in at to and or with by from for is are its this that "
+    "der die das ein eine einer einem einen und mit auf im in am".split()
+)
+
+
+def first_content_word(words) -> int:
+    """The index of the first word that is not a function word ("circle" in "a red circle": 1, "red")."""
+    return next((i for i, word in enumerate(words) if word.lower().strip(".,") not in FUNCTION_WORDS), 0)
 
 
 class WordHeatmapsPanel(foo.Panel):
@@ -487,11 +502,12 @@ class WordHeatmapsPanel(foo.Panel):
         self._show(ctx)
 
     def on_change_current_sample(self, ctx):
+        ctx.panel.state.word = None  # a new caption: start again at its first content word
         self._show(ctx)
 
     def on_change_field(self, ctx):
         ctx.panel.state.field = ctx.params.get("value")
-        ctx.panel.state.word = "0"
+        ctx.panel.state.word = None
         self._show(ctx)
 
     def on_change_word(self, ctx):
@@ -517,6 +533,9 @@ class WordHeatmapsPanel(foo.Panel):
         sample = ctx.dataset[ctx.current_sample]
         try:
             shown = word_heatmaps.word_view(sample, state.field, int(state.word or 0))
+            first = first_content_word(shown["words"])
+            if state.word is None and first != shown["index"]:
+                shown = word_heatmaps.word_view(sample, state.field, first)
         except ValueError as error:
             state.message = f"{error}. Run the **BLIP: word heatmaps** operator on this sample."
             return
@@ -640,7 +659,7 @@ class FindMislabels(EngineOperator):
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.find_mislabels(view, ctx.params["label_field"], settings, options)
 
-    def message(self, result):
+    def message(self, result, settings):
         unscored = result["total_samples"] - result["scored_samples"]
         without = f"; {unscored} samples without a label were not scored" if unscored else ""
         return (
@@ -692,8 +711,14 @@ class ComputeEmbeddings(EngineOperator):
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.embed(view, settings, options)
 
-    def message(self, summary):
-        return f"BLIP embeddings: {summary}"
+    def message(self, summary, settings):
+        if settings.brain_key is None:
+            return f"BLIP embeddings: {summary}; field {settings.field!r} (no index built)"
+        return (
+            f"BLIP embeddings: {summary}; field {settings.field!r}, similarity index {settings.brain_key!r}: "
+            "search it with the grid's sort-by-similarity button (a text prompt or selected samples) "
+            "or the BLIP: search by text operator"
+        )
 
 
 def check_brain_key(dataset, brain_key, model):
