@@ -243,3 +243,24 @@ def test_large_targets_are_offered_for_scheduling_first(fresh_dataset, monkeypat
     monkeypatch.setattr(module, "DELEGATE_ABOVE", 40)
     options = operator.resolve_execution_options(ctx)
     assert options.allow_immediate_execution and options.default_choice_to_delegated
+
+
+def test_a_failed_scheduled_run_is_recorded_with_its_reason(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    foo.execute_operator(
+        URI,
+        ctx=dict(
+            dataset=fresh_dataset,
+            params=dict(model="Salesforce/not-cached-here", field="caption", view_target="DATASET"),
+        ),
+        request_delegation=True,
+    ).raise_exceptions()
+    service = DelegatedOperationService()
+    queued = service.list_operations(dataset_name=fresh_dataset.name, run_state="queued")
+    service.execute_queued_operations(dataset_name=fresh_dataset.name)
+    failed = service.get(queued[0].id)
+    assert failed.run_state == "failed"
+    assert "cannot load 'Salesforce/not-cached-here'" in str(failed.result.error)
+    assert "caption" not in fresh_dataset.get_field_schema()
