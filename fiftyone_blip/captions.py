@@ -34,6 +34,13 @@ BEAM_STRATEGIES = ("beam", "diverse-beam")
 DEFAULT_BEAMS = {"beam": 3, "diverse-beam": 4}
 
 
+def default_field(language: str | None) -> str:
+    """The caption field of a language: 'caption' for English, e.g. 'caption_de' or 'caption_pt_BR' for others."""
+    if language is None or language == "en":
+        return "caption"
+    return f"caption_{str(language).replace('-', '_')}"
+
+
 @dataclasses.dataclass
 class CaptionSettings(Settings):
     """What `caption` writes and how captions are decoded; every field is an SDK keyword,
@@ -45,7 +52,12 @@ class CaptionSettings(Settings):
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_CAPTION_MODEL",
     )
-    field: str = setting("caption", "the field the caption is written to", label="Caption field", cli_flags=("-f",))
+    field: str | None = setting(
+        None,
+        "the field the caption is written to (None: 'caption', or 'caption_{language}' for another language)",
+        label="Caption field",
+        cli_flags=("-f",),
+    )
     strategy: str = setting(
         "greedy",
         "how captions are decoded",
@@ -117,6 +129,8 @@ class CaptionSettings(Settings):
     )
 
     def __post_init__(self):
+        if self.field is None:
+            self.field = default_field(self.language)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.num_beams is None:

@@ -221,6 +221,52 @@ def demo(count, name):
     demo_module.run(name=name, count=count, echo=click.echo)
 
 
+@main.command("app")
+@click.argument("dataset")
+@click.option("--port", type=int, default=5151, show_default=True, help="The App's port.")
+@click.option("--address", default="localhost", show_default=True, help="The address the App listens on.")
+@click.option(
+    "--no-launcher", is_flag=True, help="Start no delegated launcher (run `fiftyone delegated launch` yourself)."
+)
+def app_command(dataset, port, address, no_launcher):
+    """Open DATASET in the FiftyOne App, with "Schedule" in the operators' menus and a launcher for it.
+
+    Sets FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true for the App server (without
+    it the App offers no "Schedule") and starts `fiftyone delegated launch`
+    beside it, which runs the scheduled operations one at a time. See their
+    state with `fiftyone delegated list`. Ctrl-C stops both.
+
+    \b
+    Examples:
+        fiftyone-blip app shapes-demo
+        fiftyone-blip app my-dataset --port 5152 --no-launcher
+    """
+    import os
+    import subprocess
+    from pathlib import Path
+
+    os.environ["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
+    import fiftyone as fo
+
+    samples = load_samples(dataset)
+    launcher = None
+    if not no_launcher:
+        fiftyone_cli = Path(sys.executable).with_name("fiftyone")
+        command = [str(fiftyone_cli)] if fiftyone_cli.exists() else ["fiftyone"]
+        launcher = subprocess.Popen([*command, "delegated", "launch"], env=dict(os.environ))
+        click.echo(f"delegated launcher started (pid {launcher.pid}); `fiftyone delegated list` shows its runs")
+    try:
+        session = fo.launch_app(samples, port=port, address=address, auto=False)
+        click.echo(f"App: {session.url}  (Ctrl-C stops the App and the launcher)")
+        session.wait(-1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if launcher is not None and launcher.poll() is None:
+            launcher.terminate()
+            launcher.wait(timeout=30)
+
+
 # ---- heatmaps: where the model looked, per caption word ----
 
 

@@ -31,5 +31,6 @@ def run(name: str = "shapes-demo", count: int = 500, echo=print) -> dict:
     echo(f"plugin         {link}")
     echo(f"total time     {seconds:.1f} s")
     echo("")
-    echo(f"open it in the App:  .venv/bin/fiftyone app launch {dataset.name}")
+    echo(f"open it in the App:  .venv/bin/fiftyone-blip app {dataset.name}")
+    echo('  (the App with "Schedule" on and a delegated launcher; `fiftyone delegated list` shows runs)')
     return {"exact_match": score, "done": summary.done, "failed": summary.failed, "seconds": seconds}

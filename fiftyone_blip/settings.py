@@ -366,6 +366,12 @@ class EmbedSettings(Settings):
         check_field_name(self.field)
         if self.brain_key is not None and not (isinstance(self.brain_key, str) and self.brain_key):
             raise ValueError(f"`brain_key` must be a non-empty name or None, got {self.brain_key!r}")
+        # FiftyOne's own rule for run keys (fiftyone.core.runs): a Python identifier
+        if self.brain_key is not None and not self.brain_key.isidentifier():
+            raise ValueError(
+                "`brain_key` must be letters, digits and underscores, not starting with a digit, "
+                f"got {self.brain_key!r}"
+            )
 
     @classmethod
     def from_params(cls, params: dict, **overrides):

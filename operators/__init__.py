@@ -7,6 +7,7 @@ operator does, a script can do.
 """
 
 import dataclasses
+import json
 import os
 import queue
 import re
@@ -26,9 +27,10 @@ from fiftyone_blip import (
     HeatmapSettings,
     MislabelSettings,
     RunOptions,
+    SearchSettings,
     models,
 )
-from fiftyone_blip.settings import form_default, form_shows, label_of
+from fiftyone_blip.settings import check_value, form_default, form_shows, label_of
 
 
 def default_model(ctx, task):
@@ -147,15 +149,106 @@ def check_settings(ctx, cls, params=None):
     return cls.from_params(app_params(ctx.params if params is None else params))
 
 
-def checked_form(inputs, label, check):
-    """The form, marked invalid with the library's own message when `check()` raises ValueError."""
-    try:
-        check()
-    except ValueError as error:
-        prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=str(error)))
+def field_checks(params, *classes):
+    """One check per form value against its setting's bounds and choices, so each input is judged alone."""
+    checks = []
+    for cls in classes:
+        for field in cls.fields("app"):
+            value = params.get(field.name)
+            if value is None or value == "" or not form_shows(field, params):
+                continue
+            if cls is RunOptions:  # each run option checks alone (the shard's I/N form too)
+                checks.append(lambda name=field.name, value=value: RunOptions(**{name: value}))
+            else:
+                checks.append(lambda name=field.name, value=value, meta=field.metadata: check_value(name, value, meta))
+    return checks
+
+
+_QUOTED_NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _input_named(inputs, message):
+    """The form input a library message is about: the first `name` in backquotes, else the first input it names."""
+    names = inputs.properties
+    for name in _QUOTED_NAME.findall(message) + _WORD.findall(message):
+        if name in names and name != "view_target":
+            return name
+    return None
+
+
+def schedule_note(inputs):
+    """The form's note on scheduling: what "Schedule" needs, and where to see its runs."""
+    inputs.view("schedule_note", types.Notice(label=SCHEDULE_NOTE))
+
+
+def checked_form(inputs, label, *checks):
+    """The form, with each failed check's message at the input it names (invalid), as @voxel51/brain does.
+
+    Every check runs (a form shows all its errors at once); a check is a
+    callable that raises ValueError (or `ModelLoadError`) with the library's
+    own message. The message shows under the input, with the input's label
+    for the parameter's name. A message that names no input of the form is
+    shown as a notice at the form's end.
+    """
+    flagged, notices = set(), []
+    for check in checks:
+        try:
+            check()
+        except (ValueError, models.ModelLoadError) as error:
+            message = str(error)
+            name = _input_named(inputs, message)
+            if name is None:
+                notices.append(message)
+            elif name not in flagged:
+                flagged.add(name)
+                prop = inputs.properties[name]
+                field_label = getattr(prop.view, "label", None) or name
+                prop.invalid = True
+                prop.error_message = message.replace(f"`{name}`", field_label)
+    if notices:
+        prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=notices[0]))
         prop.invalid = True
-        prop.error_message = str(error)
+        prop.error_message = notices[0]
     return types.Property(inputs, view=types.View(label=label))
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_model(name, task):
+    """Checks a model name without loading it: bundled, an existing local folder, or a hub id `org/name`."""
+    if not name:
+        return None
+    _, local = models.resolve_name(name, task)  # raises for a folder that does not exist
+    if local is None and not _HUB_ID.match(name):
+        raise ValueError(
+            f"`model` {name!r} is not a bundled model ({', '.join(models.BUNDLED)}), a local folder "
+            f"or a hub id like {models.DEFAULT_MODELS[task]!r}"
+        )
+    return local
+
+
+def check_text_field(dataset, param, name, must_exist):
+    """Checks that `name` is (or can become) a text field of `dataset`; `param` is the form input."""
+    if dataset is None or not name:
+        return
+    field = dataset.get_field_schema().get(name)
+    if field is None:
+        if must_exist:
+            raise ValueError(f"`{param}` {name!r} is not a field of dataset {dataset.name!r}")
+        return
+    if not isinstance(field, fo_fields.StringField):
+        kind = getattr(field, "document_type", None)
+        kind = kind.__name__ if kind is not None else type(field).__name__
+        raise ValueError(f"`{param}` {name!r} holds {kind} values, not text: choose a text field")
+
+
+def check_nonempty(params, name):
+    """A text input cleared in the form: the library would take its default, so say it instead."""
+    value = params.get(name)
+    if value is not None and not str(value).strip():
+        raise ValueError(f"`{name}` must not be empty")
 
 
 def _engine_config(name, label, description):
@@ -209,6 +302,43 @@ def _notify(ctx, message):
         yield ctx.trigger("notify", dict(message=message, variant="success"))
 
 
+def failure_reason(error) -> str:
+    """The one-line reason of a failed run: the first line of the error's message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _notify_failure(ctx, label, error):
+    """Tells the App a run failed, and why.
+
+    FiftyOne drops an exception raised in a generator `execute` (one that
+    reports progress): the form closes and the App shows nothing. So an
+    immediate run sends the notification itself; the caller re-raises, which
+    a delegated run's operation records as its failure.
+    """
+    if not ctx.delegated:
+        yield ctx.trigger("notify", dict(message=f"{label} failed: {failure_reason(error)}", variant="error"))
+
+
+# Above this many target samples a run is offered as "Schedule" (delegated) first; "Execute" stays
+# available. Immediate runs stop after `fo.config.operator_timeout` (600 s): BLIP-base captions
+# about 1.4 images/s on a small CPU, so 500 images is near that limit.
+DELEGATE_ABOVE = 500
+
+SCHEDULE_NOTE = (
+    "**Schedule** runs this in the background: the App must run with "
+    "`FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true` and a `fiftyone delegated launch` must be running "
+    "(`fiftyone-blip app DATASET` starts both); `fiftyone delegated list` shows the queued and finished runs."
+)
+
+
+def target_size(ctx) -> int:
+    try:
+        return len(ctx.target_view())
+    except Exception:  # no dataset yet: nothing to decide
+        return 0
+
+
 class EngineOperator(foo.Operator):
     """An operator that runs one capability on the engine.
 
@@ -220,18 +350,32 @@ class EngineOperator(foo.Operator):
 
     settings_class = None
 
+    def resolve_execution_options(self, ctx):
+        """Both ways to run; scheduling is the suggested one above `DELEGATE_ABOVE` samples."""
+        from fiftyone.operators.executor import ExecutionOptions
+
+        return ExecutionOptions(
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=target_size(ctx) > DELEGATE_ABOVE,
+        )
+
     def run(self, ctx, view, settings, options):
         raise NotImplementedError
 
-    def message(self, result) -> str:
+    def message(self, result, settings) -> str:
         raise NotImplementedError
 
     def execute(self, ctx):
-        settings, view = self.settings_class.from_params(app_params(ctx.params)), ctx.target_view()
-        result = yield from _run_with_progress(
-            ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
-        )
-        yield from _notify(ctx, self.message(result))
+        try:
+            settings, view = self.settings_class.from_params(app_params(ctx.params)), ctx.target_view()
+            result = yield from _run_with_progress(
+                ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
+            )
+        except Exception as error:
+            yield from _notify_failure(ctx, self.config.label, error)
+            raise
+        yield from _notify(ctx, self.message(result, settings))
         return result
 
 
@@ -265,10 +409,16 @@ class CaptionSamples(EngineOperator):
         inputs = types.Object()
         inputs.view_target(ctx)
         strategy = ctx.params.get("strategy") or form_default(CaptionSettings, CaptionSettings.declared("strategy"))
-        defaults = {"model": default_model(ctx, "caption"), "num_beams": captions.DEFAULT_BEAMS.get(strategy)}
+        model = ctx.params.get("model") or default_model(ctx, "caption")
+        # the language comes first: the caption field it suggests follows it (caption_de for "de")
+        _language_dropdown(inputs, model)
+        defaults = {
+            "model": default_model(ctx, "caption"),
+            "num_beams": captions.DEFAULT_BEAMS.get(strategy),
+            "field": captions.default_field(ctx.params.get("language")),
+        }
         settings_inputs(inputs, CaptionSettings, ctx.params, defaults=defaults, skip=("language",))
         run_inputs(inputs, CaptionSettings)
-        _language_dropdown(inputs, ctx.params.get("model") or defaults["model"])
 
         def check():
             settings = check_settings(ctx, CaptionSettings)
@@ -277,16 +427,36 @@ class CaptionSamples(EngineOperator):
 
                 adapters.check_language(settings.language)
 
-        return checked_form(inputs, "BLIP: caption samples", check)
+        params = ctx.params
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: caption samples",
+            *field_checks(params, CaptionSettings, RunOptions),
+            lambda: check_model(params.get("model"), "caption"),
+            lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
+            check,
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.caption(view, settings, options)
 
-    def message(self, summary):
-        return f"BLIP captions: {summary}"
+    def message(self, summary, settings):
+        return f"BLIP captions: {summary}; field {settings.field!r} (tick it in the sidebar to see it on the grid)"
 
 
 # ---- heatmaps: where the model looked, per caption word ----
+
+
+def text_field_default(dataset, default):
+    """The text field a form suggests: `default` where the dataset has it, else its first caption-like text field."""
+    if dataset is None:
+        return default
+    schema = dataset.get_field_schema(ftype=fo_fields.StringField)
+    if default in schema:
+        return default
+    return next((name for name in sorted(schema) if "caption" in name), default)
+
 
 _TEXT_SOURCES = {"field": "A text field of each sample", "text": "One text for every image (a query)"}
 
@@ -313,19 +483,58 @@ class ComputeHeatmaps(EngineOperator):
         if mode == "cross-attention":
             sources["generate"] = "Caption each image first"
         _dropdown(inputs, "text_source", "Text to explain", sources, default="field")
-        defaults = {"model": default_model(ctx, word_heatmaps.MODE_TASKS[mode])}
+        defaults = {
+            "model": default_model(ctx, word_heatmaps.MODE_TASKS[mode]),
+            "text_field": text_field_default(ctx.dataset, HeatmapSettings.defaults()["text_field"]),
+        }
         # a maps folder only under the root the server allows
         skip = ("mode",) if _app_root() is not None else ("mode", "maps_dir")
         settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=skip)
         run_inputs(inputs, HeatmapSettings)
 
-        return checked_form(inputs, "BLIP: word heatmaps", lambda: check_settings(ctx, HeatmapSettings))
+        params = {"text_source": "field", **ctx.params}
+        task = word_heatmaps.MODE_TASKS[mode]
+
+        def check_layers():
+            # the layer range is known without loading the model when its config is on disk
+            local = check_model(params.get("model") or defaults["model"], task)
+            settings = HeatmapSettings(mode=mode, layers=params.get("layers"))
+            if local is not None and settings.layers is not None:
+                config = json.loads((local / "config.json").read_text())
+                settings.layer_indices(config["text_config"]["num_hidden_layers"])
+
+        text_field = params.get("text_field") or defaults["text_field"]
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: word heatmaps",
+            *field_checks(params, HeatmapSettings, RunOptions),
+            lambda: check_model(params.get("model"), task),
+            lambda: params["text_source"] != "field" or check_text_field(ctx.dataset, "text_field", text_field, True),
+            check_layers,
+            lambda: check_settings(ctx, HeatmapSettings),
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.heatmaps(view, settings, options)
 
-    def message(self, summary):
-        return f"BLIP heatmaps: {summary}"
+    def message(self, summary, settings):
+        return (
+            f"BLIP heatmaps: {summary}; field {settings.field!r}: open a sample and its "
+            "BLIP word heatmaps panel to see each word's map"
+        )
+
+
+# Words whose maps say little (articles, prepositions): the panel opens on the first other word.
+FUNCTION_WORDS = frozenset(
+    "a an the of on in at to and or with by from for is are its this that "
+    "der die das ein eine einer einem einen und mit auf im in am".split()
+)
+
+
+def first_content_word(words) -> int:
+    """The index of the first word that is not a function word ("circle" in "a red circle": 1, "red")."""
+    return next((i for i, word in enumerate(words) if word.lower().strip(".,") not in FUNCTION_WORDS), 0)
 
 
 class WordHeatmapsPanel(foo.Panel):
@@ -349,11 +558,12 @@ class WordHeatmapsPanel(foo.Panel):
         self._show(ctx)
 
     def on_change_current_sample(self, ctx):
+        ctx.panel.state.word = None  # a new caption: start again at its first content word
         self._show(ctx)
 
     def on_change_field(self, ctx):
         ctx.panel.state.field = ctx.params.get("value")
-        ctx.panel.state.word = "0"
+        ctx.panel.state.word = None
         self._show(ctx)
 
     def on_change_word(self, ctx):
@@ -379,6 +589,9 @@ class WordHeatmapsPanel(foo.Panel):
         sample = ctx.dataset[ctx.current_sample]
         try:
             shown = word_heatmaps.word_view(sample, state.field, int(state.word or 0))
+            first = first_content_word(shown["words"])
+            if state.word is None and first != shown["index"]:
+                shown = word_heatmaps.word_view(sample, state.field, first)
         except ValueError as error:
             state.message = f"{error}. Run the **BLIP: word heatmaps** operator on this sample."
             return
@@ -421,6 +634,21 @@ class WordHeatmapsPanel(foo.Panel):
 
 # --- label QA: mislabels by image-text matching ---------------------------------------------------------------
 
+
+def label_field_default(dataset, compatible):
+    """The label field a form suggests: the first label field (Classification, Classifications,
+    Detections), else the first caption-like text field; never a plain string such as `split`."""
+    import fiftyone as fo
+
+    schema = dataset.get_field_schema() if dataset is not None else {}
+    labels = (fo.Classification, fo.Classifications, fo.Detections)
+    for name in compatible:
+        field = schema.get(name)
+        if isinstance(field, fo.EmbeddedDocumentField) and issubclass(field.document_type, labels):
+            return name
+    return next((name for name in compatible if "caption" in name), compatible[0])
+
+
 _FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
 
 
@@ -452,8 +680,9 @@ class FindMislabels(EngineOperator):
             )
             prop.invalid = True
             return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
-        _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=compatible[0])
-        label_field = ctx.params.get("label_field") or compatible[0]
+        suggested = label_field_default(ctx.dataset, compatible)
+        _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=suggested)
+        label_field = ctx.params.get("label_field") or suggested
         kind = mislabels.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
         model = ctx.params.get("model") or default_model(ctx, "match")
         _dropdown(inputs, "flag_by", "Flag by", _FLAG_BY_LABELS, default="threshold")
@@ -472,15 +701,26 @@ class FindMislabels(EngineOperator):
                 raise ValueError(f"`label_field` {label_field!r} is not a label field (choose one of {compatible})")
             check_settings(ctx, MislabelSettings, {**context, **ctx.params})
 
-        return checked_form(inputs, "BLIP: find mislabels", check)
+        params = {**context, **ctx.params}
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: find mislabels",
+            *field_checks(params, MislabelSettings, RunOptions),
+            lambda: check_model(params.get("model"), "match"),
+            lambda: check_nonempty(params, "tag"),
+            check,
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.find_mislabels(view, ctx.params["label_field"], settings, options)
 
-    def message(self, result):
+    def message(self, result, settings):
+        unscored = result["total_samples"] - result["scored_samples"]
+        without = f"; {unscored} samples without a label were not scored" if unscored else ""
         return (
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
-            f"(tag {result['tag']!r}); review view {result['view']!r}"
+            f"(tag {result['tag']!r}){without}; review view {result['view']!r}"
         )
 
     def execute(self, ctx):
@@ -510,18 +750,128 @@ class ComputeEmbeddings(EngineOperator):
         settings_inputs(inputs, EmbedSettings, ctx.params, defaults={"model": default_model(ctx, "match")})
         run_inputs(inputs, EmbedSettings)
 
-        def check():
-            check_settings(ctx, EmbedSettings)
-            if not ctx.params.get("brain_key", "-"):
-                raise ValueError("`brain_key` must be a non-empty name")
-
-        return checked_form(inputs, "BLIP: compute embeddings and similarity index", check)
+        params = ctx.params
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: compute embeddings and similarity index",
+            *field_checks(params, EmbedSettings, RunOptions),
+            lambda: check_model(params.get("model"), "match"),
+            lambda: check_nonempty(params, "brain_key"),
+            lambda: check_settings(ctx, EmbedSettings),
+            lambda: check_brain_key(
+                ctx.dataset, params.get("brain_key"), params.get("model") or default_model(ctx, "match")
+            ),
+        )
 
     def run(self, ctx, view, settings, options):
         return fiftyone_blip.embed(view, settings, options)
 
-    def message(self, summary):
-        return f"BLIP embeddings: {summary}"
+    def message(self, summary, settings):
+        if settings.brain_key is None:
+            return f"BLIP embeddings: {summary}; field {settings.field!r} (no index built)"
+        return (
+            f"BLIP embeddings: {summary}; field {settings.field!r}, similarity index {settings.brain_key!r}: "
+            "search it with the grid's sort-by-similarity button (a text prompt or selected samples) "
+            "or the BLIP: search by text operator"
+        )
+
+
+def check_brain_key(dataset, brain_key, model):
+    """A brain key already in use must hold a fiftyone-blip index of the same model (it is then rebuilt)."""
+    from fiftyone_blip import embeddings
+
+    if dataset is None or not brain_key or brain_key not in dataset.list_brain_runs():
+        return
+    try:
+        built_with = embeddings.index_model_name(dataset, brain_key)
+    except ValueError:
+        raise ValueError(f"`brain_key` {brain_key!r} holds another kind of brain run: choose another key") from None
+    if built_with != embeddings.stored_model_name(model):
+        raise ValueError(
+            f"`brain_key` {brain_key!r} already holds an index built with model {built_with!r}: choose another key"
+        )
+
+
+def blip_indexes(dataset) -> list[str]:
+    """The dataset's similarity indexes built by fiftyone-blip (other brain runs cannot embed BLIP text)."""
+    from fiftyone_blip import embeddings
+
+    keys = []
+    for key in dataset.list_brain_runs() if dataset is not None else []:
+        try:
+            embeddings.index_model_name(dataset, key)
+        except ValueError:
+            continue
+        keys.append(key)
+    return keys
+
+
+class SearchByText(foo.Operator):
+    """Text search re-ranked by BLIP's ITM head: the SDK's `search(..., rerank=True)`, shown as the App's view.
+
+    The App's own similarity search ranks by the ITC cosine alone; this
+    re-scores the ITC shortlist with the ITM head (BLIP's retrieval recipe)
+    and sets the view to the results in that order.
+    """
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="search_by_text",
+            label="BLIP: search by text",
+            description="Find the samples that best match a text: ITC shortlist re-scored by BLIP's ITM head",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        label = "BLIP: search by text"
+        keys = blip_indexes(ctx.dataset)
+        if not keys:
+            prop = inputs.view(
+                "no_index",
+                types.Warning(
+                    label="No BLIP similarity index",
+                    description="Build one first with the **BLIP: compute embeddings and similarity index** operator",
+                ),
+            )
+            prop.invalid = True
+            return types.Property(inputs, view=types.View(label=label))
+        inputs.str("query", label="Text", required=True, description="what to look for, e.g. 'a red circle'")
+        default_key = SearchSettings.defaults()["brain_key"]
+        default_key = default_key if default_key in keys else keys[0]
+        _dropdown(inputs, "brain_key", "Similarity index (brain key)", {k: k for k in keys}, default=default_key)
+        count = len(ctx.view) if ctx.view is not None else 0
+        k_default = min(SearchSettings.defaults()["k"], max(count, 1))
+        setting_input(inputs, SearchSettings, SearchSettings.declared("k"), default=k_default)
+        inputs.properties["k"].view.label = "Results (k)"
+        setting_input(inputs, SearchSettings, SearchSettings.declared("rerank"), default=True)
+        inputs.properties["rerank"].view.label = "Re-rank the ITC shortlist with the ITM head"
+        params = ctx.params
+
+        def check_k():
+            k = params.get("k")
+            if k is not None and not 1 <= k <= count:
+                raise ValueError(f"`k` must be at most the number of samples searched ({count}), got {k}")
+
+        return checked_form(
+            inputs, label, check_k, lambda: params.get("query") is None or check_nonempty(params, "query")
+        )
+
+    def execute(self, ctx):
+        params, view = ctx.params, ctx.view
+        query, brain_key = params["query"], params.get("brain_key") or SearchSettings.defaults()["brain_key"]
+        k, rerank = params.get("k") or SearchSettings.defaults()["k"], params.get("rerank", True)
+        hits = fiftyone_blip.search(view, query, k=k, brain_key=brain_key, rerank=rerank)
+        ids = [hit.id for hit in hits]
+        ctx.ops.set_view(view=view.select(ids, ordered=True))
+        ranking = "ITC shortlist re-scored by ITM" if rerank else "ITC cosine"
+        ctx.ops.notify(
+            f"BLIP search: the {len(ids)} best matches of {query!r}, best first ({ranking}; index {brain_key!r})",
+            variant="success",
+        )
+        return {"ids": ids}
 
 
 # --- language adapters ------------------------------------------------------------------------
@@ -590,4 +940,5 @@ def register(p):
     p.register(WordHeatmapsPanel)
     p.register(FindMislabels)
     p.register(ComputeEmbeddings)
+    p.register(SearchByText)
     p.register(TrainLanguageAdapter)

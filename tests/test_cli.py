@@ -71,3 +71,43 @@ def test_help_is_fast_and_imports_no_torch():
         "assert 'torch' not in sys.modules and 'fiftyone' not in sys.modules, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_app_command_turns_scheduling_on_and_starts_a_launcher(fresh_dataset, monkeypatch):
+    import os
+
+    import fiftyone as fo
+
+    launched, started = [], []
+
+    class Session:
+        url = "http://localhost:5151/"
+
+        def wait(self, wait=3):
+            launched.append(os.environ.get("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"))
+
+    class Launcher:
+        pid = 4242
+
+        def __init__(self, command, env):
+            started.append((command, env.get("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS")))
+
+        def poll(self):
+            return None
+
+        def terminate(self):
+            started.append("terminated")
+
+        def wait(self, timeout=None):
+            return 0
+
+    # set here so that the test's end restores the variable the command sets
+    monkeypatch.setenv("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS", "false")
+    monkeypatch.setattr(fo, "launch_app", lambda samples, **kwargs: Session())
+    monkeypatch.setattr(subprocess, "Popen", Launcher)
+    result = invoke("app", fresh_dataset.name)
+    assert result.exit_code == 0, result.output
+    assert launched == ["true"]
+    assert started[0][0][-2:] == ["delegated", "launch"] and started[0][1] == "true"
+    assert started[-1] == "terminated"
+    assert "fiftyone delegated list" in result.output

@@ -90,8 +90,8 @@ def test_invalid_form_is_marked_invalid_and_nothing_runs(fresh_dataset):
         request_params=dict(dataset_name=fresh_dataset.name, params=dict(strategy="beam", num_beams=42))
     )
     form = operator.resolve_input(ctx)
-    invalid = [p for p in form.type.properties.values() if getattr(p, "invalid", False)]
-    assert invalid and "num_beams" in invalid[0].error_message
+    invalid = {name: p.error_message for name, p in form.type.properties.items() if getattr(p, "invalid", False)}
+    assert invalid == {"num_beams": "Beams must be in 1..10, got 42"}
 
     with pytest.raises(Exception, match="num_beams"):
         foo.execute_operator(
@@ -121,3 +121,146 @@ def test_immediate_runs_stream_progress_to_the_app(fresh_dataset):
     assert [m.operator_uri for m in messages[-2:]] == ["reload_dataset", "notify"]
     assert "48 done" in messages[-1].params["message"]
     assert fresh_dataset.count("caption") == 48
+
+
+def _form_errors(uri, dataset, params):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params=params))
+    form = foo.get_operator(uri).resolve_input(ctx)
+    return {name: p.error_message for name, p in form.type.properties.items() if getattr(p, "invalid", False)}
+
+
+def test_invalid_inputs_are_flagged_at_their_fields_with_their_labels(fresh_dataset):
+    caption = _form_errors(
+        URI,
+        fresh_dataset,
+        dict(model="no-such-model", field="gt_label", max_new_tokens=500, shard="3/2", batch_size=0),
+    )
+    assert set(caption) == {"model", "field", "max_new_tokens", "shard", "batch_size"}, caption
+    assert caption["max_new_tokens"] == "Max new tokens must be in 1..128, got 500"
+    assert "holds Classification values, not text" in caption["field"]
+    assert "'no-such-model' is not a bundled model" in caption["model"]
+
+    heatmaps = _form_errors(
+        "@fiftyone-blip/blip/compute_heatmaps",
+        fresh_dataset,
+        dict(model="shapes-tiny", text_source="field", text_field="no_such_field", layers="99", map_size=4),
+    )
+    assert set(heatmaps) == {"text_field", "layers", "map_size"}, heatmaps
+    assert "out of range for a 2-layer text model" in heatmaps["layers"]
+
+    embed = _form_errors("@fiftyone-blip/blip/compute_embeddings", fresh_dataset, dict(brain_key="my key"))
+    assert set(embed) == {"brain_key"} and "letters, digits and underscores" in embed["brain_key"]
+
+    qa = _form_errors("@fiftyone-blip/blip/find_mislabels", fresh_dataset, dict(label_field="gt_label", tag=" "))
+    assert qa == {"tag": "Tag must not be empty"}
+
+
+def test_a_failed_run_tells_the_app_why(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    operator = foo.get_operator(URI)
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=fresh_dataset.name,
+            params=dict(model="Salesforce/not-cached-here", field="caption", view_target="DATASET"),
+        ),
+        executor=Executor(),
+    )
+    messages = []
+    with pytest.raises(Exception, match="not in the local Hugging Face cache"):
+        for message in operator.execute(ctx):
+            messages.append(message.body)
+    notices = [m.params for m in messages if m.operator_uri == "notify"]
+    assert len(notices) == 1 and notices[0]["variant"] == "error"
+    assert notices[0]["message"].startswith("BLIP: caption samples failed: cannot load 'Salesforce/not-cached-here'")
+    assert "\n" not in notices[0]["message"]
+
+
+def test_search_by_text_sets_the_view_to_the_reranked_results_in_order(fresh_dataset):
+    import fiftyone.operators as foo
+
+    import fiftyone_blip
+
+    fiftyone_blip.embed(fresh_dataset, model="shapes-tiny", progress=False, num_workers=0)
+    expected = [h.id for h in fiftyone_blip.search(fresh_dataset, "a red circle", k=5, rerank=True)]
+    result = foo.execute_operator(
+        "@fiftyone-blip/blip/search_by_text",
+        ctx=dict(dataset=fresh_dataset, params=dict(query="a red circle", k=5, brain_key="blip_sim", rerank=True)),
+    )
+    result.raise_exceptions()
+    assert result.result["ids"] == expected
+    assert _form_errors("@fiftyone-blip/blip/search_by_text", fresh_dataset, dict(query="x", k=49)) == {
+        "k": "Results (k) must be at most the number of samples searched (48), got 49"
+    }
+
+
+def test_label_qa_form_suggests_a_label_field_not_a_plain_string(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    fresh_dataset.set_values("split", ["train"] * len(fresh_dataset))  # a string field before the labels
+    ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params={}))
+    form = foo.get_operator("@fiftyone-blip/blip/find_mislabels").resolve_input(ctx)
+    assert form.type.properties["label_field"].default == "gt_label"
+
+
+def test_label_qa_notice_counts_samples_without_a_label(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    for sample in fresh_dataset.limit(3):
+        sample["gt_label"] = None
+        sample.save()
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=fresh_dataset.name,
+            params=dict(label_field="gt_label", model="shapes-tiny", view_target="DATASET", margin=False),
+        ),
+        executor=Executor(),
+    )
+    messages = [m.body for m in foo.get_operator("@fiftyone-blip/blip/find_mislabels").execute(ctx)]
+    notices = [m.params["message"] for m in messages if m.operator_uri == "notify"]
+    assert len(notices) == 1 and "of 45 samples" in notices[0], notices
+    assert "3 samples without a label were not scored" in notices[0]
+
+
+def test_large_targets_are_offered_for_scheduling_first(fresh_dataset, monkeypatch):
+    import sys
+
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    operator = foo.get_operator(URI)
+    module = sys.modules[type(operator).__module__]
+    ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params=dict(view_target="DATASET")))
+    options = operator.resolve_execution_options(ctx)
+    assert options.allow_immediate_execution and options.allow_delegated_execution
+    assert not options.default_choice_to_delegated  # 48 samples
+    monkeypatch.setattr(module, "DELEGATE_ABOVE", 40)
+    options = operator.resolve_execution_options(ctx)
+    assert options.allow_immediate_execution and options.default_choice_to_delegated
+
+
+def test_a_failed_scheduled_run_is_recorded_with_its_reason(fresh_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    foo.execute_operator(
+        URI,
+        ctx=dict(
+            dataset=fresh_dataset,
+            params=dict(model="Salesforce/not-cached-here", field="caption", view_target="DATASET"),
+        ),
+        request_delegation=True,
+    ).raise_exceptions()
+    service = DelegatedOperationService()
+    queued = service.list_operations(dataset_name=fresh_dataset.name, run_state="queued")
+    service.execute_queued_operations(dataset_name=fresh_dataset.name)
+    failed = service.get(queued[0].id)
+    assert failed.run_state == "failed"
+    assert "cannot load 'Salesforce/not-cached-here'" in str(failed.result.error)
+    assert "caption" not in fresh_dataset.get_field_schema()

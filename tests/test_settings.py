@@ -266,8 +266,16 @@ def test_form_defaults_caption(fresh_dataset, plugin_installed):
 def test_form_defaults_heatmaps(fresh_dataset, plugin_installed, tmp_path, monkeypatch):
     # the maps folder is offered only where the server names a root for App paths
     monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(tmp_path))
-    _check_form(fresh_dataset, HeatmapSettings, "compute_heatmaps", base={"text_source": "field"})
-    _check_form(fresh_dataset, HeatmapSettings, "compute_heatmaps", base={"text_source": "text", "text": "a dog"})
+    _check_form(
+        fresh_dataset, HeatmapSettings, "compute_heatmaps", base={"text_source": "field"}, dependent=("text_field",)
+    )
+    _check_form(
+        fresh_dataset,
+        HeatmapSettings,
+        "compute_heatmaps",
+        base={"text_source": "text", "text": "a dog"},
+        dependent=("text_field",),
+    )
 
 
 def test_form_defaults_mislabels(fresh_dataset, plugin_installed):
@@ -297,3 +305,12 @@ def test_form_model_is_the_datasets_model(fresh_dataset, plugin_installed):
     # a shapes dataset gets the bundled model; the SDK's None means Salesforce's, which knows no shapes
     for operator in ("caption_samples", "compute_heatmaps", "find_mislabels", "compute_embeddings"):
         assert _form(fresh_dataset, operator, {"label_field": "gt_label"})["model"] == "shapes-tiny"
+
+
+def test_the_caption_field_follows_the_language_where_left_at_its_default(fresh_dataset, plugin_installed):
+    assert CaptionSettings().field == "caption"
+    assert CaptionSettings(language="de").field == "caption_de"
+    assert CaptionSettings(language="pt-BR").field == "caption_pt_BR"
+    assert CaptionSettings(language="de", field="caption").field == "caption"  # a chosen field stays
+    assert _form(fresh_dataset, "caption_samples", {})["field"] == "caption"
+    assert _form(fresh_dataset, "caption_samples", {"language": "de"})["field"] == "caption_de"

@@ -36,10 +36,10 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
 
     # An invalid setting is flagged in the form before anything runs, and cleared with it.
     app.fill(form, {"Shard (I/N)": "3/2"})
-    invalid = form.get_by_text("Invalid settings")
+    invalid = form.get_by_text("Shard (I/N) must be I/N with 0 <= I < N, got 3/2")
     invalid.wait_for()
     invalid.scroll_into_view_if_needed()
-    app.expect(form.get_by_text("shard must be I/N with 0 <= I < N, got 3/2")).to_be_visible()
+    app.expect(invalid).to_be_visible()
     app.expect(execute).to_be_disabled()
     app.screenshot("caption-form-invalid")
     app.fill(form, {"Shard (I/N)": ""})

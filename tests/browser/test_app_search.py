@@ -63,3 +63,40 @@ def test_text_search_sorts_the_grid_by_similarity(app, app_dataset):
     )
     assert first_tiles() == expected
     app.screenshot("search-grid")
+
+
+RERANKED = 8
+
+
+def test_search_by_text_operator_shows_the_reranked_order(app, app_dataset):
+    dataset = app_dataset("app-rerank", count=24)
+    fiftyone_blip.embed(dataset, model="shapes-tiny", brain_key=BRAIN_KEY, progress=False, num_workers=0)
+    hits = fiftyone_blip.search(dataset, QUERY, k=RERANKED, brain_key=BRAIN_KEY, rerank=True)
+    expected_ids = [hit.id for hit in hits]
+    captions = dict(zip(*dataset.values(["id", "gt_caption"])))
+    expected = [captions[i] for i in expected_ids]
+
+    app.open("app-rerank")
+    form = app.open_operator("search_by_text", "BLIP: search by text")
+    # k above the number of samples is flagged at its field
+    app.fill(form, {"Results (k)": 99})
+    too_many = form.get_by_text("Results (k) must be at most the number of samples searched (24), got 99")
+    app.expect(too_many).to_be_visible()
+    app.expect(app.execute_button()).to_be_disabled()
+    app.fill(form, {"Text": QUERY, "Results (k)": RERANKED})
+    app.expect(too_many).to_have_count(0)
+    app.screenshot("search-operator-form")
+    app.execute(re.compile(rf"BLIP search: the {RERANKED} best matches of '{QUERY}', best first"))
+
+    # The view is the re-ranked results, in the SDK's order: an ordered Select stage.
+    bar = app.cy("view-bar")
+    app.expect(bar.get_by_role("textbox", name="ordered (default=False)")).to_have_value("True")
+    # (the bar shows the first id only)
+    app.expect(bar.get_by_role("textbox", name="list,of,sample,ids")).to_have_value(re.compile(f"^{expected_ids[0]},"))
+    app.expect(app.cy("looker")).to_have_count(RERANKED)
+    app.show_field("gt_caption")
+    tags = app.grid_tags("gt_caption")
+    app.expect(tags).to_have_count(RERANKED)
+    shown = [tag.get_attribute("title").removeprefix("gt_caption: ") for tag in tags.all()]
+    assert shown == expected
+    app.screenshot("search-operator-grid")
