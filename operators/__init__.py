@@ -213,19 +213,12 @@ def checked_form(inputs, label, *checks):
     return types.Property(inputs, view=types.View(label=label))
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
 def check_model(name, task):
-    """Checks a model name without loading it: bundled, an existing local folder, or a hub id `org/name`."""
+    """Checks a model name without loading it: bundled, a hub id `org/name`, or a folder under the App
+    root (see `_app_model`: any other server path is refused alike, whether it exists or not)."""
     if not name:
         return None
-    _, local = models.resolve_name(name, task)  # raises for a folder that does not exist
-    if local is None and not _HUB_ID.match(name):
-        raise ValueError(
-            f"`model` {name!r} is not a bundled model ({', '.join(models.BUNDLED)}), a local folder "
-            f"or a hub id like {models.DEFAULT_MODELS[task]!r}"
-        )
+    _, local = models.resolve_name(_app_model(name), task)  # raises for a folder that does not exist
     return local
 
 

@@ -566,7 +566,7 @@ def test_app_maps_folders_are_confined_to_the_app_root(fresh_dataset, plugin_ins
     monkeypatch.delenv("FIFTYONE_BLIP_APP_ROOT", raising=False)
     assert "maps_dir" not in _heatmaps_form(fresh_dataset)  # not offered without a root
     for maps_dir in (str(outside), "../outside"):
-        assert "`maps_dir` is not available in the App" in (_heatmaps_error(view, maps_dir=maps_dir) or "")
+        assert "is not available in the App" in (_heatmaps_error(view, maps_dir=maps_dir) or "")
     assert not outside.exists()
 
     root = tmp_path / "app-root"
@@ -574,9 +574,9 @@ def test_app_maps_folders_are_confined_to_the_app_root(fresh_dataset, plugin_ins
     monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
     assert "maps_dir" in _heatmaps_form(fresh_dataset)
     for maps_dir in (str(outside), "../outside", "maps/../../outside"):
-        assert "`maps_dir` must be a folder under" in (_heatmaps_error(view, maps_dir=maps_dir) or ""), maps_dir
+        assert "must be a folder under" in (_heatmaps_error(view, maps_dir=maps_dir) or ""), maps_dir
         form = _heatmaps_form(fresh_dataset, maps_dir=maps_dir)
-        assert form["invalid"].invalid
+        assert form["maps_dir"].invalid  # flagged at its input
     assert not outside.exists()
     _heatmaps_operator(view, maps_dir="maps").raise_exceptions()
     assert all(p.startswith(str(root / "maps")) for p in view.first().heatmap_map_paths)
@@ -596,13 +596,13 @@ def test_app_models_are_bundled_hub_ids_or_folders_under_the_root(
     messages = []
     for model in (str(tmp_path / "exists"), str(tmp_path / "missing"), "../../etc"):
         message = _heatmaps_error(view, model=model, field="hm_model") or ""
-        assert "`model` must be shapes-tiny or a hub id" in message
+        assert "must be shapes-tiny or a hub id" in message
         messages.append(message.replace(model, "MODEL"))
     assert messages[0] == messages[1] and "does not exist" not in messages[0] and "config.json" not in messages[0]
 
     root = tmp_path / "app-root"
     shutil.copytree(models.BUNDLED["shapes-tiny"]["match"], root / "matcher")
     monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
-    assert "`model` must be" in (_heatmaps_error(view, model=str(tmp_path / "missing"), field="hm_model") or "")
+    assert "must be" in (_heatmaps_error(view, model=str(tmp_path / "missing"), field="hm_model") or "")
     _heatmaps_operator(view, model="matcher", field="hm_root").raise_exceptions()
     assert view.first().hm_root is not None

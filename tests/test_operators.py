@@ -141,7 +141,7 @@ def test_invalid_inputs_are_flagged_at_their_fields_with_their_labels(fresh_data
     assert set(caption) == {"model", "field", "max_new_tokens", "shard", "batch_size"}, caption
     assert caption["max_new_tokens"] == "Max new tokens must be in 1..128, got 500"
     assert "holds Classification values, not text" in caption["field"]
-    assert "'no-such-model' is not a bundled model" in caption["model"]
+    assert "must be shapes-tiny or a hub id" in caption["model"] and "'no-such-model'" in caption["model"]
 
     heatmaps = _form_errors(
         "@fiftyone-blip/blip/compute_heatmaps",
