@@ -132,7 +132,7 @@ def build_models(directory: Path, smoke: bool) -> dict[str, Path]:
     return paths
 
 
-def load(path, task: str, device: str, dtype: str, attention: str = "sdpa"):
+def load_bench_model(path, task: str, device: str, dtype: str, attention: str = "sdpa"):
     from fiftyone_blip import models
 
     return models.load_model(str(path), task=task, device=device, dtype=dtype, attention=attention)
@@ -292,7 +292,7 @@ def step_functions(paths: dict, device: str, dtype: str, size: int, batch: int, 
     min_batches = 2
     fixed = dict(min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS)
 
-    caption_model = load(paths["caption"], "caption", device, dtype)
+    caption_model = load_bench_model(paths["caption"], "caption", device, dtype)
     greedy = captions.Captioner(caption_model, captions.CaptionSettings(**fixed))
     beam = captions.Captioner(caption_model, captions.CaptionSettings(strategy="beam", num_beams=3, **fixed))
     for name, captioner in (("caption_greedy", greedy), ("caption_beam3", beam)):
@@ -302,7 +302,7 @@ def step_functions(paths: dict, device: str, dtype: str, size: int, batch: int, 
                 lambda c=captioner: time_step(lambda: c(pixels()), batch, device, seconds, min_batches),
                 errors,
             )
-    match_model = load(paths["match"], "match", device, dtype)
+    match_model = load_bench_model(paths["match"], "match", device, dtype)
     embedder, matcher = embeddings.Embedder(match_model), mislabels.Matcher(match_model)
     if budget.allows(f"{dtype} itc_embeddings"):
         rows["itc_embeddings"] = measured(
@@ -318,7 +318,7 @@ def step_functions(paths: dict, device: str, dtype: str, size: int, batch: int, 
         )
     if budget.allows(f"{dtype} heatmaps"):
         # heatmaps read attention weights: the captioner loaded with eager attention
-        eager = load(paths["caption"], "caption", device, dtype, attention="eager")
+        eager = load_bench_model(paths["caption"], "caption", device, dtype, attention="eager")
         maker = word_heatmaps.HeatmapMaker(eager, word_heatmaps.HeatmapSettings())
         rows["heatmaps"] = measured(
             f"{dtype} heatmaps",
@@ -341,7 +341,7 @@ def batch_sweep(paths: dict, device: str, dtype: str, size: int, sizes: list[int
 
     from fiftyone_blip import captions, images
 
-    loaded = load(paths["caption"], "caption", device, dtype)
+    loaded = load_bench_model(paths["caption"], "caption", device, dtype)
     captioner = captions.Captioner(
         loaded, captions.CaptionSettings(min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS)
     )
@@ -370,7 +370,7 @@ def decoding_levers(paths: dict, device: str, dtype: str, size: int, batch: int,
 
     from fiftyone_blip import captions, images
 
-    loaded = load(paths["caption"], "caption", device, dtype)
+    loaded = load_bench_model(paths["caption"], "caption", device, dtype)
     settings = captions.CaptionSettings(min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS)
     uint8 = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
     pixels = images.to_pixel_values(uint8, device, dtype)
@@ -475,7 +475,7 @@ def files_to_results(paths: dict, files: list[str], device: str, dtype: str, bat
     from fiftyone_blip import captions, engine
     from fiftyone_blip.images import Preprocessor
 
-    loaded = load(paths["caption"], "caption", device, dtype)
+    loaded = load_bench_model(paths["caption"], "caption", device, dtype)
     captioner = captions.Captioner(
         loaded, captions.CaptionSettings(min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS)
     )
@@ -525,8 +525,8 @@ def agreement(device: str, dtype: str, count: int) -> dict:
 
     def run(dev: str, dt: str):
         release(dev)
-        caption_model = load("shapes-tiny", "caption", dev, dt)
-        match_model = load("shapes-tiny", "match", dev, dt)
+        caption_model = load_bench_model("shapes-tiny", "caption", dev, dt)
+        match_model = load_bench_model("shapes-tiny", "match", dev, dt)
         preprocess = images.Preprocessor(caption_model.processor.image_processor, caption_model.image_size)
         arrays = [preprocess.pixels_from_image(make_scene(i, "test", size=192).render())[0] for i in range(count)]
         out = {"en": [], "de": [], "embeddings": []}

@@ -426,7 +426,7 @@ def _read_page(samples, task: Task, after: str | None, size: int) -> list[_Row]:
     from bson import ObjectId
 
     project = {"filepath": 1, task.run_field: 1, "_has": {"$ne": [{"$ifNull": [f"${task.field}", None]}, None]}}
-    project.update({name: 1 for name in task.reads})
+    project.update({name: 1 for name in task.reads if name != "id"})  # `_id` always comes
     stages = [{"$match": {"_id": {"$gt": ObjectId(after)}}}] if after else []
     stages += [{"$sort": {"_id": 1}}, {"$limit": size}, {"$project": project}]
     docs = runs.with_retry(lambda: list(samples._aggregate(pipeline=stages)))
@@ -443,6 +443,8 @@ def _read_page(samples, task: Task, after: str | None, size: int) -> list[_Row]:
 
 
 def _get_path(doc: dict, name: str):
+    if name == "id":  # FiftyOne's `id` is the document's `_id`
+        return str(doc["_id"])
     for part in name.split("."):
         doc = doc.get(part) if isinstance(doc, dict) else None
     return doc

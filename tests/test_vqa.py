@@ -204,12 +204,18 @@ def test_resume_skips_what_is_done_and_the_fingerprint_covers_questions(fresh_da
     assert first.done == 5
     again = vqa.ask(view, "how many shapes are there?", "n", model="shapes-tiny", options=options)
     assert (again.done, again.skipped) == (7, 5)
-    # another question, or other candidate answers, into the same field is another result: not skipped
-    other = vqa.ask(view, "is there a star?", "n", model="shapes-tiny", options=options)
+    # another question, or other candidate answers, into the same field is another result: refused
+    # without overwrite (never replaced silently), recomputed with it
+    with pytest.raises(ValueError, match="overwrite"):
+        vqa.ask(view, "is there a star?", "n", model="shapes-tiny", options=options)
+    replace = RunOptions(batch_size=4, progress=False, overwrite=True)
+    other = vqa.ask(view, "is there a star?", "n", model="shapes-tiny", options=replace)
     assert (other.done, other.skipped) == (12, 0)
-    closed = vqa.ask(view, "is there a star?", "n", answers=["yes", "no"], model="shapes-tiny", options=options)
+    with pytest.raises(ValueError, match="overwrite"):
+        vqa.ask(view, "is there a star?", "n", answers=["yes", "no"], model="shapes-tiny", options=options)
+    closed = vqa.ask(view, "is there a star?", "n", answers=["yes", "no"], model="shapes-tiny", options=replace)
     assert (closed.done, closed.skipped) == (12, 0)
-    fewer = vqa.ask(view, "is there a star?", "n", answers=["yes", "no", "maybe"], model="shapes-tiny", options=options)
+    fewer = vqa.ask(view, "is there a star?", "n", answers=["yes", "no", "maybe"], model="shapes-tiny", options=replace)
     assert (fewer.done, fewer.skipped) == (12, 0)
     same = vqa.ask(view, "is there a star?", "n", answers=["Yes", "No", "maybe."], model="shapes-tiny", options=options)
     assert (same.done, same.skipped) == (0, 12)  # the same answers, normalised
