@@ -390,7 +390,9 @@ def test_german_captions_into_a_field_of_english_ones_are_refused(fresh_dataset)
     fiftyone_blip.caption(view, model="shapes-tiny", progress=False)
     english = view.values("caption")
     with pytest.raises(ValueError, match=r"'caption'.*4 samples.*overwrite=True"):
-        fiftyone_blip.caption(view, model="shapes-tiny", language="de", progress=False)
+        fiftyone_blip.caption(view, model="shapes-tiny", language="de", field="caption", progress=False)
     assert view.values("caption") == english
-    german = fiftyone_blip.caption(view, model="shapes-tiny", language="de", overwrite=True, progress=False)
+    german = fiftyone_blip.caption(
+        view, model="shapes-tiny", language="de", field="caption", overwrite=True, progress=False
+    )
     assert german.done == 4 and view.values("caption") != english

@@ -207,7 +207,7 @@ def test_panel_shows_the_chosen_words_map_and_probability(heatmapped, plugin_ins
     panel.on_load(ctx)
     assert ctx.panel.state.message is None
     assert ctx.panel.state.words == sample.heatmap_words
-    assert ctx.panel.state.word == "0"
+    assert ctx.panel.state.word == "1"  # the first content word: the caption starts with "a"
     rendered = panel.render(ctx)
     assert "word" in rendered.type.properties and "overlay" in rendered.type.properties
 

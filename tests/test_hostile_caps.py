@@ -522,7 +522,10 @@ def test_invalid_brain_keys_are_refused_before_any_image_is_embedded(fresh_datas
     from fiftyone_blip import models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    with pytest.raises(ValueError, match="`brain_key` must be a (valid Python identifier|non-empty name)"):
+    with pytest.raises(
+        ValueError,
+        match="`brain_key` must be (a valid Python identifier|a non-empty name|letters, digits and underscores)",
+    ):
         fiftyone_blip.embed(fresh_dataset.limit(2), model="shapes-tiny", brain_key=brain_key, progress=False)
     assert not fiftyone_blip.runs(fresh_dataset)
 
