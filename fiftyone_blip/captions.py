@@ -38,6 +38,9 @@ def default_field(language: str | None) -> str:
     """The caption field of a language: 'caption' for English, e.g. 'caption_de' or 'caption_pt_BR' for others."""
     if language is None or language == "en":
         return "caption"
+    from fiftyone_blip.adapters.registry import check_language
+
+    check_language(language)  # a bad code is named as such, not as a bad field name
     return f"caption_{str(language).replace('-', '_')}"
 
 

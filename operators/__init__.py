@@ -81,6 +81,16 @@ def _app_model(value):
     )
 
 
+def _default_caption_field(language):
+    """The caption field a language suggests; a bad language code is flagged at its own input."""
+    from fiftyone_blip import captions
+
+    try:
+        return captions.default_field(language)
+    except ValueError:
+        return captions.default_field(None)
+
+
 def app_params(params: dict) -> dict:
     """A form's params with the server paths it names confined (see `_app_model`, `_app_folder`); the
     library and the CLI take any path, as they run as the user."""
@@ -408,7 +418,7 @@ class CaptionSamples(EngineOperator):
         defaults = {
             "model": default_model(ctx, "caption"),
             "num_beams": captions.DEFAULT_BEAMS.get(strategy),
-            "field": captions.default_field(ctx.params.get("language")),
+            "field": _default_caption_field(ctx.params.get("language")),
         }
         settings_inputs(inputs, CaptionSettings, ctx.params, defaults=defaults, skip=("language",))
         run_inputs(inputs, CaptionSettings)
