@@ -38,8 +38,7 @@ def test_invalid_inputs_are_flagged_at_their_fields(app, app_dataset):
         form,
         "Model",
         "no-such-model",
-        "Model 'no-such-model' is not a bundled model (shapes-tiny), a local folder "
-        "or a hub id like 'Salesforce/blip-image-captioning-base'",
+        "Model must be shapes-tiny or a hub id like Salesforce/blip-itm-base-coco; got 'no-such-model'",
     )
     app.screenshot("form-errors-caption")
     # every earlier error is still shown: the form judges each input alone
