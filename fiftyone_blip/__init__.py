@@ -151,9 +151,18 @@ def adapter_languages(model: str | None = None) -> list[str]:
 def runs(dataset) -> list[dict]:
     """Returns the run records of a dataset, oldest first.
 
-    Each record holds the capability, field, model (name, path, revision,
-    dtype), settings, shard, package versions, start and end time, status, and
-    counts of done / failed / skipped samples.
+    Each record is one engine run: its FiftyOne run key (`run_key`, one per
+    capability and field, e.g. "blip_caption_caption_de"), capability, field,
+    model (name, path, revision, dtype), settings, shard, host, pid, package
+    versions, start and end time, status ("running", "completed", "failed",
+    "interrupted") and counts of the samples stored (done, failed) and skipped
+    of the total.
+
+    The records live in FiftyOne's run framework: `dataset.list_runs()` shows
+    the keys, `dataset.get_run_info(key).config.history` holds the records, and
+    they follow the dataset through `clone()`, renames and FiftyOneDataset
+    exports. Records of older versions of fiftyone-blip (the
+    `fiftyone_blip_runs` collection) move there on first use.
     """
     from fiftyone_blip import engine
 

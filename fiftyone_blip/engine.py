@@ -16,7 +16,7 @@ engine does the rest:
 - `shard="I/N"` splits a collection with no overlap and no gaps;
 - a file that cannot be decoded gets an error entry, not a crash;
 - a CUDA out-of-memory error halves the batch and retries;
-- every run leaves a record (see `list_runs`).
+- every run leaves a record in its field's FiftyOne run (see `list_runs`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from fiftyone_blip import run_records as runs
 from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.progress import Progress
 
-RUNS_COLLECTION = runs.RUNS_COLLECTION
 MAX_BATCH_SIZE = 1024
 
 
@@ -202,13 +201,13 @@ class _Writer:
     sample deleted by another process during the run is not counted.
     """
 
-    def __init__(self, dataset, task: Task, record_id: str, chunk_size: int, chunk_seconds: float):
+    def __init__(self, dataset, task: Task, record: runs.Record, chunk_size: int, chunk_seconds: float):
         # handles kept aside: a Dataset object deleted in this process refuses every attribute
         self.dataset_name = dataset.name
         self.collection = dataset._sample_collection
         self.collection_name = dataset._sample_collection_name
         self.task = task
-        self.record_id = record_id
+        self.record = record
         self.chunk_size = chunk_size
         self.chunk_seconds = chunk_seconds
         self.buffer: dict[str, dict] = {}
@@ -230,7 +229,7 @@ class _Writer:
         failed = sum(1 for sid in stored if rows[sid].get(self.task.error_field))
         self.failed += failed
         self.done += len(stored) - failed
-        runs.update(self.record_id, {"done": self.done, "failed": self.failed})
+        self.record.update(done=self.done, failed=self.failed)
         if len(stored) < len(rows) and not self._dataset_exists():
             raise StoreError(
                 f"dataset {self.dataset_name!r} was deleted during the run; "
@@ -601,8 +600,9 @@ def _prepare_function(task: Task) -> Callable:
 
 
 def _check(samples, task: Task, options) -> None:
-    """Everything refused before any work: the collection, field types, values of others."""
+    """Everything refused before any work: the collection, field types, values of others, a run key of others."""
     _check_collection(samples)
+    runs.check_run_key(samples._dataset, task.capability, task.field)
     _declare_fields(samples._dataset, task)
     if not options.overwrite:
         _check_no_foreign_values(samples, task)
@@ -652,11 +652,8 @@ def run(samples, task: Task, options=None) -> RunSummary:
 def _run_claimed(samples, task: Task, options, record_id: str, started: float) -> RunSummary:
     dataset, shard = samples._dataset, options.shard_spec
     total = _count_in_scope(samples, shard)
-    record = runs.new_record(dataset, task, task.fingerprint, shard, options.batch_size, record_id)
-    record["total"] = total
-    runs.with_retry(lambda: runs.collection().insert_one(record))
-
-    writer = _Writer(dataset, task, record_id, options.chunk_size, options.chunk_seconds)
+    record = runs.start(dataset, task, shard, options.batch_size, record_id, total)
+    writer = _Writer(dataset, task, record, options.chunk_size, options.chunk_seconds)
     progress = Progress(options.progress, total, task.capability)
     selection = _Selection(samples, task, shard, options.overwrite, on_skip=progress.advance)
     stepper = _Stepper(task, writer, progress)
@@ -680,17 +677,15 @@ def _run_claimed(samples, task: Task, options, record_id: str, started: float) -
             raise
         finally:
             progress.close()
-            runs.update(
-                record_id,
-                {
-                    "status": status,
-                    "ended": runs.now(),
-                    "total": selection.total,
-                    "skipped": selection.skipped,
-                    "done": writer.done,
-                    "failed": writer.failed,
-                },
+            record.update(
+                status=status,
+                ended=runs.now(),
+                total=selection.total,
+                skipped=selection.skipped,
+                done=writer.done,
+                failed=writer.failed,
             )
+            runs.refresh(dataset)
     return RunSummary(
         run_id=record_id,
         field=task.field,

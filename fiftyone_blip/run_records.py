@@ -1,8 +1,20 @@
-"""Run records: one document per engine run in the `fiftyone_blip_runs` collection.
+"""Run records in FiftyOne's run framework, the per-field lease, and database retries.
 
-A record says which dataset, field, model and settings a run used, where it
-ran (host, pid, versions), how far it got (total, done, failed, skipped) and
-how it ended ("running", "completed", "failed", "interrupted").
+Each (capability, field) pair is one FiftyOne run on its dataset, under the
+key `blip_{capability}_{field}` (e.g. `blip_caption_caption_de`), so
+`dataset.list_runs()`, `get_run_info(key)` and the App's runs panel show it, and
+FiftyOne carries it: `clone()` copies it, a rename keeps it, a FiftyOneDataset
+export takes it along, `delete()` removes it. The run's config holds its
+history: one entry per engine run that wrote the field, with which model and
+settings, where it ran (host, pid, versions), how far it got (total, done,
+failed, skipped: what was stored) and how it ended ("running", "completed",
+"failed", "interrupted").
+
+Shard workers write the same run at the same time, so nothing here reads,
+changes and saves a whole run: an entry is added with one `$push` and updated
+in place with one `$set` on the run's document, and the run key is claimed with
+a compare-and-set on the dataset's document. A worker that starts or finishes
+beside another never loses the other's update.
 """
 
 from __future__ import annotations
@@ -13,13 +25,23 @@ import platform
 import threading
 import time
 
-RUNS_COLLECTION = "fiftyone_blip_runs"
+METHOD = "fiftyone_blip"
+# Records of fiftyone-blip before it used FiftyOne's runs: moved into them on first use.
+LEGACY_COLLECTION = "fiftyone_blip_runs"
+LEASES_COLLECTION = "fiftyone_blip_leases"
+# Entries kept per run key, the newest: a run document must stay far below MongoDB's 16 MB.
+HISTORY_LIMIT = 500
+
+
+def _db():
+    import fiftyone.core.odm as foo
+
+    return foo.get_db_conn()
 
 
 def collection():
-    import fiftyone.core.odm as foo
-
-    return foo.get_db_conn()[RUNS_COLLECTION]
+    """The collection of leases (see `Lease`)."""
+    return _db()[LEASES_COLLECTION]
 
 
 def now() -> datetime.datetime:
@@ -48,31 +70,120 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def mark_interrupted(dataset_id: str) -> None:
-    """Records of runs on this host whose process is gone become "interrupted"."""
-    records = collection()
-    for record in records.find({"dataset_id": dataset_id, "status": "running", "host": platform.node()}):
-        if record.get("pid") and not pid_alive(record["pid"]):
-            records.update_one({"run_id": record["run_id"]}, {"$set": {"status": "interrupted"}})
+def run_key(capability: str, field: str) -> str:
+    """The FiftyOne run key of a capability's results in a field ("blip_caption_caption_de")."""
+    return f"blip_{capability}_{field}"
 
 
-def list_runs(dataset) -> list[dict]:
-    """Returns the run records of a dataset, oldest first."""
-    mark_interrupted(str(dataset._doc.id))
-    # lease documents (see `Lease`) share the collection; they have no run_id
-    cursor = collection().find({"dataset_id": str(dataset._doc.id), "run_id": {"$exists": True}}, {"_id": 0})
-    return list(cursor.sort("started", 1))
+# ---------------------------------------------------------------- the run of a field
 
 
-def new_record(dataset, task, fingerprint: str, shard, batch_size: int, run_id: str) -> dict:
-    """The record a run starts with (status "running", no counts yet)."""
-    return {
+def _run_ids(dataset) -> dict:
+    """Run key -> run document id of the dataset, read from the database (other processes add runs)."""
+    doc = with_retry(lambda: _db().datasets.find_one({"_id": dataset._doc.id}, {"runs": 1}))
+    if doc is None:
+        raise ValueError(f"dataset {dataset.name!r} was deleted")
+    return doc.get("runs") or {}
+
+
+def _check_own(dataset, key: str, run_doc_id) -> None:
+    run = with_retry(lambda: _db().runs.find_one({"_id": run_doc_id}, {"config.method": 1})) or {}
+    if run.get("config", {}).get("method") != METHOD:
+        raise ValueError(
+            f"run key {key!r} of dataset {dataset.name!r} belongs to another run; "
+            f"delete it (dataset.delete_run({key!r})) or choose another field"
+        )
+
+
+def check_run_key(dataset, capability: str, field: str) -> None:
+    """Refuses a field whose run key the dataset already uses for a run fiftyone-blip did not register."""
+    key = run_key(capability, field)
+    existing = _run_ids(dataset).get(key)
+    if existing is not None:
+        _check_own(dataset, key, existing)
+
+
+def _register(dataset, capability: str, field: str):
+    """The id of the field's run document, registering the run if the dataset has none yet.
+
+    Raises:
+        ValueError: the key belongs to a run that fiftyone-blip did not register.
+    """
+    key = run_key(capability, field)
+    for _ in range(100):
+        existing = _run_ids(dataset).get(key)
+        if existing is not None:
+            _check_own(dataset, key, existing)
+            return existing
+        registered = _try_register(dataset, key, capability, field)
+        if registered is not None:
+            return registered
+    raise RuntimeError(f"could not register run {key!r}: too many concurrent registrations")
+
+
+def _try_register(dataset, key: str, capability: str, field: str):
+    """Registers a new run under `key`; None if another worker registered it first.
+
+    Two workers may register the same key at once: each inserts a run document,
+    one wins the compare-and-set on the dataset's `runs.<key>`, the other
+    deletes its own document and uses the winner's.
+    """
+    import fiftyone.constants as foc
+    import fiftyone.core.runs as fors
+    from fiftyone.core.odm.runs import RunDocument
+
+    db = _db()
+    config = fors.RunConfig(method=METHOD, capability=capability, field=field, history=[])
+    doc = RunDocument(
+        dataset_id=dataset._doc.id,
+        key=key,
+        version=foc.VERSION,
+        timestamp=datetime.datetime.utcnow(),
+        config=config.serialize(),
+    ).to_mongo()
+    with_retry(lambda: db.runs.insert_one(doc))
+    unclaimed = {"_id": dataset._doc.id, f"runs.{key}": {"$exists": False}}
+    won = with_retry(lambda: db.datasets.update_one(unclaimed, {"$set": {f"runs.{key}": doc["_id"]}}))
+    if won.matched_count:
+        return doc["_id"]
+    with_retry(lambda: db.runs.delete_one({"_id": doc["_id"]}))
+    return None
+
+
+def _push(run_doc_id, entry: dict) -> None:
+    """Adds an entry to a run's history once (a repeated attempt or migration adds nothing)."""
+    change = {
+        "$push": {"config.history": {"$each": [entry], "$sort": {"started": 1}, "$slice": -HISTORY_LIMIT}},
+        "$set": {"timestamp": datetime.datetime.utcnow()},
+    }
+    unseen = {"_id": run_doc_id, "config.history.run_id": {"$ne": entry["run_id"]}}
+    with_retry(lambda: _db().runs.update_one(unseen, change))
+
+
+class Record:
+    """One engine run's entry in the history of its field's run; `update` changes it in place."""
+
+    def __init__(self, run_doc_id, run_id: str):
+        self.run_doc_id = run_doc_id
+        self.run_id = run_id
+
+    def update(self, **values) -> None:
+        """Sets values of this entry alone, atomically: other workers' entries are untouched."""
+        change = {"$set": {f"config.history.$[entry].{name}": value for name, value in values.items()}}
+        with_retry(
+            lambda: _db().runs.update_one(
+                {"_id": self.run_doc_id}, change, array_filters=[{"entry.run_id": self.run_id}]
+            )
+        )
+
+
+def start(dataset, task, shard, batch_size: int, run_id: str, total: int) -> Record:
+    """Adds a "running" entry for a new engine run to its field's run (registered if new)."""
+    migrate(dataset)
+    run_doc_id = _register(dataset, task.capability, task.field)
+    entry = {
         "run_id": run_id,
-        "dataset_id": str(dataset._doc.id),
-        "dataset": dataset.name,
-        "capability": task.capability,
-        "field": task.field,
-        "fingerprint": fingerprint,
+        "fingerprint": task.fingerprint,
         **task.identity,
         "settings": task.settings,
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
@@ -83,11 +194,89 @@ def new_record(dataset, task, fingerprint: str, shard, batch_size: int, run_id: 
         "started": now(),
         "ended": None,
         "status": "running",
-        "total": 0,
+        "total": total,
         "done": 0,
         "failed": 0,
         "skipped": 0,
     }
+    _push(run_doc_id, entry)
+    refresh(dataset)
+    return Record(run_doc_id, run_id)
+
+
+def refresh(dataset) -> None:
+    """Reloads the dataset's runs in this process, so `dataset.get_run_info` shows the new state."""
+    try:
+        dataset._doc.reload("runs")
+    except Exception:  # a dataset deleted meanwhile has no runs to show
+        pass
+
+
+def _own_runs(dataset) -> list[dict]:
+    """The dataset's fiftyone-blip run documents (key, config), read fresh from the database."""
+    ids = list(_run_ids(dataset).values())
+    query = {"_id": {"$in": ids}, "config.method": METHOD}
+    return with_retry(lambda: list(_db().runs.find(query, {"key": 1, "config": 1})))
+
+
+def mark_interrupted(dataset) -> None:
+    """Entries of runs on this host whose process is gone become "interrupted"."""
+    host = platform.node()
+    for run in _own_runs(dataset):
+        for entry in run["config"].get("history", []):
+            if entry.get("status") == "running" and entry.get("host") == host and entry.get("pid"):
+                if not pid_alive(entry["pid"]):
+                    # only while still "running": an entry that ended meanwhile keeps its status
+                    with_retry(
+                        lambda run=run, entry=entry: _db().runs.update_one(
+                            {"_id": run["_id"]},
+                            {"$set": {"config.history.$[entry].status": "interrupted"}},
+                            array_filters=[{"entry.run_id": entry["run_id"], "entry.status": "running"}],
+                        )
+                    )
+
+
+def list_runs(dataset) -> list[dict]:
+    """Returns the run records of a dataset, oldest first.
+
+    Each record is one history entry of a fiftyone-blip run, with its run key,
+    capability, field and the dataset's current name and id beside it.
+    """
+    dataset = dataset._root_dataset
+    migrate(dataset)
+    mark_interrupted(dataset)
+    records = []
+    for run in _own_runs(dataset):
+        config = run["config"]
+        for entry in config.get("history", []):
+            records.append(
+                {
+                    "run_key": run["key"],
+                    "dataset_id": str(dataset._doc.id),
+                    "dataset": dataset.name,
+                    "capability": config.get("capability"),
+                    "field": config.get("field"),
+                    **entry,
+                }
+            )
+    return sorted(records, key=lambda record: record["started"])
+
+
+def migrate(dataset) -> None:
+    """Moves the dataset's records from the old `fiftyone_blip_runs` collection into its FiftyOne runs.
+
+    Each record joins its field's run history (once: a record already there by
+    run id is not added again), then leaves the old collection.
+    """
+    legacy = _db()[LEGACY_COLLECTION]
+    query = {"dataset_id": str(dataset._doc.id), "run_id": {"$exists": True}}
+    old = with_retry(lambda: list(legacy.find(query)))
+    for record in old:
+        entry = {k: v for k, v in record.items() if k not in ("_id", "dataset_id", "dataset", "capability", "field")}
+        _push(_register(dataset, record["capability"], record["field"]), entry)
+        with_retry(lambda record=record: legacy.delete_one({"_id": record["_id"]}))
+    if old:
+        refresh(dataset)
 
 
 # ---------------------------------------------------------------- database stalls
@@ -138,10 +327,6 @@ def with_retry(operation, limit: float | None = None):
             delay = min(2 * delay, 5.0)
 
 
-def update(run_id: str, values: dict) -> None:
-    with_retry(lambda: collection().update_one({"run_id": run_id}, {"$set": values}))
-
-
 # ---------------------------------------------------------------- leases: one writer per field and shard
 
 # A holder whose heartbeat is older than this is presumed gone (seconds).
@@ -187,7 +372,7 @@ class Lease:
         """Claims the field; a ValueError names the live run that holds an overlapping claim."""
         from pymongo.errors import DuplicateKeyError
 
-        me = {"run_id": self.run_id, "shard": self.shard, "host": platform.node(), "pid": os.getpid()}
+        me = {"run_id": self.run_id, "shard": self.shard, "host": platform.node(), "pid": os.getpid(), "since": now()}
         records = collection()
         for _ in range(100):
             doc = with_retry(lambda: records.find_one({"_id": self.key}))
@@ -214,9 +399,8 @@ class Lease:
         self._thread.start()
 
     def _busy(self, holder: dict) -> str:
-        record = collection().find_one({"run_id": holder["run_id"]}, {"started": 1}) or {}
         shard = f", shard {holder['shard'][0]}/{holder['shard'][1]}" if holder.get("shard") else ""
-        since = f", since {record['started']:%Y-%m-%d %H:%M:%S} UTC" if record.get("started") else ""
+        since = f", since {holder['since']:%Y-%m-%d %H:%M:%S} UTC" if holder.get("since") else ""
         return (
             f"field {self.field!r} of dataset {self.dataset_name!r} is being written by run {holder['run_id']} "
             f"(pid {holder.get('pid')} on {holder.get('host')}{shard}{since}): wait for it to end, "
@@ -246,5 +430,7 @@ class Lease:
                     {"_id": self.key}, {"$pull": {"holders": {"run_id": self.run_id}}, "$inc": {"version": 1}}
                 )
             )
+            # a lease nobody holds is not kept (a taker that read it meanwhile fails its compare-and-set and retries)
+            with_retry(lambda: collection().delete_one({"_id": self.key, "holders": {"$size": 0}}))
         except DatabaseUnreachable:
             pass  # the claim lapses by itself: its process ends and its heartbeat stops

@@ -142,12 +142,13 @@ def test_samples_deleted_during_a_run_are_not_counted_done(fresh_dataset):
     assert fiftyone_blip.runs(fresh_dataset)[-1]["done"] == 40
 
 
-def test_a_dataset_deleted_mid_run_stops_with_one_line_and_a_failed_record(fresh_dataset):
+def test_a_dataset_deleted_mid_run_stops_with_one_line_and_leaves_no_record(fresh_dataset):
     import fiftyone as fo
+    import fiftyone.core.odm as foo
 
     from fiftyone_blip import run_records
 
-    name, dataset_id = fresh_dataset.name, str(fresh_dataset._doc.id)
+    name, dataset_id = fresh_dataset.name, fresh_dataset._doc.id
     calls = []
 
     def step(inputs):
@@ -159,8 +160,9 @@ def test_a_dataset_deleted_mid_run_stops_with_one_line_and_a_failed_record(fresh
     with pytest.raises(RuntimeError) as error:
         engine.run(fresh_dataset, toy_task(step=step), RunOptions(batch_size=8, chunk_size=8, **QUIET))
     assert "\n" not in str(error.value) and "deleted" in str(error.value)
-    (record,) = run_records.collection().find({"dataset_id": dataset_id, "run_id": {"$exists": True}})
-    assert record["status"] == "failed" and record["done"] == 16
+    # the run record went with the dataset (FiftyOne deletes a dataset's runs), and so did the lease
+    assert foo.get_db_conn().runs.count_documents({"_dataset_id": dataset_id}) == 0
+    assert run_records.collection().count_documents({}) == 0
     assert len(calls) == 3
 
 
