@@ -6,7 +6,9 @@ one-line click errors. Heavy imports happen inside commands, so `--help` is fast
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import sys
 
 import click
@@ -113,6 +115,63 @@ def _with_run_defaults(cls, owner):
 VIEW_OPTION = click.option("--view", "saved_view", default=None, help="A saved view of the dataset.")
 
 
+# ---- summaries: what a command prints, as text or JSON, and its exit code
+
+# The exit status of a run whose samples failed: no sample succeeded, or any failed with
+# --fail-on-error (1 stays for errors before any work, 2 for bad usage).
+EXIT_SAMPLES_FAILED = 3
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a command reports: `lines` for people, `data` for --json, and the engine run
+    (an `engine.RunSummary`, or None) whose counts set the exit status."""
+
+    lines: list[str]
+    data: dict
+    run: object = None
+
+
+def run_data(run) -> dict:
+    """An engine run's counts and times for JSON."""
+    return dataclasses.asdict(run)
+
+
+def prints_summary(function):
+    """Gives a command --json and --fail-on-error; the command returns a `Summary`, printed here.
+
+    The exit status is EXIT_SAMPLES_FAILED when the run stored no result but
+    failed on some samples (e.g. "0 done, 3 failed"), or, with --fail-on-error,
+    when any sample failed; samples skipped as already done count as neither.
+    """
+
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+    @click.option(
+        "--fail-on-error",
+        is_flag=True,
+        help=f"Exit with status {EXIT_SAMPLES_FAILED} if any sample failed (without it: only if no sample succeeded).",
+    )
+    @functools.wraps(function)
+    def wrapper(*args, as_json, fail_on_error, **kwargs):
+        summary = function(*args, **kwargs)
+        if as_json:
+            click.echo(json.dumps(summary.data, default=str, ensure_ascii=False))
+        else:
+            for line in summary.lines:
+                click.echo(line)
+        run = summary.run
+        if run is not None and run.failed and (fail_on_error or not run.done):
+            why = "no sample succeeded" if not run.done else "--fail-on-error"
+            click.echo(
+                f"Error: {run.failed} of {run.done + run.failed} samples failed ({why}); "
+                f"their causes are in field '{run.field}_error'",
+                err=True,
+            )
+            click.get_current_context().exit(EXIT_SAMPLES_FAILED)
+
+    return wrapper
+
+
 @click.group()
 @click.version_option(package_name="fiftyone-blip")
 def main():
@@ -130,6 +189,7 @@ def main():
 @click.argument("dataset")
 @settings_options(CaptionSettings, RunOptions)
 @VIEW_OPTION
+@prints_summary
 @translate_errors
 def caption(dataset, saved_view, **values):
     """Caption every image of DATASET into a string field.
@@ -149,7 +209,8 @@ def caption(dataset, saved_view, **values):
     """
     import fiftyone_blip
 
-    click.echo(str(fiftyone_blip.caption(load_samples(dataset, saved_view), **values)))
+    run = fiftyone_blip.caption(load_samples(dataset, saved_view), **values)
+    return Summary([str(run)], {"dataset": dataset, **run_data(run)}, run)
 
 
 @main.command()
@@ -185,13 +246,16 @@ def runs(dataset, as_json):
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Rebuild the dataset if it exists.")
+@prints_summary
 @translate_errors
 def shapes(name, count, split, seed, overwrite):
     """Build a FiftyOne dataset NAME of synthetic shapes images with ground truth."""
     import fiftyone_blip
 
     dataset = fiftyone_blip.load_shapes_dataset(name, count=count, split=split, seed=seed, overwrite=overwrite)
-    click.echo(f"dataset {dataset.name!r}: {len(dataset)} samples")
+    return Summary(
+        [f"dataset {dataset.name!r}: {len(dataset)} samples"], {"dataset": dataset.name, "samples": len(dataset)}
+    )
 
 
 @main.group()
@@ -201,13 +265,14 @@ def plugin():
 
 @plugin.command("install")
 @click.option("--plugins-dir", default=None, help="[default: FiftyOne's plugins_dir]")
+@prints_summary
 @translate_errors
 def plugin_install(plugins_dir):
     """Link the plugin into FiftyOne's plugins folder so the App finds its operators."""
     from fiftyone_blip import plugin as plugin_module
 
     target = plugin_module.install(plugins_dir)
-    click.echo(f"plugin installed at {target}")
+    return Summary([f"plugin installed at {target}"], {"path": str(target)})
 
 
 @main.command()
@@ -275,6 +340,7 @@ def app_command(dataset, port, address, no_launcher):
 @settings_options(HeatmapSettings, RunOptions)
 @click.option("--generate", is_flag=True, help="cross-attention: caption each image first and explain that caption.")
 @VIEW_OPTION
+@prints_summary
 @translate_errors
 def heatmaps_command(dataset, saved_view, generate, **values):
     """Compute where BLIP looked for each caption word of DATASET's images.
@@ -297,7 +363,8 @@ def heatmaps_command(dataset, saved_view, generate, **values):
 
     if generate:
         values["text_field"] = None
-    click.echo(str(fiftyone_blip.heatmaps(load_samples(dataset, saved_view), **values)))
+    run = fiftyone_blip.heatmaps(load_samples(dataset, saved_view), **values)
+    return Summary([str(run)], {"dataset": dataset, **run_data(run)}, run)
 
 
 @main.command("heatmap-overlays")
@@ -306,6 +373,7 @@ def heatmaps_command(dataset, saved_view, generate, **values):
 @click.option("--sample-id", default=None, help="The sample to draw. [default: the first one with heatmaps]")
 @click.option("-f", "--field", default="heatmap", show_default=True, help="The heatmap field.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Opacity of the map over the image.")
+@prints_summary
 @translate_errors
 def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
     """Write one sample's per-word heatmap overlays as PNG files into OUTPUT_DIR, for a report.
@@ -330,7 +398,11 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
         except (KeyError, ValueError):
             raise click.ClickException(f"dataset {dataset!r} has no sample {sample_id!r}") from None
     paths = fiftyone_blip.write_heatmap_overlays(sample, output_dir, field=field, alpha=alpha)
-    click.echo(f"{len(paths)} overlays of sample {sample.id} ({sample[f'{field}_text']!r}) written to {output_dir}")
+    text = sample[f"{field}_text"]
+    return Summary(
+        [f"{len(paths)} overlays of sample {sample.id} ({text!r}) written to {output_dir}"],
+        {"dataset": dataset, "sample_id": sample.id, "text": text, "paths": [str(p) for p in paths]},
+    )
 
 
 @main.command()
@@ -339,6 +411,7 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
 @settings_options(MislabelSettings, RunOptions)
 @click.option("--rescore/--flag-only", default=True, help="--flag-only re-flags stored scores without a model.")
 @VIEW_OPTION
+@prints_summary
 @translate_errors
 def mislabels(dataset, label_field, rescore, saved_view, **values):
     """Flag likely mislabels in LABEL_FIELD of DATASET by image-text matching.
@@ -361,16 +434,18 @@ def mislabels(dataset, label_field, rescore, saved_view, **values):
     samples = load_samples(dataset, saved_view)
     if rescore:
         result = fiftyone_blip.find_mislabels(samples, label_field, **values)
-        click.echo(str(result["run"]))
     else:
         flag_values = {k: v for k, v in values.items() if k in FlagSettings.names()}
         result = fiftyone_blip.flag_mislabels(samples, label_field, **flag_values)
+    run = result.pop("run", None)
     labels = f", {result['flagged_labels']} labels" if result.get("flagged_labels") is not None else ""
-    click.echo(
+    flagged = (
         f"flagged {result['flagged_samples']} of {result['scored_samples']} scored samples{labels} "
         f"(method {result['method']}); tag {result['tag']!r}, field {result['flag_field']!r}, "
         f"review view {result['view']!r}"
     )
+    lines = [str(run), flagged] if run is not None else [flagged]
+    return Summary(lines, {"dataset": dataset, **(run_data(run) if run else {}), **result}, run)
 
 
 @main.command()
@@ -378,6 +453,7 @@ def mislabels(dataset, label_field, rescore, saved_view, **values):
 @settings_options(EmbedSettings, RunOptions)
 @click.option("--no-index", is_flag=True, help="Only embed; build no similarity index.")
 @VIEW_OPTION
+@prints_summary
 @translate_errors
 def embed(dataset, saved_view, no_index, **values):
     """Embed every image of DATASET with BLIP (ITC) and build a similarity index.
@@ -399,9 +475,10 @@ def embed(dataset, saved_view, no_index, **values):
 
     if no_index:
         values["brain_key"] = None
-    click.echo(str(fiftyone_blip.embed(load_samples(dataset, saved_view), **values)))
-    if values["brain_key"] and not values["shard"]:
-        click.echo(f"similarity index {values['brain_key']!r} ready")
+    run = fiftyone_blip.embed(load_samples(dataset, saved_view), **values)
+    index = values["brain_key"] if values["brain_key"] and not values["shard"] else None
+    lines = [str(run)] + ([f"similarity index {index!r} ready"] if index else [])
+    return Summary(lines, {"dataset": dataset, **run_data(run), "brain_key": index}, run)
 
 
 @main.command()
@@ -454,6 +531,7 @@ def adapters():
 @VIEW_OPTION
 @settings_options(AdapterJobSettings, AdapterTrainingSettings)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@prints_summary
 @translate_errors
 def adapters_train(dataset_name, saved_view, quiet, **values):
     """Train a LoRA adapter that captions in another language, and install it.
@@ -472,14 +550,18 @@ def adapters_train(dataset_name, saved_view, quiet, **values):
     import fiftyone_blip
 
     samples = load_samples(dataset_name, saved_view) if dataset_name else None
-    manifest = fiftyone_blip.train_adapter(samples=samples, progress=not quiet, log=click.echo, **values)
+    # epoch lines go to stderr, beside the progress bar: stdout holds the summary alone
+    manifest = fiftyone_blip.train_adapter(
+        samples=samples, progress=not quiet, log=lambda line: click.echo(line, err=True), **values
+    )
     metrics, parameters = manifest["metrics"], manifest["parameters"]
-    click.echo(
+    line = (
         f"adapter {manifest['language']!r} saved to {manifest['path']}: held-out exact match "
         f"{metrics['held_out_exact_match']:.4f}, {parameters['trainable']:,} parameters "
         f"({parameters['ratio']:.2%} of the base model), {manifest['training']['wall_seconds']:.0f} s wall, "
         f"{manifest['training']['cpu_seconds']:.0f} s CPU"
     )
+    return Summary([line], manifest)
 
 
 @adapters.command("list")

@@ -1,11 +1,12 @@
 """The CLI through click's CliRunner, against the test database."""
 
+import json
 import subprocess
 import sys
 
 from click.testing import CliRunner
 
-from fiftyone_blip.cli import main
+from fiftyone_blip.cli import EXIT_SAMPLES_FAILED, main
 
 
 def invoke(*args):
@@ -111,3 +112,75 @@ def test_app_command_turns_scheduling_on_and_starts_a_launcher(fresh_dataset, mo
     assert started[0][0][-2:] == ["delegated", "launch"] and started[0][1] == "true"
     assert started[-1] == "terminated"
     assert "fiftyone delegated list" in result.output
+
+
+# ---------------------------------------------------------------- --json and exit codes
+
+
+def _break_files(dataset, count):
+    """Points the first `count` samples at missing files."""
+    ids = dataset.limit(count).values("id")
+    dataset.set_values("filepath", {sid: f"/nonexistent/missing-{i}.png" for i, sid in enumerate(ids)}, key_field="id")
+
+
+def _json(result) -> dict:
+    (line,) = result.stdout.strip().splitlines()  # stdout holds the summary alone
+    return json.loads(line)
+
+
+def test_every_summary_command_prints_one_json_object_with_its_counts(fresh_dataset):
+    fresh_dataset.save_view("six", fresh_dataset.limit(6))
+    name = fresh_dataset.name
+    caption = _json(invoke("caption", name, "--view", "six", "-m", "shapes-tiny", "-q", "--json"))
+    assert (caption["done"], caption["failed"], caption["skipped"], caption["total"]) == (6, 0, 0, 6)
+    assert caption["field"] == "caption" and caption["dataset"] == name and caption["run_id"]
+
+    heatmaps = _json(invoke("heatmaps", name, "--view", "six", "-m", "shapes-tiny", "-q", "--json"))
+    assert (heatmaps["done"], heatmaps["field"]) == (6, "heatmap")
+
+    embedded = _json(invoke("embed", name, "--view", "six", "-m", "shapes-tiny", "-q", "--json", "--no-index"))
+    assert (embedded["done"], embedded["brain_key"]) == (6, None)
+
+    mislabels = invoke("mislabels", name, "--view", "six", "-l", "gt_label", "-m", "shapes-tiny", "-q", "--json")
+    found = _json(mislabels)
+    assert found["done"] == 6 and found["scored_samples"] == 6 and "flagged_samples" in found
+    flagged = _json(
+        invoke("mislabels", name, "--view", "six", "-l", "gt_label", "--flag-only", "--top-k", "2", "--json")
+    )
+    assert flagged["flagged_samples"] == 2 and "done" not in flagged
+
+    shapes = _json(invoke("shapes", "cli-json-shapes", "--count", "2", "--json"))
+    assert shapes == {"dataset": "cli-json-shapes", "samples": 2}
+    import fiftyone as fo
+
+    fo.delete_dataset("cli-json-shapes")
+
+
+def test_no_sample_succeeded_exits_non_zero_with_the_counts(fresh_dataset):
+    fresh_dataset.save_view("three", fresh_dataset.limit(3))
+    _break_files(fresh_dataset, 3)
+    result = invoke("caption", fresh_dataset.name, "--view", "three", "-m", "shapes-tiny", "-q")
+    assert result.exit_code == EXIT_SAMPLES_FAILED
+    assert "0 done, 3 failed" in result.stdout
+    assert "3 of 3 samples failed (no sample succeeded)" in result.stderr and "caption_error" in result.stderr
+    as_json = invoke("caption", fresh_dataset.name, "--view", "three", "-m", "shapes-tiny", "-q", "--json")
+    assert as_json.exit_code == EXIT_SAMPLES_FAILED
+    assert (_json(as_json)["done"], _json(as_json)["failed"]) == (0, 3)
+
+
+def test_some_samples_failed_exits_zero_unless_fail_on_error(fresh_dataset):
+    fresh_dataset.save_view("six", fresh_dataset.limit(6))
+    _break_files(fresh_dataset, 2)
+    args = ["caption", fresh_dataset.name, "--view", "six", "-m", "shapes-tiny", "-q"]
+    result = invoke(*args, "-f", "lenient")
+    assert result.exit_code == 0, result.output
+    assert "4 done, 2 failed" in result.stdout
+    strict = invoke(*args, "-f", "strict", "--fail-on-error", "--json")
+    assert strict.exit_code == EXIT_SAMPLES_FAILED
+    assert (_json(strict)["done"], _json(strict)["failed"]) == (4, 2)
+    assert "2 of 6 samples failed (--fail-on-error)" in strict.stderr
+    assert fresh_dataset.count("strict") == 4  # what succeeded is stored all the same
+    # nothing failed: the flag changes nothing
+    fresh_dataset.save_view("good", fresh_dataset.skip(2).limit(4))
+    good = invoke("caption", fresh_dataset.name, "--view", "good", "-m", "shapes-tiny", "-q", "--fail-on-error")
+    assert good.exit_code == 0 and "4 done, 0 failed" in good.stdout
