@@ -26,7 +26,7 @@ from fiftyone_blip.adapters.registry import (
 )
 from fiftyone_blip.adapters.tokenizer import build_tokenizer, roundtrip_rate
 from fiftyone_blip.progress import reporter
-from fiftyone_blip.settings import DEVICES, SDK_CLI, Settings, setting
+from fiftyone_blip.settings import DEVICES, SDK_CLI, Settings, check_revision, revision_setting, setting
 
 EMBEDDINGS = "text_decoder.bert.embeddings.word_embeddings"
 # peft has no default LoRA targets for BLIP v1. These are the text decoder's
@@ -103,6 +103,7 @@ class AdapterJobSettings(Settings):
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_CAPTION_MODEL",
     )
+    revision: str | None = revision_setting()
     out: str | None = setting(
         None, "the adapter folder (None: <registry>/<language>)", cli_flags=("-o",), surfaces=SDK_CLI
     )
@@ -111,6 +112,10 @@ class AdapterJobSettings(Settings):
     overwrite: bool = setting(
         False, "replace an installed adapter of this language", label="Replace an installed adapter of this language"
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_revision(self.revision)
 
 
 class _ImageFeatures:
@@ -223,6 +228,7 @@ def train_adapter(
     threads: int | None = None,
     progress=True,
     log=print,
+    revision: str | None = None,
 ) -> dict:
     """Trains a LoRA language adapter on the text decoder from (image path, caption) pairs.
 
@@ -241,6 +247,8 @@ def train_adapter(
         settings: an `AdapterTrainingSettings` (None: its defaults).
         device: "auto", "cpu", "cuda" or "mps" ("auto").
         overwrite: replace an existing adapter folder.
+        revision: the base model's hub revision: a branch, tag or commit
+            (None: the default branch); recorded in the manifest.
         threads: CPU threads for torch (None: torch's default). On a busy
             machine one thread can beat two: small matrices gain little from a
             second thread, and a thread that waits for a descheduled partner
@@ -270,7 +278,7 @@ def train_adapter(
     clock = (time.time(), time.process_time())
     # A private copy: training resizes embeddings and injects layers, which
     # must not leak into the cached model that captioning uses.
-    loaded = models.load_model(model, task="caption", device=device, dtype="float32", cached=False)
+    loaded = models.load_model(model, task="caption", device=device, dtype="float32", revision=revision, cached=False)
     torch.manual_seed(settings.seed)
     train_pairs, val_pairs = _split(pairs, settings)
     adapter = _new_adapter(loaded, settings, [c for _, c in train_pairs])
@@ -571,4 +579,5 @@ def train(language: str, samples, training: AdapterTrainingSettings, job: Adapte
         threads=job.threads,
         progress=progress,
         log=log,
+        revision=job.revision,
     )
