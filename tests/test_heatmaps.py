@@ -118,7 +118,9 @@ def test_gradcam_for_a_query_with_png_maps(heatmapped, tmp_path):
         assert str(tmp_path) in path
         assert np.asarray(Image.open(path)).shape == (32, 32)
     assert sample.gc.map_path.startswith(str(tmp_path))
-    assert max(np.asarray(Image.open(p)).max() for p in [h.map_path for h in sample.gc_word_maps]) == 255  # not all-zero maps
+    assert (
+        max(np.asarray(Image.open(p)).max() for p in [h.map_path for h in sample.gc_word_maps]) == 255
+    )  # not all-zero maps
 
 
 def test_letterboxed_wide_image_end_to_end(fo, tmp_path):
