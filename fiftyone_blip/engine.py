@@ -392,11 +392,6 @@ def _declare_fields(dataset, task: Task) -> None:
 
     wanted = {**task.fields, task.error_field: fo.StringField, task.run_field: fo.StringField}
     fields.declare(dataset, wanted, task.capability)
-    fields.describe(
-        dataset,
-        field_descriptions(task),
-        fields.writer_info(task.capability, task.field, task.identity, task.fingerprint),
-    )
 
 
 def field_descriptions(task: Task) -> dict[str, str]:
@@ -667,6 +662,12 @@ def run(samples, task: Task, options=None) -> RunSummary:
     lease = runs.Lease(dataset, task.field, shard, record_id)
     lease.take()
     try:
+        # after every refusal: a refused run leaves the fields' info naming the run that wrote them
+        fields.describe(
+            dataset,
+            field_descriptions(task),
+            fields.writer_info(task.capability, task.field, task.identity, task.fingerprint),
+        )
         return _run_claimed(samples, task, options, record_id, started)
     finally:
         lease.release()

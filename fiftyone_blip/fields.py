@@ -36,9 +36,7 @@ def _matches(existing, field_type, kwargs: dict) -> bool:
     return "embedded_doc_type" not in kwargs or getattr(holder, "document_type", None) is kwargs["embedded_doc_type"]
 
 
-def declare(
-    dataset, wanted: dict, writer: str, flat: bool = False, descriptions: dict | None = None, info: dict | None = None
-) -> None:
+def declare(dataset, wanted: dict, writer: str, flat: bool = False) -> None:
     """Adds the fields `wanted` lacks; refuses an existing field of another type.
 
     Args:
@@ -47,8 +45,6 @@ def declare(
             type, keyword arguments of `add_sample_field`, e.g. `subfield`).
         writer: what writes there, for the error ("heatmaps").
         flat: names are paths into embedded documents (label attributes).
-        descriptions: name -> what the field holds (see `describe`).
-        info: who writes the fields (see `describe`).
 
     Raises:
         ValueError: a field exists with another type; nothing is added then.
@@ -65,8 +61,6 @@ def declare(
     for name, (field_type, kwargs) in specs.items():
         if name not in schema:
             dataset.add_sample_field(name, field_type, **kwargs)
-    if descriptions or info:
-        describe(dataset, {name: (descriptions or {}).get(name) for name in specs}, info)
 
 
 def writer_info(capability: str, field: str, identity: dict, fingerprint: str | None = None, **extra) -> dict:

@@ -1,5 +1,7 @@
 """Every field the library writes carries a FiftyOne `description` and `info` (who wrote it, with which model)."""
 
+import pytest
+
 
 def _new_fields(dataset, before: set) -> dict:
     """Fields added since `before`, without the inside of new label fields (a Heatmap's `map_path`,
@@ -55,7 +57,10 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     assert "is there a circle?" in dataset.get_field("has_circle").description
     flagged = dataset.get_field("gt_objects.detections.gt_objects_match_flagged")
     assert flagged.info["capability"] == "flag" and flagged.info["model"] == "shapes-tiny"
-    # the info follows the latest run that wrote the field
+    # a refused run changes nothing; the info follows the latest run that wrote the field
+    with pytest.raises(ValueError, match="not written by fiftyone-blip with this model"):
+        fob.caption(view, revision="rev-x", **run)
+    assert dataset.get_field("caption").info["revision"] is None
     fob.caption(view, overwrite=True, revision="rev-x", **run)
     assert dataset.get_field("caption").info["revision"] == "rev-x"
     assert dataset.get_field("caption").info["fingerprint"] == fob.runs(dataset)[-1]["fingerprint"]

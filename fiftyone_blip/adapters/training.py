@@ -635,8 +635,9 @@ def model_card(manifest: dict, config: dict) -> str:
         "",
         "```python",
         "from peft import AutoPeftModel",
-        'model = AutoPeftModel.from_pretrained("path/to/this/folder")  # the base from adapter_config.json,'
-        " resized to the tokenizer",
+        "",
+        "# the base named in adapter_config.json, resized to this folder's tokenizer",
+        'model = AutoPeftModel.from_pretrained("path/to/this/folder")',
         "```",
         "",
         "or onto a base model you load yourself (resize it to the adapter's tokenizer first):",
