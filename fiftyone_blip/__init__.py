@@ -169,11 +169,20 @@ def runs(dataset) -> list[dict]:
     return engine.list_runs(dataset)
 
 
-def load_model(name: str | None = None, task: str = "caption", device: str = "auto", dtype: str = "auto"):
-    """Loads a BLIP model and processor; see `fiftyone_blip.models.load_model`."""
+def load_model(
+    name: str | None = None,
+    task: str = "caption",
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+):
+    """Loads a BLIP model and processor; see `fiftyone_blip.models.load_model`.
+
+    `revision` is a Hugging Face hub branch, tag or commit (None: the default branch).
+    """
     from fiftyone_blip import models
 
-    return models.load_model(name, task=task, device=device, dtype=dtype)
+    return models.load_model(name, task=task, device=device, dtype=dtype, revision=revision)
 
 
 def load_shapes_dataset(name: str = "shapes-demo", count: int = 200, split: str = "test", **kwargs):
@@ -196,7 +205,7 @@ def heatmaps(samples, settings=None, options=None, **overrides):
     Writes `field` (an `fo.Heatmap` of the whole text, which the App overlays
     on the image), `{field}_words` (the words; word pieces merged),
     `{field}_maps` (a uint8 array of per-word maps) or, with `maps_dir`,
-    `{field}_map_paths` (one PNG per word), `{field}_text` (the text),
+    `{field}_word_maps` (one `fo.Heatmap` PNG per word), `{field}_text` (the text),
     `{field}_probs` (cross-attention: each word's probability under the
     captioner) or `{field}_match` (gradcam: the ITM match probability), and
     `{field}_error` / `{field}_run`. Every map is mapped back onto the

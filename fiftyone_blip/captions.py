@@ -409,6 +409,10 @@ def caption_task(
         identity={**loaded.identity, **adapter_identity},
         prepare=prepare,
         step=step,
+        descriptions={
+            field: f"caption of the image by BLIP ({language or 'en'}), {settings.strategy} decoding",
+            confidence_field: f"confidence of {field!r}: geometric mean of its token probabilities under the model",
+        },
     )
 
 
@@ -420,6 +424,8 @@ def run(samples, settings: CaptionSettings, options):
         from fiftyone_blip import adapters
 
         adapters.check_language(settings.language)
-    loaded = models.load_model(settings.model, task="caption", device=options.device, dtype=options.dtype)
+    loaded = models.load_model(
+        settings.model, task="caption", device=options.device, dtype=options.dtype, revision=options.revision
+    )
     task = caption_task(loaded, settings, field=settings.field, resize=options.resize, language=settings.language)
     return engine.run(samples, task, options)

@@ -346,8 +346,8 @@ def heatmaps_command(dataset, saved_view, generate, **values):
     """Compute where BLIP looked for each caption word of DATASET's images.
 
     Writes FIELD (a heatmap of the whole caption, shown over the image in the
-    App), FIELD_words, FIELD_maps (one map per word) or FIELD_map_paths (with
-    --maps-dir), FIELD_text, FIELD_probs (cross-attention) or FIELD_match
+    App), FIELD_words, FIELD_maps (one map per word) or FIELD_word_maps (with
+    --maps-dir: one heatmap PNG per word), FIELD_text, FIELD_probs (cross-attention) or FIELD_match
     (gradcam), FIELD_error and FIELD_run. Open a sample in the App and use the
     "BLIP word heatmaps" panel to see each word's map.
 

@@ -121,6 +121,7 @@ def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
         identity=loaded.identity,
         prepare=prepare,
         step=step,
+        descriptions={field: f"BLIP image embedding in the ITC space ({embedder.dim} values, unit length)"},
     )
 
 
@@ -412,12 +413,20 @@ def run(samples, settings, options, **backend_kwargs):
                 f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
                 f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
             )
-    loaded = models.load_model(settings.model, task="match", device=options.device, dtype=options.dtype)
+    loaded = models.load_model(
+        settings.model, task="match", device=options.device, dtype=options.dtype, revision=options.revision
+    )
     task = embedding_task(loaded, field=settings.field, resize=options.resize)
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:
         embedded = dataset.match(F(task.run_field) == task.run_stamp)
         build_index(
-            embedded, stored_name, field=settings.field, brain_key=brain_key, backend=settings.backend, **backend_kwargs
+            embedded,
+            stored_name,
+            field=settings.field,
+            brain_key=brain_key,
+            backend=settings.backend,
+            revision=options.revision,
+            **backend_kwargs,
         )
     return summary

@@ -60,6 +60,9 @@ class Task:
         step: list of inputs -> list of {field: value} (runs on the model).
         reads: sample fields `prepare` needs beside the file path (e.g. the
             caption a heatmap explains); with any, `prepare(path, *values)`.
+        descriptions: what each written field holds, name (a dotted path for
+            label attributes) -> one sentence: the fields' FiftyOne
+            `description`; the engine describes `{field}_error` and `{field}_run`.
     """
 
     capability: str
@@ -70,6 +73,7 @@ class Task:
     prepare: Callable[[str], Any]
     step: Callable[[list], list[dict]]
     reads: tuple[str, ...] = ()
+    descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def error_field(self) -> str:
@@ -389,6 +393,20 @@ def _declare_fields(dataset, task: Task) -> None:
     fields.declare(dataset, wanted, task.capability)
 
 
+def field_descriptions(task: Task) -> dict[str, str]:
+    """The description of every field a task writes (a generic one where the task gives none)."""
+    generic = f"{task.capability} result of fiftyone-blip (see the field's info for the model)"
+    return {
+        **{name: generic for name in task.fields},
+        task.field: generic,
+        **task.descriptions,
+        task.error_field: f"why fiftyone-blip {task.capability} has no result in {task.field!r} for this sample "
+        "(None: no error)",
+        task.run_field: f"fingerprint of the model and settings that produced {task.field!r}: a run with the same "
+        "ones skips the sample, another refuses to replace it without overwrite",
+    }
+
+
 def _check_no_foreign_values(samples, task: Task) -> None:
     """Refuses a field that holds values fiftyone-blip did not write with these model and settings."""
     if task.field not in samples._dataset.get_field_schema():
@@ -644,6 +662,12 @@ def run(samples, task: Task, options=None) -> RunSummary:
     lease = runs.Lease(dataset, task.field, shard, record_id)
     lease.take()
     try:
+        # after every refusal: a refused run leaves the fields' info naming the run that wrote them
+        fields.describe(
+            dataset,
+            field_descriptions(task),
+            fields.writer_info(task.capability, task.field, task.identity, task.fingerprint),
+        )
         return _run_claimed(samples, task, options, record_id, started)
     finally:
         lease.release()

@@ -1,9 +1,11 @@
-"""Result fields: which names may hold results, and declaring them.
+"""Result fields: which names may hold results, declaring them, and describing them.
 
 Every capability declares the fields it writes before any work: a missing
 field is added with its exact type; an existing field of another type is an
 error, so a run never writes into (or silently converts) a field it does not
-own.
+own. Each field then carries a FiftyOne `description` (what it holds) and
+`info` (who wrote it: capability, main field, model, revision, fingerprint),
+which the App shows beside the field and `dataset.get_field(name)` returns.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ def check_field_name(field: str) -> str:
 def _matches(existing, field_type, kwargs: dict) -> bool:
     if not isinstance(existing, field_type):
         return False
-    if "embedded_doc_type" in kwargs and existing.document_type is not kwargs["embedded_doc_type"]:
+    if "subfield" in kwargs and not isinstance(existing.field, kwargs["subfield"]):
         return False
-    return "subfield" not in kwargs or isinstance(existing.field, kwargs["subfield"])
+    # a list of embedded documents keeps their type on its subfield
+    holder = existing.field if "subfield" in kwargs else existing
+    return "embedded_doc_type" not in kwargs or getattr(holder, "document_type", None) is kwargs["embedded_doc_type"]
 
 
 def declare(dataset, wanted: dict, writer: str, flat: bool = False) -> None:
@@ -57,3 +61,43 @@ def declare(dataset, wanted: dict, writer: str, flat: bool = False) -> None:
     for name, (field_type, kwargs) in specs.items():
         if name not in schema:
             dataset.add_sample_field(name, field_type, **kwargs)
+
+
+def writer_info(capability: str, field: str, identity: dict, fingerprint: str | None = None, **extra) -> dict:
+    """The `info` of a field fiftyone-blip writes: which run (capability and main field) and which model.
+
+    `identity` is a loaded model's identity (model, path, revision, dtype,
+    and a language adapter's `language` / `adapter`); the weights' version is
+    left out (it changes with every save of a local folder).
+    """
+    info = {"written_by": "fiftyone-blip", "capability": capability, "field": field}
+    info.update({k: v for k, v in identity.items() if k != "weights"})
+    if fingerprint is not None:
+        info["fingerprint"] = fingerprint
+    info.update(extra)
+    return info
+
+
+def describe(dataset, descriptions: dict, info: dict | None = None) -> None:
+    """Sets each field's FiftyOne `description` and `info`; saves only the fields that change.
+
+    Args:
+        dataset: the FiftyOne dataset.
+        descriptions: field name (a dotted path for label attributes) -> one
+            sentence of what it holds (None: leave the description as it is).
+        info: a dict stored as each field's `info` (None: leave it), usually
+            `writer_info(...)`: the latest run that wrote the field.
+    """
+    for name, description in descriptions.items():
+        field = dataset.get_field(name)
+        if field is None:
+            continue
+        changed = False
+        if description is not None and field.description != description:
+            field.description = description
+            changed = True
+        if info is not None and field.info != info:
+            field.info = dict(info)
+            changed = True
+        if changed:
+            field.save()

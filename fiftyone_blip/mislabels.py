@@ -560,7 +560,27 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str, da
         prepare=prepare,
         step=step,
         reads=(label_field, "id"),
+        descriptions=score_descriptions(label_field, settings.kind, field, settings.margin, settings.itc),
     )
+
+
+SCORE_MEANINGS = {
+    "itm": "BLIP ITM probability that the image (or the label's crop) matches the label's text",
+    "margin": "ITM probability of the label minus that of the best other class",
+    "itc": "BLIP ITC cosine similarity of image and label text",
+    "mistakenness": "likelihood that the label is wrong, from the BLIP scores (higher: more likely)",
+    "flagged": "flagged as a likely mislabel",
+}
+
+
+def score_descriptions(label_field: str, kind: str, field: str, margin: bool, itc: bool) -> dict[str, str]:
+    """What the match run's sample fields and per-label attributes hold."""
+    names = ["itm"] + (["margin"] if margin else []) + (["itc"] if itc else [])
+    sample = {field: f"lowest {SCORE_MEANINGS['itm']}, over the sample's {label_field!r} labels"}
+    for name in names[1:]:
+        sample[f"{field}_{name}"] = f"lowest {SCORE_MEANINGS[name]}, over the sample's {label_field!r} labels"
+    paths = label_attribute_paths(label_field, kind, field, names)
+    return {**sample, **{path: f"{SCORE_MEANINGS[name]} (this label)" for path, name in zip(paths, names)}}
 
 
 def stored_label_paths(dataset, label_field: str, list_name: str, inputs: list[_Item]) -> list[_Item]:
@@ -715,6 +735,7 @@ def flag(
             labels_view = samples.filter_labels(label_field, F(f"{field}_flagged") == True, only_matches=False)  # noqa: E712
             samples.untag_labels(tag, label_fields=[label_field])
             labels_view.tag_labels(tag, label_fields=[label_field])
+    _describe_flags(samples._dataset, label_field, kind, field, method)
 
     review = samples.match(F(flag_field) == True).sort_by(score_field, reverse=True)  # noqa: E712
     if level == "label" and _list_path(kind) is not None:
@@ -793,6 +814,22 @@ def _write_label_flags(samples, label_field, kind, field, ids, label_scores, sam
     samples.set_values(f"{base}.{field}_flagged", {ids[i]: per_label_flags[i] for i in keep}, key_field="id")
 
 
+def _describe_flags(dataset, label_field: str, kind: str, field: str, method: str) -> None:
+    """Descriptions and info of the flag fields: the scores' model (from their field's info) and the method."""
+    scores_info = dict(dataset.get_field(field).info or {})
+    identity = {k: v for k, v in scores_info.items() if k not in ("written_by", "capability", "field", "fingerprint")}
+    info = schema_fields.writer_info("flag", f"{field}_flagged", identity, scores=field, method=method)
+    descriptions = {
+        f"{field}_mistakenness": f"{SCORE_MEANINGS['mistakenness']} of the sample's {label_field!r} labels "
+        f"(method {method!r}, the highest over its labels)",
+        f"{field}_flagged": f"{SCORE_MEANINGS['flagged']} in {label_field!r} (method {method!r})",
+    }
+    names = ["mistakenness", "flagged"]
+    paths = label_attribute_paths(label_field, kind, field, names)  # none for a text field
+    descriptions.update({path: f"{SCORE_MEANINGS[name]} (this label)" for path, name in zip(paths, names)})
+    schema_fields.describe(dataset, descriptions, info)
+
+
 def _by_method(method: str, columns):
     if method == "itm":
         return (columns[0],)
@@ -834,7 +871,9 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
         resize=options.resize,
     )
     resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
-    loaded = models.load_model(settings.model, task="match", device=options.device, dtype=options.dtype)
+    loaded = models.load_model(
+        settings.model, task="match", device=options.device, dtype=options.dtype, revision=options.revision
+    )
     task = match_task(loaded, scoring, label_field, field, samples._dataset)
     names = ["itm"] + (["margin"] if scoring.margin else []) + (["itc"] if scoring.itc else [])
     declare_label_attributes(samples._dataset, label_field, kind, field, names)

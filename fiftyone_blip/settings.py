@@ -258,6 +258,24 @@ def documented(*classes):
 
 
 MAX_BATCH_SIZE = 1024
+
+
+def check_revision(revision) -> str | None:
+    """A hub revision is a non-empty name without spaces (branch, tag or commit), or None."""
+    if revision is not None and not (
+        isinstance(revision, str) and revision.strip() and not any(c.isspace() for c in revision)
+    ):
+        raise ValueError(f"`revision` must be a branch, tag or commit name (no spaces), got {revision!r}")
+    return revision
+
+
+def revision_setting():
+    """The `revision` setting, declared once for `RunOptions` and adapter training."""
+    return setting(
+        None, "the model's Hugging Face hub revision: a branch, tag or commit (None: the default branch)", advanced=True
+    )
+
+
 RESIZE_MODES = ("squash", "center-crop", "letterbox")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
@@ -265,9 +283,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
 @dataclasses.dataclass
 class RunOptions(Settings):
-    """How a run goes over a collection; none of these change a result's value.
+    """How a run goes over a collection and which model revision it loads.
 
-    `resize`, `device` and `dtype` go to the model step; the rest to the engine.
+    `revision`, `device` and `dtype` go to the model loader, `resize` to the
+    model step, the rest to the engine. The revision and dtype are part of the
+    model's identity, so they are in every result's fingerprint; the rest do
+    not change a result's value.
     """
 
     resize: str = setting(
@@ -289,6 +310,7 @@ class RunOptions(Settings):
         choices=DTYPES,
         advanced=True,
     )
+    revision: str | None = revision_setting()
     num_workers: int | None = setting(
         None,
         "decode threads, 0 decodes inline (None: one per core, at most 8)",
@@ -320,6 +342,7 @@ class RunOptions(Settings):
         from fiftyone_blip.engine import parse_shard
 
         parse_shard(self.shard)
+        check_revision(self.revision)
 
     @property
     def shard_spec(self) -> tuple[int, int] | None:

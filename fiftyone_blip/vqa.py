@@ -407,6 +407,19 @@ def declare_fields(dataset, questions: list[Question]) -> None:
                 dataset.add_sample_field(name, field_type, embedded_doc_type=doc_type)
 
 
+def question_descriptions(questions: list[Question]) -> dict[str, str]:
+    """What each question's fields hold: the question, and how it was answered."""
+    out = {}
+    for q in questions:
+        how = "yes/no" if q.boolean else "ranked among given answers" if q.answers else "free answer"
+        if q.boolean:
+            out[q.field] = f"BLIP's answer to {q.text!r} ({how}): True for yes"
+            out[f"{q.field}_confidence"] = f"BLIP's probability of its answer to {q.text!r}"
+        else:
+            out[q.field] = f"BLIP's answer to {q.text!r} ({how}), with its probability as confidence"
+    return out
+
+
 def vqa_task(loaded, questions: list[Question], settings: VqaSettings | None = None, resize: str = "squash"):
     """An engine `Task` that answers `questions` about each image, one field per question.
 
@@ -446,6 +459,7 @@ def vqa_task(loaded, questions: list[Question], settings: VqaSettings | None = N
         identity=loaded.identity,
         prepare=prepare,
         step=step,
+        descriptions=question_descriptions(questions),
     )
 
 
@@ -491,7 +505,7 @@ def ask(
     options = options or RunOptions()
     settings = settings or VqaSettings()
     checked = make_questions(questions, fields, answers, boolean)
-    loaded = load_model(model, task="vqa", device=options.device, dtype=options.dtype)
+    loaded = load_model(model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision)
     task = vqa_task(loaded, checked, settings, resize=options.resize)  # checks lengths
     declare_fields(samples._dataset, checked)
     return engine.run(samples, task, options)

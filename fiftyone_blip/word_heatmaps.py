@@ -30,7 +30,12 @@ with the long side `map_size` pixels and the image's aspect.
 - `F`: an `fo.Heatmap` of the whole caption, which the App overlays;
 - `F_words`: the caption's words (word pieces merged; punctuation dropped);
 - `F_maps`: a uint8 array (words, height, width) of per-word maps, or, with
-  `maps_dir`, `F_map_paths`: one greyscale PNG file per word;
+  `maps_dir`, `F_word_maps`: one `fo.Heatmap` per word, each a greyscale PNG
+  file (`map_path`). FiftyOne's exporters treat every `map_path` of a Heatmap
+  as media, also inside a list, so a FiftyOneDataset export with
+  `export_media=True` copies the per-word files with the caption's and
+  rewrites their paths (datasets written before kept plain paths in
+  `F_map_paths`; they are still read);
 - `F_text`: the text the maps explain;
 - `F_probs` (cross-attention): each word's probability under the captioner;
   `F_match` (gradcam): the ITM match probability of image and text;
@@ -456,7 +461,7 @@ def _require_cross_attentions(out) -> None:
 
 def field_names(field: str, mode: str, maps_dir: str | None) -> dict[str, str]:
     names = {"heatmap": field, "words": f"{field}_words", "text": f"{field}_text"}
-    names["maps"] = f"{field}_map_paths" if maps_dir else f"{field}_maps"
+    names["maps"] = f"{field}_word_maps" if maps_dir else f"{field}_maps"
     names["scores"] = f"{field}_probs" if mode == "cross-attention" else f"{field}_match"
     return names
 
@@ -475,7 +480,9 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
         names["heatmap"]: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
         names["words"]: (fo.ListField, {"subfield": fo.StringField}),
         names["text"]: (fo.StringField, {}),
-        names["maps"]: (fo.ListField, {"subfield": fo.StringField}) if maps_dir else (fo.ArrayField, {}),
+        names["maps"]: (fo.ListField, {"subfield": fo.EmbeddedDocumentField, "embedded_doc_type": fo.Heatmap})
+        if maps_dir
+        else (fo.ArrayField, {}),
         names["scores"]: (fo.ListField, {"subfield": fo.FloatField})
         if mode == "cross-attention"
         else (fo.FloatField, {}),
@@ -535,7 +542,7 @@ def heatmap_task(
             if folder is not None:
                 caption_path, paths = save_map_files(folder, overall, row["words"], word_maps, written)
                 heatmap = fo.Heatmap(map_path=caption_path, range=[0, 255])
-                values[names["maps"]] = paths
+                values[names["maps"]] = [fo.Heatmap(map_path=p, range=[0, 255]).to_mongo() for p in paths]
             else:
                 heatmap = fo.Heatmap(map=overall, range=[0, 255])
                 values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)
@@ -561,7 +568,23 @@ def heatmap_task(
         prepare=prepare,
         step=step,
         reads=reads,
+        descriptions=field_descriptions(names, settings.mode, maps_dir),
     )
+
+
+def field_descriptions(names: dict[str, str], mode: str, maps_dir) -> dict[str, str]:
+    """What each heatmap field holds (its FiftyOne description)."""
+    how = "BLIP decoder cross-attention" if mode == "cross-attention" else "Grad-CAM of BLIP's ITM head"
+    return {
+        names["heatmap"]: f"where the image supports the whole text ({how}; 0..255)",
+        names["words"]: f"the words of {names['text']!r} that the per-word maps explain, in order",
+        names["text"]: "the text the heatmaps explain",
+        names["maps"]: f"one map per word of {names['words']!r} ({how}): "
+        + ("Heatmaps of PNG files, exported with the dataset" if maps_dir else "uint8 array (words, height, width)"),
+        names["scores"]: "each word's probability under the captioner"
+        if mode == "cross-attention"
+        else "BLIP ITM probability that image and text match",
+    }
 
 
 def writable_folder(folder, name: str = "maps_dir") -> Path:
@@ -648,10 +671,15 @@ def word_maps(sample, field: str = "heatmap") -> tuple[list[str], np.ndarray, li
     if not words:
         raise ValueError(f"sample {sample.id} has no heatmaps in field {field!r}")
     maps = sample.get_field(f"{field}_maps") if sample.has_field(f"{field}_maps") else None
-    if maps is None and sample.has_field(f"{field}_map_paths") and sample.get_field(f"{field}_map_paths"):
+    paths = None
+    if maps is None and sample.has_field(f"{field}_word_maps") and sample.get_field(f"{field}_word_maps"):
+        paths = [heatmap.map_path for heatmap in sample.get_field(f"{field}_word_maps")]
+    elif maps is None and sample.has_field(f"{field}_map_paths") and sample.get_field(f"{field}_map_paths"):
+        paths = sample.get_field(f"{field}_map_paths")  # written before maps were Heatmaps
+    if paths is not None:
         from PIL import Image
 
-        maps = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample.get_field(f"{field}_map_paths")])
+        maps = np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])
     if maps is None:
         raise ValueError(f"sample {sample.id} has words but no maps in field {field!r}")
     probs = sample.get_field(f"{field}_probs") if sample.has_field(f"{field}_probs") else None
@@ -762,7 +790,12 @@ def run(samples, settings: HeatmapSettings, options):
     if settings.maps_dir:
         writable_folder(settings.maps_dir)
     loaded = models.load_model(
-        settings.model, task=MODE_TASKS[settings.mode], device=options.device, dtype=options.dtype, attention="eager"
+        settings.model,
+        task=MODE_TASKS[settings.mode],
+        device=options.device,
+        dtype=options.dtype,
+        revision=options.revision,
+        attention="eager",
     )
     task = heatmap_task(
         loaded,

@@ -164,6 +164,16 @@ def test_train_from_a_dataset_on_a_tiny_random_blip(fresh_dataset, registry, tin
     assert manifest["tokenizer"]["roundtrip_train"] == 1.0
     assert {"held_out_loss", "held_out_exact_match"} <= set(manifest["metrics"])
     assert manifest["base_model"]["name"] == str(tiny_random_captioner)
+    # plain peft finds the real base (not an alias) and the tokenizer that sizes its embedding
+    assert config["base_model_name_or_path"] == str(tiny_random_captioner)
+    card = (folder / "README.md").read_text()
+    assert "library_name: peft" in card and "PeftModel.from_pretrained(base" in card and "language: de" in card
+    assert str(manifest["metrics"]["held_out_exact_match"]) in card
+    from peft import AutoPeftModel
+
+    plain = AutoPeftModel.from_pretrained(str(folder))
+    rows = manifest["tokenizer"]["first_added_id"] + manifest["tokenizer"]["added_tokens"]
+    assert plain.get_base_model().text_decoder.get_input_embeddings().weight.shape[0] == rows
     # it loads onto the base model and captions (random weights: any text)
     summary = fiftyone_blip.caption(
         fresh_dataset.limit(4), model=str(tiny_random_captioner), language="de", field="c", progress=False
@@ -270,3 +280,55 @@ def test_outside_a_language_run_the_model_is_the_base_model():
         german = captions.Captioner(loaded, captions.CaptionSettings(), tokenizer=tokenizer)(pixels)
     assert german[0]["caption"].startswith("ein")
     assert english(pixels) == before
+
+
+@pytest.mark.parametrize("language", ["de", "ru"])
+def test_plain_peft_loads_a_bundled_adapter_and_captions_as_the_library_does(fresh_dataset, language, monkeypatch):
+    """The two documented lines, with no fiftyone-blip code, give the library's own captions."""
+    import torch
+    from peft import AutoPeftModel, PeftModel
+    from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipProcessor
+
+    from fiftyone_blip.images import load_image
+
+    view = fresh_dataset.limit(8)
+    fiftyone_blip.caption(view, model="shapes-tiny", language=language, field="library", progress=False)
+    folder = str(adapters.BUNDLED_ADAPTERS_DIR / language)
+    base_dir = str(models.BUNDLED["shapes-tiny"]["caption"])
+    config = json.loads((adapters.BUNDLED_ADAPTERS_DIR / language / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "fiftyone_blip/shapes/models/captioner"  # not the alias
+
+    base = BlipForConditionalGeneration.from_pretrained(base_dir)
+    with pytest.raises(IndexError):  # why the resize line is needed: the new tokens' rows
+        PeftModel.from_pretrained(BlipForConditionalGeneration.from_pretrained(base_dir), folder)
+    base.resize_token_embeddings(len(AutoTokenizer.from_pretrained(folder)))
+    model = PeftModel.from_pretrained(base, folder).eval()
+
+    # the one-line form resolves the base named in adapter_config.json from the package's parent folder
+    monkeypatch.chdir(models.BUNDLED_DIR.parent.parent.parent)
+    auto = AutoPeftModel.from_pretrained(folder).eval()
+
+    processor = BlipProcessor.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    images = [load_image(path) for path in view.values("filepath")]
+    pixels = processor(images=images, return_tensors="pt").pixel_values
+    with torch.inference_mode():
+        plain = tokenizer.batch_decode(model.generate(pixel_values=pixels, max_new_tokens=30), skip_special_tokens=True)
+        one_line = tokenizer.batch_decode(
+            auto.generate(pixel_values=pixels, max_new_tokens=30), skip_special_tokens=True
+        )
+    plain = [c.strip() for c in plain]
+    assert plain == view.values("library")
+    assert [c.strip() for c in one_line] == plain
+    assert any(c != e for c, e in zip(plain, view.values("gt_caption"))), "captions in the adapter's language"
+
+
+def test_bundled_adapter_folders_carry_a_model_card():
+    for language in ("de", "ru"):
+        folder = adapters.BUNDLED_ADAPTERS_DIR / language
+        manifest = adapters.read_manifest(folder)
+        card = (folder / "README.md").read_text()
+        assert f"language: {language}" in card and "`shapes-tiny`" in card
+        assert f"{manifest['data']['train_pairs']} image-caption pairs" in card
+        assert f"| greedy exact match | {manifest['metrics']['held_out_exact_match']} |" in card
+        assert "AutoPeftModel.from_pretrained(" in card and "PeftModel.from_pretrained(base" in card

@@ -114,11 +114,13 @@ def test_gradcam_for_a_query_with_png_maps(heatmapped, tmp_path):
     sample = view.first()
     assert sample.gc_words == ["a", "red", "circle"] and sample.gc_text == "a red circle"
     assert 0 <= sample.gc_match <= 1
-    for path in sample.gc_map_paths:
+    for path in [h.map_path for h in sample.gc_word_maps]:
         assert str(tmp_path) in path
         assert np.asarray(Image.open(path)).shape == (32, 32)
     assert sample.gc.map_path.startswith(str(tmp_path))
-    assert max(np.asarray(Image.open(p)).max() for p in sample.gc_map_paths) == 255  # not all-zero maps
+    assert (
+        max(np.asarray(Image.open(p)).max() for p in [h.map_path for h in sample.gc_word_maps]) == 255
+    )  # not all-zero maps
 
 
 def test_letterboxed_wide_image_end_to_end(fo, tmp_path):
@@ -263,3 +265,48 @@ def test_operator_runs_immediately(heatmapped, plugin_installed):
     )
     result.raise_exceptions()
     assert len(heatmapped.exists("hm_op_words")) == 3
+
+
+def test_png_maps_travel_with_a_fiftyone_export(fo, heatmapped, plugin_installed, tmp_path):
+    """Export with media, delete the maps folder, import: every word's map loads and the panel shows it."""
+    import shutil
+
+    import fiftyone_blip
+    from fiftyone_blip.word_heatmaps import word_maps, word_view
+
+    source = heatmapped.limit(3).clone("t-heatmaps-export-source")
+    name = "t-heatmaps-export-imported"
+    try:
+        maps_dir = tmp_path / "maps"
+        fiftyone_blip.heatmaps(source, model="shapes-tiny", field="hx", maps_dir=str(maps_dir), progress=False)
+        before = {s.filepath: word_maps(s, "hx") for s in source}
+        assert all(len(words) == len(maps) > 1 for words, maps, _ in before.values())
+
+        export_dir = tmp_path / "export"
+        source.export(export_dir=str(export_dir), dataset_type=fo.types.FiftyOneDataset, export_media=True)
+        shutil.rmtree(maps_dir)
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+        imported = fo.Dataset.from_dir(dataset_dir=str(export_dir), dataset_type=fo.types.FiftyOneDataset, name=name)
+        assert len(imported) == 3
+        for sample, (words, maps, probs) in zip(imported.sort_by("filepath"), [before[k] for k in sorted(before)]):
+            got_words, got_maps, got_probs = word_maps(sample, "hx")
+            assert got_words == words and np.array_equal(got_maps, maps) and got_probs == probs
+            paths = [h.map_path for h in sample.hx_word_maps]
+            assert len(paths) == len(words) and all(p.startswith(str(export_dir)) for p in paths)
+            assert sample.hx.map_path.startswith(str(export_dir))
+            assert word_view(sample, "hx", 1)["word"] == words[1]
+
+        # the App panel's data path on the imported dataset
+        operators = importlib_plugin()
+        panel = operators.WordHeatmapsPanel()
+        sample = imported.first()
+        ctx = _Ctx(imported, sample.id)
+        ctx.panel.state.field = "hx"
+        panel.on_load(ctx)
+        assert ctx.panel.state.message is None
+        assert ctx.panel.data.overlay.startswith("data:image/png;base64,")
+    finally:
+        for dataset_name in ("t-heatmaps-export-source", name):
+            if fo.dataset_exists(dataset_name):
+                fo.delete_dataset(dataset_name)

@@ -75,7 +75,7 @@ def test_mislabels_on_a_filter_labels_view_write_by_label_id(fresh_dataset, fo, 
 
 def _files_of(dataset, field):
     """{path: bytes} of every PNG the samples' heatmaps refer to."""
-    paths = [p for ps in dataset.values(f"{field}_map_paths") for p in ps or []]
+    paths = [p for ps in dataset.values(f"{field}_word_maps.map_path") for p in ps or []]
     paths += [h.map_path for h in dataset.values(field) if h is not None]
     return {p: open(p, "rb").read() for p in paths}
 
@@ -128,7 +128,7 @@ def _files_under(folder):
 
 
 def _referenced(dataset, field="heatmap"):
-    return {p for ps in dataset.values(f"{field}_map_paths") for p in ps or []} | {
+    return {p for ps in dataset.values(f"{field}_word_maps.map_path") for p in ps or []} | {
         h.map_path for h in dataset.values(field) if h is not None
     }
 
@@ -582,7 +582,7 @@ def test_app_maps_folders_are_confined_to_the_app_root(fresh_dataset, plugin_ins
         assert form["maps_dir"].invalid  # flagged at its input
     assert not outside.exists()
     _heatmaps_operator(view, maps_dir="maps").raise_exceptions()
-    assert all(p.startswith(str(root / "maps")) for p in view.first().heatmap_map_paths)
+    assert all(h.map_path.startswith(str(root / "maps")) for h in view.first().heatmap_word_maps)
 
 
 def test_app_models_are_bundled_hub_ids_or_folders_under_the_root(

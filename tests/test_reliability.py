@@ -1258,7 +1258,7 @@ def test_heatmap_files_stay_under_their_folder(fo, corpus_base, tmp_path, one_to
             maps_dir=str(maps),
             progress=False,
         )
-        written = [Path(p) for paths in dataset.values("heatmap_map_paths") for p in paths]
+        written = [Path(p) for paths in dataset.values("heatmap_word_maps.map_path") for p in paths]
         written += [Path(h.map_path) for h in dataset.values("heatmap")]
         assert written and all(p.resolve().is_relative_to(maps.resolve()) and p.is_file() for p in written)
 

@@ -26,7 +26,7 @@ from fiftyone_blip.adapters.registry import (
 )
 from fiftyone_blip.adapters.tokenizer import build_tokenizer, roundtrip_rate
 from fiftyone_blip.progress import reporter
-from fiftyone_blip.settings import DEVICES, SDK_CLI, Settings, setting
+from fiftyone_blip.settings import DEVICES, SDK_CLI, Settings, check_revision, revision_setting, setting
 
 EMBEDDINGS = "text_decoder.bert.embeddings.word_embeddings"
 # peft has no default LoRA targets for BLIP v1. These are the text decoder's
@@ -103,6 +103,7 @@ class AdapterJobSettings(Settings):
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_CAPTION_MODEL",
     )
+    revision: str | None = revision_setting()
     out: str | None = setting(
         None, "the adapter folder (None: <registry>/<language>)", cli_flags=("-o",), surfaces=SDK_CLI
     )
@@ -111,6 +112,10 @@ class AdapterJobSettings(Settings):
     overwrite: bool = setting(
         False, "replace an installed adapter of this language", label="Replace an installed adapter of this language"
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_revision(self.revision)
 
 
 class _ImageFeatures:
@@ -223,6 +228,7 @@ def train_adapter(
     threads: int | None = None,
     progress=True,
     log=print,
+    revision: str | None = None,
 ) -> dict:
     """Trains a LoRA language adapter on the text decoder from (image path, caption) pairs.
 
@@ -241,6 +247,8 @@ def train_adapter(
         settings: an `AdapterTrainingSettings` (None: its defaults).
         device: "auto", "cpu", "cuda" or "mps" ("auto").
         overwrite: replace an existing adapter folder.
+        revision: the base model's hub revision: a branch, tag or commit
+            (None: the default branch); recorded in the manifest.
         threads: CPU threads for torch (None: torch's default). On a busy
             machine one thread can beat two: small matrices gain little from a
             second thread, and a thread that waits for a descheduled partner
@@ -270,7 +278,7 @@ def train_adapter(
     clock = (time.time(), time.process_time())
     # A private copy: training resizes embeddings and injects layers, which
     # must not leak into the cached model that captioning uses.
-    loaded = models.load_model(model, task="caption", device=device, dtype="float32", cached=False)
+    loaded = models.load_model(model, task="caption", device=device, dtype="float32", revision=revision, cached=False)
     torch.manual_seed(settings.seed)
     train_pairs, val_pairs = _split(pairs, settings)
     adapter = _new_adapter(loaded, settings, [c for _, c in train_pairs])
@@ -521,30 +529,170 @@ def _wrap_for_training(net, settings, new_ids):
 
 
 def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
+    """Saves an adapter folder: what plain peft loads (weights, adapter_config.json, the tokenizer),
+    the manifest fiftyone-blip matches adapters by, and a model card (README.md).
+
+    Only the new tokens' rows are saved (`trainable_token_indices`); plain peft
+    loads the folder with `AutoPeftModel.from_pretrained(folder)`, or onto a
+    base model resized to the adapter's tokenizer (see `model_card`).
+    """
     import warnings
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    # peft records the base's local path (a machine-specific one for bundled or
-    # local models); the manifest's name is the one adapters are matched by.
-    config = peft_model.peft_config["default"]
-    config.base_model_name_or_path = manifest["base_model"]["name"]
-    config.revision = manifest["base_model"]["revision"]
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
-        (staging / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
         tokenizer.save_pretrained(staging)
         manifest["files"] = {WEIGHTS_FILE: _file_digest(staging / WEIGHTS_FILE)}
         manifest["size_bytes"] = (staging / WEIGHTS_FILE).stat().st_size
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        write_load_files(staging, manifest)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def peft_base_reference(base: dict) -> str:
+    """What `adapter_config.json` names as the base: the hub id or local folder the adapter was trained on.
+
+    A bundled base ("shapes-tiny") is named by its folder inside the package,
+    relative to the folder that holds `fiftyone_blip` (the repository root or
+    site-packages): `AutoPeftModel` resolves it from there.
+    """
+    from fiftyone_blip import models
+
+    name = base["name"]
+    if name in models.BUNDLED:
+        package_root = Path(models.__file__).resolve().parent.parent
+        return models.BUNDLED[name]["caption"].resolve().relative_to(package_root).as_posix()
+    return name
+
+
+def write_load_files(directory: Path, manifest: dict) -> None:
+    """Writes what plain peft and a reader need beside the weights: the real base model (and its
+    revision) in `adapter_config.json`, and the model card `README.md`.
+
+    `refresh_adapter_folder` runs it on a folder saved earlier, without retraining.
+    """
+    config_path = directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = peft_base_reference(manifest["base_model"])
+    config["revision"] = manifest["base_model"].get("revision")
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (directory / "README.md").write_text(model_card(manifest, config))
+
+
+def refresh_adapter_folder(directory) -> None:
+    """Rewrites an adapter folder's `adapter_config.json` base and `README.md` from its manifest.
+
+    For folders saved by an earlier version (base named by alias, no card);
+    the weights, tokenizer and manifest are left as they are.
+    """
+    from fiftyone_blip.adapters.registry import read_manifest
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    manifest.pop("path", None)
+    write_load_files(directory, manifest)
+
+
+LANGUAGE_NAMES = {"de": "German", "ru": "Russian", "fr": "French", "es": "Spanish", "it": "Italian", "ja": "Japanese"}
+
+
+def model_card(manifest: dict, config: dict) -> str:
+    """The adapter folder's README.md: base model, language, data, figures, and loading with plain peft."""
+    base, language = manifest["base_model"], manifest["language"]
+    reference = config["base_model_name_or_path"]
+    metrics, data, tokens = manifest["metrics"], manifest["data"], manifest["tokenizer"]
+    training = manifest.get("training", {})
+    hub_base = "/" in reference and not Path(reference).exists() and reference.count("/") == 1
+    front = ["---", "library_name: peft", f"language: {language}", "pipeline_tag: image-to-text"]
+    if hub_base:
+        front.append(f"base_model: {reference}")
+    front += ["tags:", "- blip", "- lora", "- fiftyone-blip", "---", ""]
+    revision = f" (revision `{base['revision']}`)" if base.get("revision") else ""
+    bundled = reference != base["name"]
+    where = (
+        f"`{base['name']}` (bundled with fiftyone-blip: the folder `{reference}` of the package)"
+        if bundled
+        else f"`{reference}`"
+    )
+    settings = training.get("settings", {})
+    lines = [
+        f"# BLIP captions in {LANGUAGE_NAMES.get(language, language)} ({language}): a LoRA language adapter",
+        "",
+        f"A LoRA adapter on the text decoder of the BLIP captioner {where}{revision}, with "
+        f"{tokens['added_tokens']} new tokens (ids {tokens['first_added_id']} to "
+        f"{tokens['first_added_id'] + tokens['added_tokens'] - 1}) for the words and letters the base vocabulary "
+        f"cannot write. The adapter's cased, accent-keeping tokenizer is saved beside it.",
+        "",
+        "## Load it with plain peft",
+        "",
+        "```python",
+        "from peft import AutoPeftModel",
+        "",
+        "# the base named in adapter_config.json, resized to this folder's tokenizer",
+        'model = AutoPeftModel.from_pretrained("path/to/this/folder")',
+        "```",
+        "",
+        "or onto a base model you load yourself (resize it to the adapter's tokenizer first):",
+        "",
+        "```python",
+        'base.resize_token_embeddings(len(AutoTokenizer.from_pretrained("path/to/this/folder")))',
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+        "```",
+        "",
+        "Caption with the base's image processor and decode with this folder's tokenizer:",
+        "",
+        "```python",
+        'ids = model.generate(pixel_values=processor(images=image, return_tensors="pt").pixel_values,'
+        " max_new_tokens=30)",
+        "caption = tokenizer.decode(ids[0], skip_special_tokens=True)",
+        "```",
+        "",
+        "With fiftyone-blip: `fob.caption(dataset, model=..., language=...)` after installing the folder in the"
+        " adapter registry.",
+        "",
+        "## Training data",
+        "",
+        f"{data['train_pairs']} image-caption pairs in {language}, with {data.get('held_out_pairs', 'no')} more held"
+        " out for the figures below"
+        + (
+            " (synthetic shapes scenes of `fiftyone_blip.shapes`, captioned in each language by the scene"
+            " generator's grammar)."
+            if bundled
+            else "."
+        ),
+        "",
+        "## Held-out figures",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| greedy exact match | {metrics['held_out_exact_match']} |",
+    ]
+    if "held_out_loss" in metrics:
+        lines.append(f"| token loss | {metrics['held_out_loss']} |")
+    if "roundtrip_held_out" in tokens:
+        lines.append(f"| tokenizer round trip | {tokens['roundtrip_held_out']} |")
+    if "best_epoch" in metrics:
+        lines.append(f"| best epoch / epochs run | {metrics['best_epoch']} / {metrics.get('epochs_run')} |")
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"LoRA rank {settings.get('rank', config.get('r'))}, alpha {settings.get('alpha', config.get('lora_alpha'))}"
+        + (f", learning rate {settings['learning_rate']}" if "learning_rate" in settings else "")
+        + f"; {manifest['parameters']['trainable']:,} trainable parameters"
+        f" ({manifest['parameters']['ratio']:.2%} of the base). Trained by `fiftyone_blip.train_adapter`;"
+        " the full record is in manifest.json.",
+        "",
+    ]
+    return "\n".join(front + lines)
 
 
 def train(language: str, samples, training: AdapterTrainingSettings, job: AdapterJobSettings, progress=True, log=print):
@@ -571,4 +719,5 @@ def train(language: str, samples, training: AdapterTrainingSettings, job: Adapte
         threads=job.threads,
         progress=progress,
         log=log,
+        revision=job.revision,
     )

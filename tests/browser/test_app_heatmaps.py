@@ -90,3 +90,59 @@ def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
     app.expect(score).to_contain_text(f"{words[0]}: probability {sample['heatmap_probs'][0]:.3f}")
     app.expect(panel_image).not_to_have_attribute("src", first_src)
     app.screenshot("heatmap-panel")
+
+
+def test_exported_heatmaps_render_after_the_maps_folder_is_gone(app, app_dataset, fo, tmp_path):
+    """PNG maps (maps_dir) exported with the dataset: after the source folder is removed, the imported
+    dataset's overlay and word panel show maps, read from the export."""
+    import shutil
+
+    import fiftyone_blip
+
+    source = app_dataset("app-heatmaps-export-source", count=4)
+    maps_dir = tmp_path / "maps"
+    fiftyone_blip.heatmaps(source, model="shapes-tiny", text_field="gt_caption", maps_dir=str(maps_dir), progress=False)
+    export_dir = tmp_path / "export"
+    source.export(export_dir=str(export_dir), dataset_type=fo.types.FiftyOneDataset, export_media=True)
+    shutil.rmtree(maps_dir)
+    name = "app-heatmaps-imported"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    imported = fo.Dataset.from_dir(dataset_dir=str(export_dir), dataset_type=fo.types.FiftyOneDataset, name=name)
+    imported.persistent = True
+    imported.app_config.color_scheme = fo.ColorScheme(
+        color_by="value", colorscales=[{"path": "heatmap", "name": "jet"}]
+    )
+    imported.save()
+    try:
+        app.open(name)
+        app.expect(app.cy("looker")).to_have_count(4)
+        modal = app.open_sample(0)
+        toggle = modal.locator('[data-cy="checkbox-heatmap"] input')
+        toggle.wait_for(state="attached")
+        if not toggle.is_checked():
+            app.cy("checkbox-heatmap").last.click()
+        app.expect(toggle).to_be_checked()
+        app.page.wait_for_function("() => document.querySelector('[data-cy=modal-looker-container] canvas') !== null")
+        with_overlay = _image_region(app)
+        app.cy("checkbox-heatmap").last.click()
+        app.expect(toggle).not_to_be_checked()
+        without_overlay = _image_region(app)
+        for _ in range(20):
+            if without_overlay != with_overlay:
+                break
+            app.page.wait_for_timeout(250)
+            without_overlay = _image_region(app)
+        assert without_overlay != with_overlay  # the caption's map, read from the export, is drawn
+
+        tab = app.cy(f"panel-tab-{PANEL}")
+        tab.click()
+        panel = app.page.locator(f"#{PANEL}")
+        panel_image = panel.get_by_alt_text("the word's map over the image")
+        panel_image.wait_for()
+        assert panel_image.get_attribute("src").startswith("data:image/")
+        app.expect(panel.get_by_text(re.compile(r"probability \d\.\d{3} under the captioner"))).to_be_visible()
+        app.screenshot("heatmap-panel-imported")
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)

@@ -1,0 +1,66 @@
+"""Every field the library writes carries a FiftyOne `description` and `info` (who wrote it, with which model)."""
+
+import pytest
+
+
+def _new_fields(dataset, before: set) -> dict:
+    """Fields added since `before`, without the inside of new label fields (a Heatmap's `map_path`,
+    a Classification's `label`: FiftyOne's own); label attributes on existing labels stay."""
+    new = {name: field for name, field in dataset.get_field_schema(flat=True).items() if name not in before}
+    return {name: field for name, field in new.items() if "." not in name or name.split(".")[0] not in new}
+
+
+def test_every_written_field_is_described(fresh_dataset, tmp_path):
+    import fiftyone_blip as fob
+    from fiftyone_blip import vqa
+    from fiftyone_blip.settings import RunOptions
+
+    dataset = fresh_dataset
+    view = dataset.limit(4)
+    before = set(dataset.get_field_schema(flat=True))
+    run = dict(model="shapes-tiny", device="cpu", progress=False)
+    fob.caption(view, **run)
+    fob.caption(view, language="de", **run)
+    fob.embed(view, brain_key=None, **run)
+    fob.heatmaps(view, text_field="caption", **run)
+    fob.heatmaps(view, field="gc", mode="gradcam", text="a red circle", maps_dir=str(tmp_path), **run)
+    fob.find_mislabels(view, "gt_objects", level="label", itc=True, **run)
+    fob.find_mislabels(view, "gt_label", **run)
+    vqa.ask(
+        view,
+        ["is there a circle?", "what colour is the shape?"],
+        ["has_circle", "colour"],
+        boolean=[True, False],
+        model="shapes-tiny",
+        options=RunOptions(device="cpu", progress=False),
+    )
+
+    written = _new_fields(dataset, before)
+    # captions, confidences, run and error fields, embeddings, heatmaps and their siblings,
+    # sample scores, per-label scores and flags, answers
+    for name in ("caption", "caption_confidence", "caption_run", "caption_error", "caption_de", "blip_embedding",
+                 "heatmap", "heatmap_words", "heatmap_probs", "gc_word_maps", "gc_match", "has_circle", "colour",
+                 "gt_objects_match", "gt_objects.detections.gt_objects_match_itm",
+                 "gt_objects.detections.gt_objects_match_flagged", "gt_label_match_mistakenness"):  # fmt: skip
+        assert name in written, name
+    undescribed = [name for name, field in written.items() if not field.description]
+    assert not undescribed, undescribed
+    for name, field in written.items():
+        info = field.info or {}
+        assert info.get("written_by") == "fiftyone-blip", (name, info)
+        assert info.get("model") == "shapes-tiny" and "revision" in info and info.get("capability"), (name, info)
+
+    assert dataset.get_field("caption_de").info["language"] == "de"
+    assert "de" in dataset.get_field("caption_de").description
+    assert dataset.get_field("gc_match").info["capability"] == "heatmaps"
+    assert dataset.get_field("has_circle").info["capability"] == "vqa"
+    assert "is there a circle?" in dataset.get_field("has_circle").description
+    flagged = dataset.get_field("gt_objects.detections.gt_objects_match_flagged")
+    assert flagged.info["capability"] == "flag" and flagged.info["model"] == "shapes-tiny"
+    # a refused run changes nothing; the info follows the latest run that wrote the field
+    with pytest.raises(ValueError, match="not written by fiftyone-blip with this model"):
+        fob.caption(view, revision="rev-x", **run)
+    assert dataset.get_field("caption").info["revision"] is None
+    fob.caption(view, overwrite=True, revision="rev-x", **run)
+    assert dataset.get_field("caption").info["revision"] == "rev-x"
+    assert dataset.get_field("caption").info["fingerprint"] == fob.runs(dataset)[-1]["fingerprint"]
