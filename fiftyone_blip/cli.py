@@ -117,7 +117,7 @@ VIEW_OPTION = click.option("--view", "saved_view", default=None, help="A saved v
 
 # ---- summaries: what a command prints, as text or JSON, and its exit code
 
-# The exit status of a run whose samples failed: no sample succeeded, or any failed with
+# The exit status of a run whose samples failed: no sample has a result, or any failed with
 # --fail-on-error (1 stays for errors before any work, 2 for bad usage).
 EXIT_SAMPLES_FAILED = 3
 
@@ -140,16 +140,17 @@ def run_data(run) -> dict:
 def prints_summary(function):
     """Gives a command --json and --fail-on-error; the command returns a `Summary`, printed here.
 
-    The exit status is EXIT_SAMPLES_FAILED when the run stored no result but
-    failed on some samples (e.g. "0 done, 3 failed"), or, with --fail-on-error,
-    when any sample failed; samples skipped as already done count as neither.
+    The exit status is EXIT_SAMPLES_FAILED when samples failed and none has a
+    result (e.g. "0 done, 3 failed"; samples skipped as already done have one,
+    so re-running over a dataset with one unreadable file gives the same status
+    as the first run did), or, with --fail-on-error, when any sample failed.
     """
 
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
     @click.option(
         "--fail-on-error",
         is_flag=True,
-        help=f"Exit with status {EXIT_SAMPLES_FAILED} if any sample failed (without it: only if no sample succeeded).",
+        help=f"Exit with status {EXIT_SAMPLES_FAILED} if any sample failed (without it: only if no sample has a result).",
     )
     @functools.wraps(function)
     def wrapper(*args, as_json, fail_on_error, **kwargs):
@@ -160,8 +161,8 @@ def prints_summary(function):
             for line in summary.lines:
                 click.echo(line)
         run = summary.run
-        if run is not None and run.failed and (fail_on_error or not run.done):
-            why = "no sample succeeded" if not run.done else "--fail-on-error"
+        if run is not None and run.failed and (fail_on_error or not run.done + run.skipped):
+            why = "--fail-on-error" if run.done + run.skipped else "no sample has a result"
             click.echo(
                 f"Error: {run.failed} of {run.done + run.failed} samples failed ({why}); "
                 f"their causes are in field '{run.field}_error'",

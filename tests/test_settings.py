@@ -24,6 +24,7 @@ from fiftyone_blip import (
     RunOptions,
     SearchSettings,
 )
+from fiftyone_blip.engine import RunSummary
 from fiftyone_blip.settings import Settings, form_default
 
 # settings classes of the engine capabilities: (class, SDK function, CLI command, operator)
@@ -148,11 +149,12 @@ def cli_calls(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(cli, "load_samples", lambda *args: None)
     calls = []
+    run = RunSummary(run_id="r", field="f", total=0, done=0, failed=0, skipped=0, seconds=0.0, model_seconds=0.0)
 
     def record(*args, **kwargs):
         calls.append(kwargs)
         return {
-            "run": "",
+            "run": run,
             "flagged_samples": 0,
             "scored_samples": 0,
             "method": "itm",
@@ -166,8 +168,10 @@ def cli_calls(monkeypatch):
             "training": {"wall_seconds": 0, "cpu_seconds": 0},
         }
 
-    for sdk in ("caption", "heatmaps", "find_mislabels", "flag_mislabels", "embed", "train_adapter"):
+    for sdk in ("find_mislabels", "flag_mislabels", "train_adapter"):
         monkeypatch.setattr(fiftyone_blip, sdk, record)
+    for sdk in ("caption", "heatmaps", "embed"):  # these return the engine run's summary
+        monkeypatch.setattr(fiftyone_blip, sdk, lambda *args, **kwargs: calls.append(kwargs) or run)
     monkeypatch.setattr(fiftyone_blip, "search", lambda *args, **kwargs: calls.append(kwargs) or [])
 
     def invoke(*argv):
