@@ -666,7 +666,13 @@ def run(samples, task: Task, options=None) -> RunSummary:
         fields.describe(
             dataset,
             field_descriptions(task),
-            fields.writer_info(task.capability, task.field, task.identity, task.fingerprint),
+            fields.writer_info(
+                task.capability,
+                task.field,
+                task.identity,
+                task.fingerprint,
+                run_key=runs.run_key(task.capability, task.field),
+            ),
         )
         return _run_claimed(samples, task, options, record_id, started)
     finally:

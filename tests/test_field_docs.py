@@ -64,3 +64,6 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     fob.caption(view, overwrite=True, revision="rev-x", **run)
     assert dataset.get_field("caption").info["revision"] == "rev-x"
     assert dataset.get_field("caption").info["fingerprint"] == fob.runs(dataset)[-1]["fingerprint"]
+    # the info names the FiftyOne run holding the run's record
+    assert dataset.get_field("caption").info["run_key"] == fob.runs(dataset)[-1]["run_key"]
+    assert dataset.get_field("caption").info["run_key"] in dataset.list_runs()
