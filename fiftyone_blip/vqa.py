@@ -69,7 +69,13 @@ class VqaSettings(Settings):
         advanced=True,
     )
     num_beams: int = setting(
-        3, "beams for the beam strategy", label="Beams", min=1, max=MAX_BEAMS, advanced=True, form_when={"strategy": ("beam",)}
+        3,
+        "beams for the beam strategy",
+        label="Beams",
+        min=1,
+        max=MAX_BEAMS,
+        advanced=True,
+        form_when={"strategy": ("beam",)},
     )
     max_new_tokens: int = setting(10, "longest free-form answer, in tokens", min=1, max=MAX_NEW_TOKENS, advanced=True)
     top_k: int = setting(
