@@ -431,6 +431,19 @@ class CaptionSamples(EngineOperator):
 
                 adapters.check_language(settings.language)
 
+        def check_words():
+            # banned and forced words the model cannot write, known without loading it when its
+            # tokenizer is on disk (an adapter's tokenizer, or a hub model's, is checked when the run starts)
+            try:
+                settings = CaptionSettings.from_params(app_params(ctx.params))
+            except ValueError:
+                return  # flagged by `check`
+            if settings.language is not None or not (settings.ban_words or settings.force_words):
+                return
+            local = check_model(ctx.params.get("model") or defaults["model"], "caption")
+            if local is not None:
+                captions.constraint_token_ids(settings, local_tokenizer(local)[0])
+
         params = ctx.params
         schedule_note(inputs)
         return checked_form(
@@ -440,6 +453,7 @@ class CaptionSamples(EngineOperator):
             lambda: check_model(params.get("model"), "caption"),
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             check,
+            check_words,
         )
 
     def run(self, ctx, view, settings, options):
