@@ -199,7 +199,7 @@ class CaptionSettings(Settings):
             self.language = None
         self.ban_words = _text_list("ban_words", self.ban_words, ",")
         self.force_words = _text_list("force_words", self.force_words, ",")
-        self.stop_strings = _text_list("stop_strings", self.stop_strings, "|")
+        self.stop_strings = _text_list("stop_strings", self.stop_strings, "|", keep_spaces=True)
         both = {w.casefold() for w in self.ban_words or ()} & {w.casefold() for w in self.force_words or ()}
         if both:
             raise ValueError(f"`force_words` and `ban_words` both hold {sorted(both)[0]!r}: a word cannot be both")
@@ -251,24 +251,28 @@ class CaptionSettings(Settings):
         return kwargs
 
 
-def _text_list(name: str, value, separator: str) -> tuple[str, ...] | None:
-    """A constraint's texts as a tuple: from a list, or from one text split at `separator` (CLI, forms)."""
+def _text_list(name: str, value, separator: str, keep_spaces: bool = False) -> tuple[str, ...] | None:
+    """A constraint's texts as a tuple: from a list, or from one text split at `separator` (CLI, forms).
+
+    The parts of one text lose the spaces around them ("red, blue"); with
+    `keep_spaces` the items of a list keep theirs (a stop string " and ").
+    """
     if value is None:
         return None
     if isinstance(value, str):
         if not value.strip():
             return None
-        items = value.split(separator)
+        items = [item.strip() for item in value.split(separator)]
     elif isinstance(value, (list, tuple)):
-        items = list(value)
+        items = [item if keep_spaces or not isinstance(item, str) else item.strip() for item in value]
     else:
         raise ValueError(f"`{name}` must be a list of texts or one text separated by {separator!r}, got {value!r}")
     out = []
     for item in items:
         if not isinstance(item, str) or not item.strip():
             raise ValueError(f"`{name}` must not hold an empty text, got {value!r}")
-        if item.strip() not in out:
-            out.append(item.strip())
+        if item not in out:
+            out.append(item)
     return tuple(out)
 
 

@@ -109,6 +109,9 @@ def test_constraints_are_in_the_fingerprint_only_when_set():
     assert constrained["ban_words"] == ["red"] and constrained["force_words"] == ["star"]
     # the CLI's and the form's one text equals the SDK's list
     assert CaptionSettings(ban_words="red , blue") == CaptionSettings(ban_words=["red", "blue"])
+    # a stop string of the SDK's list keeps its spaces; the parts of one text do not
+    assert CaptionSettings(stop_strings=[" and ", ","]).stop_strings == (" and ", ",")
+    assert CaptionSettings(stop_strings=" and | , ").stop_strings == ("and", ",")
 
 
 def test_sdk_records_constraints_and_refuses_another_into_the_same_field(fresh_dataset):
