@@ -11,6 +11,7 @@
     fob.search(dataset, "a dog on a beach", k=20)
     fob.find_mislabels(dataset, label_field="ground_truth")     # label QA
     fob.heatmaps(dataset)                                       # where it looked, per word
+    fob.ask(dataset, "is it night?", "night", answers=["yes", "no"])   # a question per image
     print(fob.runs(dataset)[-1])         # the run record
 
 Importing this package is cheap: torch and transformers load on first use.
@@ -26,6 +27,7 @@ from fiftyone_blip.adapters import AdapterJobSettings, AdapterTrainingSettings  
 from fiftyone_blip.captions import CaptionSettings  # noqa: E402
 from fiftyone_blip.mislabels import FlagSettings, MislabelSettings  # noqa: E402
 from fiftyone_blip.settings import EmbedSettings, RunOptions, SearchSettings, documented  # noqa: E402
+from fiftyone_blip.vqa import VqaSettings  # noqa: E402
 from fiftyone_blip.word_heatmaps import HeatmapSettings  # noqa: E402
 
 __all__ = [
@@ -38,7 +40,9 @@ __all__ = [
     "SearchSettings",
     "AdapterTrainingSettings",
     "AdapterJobSettings",
+    "VqaSettings",
     "caption",
+    "ask",
     "train_adapter",
     "list_adapters",
     "adapter_languages",
@@ -87,6 +91,54 @@ def caption(samples, settings=None, options=None, **overrides):
     from fiftyone_blip import captions
 
     return captions.run(samples, *captions.CaptionSettings.resolve(settings, options, overrides))
+
+
+@documented(VqaSettings, RunOptions)
+def ask(samples, questions, fields, answers=None, boolean=False, settings=None, options=None, **overrides):
+    """Asks every image of a dataset or view one or several questions, each answer into its own field.
+
+    Each question writes `field`: an `fo.Classification` whose label is the
+    normalised answer ("Two." -> "2") and whose confidence is its
+    probability, so the App's sidebar filters samples by answer; with
+    `boolean`, a yes/no question writes a bool (True for "yes") and
+    `{field}_confidence`. The first question's field names `{field}_error`
+    and `{field}_run` for the run. The image is encoded once per batch for
+    all questions. Samples answered by the same model, questions, answers and
+    settings are skipped unless `overwrite` is set, so a run resumes.
+
+        fob.ask(dataset, "how many people are there?", "people", model="Salesforce/blip-vqa-base")
+        fob.ask(dataset, ["is it night?", "what colour is the car?"], ["night", "car_colour"],
+                answers=[["yes", "no"], None], boolean=[True, False])
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        questions: a question, or a list of them.
+        fields: the field of each question (one name, or a list as long as `questions`).
+        answers: None for free generation (the answer decoder writes the
+            answer); one list of candidate answers for all questions; or one
+            list (or None) per question. With candidates the answer is the one
+            the decoder finds most likely, as BLIP's own VQA evaluation ranks
+            its answer list; the confidence is its share among them (None).
+        boolean: True, or one flag per question: a yes/no question stored as
+            a bool (False).
+        settings: a `VqaSettings` (None: its defaults).
+        options: a `RunOptions` (None: its defaults).
+        **overrides: any field of either, by name:
+        {settings}
+
+    Returns:
+        an `engine.RunSummary` (done, failed, skipped, total, seconds).
+
+    Raises:
+        ValueError: an empty question or one longer than the model's text
+            positions, empty or duplicate answers, a bad or already used
+            field, another invalid setting: before any sample is touched.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from fiftyone_blip import vqa
+
+    settings, options = VqaSettings.resolve(settings, options, overrides)
+    return vqa.run(samples, vqa.make_questions(questions, fields, answers, boolean), settings, options)
 
 
 # --- language adapters (fiftyone_blip.adapters) ---------------------------------------------

@@ -7,6 +7,12 @@ and settings into an engine `Task` that writes, per sample:
 - `{field}_confidence`: the geometric mean of the caption's token
   probabilities under the model (0..1; a ranking score, not calibrated);
 - `{field}_error` / `{field}_run`: written by the engine.
+
+Word constraints steer every decoding strategy: `ban_words` (never written),
+`force_words` (every caption holds them) and `stop_strings` (the caption ends
+before the first of them). transformers 5 moved constrained beam search
+(`force_words_ids`) to hub code, which is never run here, so forced words are
+this module's own logits processor, as diverse beam search is.
 """
 
 from __future__ import annotations
@@ -130,6 +136,26 @@ class CaptionSettings(Settings):
         "(see `fiftyone-blip adapters list`)",
         cli_flags=("-l",),
     )
+    ban_words: tuple[str, ...] | None = setting(
+        None,
+        "words or phrases a caption never holds, comma-separated, e.g. 'arafed, araffe' (None: none)",
+        label="Words to ban",
+        advanced=True,
+    )
+    force_words: tuple[str, ...] | None = setting(
+        None,
+        "words or phrases every caption holds, comma-separated; a caption that would end without them "
+        "goes on with them (None: none)",
+        label="Words that must appear",
+        advanced=True,
+    )
+    stop_strings: tuple[str, ...] | None = setting(
+        None,
+        "texts that end a caption, separated by '|', e.g. ', | and'; the caption is cut before the first "
+        "one it holds (None: none)",
+        label="Stop strings",
+        advanced=True,
+    )
 
     def __post_init__(self):
         if self.field is None:
@@ -171,6 +197,14 @@ class CaptionSettings(Settings):
             self.prompt = self.prompt.strip() or None
         if self.language == BASE_LANGUAGE:
             self.language = None
+        self.ban_words = _text_list("ban_words", self.ban_words, ",")
+        self.force_words = _text_list("force_words", self.force_words, ",")
+        self.stop_strings = _text_list("stop_strings", self.stop_strings, "|", keep_spaces=True)
+        both = {w.casefold() for w in self.ban_words or ()} & {w.casefold() for w in self.force_words or ()}
+        if both:
+            raise ValueError(f"`force_words` and `ban_words` both hold {sorted(both)[0]!r}: a word cannot be both")
+        if self.force_words and self.stop_strings:
+            raise ValueError("`stop_strings` cannot be combined with `force_words`: a cut could drop a forced word")
 
     def replace(self, **overrides):
         # num_beams follows the strategy unless it is given
@@ -187,7 +221,12 @@ class CaptionSettings(Settings):
             keep |= {"num_beam_groups", "diversity_penalty"}
         if self.strategy == "sample":
             keep |= {"top_k", "top_p", "temperature", "seed"}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in keep}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in keep}
+        # constraints join the fingerprint only when set, so earlier runs' fingerprints stay valid
+        for name in ("ban_words", "force_words", "stop_strings"):
+            if getattr(self, name):
+                values[name] = list(getattr(self, name))
+        return values
 
     def generate_kwargs(self) -> dict:
         kwargs = dict(
@@ -210,6 +249,51 @@ class CaptionSettings(Settings):
             # 0.978 on held-out shapes; with False both score 0.978 (BENCHMARKS.md).
             kwargs["early_stopping"] = False
         return kwargs
+
+
+def _text_list(name: str, value, separator: str, keep_spaces: bool = False) -> tuple[str, ...] | None:
+    """A constraint's texts as a tuple: from a list, or from one text split at `separator` (CLI, forms).
+
+    The parts of one text lose the spaces around them ("red, blue"); with
+    `keep_spaces` the items of a list keep theirs (a stop string " and ").
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        items = [item.strip() for item in value.split(separator)]
+    elif isinstance(value, (list, tuple)):
+        items = [item if keep_spaces or not isinstance(item, str) else item.strip() for item in value]
+    else:
+        raise ValueError(f"`{name}` must be a list of texts or one text separated by {separator!r}, got {value!r}")
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"`{name}` must not hold an empty text, got {value!r}")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def constraint_token_ids(settings: CaptionSettings, tokenizer, unk_token_id=None) -> dict:
+    """Each banned and forced word as token ids; raises for a word the model cannot write.
+
+    A word the tokenizer can only write with its unknown token ([UNK]) is
+    outside the model's vocabulary: banning it would do nothing and forcing
+    it would write [UNK].
+    """
+    unk = tokenizer.unk_token_id if unk_token_id is None else unk_token_id
+    out = {}
+    for name in ("ban_words", "force_words"):
+        ids = []
+        for word in getattr(settings, name) or ():
+            tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not tokens or (unk is not None and unk in tokens):
+                raise ValueError(f"`{name}`: {word!r} is not in the model's vocabulary (it would be written as [UNK])")
+            ids.append(list(tokens))
+        out[name] = ids
+    return out
 
 
 def check_prompt_room(prompt_tokens: int, settings: CaptionSettings, positions: int) -> int:
@@ -262,6 +346,88 @@ class DiversityLogitsProcessor:
         return scores - penalty
 
 
+def _holds(sequence: list, word: list) -> bool:
+    n = len(word)
+    return any(sequence[i : i + n] == word for i in range(len(sequence) - n + 1))
+
+
+class ForcedWordsLogitsProcessor:
+    """Every caption holds the forced words (token sequences).
+
+    While a caption lacks one, it cannot end: where the model would end it
+    (end-of-text is its best next token), or where only the room the forced
+    words need is left, the next missing word is written, token by token.
+    Elsewhere nothing changes, so a caption that holds the words anyway is the
+    caption the model writes without them (greedy decoding).
+
+    The rows a beam search reorders are recognised by their tokens, so a word
+    being written is finished in whichever row its beam moved to.
+    """
+
+    def __init__(self, words: list[list[int]], prompt_length: int, max_new_tokens: int, eos: int, beams: int):
+        self.words = words
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+        self.eos = eos
+        self.beams = max(beams, 1)
+        self.writing = {}  # (image, tokens so far) -> the word's tokens still to write
+
+    def __call__(self, input_ids, scores):
+        rows = input_ids[:, self.prompt_length :].tolist()
+        best = scores.argmax(-1).tolist()
+        left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
+        for row, generated in enumerate(rows):
+            if self.eos in generated:
+                continue
+            missing = [w for w in self.words if not _holds(generated, w)]
+            if not missing:
+                continue
+            key = (row // self.beams, tuple(generated))
+            pending = self.writing.pop(key, None)
+            if pending is None and (best[row] == self.eos or left <= sum(len(w) for w in missing)):
+                pending = missing[0]
+            if pending is None:
+                scores[row, self.eos] = -float("inf")
+                continue
+            token = pending[0]
+            value = scores[row, token]
+            scores[row] = -float("inf")
+            scores[row, token] = value if bool(value.isfinite()) else 0.0
+            if len(pending) > 1:
+                self.writing[(row // self.beams, (*generated, token))] = pending[1:]
+        return scores
+
+
+class StopStringsLogitsProcessor:
+    """Ends a caption once its text holds a stop string (the text is cut before it afterwards).
+
+    The text is checked decoded, not token by token, so a stop string that
+    spans tokens or word pieces is found; ending through end-of-text works
+    alike for greedy, beam and sampled captions.
+    """
+
+    def __init__(self, tokenizer, stop_strings: tuple[str, ...], prompt_length: int, eos: int):
+        self.tokenizer = tokenizer
+        self.stop_strings = stop_strings
+        self.prompt_length = prompt_length
+        self.eos = eos
+
+    def __call__(self, input_ids, scores):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        for row, text in enumerate(texts):
+            if any(stop in text for stop in self.stop_strings):
+                value = scores[row, self.eos]
+                scores[row] = -float("inf")
+                scores[row, self.eos] = value if bool(value.isfinite()) else 0.0
+        return scores
+
+
+def cut_at_stop(text: str, stop_strings) -> str:
+    """`text` up to the first stop string it holds (all of it when it holds none)."""
+    cuts = [text.find(stop) for stop in stop_strings or () if stop in text]
+    return text[: min(cuts)].strip() if cuts else text
+
+
 class Captioner:
     """Captions batches of preprocessed images with one loaded model."""
 
@@ -285,6 +451,14 @@ class Captioner:
             self.prompt_ids = torch.tensor([[text_config.bos_token_id]])
         self.room = check_prompt_room(self.prompt_ids.shape[1], settings, text_config.max_position_embeddings)
         self.torch = torch
+        words = constraint_token_ids(settings, self.tokenizer)
+        self.ban_ids, self.force_ids = words["ban_words"], words["force_words"]
+        needed = sum(len(w) for w in self.force_ids)
+        room = min(settings.max_new_tokens, self.room)
+        if needed > room:
+            raise ValueError(
+                f"`force_words` need {needed} tokens; a caption here holds at most {room} (`max_new_tokens`)"
+            )
 
     def __call__(self, pixel_values) -> list[dict]:
         torch = self.torch
@@ -296,14 +470,38 @@ class Captioner:
                 sequences, confidences = self._generate(image_embeds, self.settings.generate_kwargs())
         prompt_length = self.prompt_ids.shape[1]
         captions = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
-        return [{"caption": text.strip(), "confidence": float(conf)} for text, conf in zip(captions, confidences)]
+        captions = [cut_at_stop(text.strip(), self.settings.stop_strings) for text in captions]
+        return [{"caption": text, "confidence": float(conf)} for text, conf in zip(captions, confidences)]
+
+    def constraint_processors(self, prompt_length: int, max_new_tokens: int, beams: int) -> list:
+        """The logits processors of the settings' forced words and stop strings (banned words go to
+        generate's own `bad_words_ids`)."""
+        processors = []
+        if self.force_ids:
+            processors.append(
+                ForcedWordsLogitsProcessor(self.force_ids, prompt_length, max_new_tokens, self.eos, beams)
+            )
+        if self.settings.stop_strings:
+            processors.append(
+                StopStringsLogitsProcessor(self.tokenizer, self.settings.stop_strings, prompt_length, self.eos)
+            )
+        return processors
 
     def _generate(self, image_embeds, kwargs, logits_processor=None):
+        from transformers import LogitsProcessorList
+
         torch = self.torch
         batch = image_embeds.shape[0]
         input_ids = self.prompt_ids.to(self.device).repeat(batch, 1)
         # a caption stops where the model's text positions end (beyond them, generate fails)
         kwargs = {**kwargs, "max_new_tokens": min(kwargs["max_new_tokens"], self.room)}
+        if self.ban_ids:
+            kwargs["bad_words_ids"] = self.ban_ids
+        constraints = self.constraint_processors(
+            input_ids.shape[1], kwargs["max_new_tokens"], kwargs.get("num_beams") or 1
+        )
+        if constraints:
+            logits_processor = LogitsProcessorList([*(logits_processor or []), *constraints])
         # Sampling is seeded per batch, on a forked RNG so the caller's random state is left alone.
         cuda = [self.device] if str(self.device).startswith("cuda") else []
         with torch.random.fork_rng(devices=cuda, enabled=self.settings.strategy == "sample"):

@@ -22,6 +22,7 @@ from fiftyone_blip import (  # light: no torch, no FiftyOne at import
     MislabelSettings,
     RunOptions,
     SearchSettings,
+    VqaSettings,
 )
 from fiftyone_blip.mislabels import FlagSettings
 
@@ -212,6 +213,68 @@ def caption(dataset, saved_view, **values):
 
     run = fiftyone_blip.caption(load_samples(dataset, saved_view), **values)
     return Summary([str(run)], {"dataset": dataset, **run_data(run)}, run)
+
+
+@main.command()
+@click.argument("dataset")
+@click.argument("questions", nargs=-1, required=True)
+@click.option(
+    "-f",
+    "--field",
+    "fields",
+    multiple=True,
+    help="The field of a question's answers; once per question, in order. [default: made from the question]",
+)
+@click.option(
+    "-a",
+    "--answers",
+    "answers",
+    multiple=True,
+    help="Candidate answers, comma-separated (e.g. 'yes,no'): the answer is the most likely one. Once for "
+    "all questions, or once per question ('' for free generation). [default: free generation]",
+)
+@click.option("--boolean", is_flag=True, help="Yes/no questions: store a bool (True for yes) and FIELD_confidence.")
+@settings_options(VqaSettings, RunOptions)
+@VIEW_OPTION
+@prints_summary
+@translate_errors
+def ask(dataset, questions, fields, answers, boolean, saved_view, **values):
+    """Ask every image of DATASET one or more QUESTIONS; each answer goes into its own field.
+
+    A question's FIELD holds a Classification (label: the normalised answer,
+    confidence: its probability), so the App's sidebar filters by answer;
+    with --boolean a bool and FIELD_confidence. The first question's field
+    also names FIELD_error and FIELD_run. Samples answered by the same model,
+    questions and answers are skipped, so re-running resumes.
+
+    \b
+    Examples:
+        fiftyone-blip ask my-dataset "how many people are there?" -f people
+        fiftyone-blip ask my-dataset "is it night?" -f night --answers yes,no --boolean
+        fiftyone-blip ask my-dataset "what colour is the car?" -f car --answers red,blue,white,black
+        fiftyone-blip ask shapes-demo "how many shapes are there?" "is there a star?" -f n -f star -m shapes-tiny
+    """
+    import fiftyone_blip
+    from fiftyone_blip import vqa
+
+    if not fields:
+        fields = tuple(vqa.default_field(q) for q in questions)
+    if len(fields) != len(questions):
+        raise click.ClickException(f"`--field` must be given once per question ({len(questions)}), got {len(fields)}")
+    if len(answers) not in (0, 1, len(questions)):
+        raise click.ClickException(
+            f"`--answers` must be given once for all questions or once per question ({len(questions)}), "
+            f"got {len(answers)}"
+        )
+    if not answers:
+        parsed = None
+    elif len(answers) == 1:
+        parsed = [vqa.parse_answers(answers[0])] * len(questions)
+    else:
+        parsed = [vqa.parse_answers(a) for a in answers]
+    samples = load_samples(dataset, saved_view)
+    run = fiftyone_blip.ask(samples, list(questions), list(fields), answers=parsed, boolean=boolean, **values)
+    return Summary([str(run)], {"dataset": dataset, "fields": list(fields), **run_data(run)}, run)
 
 
 @main.command()

@@ -54,8 +54,29 @@ YES_NO = ("yes", "no")
 class VqaSettings(Settings):
     """How answers are decoded; the same for every question of a run."""
 
-    strategy: str = setting("greedy", "free-form answers: greedy or beam search", choices=STRATEGIES)
-    num_beams: int = setting(3, "beams for the beam strategy", min=1, max=MAX_BEAMS, advanced=True)
+    model: str | None = setting(
+        None,
+        "a BlipForQuestionAnswering hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-vqa-base)",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_VQA_MODEL",
+    )
+    strategy: str = setting(
+        "greedy",
+        "how free-form answers are decoded (closed answers are ranked, whatever the strategy)",
+        label="Decoding",
+        choices=STRATEGIES,
+        choice_labels={"greedy": "Greedy", "beam": "Beam search"},
+        advanced=True,
+    )
+    num_beams: int = setting(
+        3,
+        "beams for the beam strategy",
+        label="Beams",
+        min=1,
+        max=MAX_BEAMS,
+        advanced=True,
+        form_when={"strategy": ("beam",)},
+    )
     max_new_tokens: int = setting(10, "longest free-form answer, in tokens", min=1, max=MAX_NEW_TOKENS, advanced=True)
     top_k: int = setting(
         128,
@@ -73,7 +94,8 @@ class VqaSettings(Settings):
                 raise ValueError(f"`{name}` must be an integer, got {value!r}")
 
     def as_dict(self) -> dict:
-        """Only the settings that can change an answer (they form the run fingerprint)."""
+        """Only the settings that can change an answer (they form the run fingerprint; the model is
+        recorded as the run's identity)."""
         values = {"strategy": self.strategy, "max_new_tokens": self.max_new_tokens, "top_k": self.top_k}
         if self.strategy == "beam":
             values["num_beams"] = self.num_beams
@@ -109,6 +131,30 @@ def normalize_answer(text: str) -> str:
     text = _PUNCTUATION.sub(" ", str(text).lower())
     words = [_NUMBERS.get(word, word) for word in text.split() if word not in _ARTICLES]
     return " ".join(words)
+
+
+def parse_answers(text: str | Sequence[str] | None) -> list[str] | None:
+    """Candidate answers from a comma-separated text ("yes, no"), as the CLI and the App take them.
+
+    None or a blank text: free generation (None). A list passes through. An
+    empty item stays, so that `make_questions` names it ("red,,blue").
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return list(text)
+    if not text.strip():
+        return None
+    return [part.strip() for part in text.split(",")]
+
+
+def default_field(question: str | None) -> str:
+    """A field name made from a question ("How many people?" -> "how_many_people"); "answer" for none."""
+    words = re.findall(r"[a-z0-9]+", str(question or "").lower())
+    name = "_".join(words)[:40].rstrip("_")
+    if not name:
+        return "answer"
+    return name if name[0].isalpha() else f"q_{name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,8 +422,7 @@ class Answerer:
 # ---------------------------------------------------------------- storage and task
 
 
-def declare_fields(dataset, questions: list[Question]) -> None:
-    """Adds each question's field with its exact type; refuses to reuse a field of another type."""
+def _wanted_fields(questions: list[Question]) -> dict:
     import fiftyone as fo
 
     wanted = {}
@@ -387,8 +432,13 @@ def declare_fields(dataset, questions: list[Question]) -> None:
             wanted[f"{q.field}_confidence"] = (fo.FloatField, None)
         else:
             wanted[q.field] = (fo.EmbeddedDocumentField, fo.Classification)
+    return wanted
+
+
+def check_fields(dataset, questions: list[Question]) -> None:
+    """Refuses a question's field (or its confidence field) that exists with another type."""
     schema = dataset.get_field_schema()
-    for name, (field_type, doc_type) in wanted.items():
+    for name, (field_type, doc_type) in _wanted_fields(questions).items():
         existing = schema.get(name)
         if existing is None:
             continue
@@ -399,7 +449,13 @@ def declare_fields(dataset, questions: list[Question]) -> None:
                 f"field {name!r} already exists as a {type(existing).__name__}; questions write a {kind} there: "
                 "choose another field"
             )
-    for name, (field_type, doc_type) in wanted.items():
+
+
+def declare_fields(dataset, questions: list[Question]) -> None:
+    """Adds each question's field with its exact type; refuses to reuse a field of another type."""
+    check_fields(dataset, questions)
+    schema = dataset.get_field_schema()
+    for name, (field_type, doc_type) in _wanted_fields(questions).items():
         if name not in schema:
             if doc_type is None:
                 dataset.add_sample_field(name, field_type)
@@ -475,6 +531,8 @@ def ask(
 ):
     """Answers questions about every image of a collection, each into its own field.
 
+    (`fiftyone_blip.ask` is the same with settings as keywords.)
+
     Args:
         samples: a FiftyOne dataset or view.
         questions: a question ("is it night?") or a list of them.
@@ -485,7 +543,7 @@ def ask(
         boolean: True, or one flag per question: yes/no answers stored as a
             bool with `{field}_confidence` (False).
         model: a `BlipForQuestionAnswering` hub id, local directory or
-            bundled name (None: "Salesforce/blip-vqa-base").
+            bundled name (None: the settings' model, else "Salesforce/blip-vqa-base").
         settings: a `VqaSettings` (None: greedy decoding).
         options: a `settings.RunOptions` (batch size, device, dtype, resize,
             shard, overwrite, progress).
@@ -498,14 +556,23 @@ def ask(
             a bad field; raised before any sample is touched.
         models.ModelLoadError: the model cannot be loaded.
     """
-    from fiftyone_blip import engine
-    from fiftyone_blip.models import load_model
     from fiftyone_blip.settings import RunOptions
 
-    options = options or RunOptions()
     settings = settings or VqaSettings()
-    checked = make_questions(questions, fields, answers, boolean)
-    loaded = load_model(model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision)
-    task = vqa_task(loaded, checked, settings, resize=options.resize)  # checks lengths
-    declare_fields(samples._dataset, checked)
+    if model is not None:
+        settings = settings.replace(model=model)
+    return run(samples, make_questions(questions, fields, answers, boolean), settings, options or RunOptions())
+
+
+def run(samples, questions: list[Question], settings: VqaSettings, options):
+    """Answers checked `questions` (see `make_questions`) on the engine; see `fiftyone_blip.ask`."""
+    from fiftyone_blip import engine
+    from fiftyone_blip.models import load_model
+
+    check_fields(samples._dataset, questions)  # before the model loads
+    loaded = load_model(
+        settings.model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision
+    )
+    task = vqa_task(loaded, questions, settings, resize=options.resize)  # checks lengths
+    declare_fields(samples._dataset, questions)
     return engine.run(samples, task, options)

@@ -28,6 +28,7 @@ from fiftyone_blip import (
     MislabelSettings,
     RunOptions,
     SearchSettings,
+    VqaSettings,
     models,
 )
 from fiftyone_blip.settings import check_value, form_default, form_shows, label_of
@@ -430,6 +431,19 @@ class CaptionSamples(EngineOperator):
 
                 adapters.check_language(settings.language)
 
+        def check_words():
+            # banned and forced words the model cannot write, known without loading it when its
+            # tokenizer is on disk (an adapter's tokenizer, or a hub model's, is checked when the run starts)
+            try:
+                settings = CaptionSettings.from_params(app_params(ctx.params))
+            except ValueError:
+                return  # flagged by `check`
+            if settings.language is not None or not (settings.ban_words or settings.force_words):
+                return
+            local = check_model(ctx.params.get("model") or defaults["model"], "caption")
+            if local is not None:
+                captions.constraint_token_ids(settings, local_tokenizer(local)[0])
+
         params = ctx.params
         schedule_note(inputs)
         return checked_form(
@@ -439,6 +453,7 @@ class CaptionSamples(EngineOperator):
             lambda: check_model(params.get("model"), "caption"),
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             check,
+            check_words,
         )
 
     def run(self, ctx, view, settings, options):
@@ -877,6 +892,142 @@ class SearchByText(foo.Operator):
         return {"ids": ids}
 
 
+# --- visual question answering ------------------------------------------------------------------
+
+
+_TOKENIZERS = {}
+
+
+def local_tokenizer(local):
+    """The tokenizer and text positions of a model folder, loaded once per folder (forms run often)."""
+    key = str(local)
+    if key not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        config = json.loads((Path(local) / "config.json").read_text())
+        positions = config.get("text_config", {}).get("max_position_embeddings", 512)
+        _TOKENIZERS[key] = (AutoTokenizer.from_pretrained(key), positions)
+    return _TOKENIZERS[key]
+
+
+def _as_question_param(message: str) -> str:
+    # the library takes a list of questions; the form has one
+    return message.replace("`questions`", "`question`").replace("`fields`", "`field`")
+
+
+class AskQuestion(EngineOperator):
+    """Asks every image of the target a question (BLIP VQA); the answers land in a filterable field."""
+
+    settings_class = VqaSettings
+
+    @property
+    def config(self):
+        return _engine_config(
+            "ask_question",
+            "BLIP: ask a question",
+            "Ask every image a question with BLIP's VQA head; the answer goes into a field you can filter on",
+        )
+
+    def resolve_input(self, ctx):
+        from fiftyone_blip import vqa
+
+        inputs = types.Object()
+        label = "BLIP: ask a question"
+        inputs.view_target(ctx)
+        params = ctx.params
+        inputs.str(
+            "question", label="Question", required=True, description="e.g. 'how many people are there?', 'is it night?'"
+        )
+        inputs.str(
+            "answers",
+            label="Candidate answers",
+            required=False,
+            description="comma-separated, e.g. 'yes, no' or '1, 2, 3': the answer is the candidate the model finds "
+            "most likely; empty: the model writes its own answer",
+        )
+        inputs.bool(
+            "boolean",
+            label="Yes/no question: store True/False",
+            default=False,
+            description="answers 'yes' or 'no' only, stored as a boolean with its confidence beside it",
+        )
+        inputs.str(
+            "field",
+            label="Answer field",
+            required=True,
+            default=vqa.default_field(params.get("question")),
+            description="a Classification (label: the answer, confidence: its probability), or a boolean for a "
+            "yes/no question: filter on it in the sidebar",
+        )
+        settings_inputs(inputs, VqaSettings, params, defaults={"model": default_model(ctx, "vqa")})
+        run_inputs(inputs, VqaSettings)
+
+        def questions():
+            question = params.get("question")
+            field = params.get("field") or vqa.default_field(question)
+            try:
+                return vqa.make_questions(
+                    question or "", field, vqa.parse_answers(params.get("answers")), bool(params.get("boolean"))
+                )
+            except ValueError as error:
+                raise ValueError(_as_question_param(str(error))) from None
+
+        def check_questions():
+            if params.get("question") is None:
+                return  # not typed yet: the form marks it required
+            checked = questions()
+            if ctx.dataset is not None:
+                vqa.check_fields(ctx.dataset, checked)
+
+        def check_lengths():
+            # the question must fit the model's text positions; known without loading the model
+            # when its tokenizer is on disk (a hub model is checked when the run starts, before any work)
+            if not params.get("question") or not str(params["question"]).strip():
+                return
+            try:
+                checked = questions()
+            except ValueError:
+                return  # flagged by check_questions
+            local = check_model(params.get("model") or default_model(ctx, "vqa"), "vqa")
+            if local is None:
+                return
+            tokenizer, positions = local_tokenizer(local)
+            try:
+                vqa.check_lengths(checked, tokenizer, positions)
+            except ValueError as error:
+                raise ValueError(_as_question_param(str(error))) from None
+
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            label,
+            *field_checks(params, VqaSettings, RunOptions),
+            lambda: check_model(params.get("model"), "vqa"),
+            lambda: params.get("question") is None or check_nonempty(params, "question"),
+            check_questions,
+            check_lengths,
+            lambda: check_settings(ctx, VqaSettings),
+        )
+
+    def run(self, ctx, view, settings, options):
+        from fiftyone_blip import vqa
+
+        params = ctx.params
+        question = params["question"]
+        return fiftyone_blip.ask(
+            view,
+            question,
+            params.get("field") or vqa.default_field(question),
+            answers=vqa.parse_answers(params.get("answers")),
+            boolean=bool(params.get("boolean")),
+            settings=settings,
+            options=options,
+        )
+
+    def message(self, summary, settings):
+        return f"BLIP answers: {summary}; filter the grid by answer with the field in the sidebar"
+
+
 # --- language adapters ------------------------------------------------------------------------
 
 
@@ -944,4 +1095,5 @@ def register(p):
     p.register(FindMislabels)
     p.register(ComputeEmbeddings)
     p.register(SearchByText)
+    p.register(AskQuestion)
     p.register(TrainLanguageAdapter)

@@ -23,6 +23,7 @@ from fiftyone_blip import (
     MislabelSettings,
     RunOptions,
     SearchSettings,
+    VqaSettings,
 )
 from fiftyone_blip.engine import RunSummary
 from fiftyone_blip.settings import Settings, form_default
@@ -33,7 +34,10 @@ ENGINE = [
     (HeatmapSettings, "heatmaps", ["heatmaps"], "compute_heatmaps"),
     (MislabelSettings, "find_mislabels", ["mislabels", "-l", "gt_label"], "find_mislabels"),
     (EmbedSettings, "embed", ["embed"], "compute_embeddings"),
+    (VqaSettings, "ask", ["ask", "how many shapes are there?", "-f", "n"], "ask_question"),
 ]
+# the arguments before the settings of each engine SDK function
+SDK_ARGS = {"find_mislabels": ("gt_label",), "ask": ("how many shapes are there?", "n")}
 ALL_CLASSES = [
     RunOptions,
     CaptionSettings,
@@ -44,6 +48,7 @@ ALL_CLASSES = [
     SearchSettings,
     AdapterTrainingSettings,
     AdapterJobSettings,
+    VqaSettings,
 ]
 # The form suggests a value that depends on the dataset (the model a shapes dataset needs, the
 # prompt that model was trained with, the score field named after the label field); the SDK's
@@ -90,12 +95,18 @@ def _settings_in(call, cls):
 
 @pytest.mark.parametrize("cls, sdk, _cli, _op", ENGINE, ids=lambda v: getattr(v, "__name__", None))
 def test_sdk_defaults_and_keywords(monkeypatch, cls, sdk, _cli, _op):
-    from fiftyone_blip import captions, embeddings, mislabels, word_heatmaps
+    from fiftyone_blip import captions, embeddings, mislabels, vqa, word_heatmaps
 
-    module = {"caption": captions, "heatmaps": word_heatmaps, "find_mislabels": mislabels, "embed": embeddings}[sdk]
+    module = {
+        "caption": captions,
+        "heatmaps": word_heatmaps,
+        "find_mislabels": mislabels,
+        "embed": embeddings,
+        "ask": vqa,
+    }[sdk]
     calls = _capture(monkeypatch, module, "run")
     function = getattr(fiftyone_blip, sdk)
-    extra = ("gt_label",) if sdk == "find_mislabels" else ()
+    extra = SDK_ARGS.get(sdk, ())
     function(None, *extra)
     assert _settings_in(calls[-1], cls) == cls()
     assert _settings_in(calls[-1], RunOptions) == RunOptions(**cls.run_defaults)
@@ -170,7 +181,7 @@ def cli_calls(monkeypatch):
 
     for sdk in ("find_mislabels", "flag_mislabels", "train_adapter"):
         monkeypatch.setattr(fiftyone_blip, sdk, record)
-    for sdk in ("caption", "heatmaps", "embed"):  # these return the engine run's summary
+    for sdk in ("caption", "heatmaps", "embed", "ask"):  # these return the engine run's summary
         monkeypatch.setattr(fiftyone_blip, sdk, lambda *args, **kwargs: calls.append(kwargs) or run)
     monkeypatch.setattr(fiftyone_blip, "search", lambda *args, **kwargs: calls.append(kwargs) or [])
 
@@ -295,6 +306,10 @@ def test_form_defaults_mislabels(fresh_dataset, plugin_installed):
     assert shown["template"] == mislabels.default_template(shown["model"])
 
 
+def test_form_defaults_ask(fresh_dataset, plugin_installed):
+    _check_form(fresh_dataset, VqaSettings, "ask_question", base={"question": "how many shapes are there?"})
+
+
 def test_form_defaults_embeddings_and_adapters(fresh_dataset, plugin_installed):
     _check_form(fresh_dataset, EmbedSettings, "compute_embeddings")
     shown = _form(fresh_dataset, "train_language_adapter", {"language": "de"})
@@ -307,7 +322,7 @@ def test_form_defaults_embeddings_and_adapters(fresh_dataset, plugin_installed):
 
 def test_form_model_is_the_datasets_model(fresh_dataset, plugin_installed):
     # a shapes dataset gets the bundled model; the SDK's None means Salesforce's, which knows no shapes
-    for operator in ("caption_samples", "compute_heatmaps", "find_mislabels", "compute_embeddings"):
+    for operator in ("caption_samples", "compute_heatmaps", "find_mislabels", "compute_embeddings", "ask_question"):
         assert _form(fresh_dataset, operator, {"label_field": "gt_label"})["model"] == "shapes-tiny"
 
 

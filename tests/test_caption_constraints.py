@@ -1,0 +1,181 @@
+"""Caption constraints on the bundled shapes-tiny captioner: banned words, forced words, stop strings.
+
+Each is compared with the unconstrained captions of the same images: a
+constraint changes a caption only where it binds.
+"""
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+import fiftyone_blip
+from fiftyone_blip.captions import Captioner, CaptionSettings
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from fiftyone_blip.models import load_model
+
+    return load_model("shapes-tiny", task="caption", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pixels(loaded):
+    from fiftyone_blip.shapes import data as shapes
+    from fiftyone_blip.shapes.train import pixel_tensor
+
+    return pixel_tensor(loaded.processor, shapes.make_scenes(16, "test"))
+
+
+def _captions(loaded, pixels, **settings):
+    return [row["caption"] for row in Captioner(loaded, CaptionSettings(**settings))(pixels)]
+
+
+@pytest.fixture(scope="module")
+def unconstrained(loaded, pixels):
+    return {strategy: _captions(loaded, pixels, strategy=strategy) for strategy in ("greedy", "beam", "diverse-beam")}
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_a_banned_word_never_appears(loaded, pixels, unconstrained, strategy):
+    base = unconstrained[strategy]
+    assert sum("red" in c.split() for c in base) >= 3  # the constraint binds somewhere
+    banned = _captions(loaded, pixels, strategy=strategy, ban_words="red, at the top")
+    assert not any("red" in c.split() or "at the top" in c for c in banned)
+    # where neither would be written anyway, the caption is the same
+    free = [i for i, c in enumerate(base) if "red" not in c.split() and "at the top" not in c]
+    assert free and all(banned[i] == base[i] for i in free)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "diverse-beam"])
+def test_a_forced_word_always_appears(loaded, pixels, unconstrained, strategy):
+    base = unconstrained[strategy]
+    assert sum("star" not in c.split() for c in base) >= 3
+    forced = _captions(loaded, pixels, strategy=strategy, force_words=["star"])
+    assert all("star" in c.split() for c in forced), forced
+    held = [i for i, c in enumerate(base) if "star" in c.split()]
+    assert held and all(forced[i] == base[i] for i in held)
+    if strategy == "diverse-beam":
+        return  # (its groups are beam searches: the phrase is checked there, at half the time)
+    # a phrase of several tokens, with a word
+    both = _captions(loaded, pixels, strategy=strategy, force_words="diamond, on the left")
+    assert all("on the left" in c and "diamond" in c.split() for c in both), both
+
+
+def test_forced_words_in_sampled_captions(loaded, pixels):
+    sampled = _captions(loaded, pixels, strategy="sample", seed=3, force_words="circle")
+    assert all("circle" in c.split() for c in sampled)
+
+
+@pytest.mark.parametrize("strategy", ["greedy"])
+def test_stop_strings_cut(loaded, pixels, unconstrained, strategy):
+    base = unconstrained[strategy]
+    cut = _captions(loaded, pixels, strategy=strategy, stop_strings=", | and")
+    for before, after in zip(base, cut):
+        ends = [before.find(s) for s in (",", " and") if s in before]
+        assert after == (before[: min(ends)].strip() if ends else before)
+    assert sum(a != b for a, b in zip(base, cut)) >= 5  # they bind
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(ban_words="red,,blue"), "`ban_words` must not hold an empty text"),
+        (dict(force_words=["star", " "]), "`force_words` must not hold an empty text"),
+        (dict(stop_strings="and|"), "`stop_strings` must not hold an empty text"),
+        (dict(ban_words="red", force_words="Red"), "`force_words` and `ban_words` both hold 'red'"),
+        (dict(force_words="star", stop_strings="and"), "`stop_strings` cannot be combined with `force_words`"),
+        (dict(ban_words=3), "`ban_words` must be a list of texts"),
+    ],
+)
+def test_bad_constraints_are_refused(settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CaptionSettings(**settings)
+
+
+def test_words_the_model_cannot_write_are_refused(loaded):
+    with pytest.raises(ValueError, match=re.escape("`ban_words`: 'arafed' is not in the model's vocabulary")):
+        Captioner(loaded, CaptionSettings(ban_words="arafed"))
+    with pytest.raises(ValueError, match=re.escape("`force_words`: 'a dog' is not in the model's vocabulary")):
+        Captioner(loaded, CaptionSettings(force_words="a dog"))
+    with pytest.raises(ValueError, match=re.escape("`force_words` need 6 tokens; a caption here holds at most 4")):
+        Captioner(loaded, CaptionSettings(force_words="at the top, on the left", max_new_tokens=4))
+
+
+def test_constraints_are_in_the_fingerprint_only_when_set():
+    plain = CaptionSettings().as_dict()
+    assert not {"ban_words", "force_words", "stop_strings"} & set(plain)  # earlier runs keep their fingerprint
+    assert CaptionSettings(ban_words=[]).as_dict() == plain
+    constrained = CaptionSettings(ban_words="red", force_words=["star"], stop_strings=None).as_dict()
+    assert constrained["ban_words"] == ["red"] and constrained["force_words"] == ["star"]
+    # the CLI's and the form's one text equals the SDK's list
+    assert CaptionSettings(ban_words="red , blue") == CaptionSettings(ban_words=["red", "blue"])
+    # a stop string of the SDK's list keeps its spaces; the parts of one text do not
+    assert CaptionSettings(stop_strings=[" and ", ","]).stop_strings == (" and ", ",")
+    assert CaptionSettings(stop_strings=" and | , ").stop_strings == ("and", ",")
+
+
+def test_sdk_records_constraints_and_refuses_another_into_the_same_field(fresh_dataset):
+    view = fresh_dataset.limit(8)
+    summary = fiftyone_blip.caption(view, model="shapes-tiny", ban_words="red", progress=False)
+    assert summary.done == 8
+    assert not any("red" in c.split() for c in fresh_dataset.exists("caption").values("caption"))
+    [record] = [r for r in fiftyone_blip.runs(fresh_dataset) if r["capability"] == "caption"]
+    assert record["settings"]["ban_words"] == ["red"]
+    again = fiftyone_blip.caption(view, model="shapes-tiny", ban_words=["red"], progress=False)
+    assert (again.done, again.skipped) == (0, 8)
+    with pytest.raises(ValueError, match="overwrite"):
+        fiftyone_blip.caption(view, model="shapes-tiny", ban_words="blue", progress=False)
+    with pytest.raises(ValueError, match="not in the model's vocabulary"):
+        fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", field="other", ban_words="arafed", progress=False)
+    assert "other" not in fresh_dataset.get_field_schema()
+
+
+def test_cli_constraints_and_one_line_errors(fresh_dataset):
+    from fiftyone_blip.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, ["caption", fresh_dataset.name, "-m", "shapes-tiny", "-q", *args])
+
+    fresh_dataset.save_view("first-six", fresh_dataset.limit(6))
+    result = invoke("--view", "first-six", "--force-words", "star", "-f", "forced")
+    assert result.exit_code == 0, result.output
+    assert all("star" in c.split() for c in fresh_dataset.exists("forced").values("forced"))
+    result = invoke("--view", "first-six", "--stop-strings", ",|and", "-f", "short")
+    assert result.exit_code == 0, result.output
+    assert not any("," in c or " and " in c for c in fresh_dataset.exists("short").values("short"))
+    for args, message in [
+        (("--ban-words", "red,,blue"), "Error: `ban_words` must not hold an empty text"),
+        (("--ban-words", "arafed"), "Error: `ban_words`: 'arafed' is not in the model's vocabulary"),
+        (("--ban-words", "star", "--force-words", "star"), "Error: `force_words` and `ban_words` both hold 'star'"),
+    ]:
+        result = invoke(*args, "-f", "bad")
+        assert result.exit_code == 1 and result.output.strip().startswith(message), result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert "bad" not in fresh_dataset.get_field_schema()
+
+
+def test_form_offers_constraints_as_advanced_and_flags_them_at_their_inputs(fresh_dataset, plugin_installed):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    def form(params):
+        ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params=params))
+        properties = foo.get_operator("@fiftyone-blip/blip/caption_samples").resolve_input(ctx).type.properties
+        errors = {name: p.error_message for name, p in properties.items() if getattr(p, "invalid", False)}
+        return properties, errors
+
+    properties, errors = form({})
+    assert errors == {}
+    for name in ("ban_words", "force_words", "stop_strings"):
+        assert name in properties and CaptionSettings.declared(name).metadata["advanced"]
+    _, errors = form({"ban_words": "red,,blue"})
+    assert errors == {"ban_words": "Words to ban must not hold an empty text, got 'red,,blue'"}
+    _, errors = form({"force_words": "arafed"})
+    assert errors == {
+        "force_words": "Words that must appear: 'arafed' is not in the model's vocabulary (it would be "
+        "written as [UNK])"
+    }
+    _, errors = form({"ban_words": "star", "force_words": "star"})
+    assert "force_words" in errors and "both hold 'star'" in errors["force_words"]
