@@ -3,17 +3,23 @@
     python -m fiftyone_blip.shapes.train_vqa --threads 2
 
 The model has the classes and file layout of `Salesforce/blip-vqa-base`. It
-starts from the bundled captioner: its vision tower (kept frozen, so image
-features are computed once), its text decoder's layers for both the question
-encoder and the answer decoder, and its WordPiece vocabulary extended with
-the question and answer words (appended after the caption words, in sorted
-order, so the captioner's token ids keep their meaning).
+starts from the bundled captioner's vision tower (kept frozen, so image
+features are computed once) and its WordPiece vocabulary extended with the
+question and answer words (appended after the caption words, in sorted
+order, so the captioner's token ids keep their meaning). The question
+encoder and answer decoder start from random weights: BLIP's VQA config
+makes them as wide as the vision tower, wider than the captioner's text
+layers.
 
 Training data: questions with known answers about the `train` split's scenes
 (`shapes.data.make_questions`: how many shapes, what colour is the KIND, is
-there a KIND, what shape is at POSITION, where is the COLOUR KIND). The
+there a KIND, what shape is at POSITION, where is the COLOUR KIND), with as
+many "yes" as "no" answers to "is there a KIND?" (`balance_exists`). The
 answer decoder learns with the language-modelling loss on "[DEC] answer
-[SEP]". Model selection: greedy accuracy on the `validation` split's
+[SEP]". transformers 5's BLIP text layers drop the cross-attention mask:
+training passes it on (`honour_cross_attention_masks`), or the answer decoder
+would learn from the padding states of shorter questions, which inference,
+one question at a time, never has. Model selection: greedy accuracy on the `validation` split's
 questions, measured every `--eval-every` steps; the best state is saved.
 Seeds are fixed; `benchmarks/eval_vqa.py` measures the saved model on the
 test split and on unseen generator seeds.
@@ -93,6 +99,23 @@ def question_set(scenes, per_type: int, seed: int) -> list[tuple[int, shapes.Sha
     return [(i, q) for i, scene in enumerate(scenes) for q in shapes.make_questions(scene, per_type, seed)]
 
 
+def balance_exists(pairs, seed: int):
+    """Drops "is there a KIND?" questions of the commoner answer until "yes" and "no" are as many.
+
+    With several questions of a type per image, a one-shape image has one
+    "yes" question and four "no" ones, so the drawn training set leans to "no"
+    (42% "yes" at `--per-type 3`): a prior the model learns before it learns
+    to look.
+    """
+    import random
+
+    yes = [i for i, (_, q) in enumerate(pairs) if q.kind == "exists" and q.answer == "yes"]
+    no = [i for i, (_, q) in enumerate(pairs) if q.kind == "exists" and q.answer == "no"]
+    more, fewer = (yes, no) if len(yes) > len(no) else (no, yes)
+    dropped = set(random.Random(f"balance/{seed}").sample(more, len(more) - len(fewer)))
+    return [pair for i, pair in enumerate(pairs) if i not in dropped]
+
+
 def answer_questions(model, processor, pixels, pairs, closed: bool, batch_size: int = 256, **settings):
     """Answers (image index, question) pairs with the library's model step; returns the answers in order.
 
@@ -129,6 +152,31 @@ def accuracy_by_type(pairs, answers) -> dict:
     return out
 
 
+def honour_cross_attention_masks(model) -> list:
+    """Makes the text towers' cross-attention apply `encoder_attention_mask`; returns the hook handles.
+
+    transformers 5's BLIP text layer hands its cross-attention the encoder
+    mask as `attention_mask`, which the cross-attention branch ignores, so the
+    answer decoder attends to the question encoder's states at padding
+    positions too. In a padded training batch the decoder would learn from
+    states that inference, which encodes each question alone, never has; the
+    shortest questions ("is there a KIND?") are padded most. The hooks pass
+    the mask on, so a padded question is read exactly as an unpadded one.
+    """
+
+    def pass_mask_on(module, args, kwargs):
+        if kwargs.get("encoder_hidden_states") is not None and kwargs.get("encoder_attention_mask") is None:
+            kwargs["encoder_attention_mask"] = kwargs.get("attention_mask")
+        return args, kwargs
+
+    handles = []
+    for tower in (model.text_encoder, model.text_decoder.bert):
+        for layer in tower.encoder.layer:
+            if hasattr(layer, "crossattention"):
+                handles.append(layer.crossattention.self.register_forward_pre_hook(pass_mask_on, with_kwargs=True))
+    return handles
+
+
 def train(args):
     processor = build_vqa_processor(args.captioner_dir)
     model = build_vqa_model(processor, args.captioner_dir, seed=args.seed, text_layers=args.text_layers)
@@ -154,6 +202,8 @@ def train(args):
     print(f"rendered and encoded {len(train_scenes)} + {len(val_scenes)} images ({time.time() - t0:.0f} s)", flush=True)
 
     pairs = question_set(train_scenes, args.per_type, seed=args.seed)
+    if args.balance_exists:
+        pairs = balance_exists(pairs, args.seed)
     images = torch.tensor([i for i, _ in pairs])
     q_ids, q_mask = text_tokens(tokenizer, [q.question for _, q in pairs])
     a_ids, a_mask = text_tokens(tokenizer, [q.answer for _, q in pairs], bos=text_config.bos_token_id)
@@ -165,6 +215,7 @@ def train(args):
     generator = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(pairs), generator=generator)
     cursor = 0
+    hooks = honour_cross_attention_masks(model)
     best, best_state, history = -1.0, None, []
     started = time.time()
     losses = []
@@ -217,6 +268,8 @@ def train(args):
             if acc["overall"] > best:
                 best = acc["overall"]
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for hook in hooks:
+        hook.remove()
     model.load_state_dict(best_state)
     model.eval()
     metrics = {
@@ -319,6 +372,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=500, help="steps between validation measurements")
     parser.add_argument("--text-layers", type=int, default=2, help="layers of the question encoder and answer decoder")
     parser.add_argument("--train-vision-layers", type=int, default=0, help="top vision layers trained (0: frozen)")
+    parser.add_argument(
+        "--balance-exists",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='as many "yes" as "no" answers to "is there a KIND?" in the training questions',
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch's default)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
