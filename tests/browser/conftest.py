@@ -277,9 +277,22 @@ class App:
         return form.get_by_text(label, exact=True).locator("xpath=following::input[1]")
 
     def fill(self, form, values: dict) -> None:
-        """Types into the form's text and number fields, by label."""
+        """Types into the form's text and number fields, by label (opening "Advanced settings" for its inputs)."""
         for label, value in values.items():
+            if form.get_by_text(label, exact=True).count() == 0:
+                self.expand_advanced(form)
             self.form_input(form, label).fill(str(value))
+
+    def advanced_toggle(self, form):
+        """The header of the form's collapsed "Advanced settings" section."""
+        return form.get_by_role("button", name="Advanced settings", exact=True)
+
+    def expand_advanced(self, form) -> None:
+        """Opens the form's "Advanced settings" section (batch size, device, precision, shard, limits)."""
+        toggle = self.advanced_toggle(form)
+        if toggle.get_attribute("aria-expanded") != "true":
+            toggle.click()
+        self.expect(toggle).to_have_attribute("aria-expanded", "true")
 
     def execute_button(self):
         """The form's "Execute" button (run now; its arrow offers scheduling)."""
