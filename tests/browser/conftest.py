@@ -279,9 +279,21 @@ class App:
     def fill(self, form, values: dict) -> None:
         """Types into the form's text and number fields, by label (opening "Advanced settings" for its inputs)."""
         for label, value in values.items():
-            if form.get_by_text(label, exact=True).count() == 0:
+            if self.collapsed(form.get_by_text(label, exact=True)):
                 self.expand_advanced(form)
             self.form_input(form, label).fill(str(value))
+
+    def collapsed(self, locator) -> bool:
+        """Whether the element sits in a closed collapsible section (mounted, but clipped to no height)."""
+        return locator.first.evaluate(
+            """(element) => {
+                for (let node = element.parentElement; node; node = node.parentElement) {
+                    const style = getComputedStyle(node);
+                    if (style.overflow === "hidden" && node.getBoundingClientRect().height < 1) return true;
+                }
+                return false;
+            }"""
+        )
 
     def advanced_toggle(self, form):
         """The header of the form's collapsed "Advanced settings" section."""
@@ -293,6 +305,11 @@ class App:
         if toggle.get_attribute("aria-expanded") != "true":
             toggle.click()
         self.expect(toggle).to_have_attribute("aria-expanded", "true")
+        # the section grows open (a short transition): wait until its content has a height
+        self.page.wait_for_function(
+            "(toggle) => toggle.parentElement.lastElementChild.getBoundingClientRect().height > 0",
+            arg=toggle.element_handle(),
+        )
 
     def execute_button(self):
         """The form's "Execute" button (run now; its arrow offers scheduling)."""
