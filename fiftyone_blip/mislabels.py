@@ -36,6 +36,7 @@ import string
 import numpy as np
 
 from fiftyone_blip import fields as schema_fields
+from fiftyone_blip import app_config
 from fiftyone_blip.settings import Settings, setting
 
 METHODS = ("auto", "itm", "itc", "itm+margin")
@@ -764,6 +765,7 @@ def _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_
 
     ids = samples.values("id")
     schema_fields.declare(samples._dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
+    app_config.group_fields(samples._dataset, "match", (score_field, flag_field))
     samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
     samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
     # a re-run replaces the earlier flags of these samples

@@ -474,7 +474,7 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
     """
     import fiftyone as fo
 
-    from fiftyone_blip import fields
+    from fiftyone_blip import app_config, fields
 
     names = field_names(field, mode, maps_dir)
     wanted = {
@@ -487,6 +487,8 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
         else (fo.FloatField, {}),
     }
     fields.declare(dataset, wanted, "heatmaps")
+    # readable overlays by default: coloured through a colorscale, not a faint tint of one colour
+    app_config.heatmap_colorscale(dataset, names["heatmap"])
 
 
 def heatmap_task(

@@ -87,3 +87,19 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     assert caption.get_attribute("title") == expected[sample_id]
     assert caption.inner_text() == expected[sample_id]
     app.screenshot("caption-sample")
+
+    # Opened again, the sidebar groups the run's fields: results under "BLIP captions", the
+    # `_run` / `_error` bookkeeping in the collapsed "BLIP run records" group. (The App reads a
+    # dataset's sidebar groups when it opens it.)
+    app.open("app-caption")
+    app.expect(app.cy("sidebar-group-entry-BLIP CAPTIONS")).to_be_visible()
+    app.expect(app.cy("sidebar-group-entry-BLIP RUN RECORDS")).to_be_visible()
+    app.expect(app.sidebar_field("caption_confidence")).to_be_visible()
+    # a collapsed group shows "+" (an expanded one "-") and moves its fields out of the sidebar
+    records = app.cy("sidebar-group-entry-BLIP RUN RECORDS")
+    app.expect(records.locator('[data-testid="AddIcon"]')).to_have_count(1)
+    app.expect(app.cy("sidebar-group-entry-BLIP CAPTIONS").locator('[data-testid="AddIcon"]')).to_have_count(0)
+    app.page.wait_for_function(
+        "() => document.querySelector('[data-cy=sidebar-field-caption_run]').getBoundingClientRect().right <= 0"
+    )
+    app.screenshot("caption-sidebar-groups")
