@@ -35,8 +35,8 @@ import string
 
 import numpy as np
 
-from fiftyone_blip import fields as schema_fields
 from fiftyone_blip import app_config
+from fiftyone_blip import fields as schema_fields
 from fiftyone_blip.settings import Settings, setting
 
 METHODS = ("auto", "itm", "itc", "itm+margin")
