@@ -101,6 +101,8 @@ class AppServer:
         env = dict(os.environ)
         # The plugin imports fiftyone_blip: the server must import this checkout's copy.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        # as `fiftyone-blip app` runs it: "Schedule" in the operators' menus (see the README)
+        env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fiftyone.server.main", "--port", str(self.port), "--address", "127.0.0.1"],
