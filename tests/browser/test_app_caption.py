@@ -91,6 +91,8 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     # Opened again, the sidebar groups the run's fields: results under "BLIP captions", the
     # `_run` / `_error` bookkeeping in the collapsed "BLIP run records" group. (The App reads a
     # dataset's sidebar groups when it opens it.)
+    app.page.keyboard.press("Escape")
+    app.expect(app.cy("modal")).to_have_count(0)
     app.open("app-caption")
     app.expect(app.cy("sidebar-group-entry-BLIP CAPTIONS")).to_be_visible()
     app.expect(app.cy("sidebar-group-entry-BLIP RUN RECORDS")).to_be_visible()
