@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/eval_retrieval.py                     # 1000 test images, shapes-tiny
     .venv/bin/python benchmarks/eval_retrieval.py --count 500 --rerank-only
+    .venv/bin/python benchmarks/eval_retrieval.py --seed 7 --app      # an unseen seed, through the App's paths
 
 Builds (or reuses) a FiftyOne dataset of `--count` images of the shapes
 `test` split (never seen in training), embeds it and builds the similarity
@@ -15,7 +16,13 @@ An image is relevant to a query when its ground truth (`gt_objects`: label,
 `colour` and `position` attributes) holds that object. Precision@10 is the
 share of relevant images among the first 10 results, averaged over queries;
 it is reported for the ITC ranking and for the ITC shortlist re-ranked by
-the ITM head (`rerank=True`, shortlist: `search`'s default unless given). Prints a table and one JSON line.
+the ITM head (`rerank=True`, shortlist: `search`'s default unless given).
+
+With `--app` it also asks through the App's own entry points: the App's
+similarity search (`sort_by_similarity` on the index, what the grid's
+sort-by-similarity button runs: "app itc") and the plugin's **BLIP: search by
+text** operator run by FiftyOne's operator executor (the ids it sets the view
+to: "app itc+itm"). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -57,6 +64,30 @@ def attribute_queries(dataset, min_relevant: int) -> list[tuple[str, str, set[st
     return queries
 
 
+def app_search_operator():
+    """The plugin's search-by-text operator as FiftyOne's executor runs it: (dataset, text, k) -> ids."""
+    import tempfile
+
+    import fiftyone as fo
+    import fiftyone.operators as foo
+
+    from fiftyone_blip import plugin
+
+    # a private plugins folder holding only this checkout's plugin
+    fo.config.plugins_dir = tempfile.mkdtemp(prefix="eval-retrieval-plugins-")
+    plugin.install(fo.config.plugins_dir)
+
+    def search(dataset, text, k):
+        result = foo.execute_operator(
+            "@fiftyone-blip/blip/search_by_text",
+            ctx=dict(dataset=dataset, params=dict(query=text, k=k, brain_key="blip_sim", rerank=True)),
+        )
+        result.raise_exceptions()
+        return result.result["ids"]
+
+    return search
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=1000, help="held-out test images (1000)")
@@ -71,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--rerank-only", action="store_true", help="skip the ITC-only ranking")
     parser.add_argument("--no-rerank", action="store_true", help="skip the ITM re-ranking")
+    parser.add_argument(
+        "--app", action="store_true", help="also rank through the App's search and the search-by-text operator"
+    )
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -85,13 +119,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     queries = attribute_queries(dataset, args.min_relevant)
     modes = [m for m, skip in (("itc", args.rerank_only), ("itc+itm", args.no_rerank)) if not skip]
+    if args.app:
+        modes += ["app itc", "app itc+itm"]
+        search_operator = app_search_operator()
     per_query = {mode: [] for mode in modes}
     seconds = {}
     for mode in modes:
         t0 = time.time()
         for set_name, text, ids in queries:
-            hits = fiftyone_blip.search(dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=args.shortlist)
-            precision = sum(hit.id in ids for hit in hits) / args.k
+            if mode == "app itc":
+                found = dataset.sort_by_similarity(text, k=args.k, brain_key="blip_sim").values("id")
+            elif mode == "app itc+itm":
+                found = search_operator(dataset, text, args.k)
+            else:
+                hits = fiftyone_blip.search(dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=args.shortlist)
+                found = [hit.id for hit in hits]
+            precision = sum(i in ids for i in found) / args.k
             per_query[mode].append((set_name, text, precision))
         seconds[mode] = time.time() - t0
 

@@ -121,11 +121,11 @@ class CaptionSettings(Settings):
         "sampling seed; the same seed, batch size and order give the same captions",
         form_when={"strategy": ("sample",)},
     )
-    min_new_tokens: int = setting(1, "at least this many generated tokens", min=0, max=MAX_NEW_TOKENS)
-    max_new_tokens: int = setting(30, "at most this many generated tokens", min=1, max=MAX_NEW_TOKENS)
-    repetition_penalty: float = setting(1.0, "above 1 discourages repeats", min=0, min_exclusive=True)
+    min_new_tokens: int = setting(1, "at least this many generated tokens", min=0, max=MAX_NEW_TOKENS, advanced=True)
+    max_new_tokens: int = setting(30, "at most this many generated tokens", min=1, max=MAX_NEW_TOKENS, advanced=True)
+    repetition_penalty: float = setting(1.0, "above 1 discourages repeats", min=0, min_exclusive=True, advanced=True)
     no_repeat_ngram_size: int = setting(
-        0, "forbid repeating n-grams of this size; 0 is off", label="No-repeat n-gram size", min=0
+        0, "forbid repeating n-grams of this size; 0 is off", label="No-repeat n-gram size", min=0, advanced=True
     )
     prompt: str | None = setting(
         None, "text the caption continues, e.g. 'a picture of'; not repeated in the stored caption", cli_flags=("-p",)

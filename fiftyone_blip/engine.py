@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from fiftyone_blip import fields
+from fiftyone_blip import app_config, fields
 from fiftyone_blip import run_records as runs
 from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.progress import Progress
@@ -391,6 +391,8 @@ def _declare_fields(dataset, task: Task) -> None:
 
     wanted = {**task.fields, task.error_field: fo.StringField, task.run_field: fo.StringField}
     fields.declare(dataset, wanted, task.capability)
+    # the App's sidebar: results in the capability's group, `_error` / `_run` in a collapsed one
+    app_config.group_fields(dataset, task.capability, list(task.fields), (task.error_field, task.run_field))
 
 
 def field_descriptions(task: Task) -> dict[str, str]:

@@ -35,6 +35,7 @@ import string
 
 import numpy as np
 
+from fiftyone_blip import app_config
 from fiftyone_blip import fields as schema_fields
 from fiftyone_blip.settings import Settings, setting
 
@@ -229,7 +230,9 @@ class FlagSettings(Settings):
         form_when={"kind": ("classifications", "detections")},
     )
     tag: str = setting("mislabel", "the sample (and label) tag")
-    view_name: str | None = setting(None, "the saved review view (None: '{field}-review', underscores as dashes)")
+    view_name: str | None = setting(
+        None, "the saved review view (None: '{field}-review', underscores as dashes)", advanced=True
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -267,7 +270,7 @@ class MislabelSettings(FlagSettings):
         form_when={"kind": ("classification", "classifications", "detections")},
     )
     classes: list[str] | None = setting(
-        None, "the label set for margins, a list or comma-separated text (None: the labels present)"
+        None, "the label set for margins, a list or comma-separated text (None: the labels present)", advanced=True
     )
     margin: bool = setting(
         True,
@@ -277,9 +280,11 @@ class MislabelSettings(FlagSettings):
         cli_help="Skip margins against the best other class (one ITM pass per class and label).",
         form_when={"kind": ("classification", "classifications", "detections")},
     )
-    itc: bool = setting(False, "also store ITC cosine similarities", label="Also store ITC cosine similarity")
+    itc: bool = setting(
+        False, "also store ITC cosine similarities", label="Also store ITC cosine similarity", advanced=True
+    )
     crop_padding: float | None = setting(
-        None, "detections: box growth factor, >= 1 (None: 1.25; 3.0 for shapes-tiny)", min=1
+        None, "detections: box growth factor, >= 1 (None: 1.25; 3.0 for shapes-tiny)", min=1, advanced=True
     )
 
     def __post_init__(self):
@@ -781,6 +786,7 @@ def _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_
 
     ids = samples.values("id")
     schema_fields.declare(samples._dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
+    app_config.group_fields(samples._dataset, "match", (score_field, flag_field))
     samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
     samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
     # a re-run replaces the earlier flags of these samples

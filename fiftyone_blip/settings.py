@@ -300,6 +300,7 @@ class RunOptions(Settings):
             "center-crop": "Center crop",
             "letterbox": "Letterbox (pad)",
         },
+        advanced=True,
     )
     batch_size: int = setting(16, "images per model step", min=1, max=MAX_BATCH_SIZE, advanced=True)
     device: str = setting("auto", "where the model runs", choices=DEVICES, advanced=True, envvar="FIFTYONE_BLIP_DEVICE")

@@ -111,9 +111,13 @@ class HeatmapSettings(Settings):
         form_when={"text_source": ("text",)},
     )
     layers: str | int | list[int] | None = setting(
-        None, "'all', 'last', an index or indices like 0,1 of the text layers to average (None: by mode)"
+        None,
+        "'all', 'last', an index or indices like 0,1 of the text layers to average (None: by mode)",
+        advanced=True,
     )
-    heads: str | list[int] = setting("all", "'all' or indices like 0,1 of the attention heads to average")
+    heads: str | list[int] = setting(
+        "all", "'all' or indices like 0,1 of the attention heads to average", advanced=True
+    )
     token_positions: str = setting(
         "both",
         "cross-attention: average the decoder steps that read a word, predict it, or both",
@@ -121,14 +125,16 @@ class HeatmapSettings(Settings):
         choices=TOKEN_POSITIONS,
         choice_labels=TOKEN_POSITION_LABELS,
         form_when={"mode": ("cross-attention",)},
+        advanced=True,
     )
     normalize_heads: bool = setting(
         False,
         "standardise each head's map over the patches before averaging, so diffuse and peaked heads weigh the same",
         label="Standardise each head's map before averaging",
+        advanced=True,
     )
     map_size: int = setting(
-        64, "long side of stored maps in pixels", label="Map size (long side, pixels)", min=8, max=1024
+        64, "long side of stored maps in pixels", label="Map size (long side, pixels)", min=8, max=1024, advanced=True
     )
     maps_dir: str | None = setting(
         None, "a folder for per-word PNG maps (None: stored in the samples)", label="Folder for per-word PNG maps"
@@ -473,7 +479,7 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
     """
     import fiftyone as fo
 
-    from fiftyone_blip import fields
+    from fiftyone_blip import app_config, fields
 
     names = field_names(field, mode, maps_dir)
     wanted = {
@@ -488,6 +494,8 @@ def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None
         else (fo.FloatField, {}),
     }
     fields.declare(dataset, wanted, "heatmaps")
+    # readable overlays by default: coloured through a colorscale, not a faint tint of one colour
+    app_config.heatmap_colorscale(dataset, names["heatmap"])
 
 
 def heatmap_task(

@@ -135,29 +135,71 @@ def setting_input(inputs, cls, field, default=dataclasses.MISSING):
         inputs.str(field.name, label=label, default=default, required=False, description=description)
 
 
-def settings_inputs(inputs, cls, params, defaults=None, skip=(), context=None):
-    """The form inputs of every App field of `cls` that the form shows for `params` (and `context`)."""
+# The forms show the essentials first; the settings declared `advanced` (batch size, device,
+# precision, shard, token limits, ...) sit in one collapsed section, as Voxel51's own plugins do.
+# FiftyOne nests a section's values under its name in the params: `form_params` flattens them.
+ADVANCED = "advanced"
+ADVANCED_LABEL = "Advanced settings"
+
+
+def form_params(params) -> dict:
+    """A form's params with the values of its collapsed sections brought to the top (a context or a dict).
+
+    Scripts pass every setting at the top (`params=dict(batch_size=8)`); the
+    App nests the advanced ones under `advanced`. Both read the same here.
+    """
+    params = dict(getattr(params, "params", params) or {})
+    section = params.pop(ADVANCED, None)
+    return {**params, **section} if isinstance(section, dict) else params
+
+
+def form_sections(inputs) -> dict:
+    """Every input of a form by name, those of its collapsed sections included: {name: (owner, Property)}."""
+    found = {}
+    for name, prop in inputs.properties.items():
+        if isinstance(prop.type, types.Object) and isinstance(prop.view, types.ObjectView):
+            for inner, inner_prop in prop.type.properties.items():
+                found[inner] = (prop, inner_prop)
+        else:
+            found[name] = (None, prop)
+    return found
+
+
+def advanced_section(inputs, advanced, expanded=False):
+    """Adds the collapsed "Advanced settings" section holding `advanced`'s inputs (none: nothing)."""
+    if advanced.properties:
+        view = types.ObjectView(label=ADVANCED_LABEL, collapsible=True, default_expanded=expanded)
+        inputs.define_property(ADVANCED, advanced, view=view)
+
+
+def settings_inputs(inputs, cls, params, defaults=None, skip=(), context=None, advanced=None):
+    """The form inputs of every App field of `cls` that the form shows for `params` (and `context`).
+
+    Fields declared `advanced` go into `advanced` (an Object) when it is given.
+    """
     defaults, shown = defaults or {}, {**(context or {}), **params}
     for field in cls.fields("app"):
         if field.name not in skip and form_shows(field, shown):
-            setting_input(inputs, cls, field, defaults.get(field.name, dataclasses.MISSING))
+            into = advanced if advanced is not None and field.metadata.get("advanced") else inputs
+            setting_input(into, cls, field, defaults.get(field.name, dataclasses.MISSING))
 
 
-def run_inputs(inputs, cls):
+def run_inputs(inputs, cls, advanced=None):
     """The `RunOptions` inputs, with `cls`'s run defaults (heatmaps step 8 images at a time)."""
     owner = type("RunOptions", (RunOptions,), {"run_defaults": cls.run_defaults})
     for field in RunOptions.fields("app"):
-        setting_input(inputs, owner, field)
+        into = advanced if advanced is not None and field.metadata.get("advanced") else inputs
+        setting_input(into, owner, field)
 
 
 def run_options(ctx, cls, progress):
-    return RunOptions.from_params({**cls.run_defaults, **ctx.params}, progress=progress)
+    return RunOptions.from_params({**cls.run_defaults, **form_params(ctx)}, progress=progress)
 
 
 def check_settings(ctx, cls, params=None):
     """The library's own checks of a form: its run options, then its settings (returned)."""
     run_options(ctx, cls, None)
-    return cls.from_params(app_params(ctx.params if params is None else params))
+    return cls.from_params(app_params(form_params(ctx) if params is None else params))
 
 
 def field_checks(params, *classes):
@@ -179,9 +221,8 @@ _QUOTED_NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _input_named(inputs, message):
+def _input_named(names, message):
     """The form input a library message is about: the first `name` in backquotes, else the first input it names."""
-    names = inputs.properties
     for name in _QUOTED_NAME.findall(message) + _WORD.findall(message):
         if name in names and name != "view_target":
             return name
@@ -193,30 +234,40 @@ def schedule_note(inputs):
     inputs.view("schedule_note", types.Notice(label=SCHEDULE_NOTE))
 
 
-def checked_form(inputs, label, *checks):
+def checked_form(inputs, label, *checks, params=None):
     """The form, with each failed check's message at the input it names (invalid), as @voxel51/brain does.
 
     Every check runs (a form shows all its errors at once); a check is a
     callable that raises ValueError (or `ModelLoadError`) with the library's
     own message. The message shows under the input, with the input's label
-    for the parameter's name. A message that names no input of the form is
-    shown as a notice at the form's end.
+    for the parameter's name, inside the collapsed section too (which then
+    opens). A message that names no input of the form is shown as a notice
+    at the form's end. `params` are the raw params (a section the App has not
+    sent yet cannot show its inputs' errors: the section itself is marked).
     """
+    sections = form_sections(inputs)
     flagged, notices = set(), []
     for check in checks:
         try:
             check()
         except (ValueError, models.ModelLoadError) as error:
             message = str(error)
-            name = _input_named(inputs, message)
+            name = _input_named(sections, message)
             if name is None:
                 notices.append(message)
             elif name not in flagged:
                 flagged.add(name)
-                prop = inputs.properties[name]
+                section, prop = sections[name]
                 field_label = getattr(prop.view, "label", None) or name
                 prop.invalid = True
                 prop.error_message = message.replace(f"`{name}`", field_label)
+                if section is not None:
+                    section.view = types.ObjectView(label=section.view.label, collapsible=True, default_expanded=True)
+                    if not isinstance((params or {}).get(ADVANCED), dict) and not section.invalid:
+                        # FiftyOne checks a section's inputs only when the params hold the section:
+                        # a script's flat params get the error at the section, in the parameter's name
+                        section.invalid = True
+                        section.error_message = message
     if notices:
         prop = inputs.view("invalid", types.Warning(label="Invalid settings", description=notices[0]))
         prop.invalid = True
@@ -372,7 +423,7 @@ class EngineOperator(foo.Operator):
 
     def execute(self, ctx):
         try:
-            settings, view = self.settings_class.from_params(app_params(ctx.params)), ctx.target_view()
+            settings, view = self.settings_class.from_params(app_params(form_params(ctx))), ctx.target_view()
             result = yield from _run_with_progress(
                 ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
             )
@@ -410,19 +461,20 @@ class CaptionSamples(EngineOperator):
     def resolve_input(self, ctx):
         from fiftyone_blip import captions
 
-        inputs = types.Object()
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
         inputs.view_target(ctx)
-        strategy = ctx.params.get("strategy") or form_default(CaptionSettings, CaptionSettings.declared("strategy"))
-        model = ctx.params.get("model") or default_model(ctx, "caption")
+        strategy = params.get("strategy") or form_default(CaptionSettings, CaptionSettings.declared("strategy"))
+        model = params.get("model") or default_model(ctx, "caption")
         # the language comes first: the caption field it suggests follows it (caption_de for "de")
         _language_dropdown(inputs, model)
         defaults = {
             "model": default_model(ctx, "caption"),
             "num_beams": captions.DEFAULT_BEAMS.get(strategy),
-            "field": _default_caption_field(ctx.params.get("language")),
+            "field": _default_caption_field(params.get("language")),
         }
-        settings_inputs(inputs, CaptionSettings, ctx.params, defaults=defaults, skip=("language",))
-        run_inputs(inputs, CaptionSettings)
+        settings_inputs(inputs, CaptionSettings, params, defaults=defaults, skip=("language",), advanced=advanced)
+        run_inputs(inputs, CaptionSettings, advanced)
+        advanced_section(inputs, advanced)
 
         def check():
             settings = check_settings(ctx, CaptionSettings)
@@ -435,16 +487,15 @@ class CaptionSamples(EngineOperator):
             # banned and forced words the model cannot write, known without loading it when its
             # tokenizer is on disk (an adapter's tokenizer, or a hub model's, is checked when the run starts)
             try:
-                settings = CaptionSettings.from_params(app_params(ctx.params))
+                settings = CaptionSettings.from_params(app_params(params))
             except ValueError:
                 return  # flagged by `check`
             if settings.language is not None or not (settings.ban_words or settings.force_words):
                 return
-            local = check_model(ctx.params.get("model") or defaults["model"], "caption")
+            local = check_model(params.get("model") or defaults["model"], "caption")
             if local is not None:
                 captions.constraint_token_ids(settings, local_tokenizer(local)[0])
 
-        params = ctx.params
         schedule_note(inputs)
         return checked_form(
             inputs,
@@ -454,6 +505,7 @@ class CaptionSamples(EngineOperator):
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             check,
             check_words,
+            params=ctx.params,
         )
 
     def run(self, ctx, view, settings, options):
@@ -493,9 +545,9 @@ class ComputeHeatmaps(EngineOperator):
     def resolve_input(self, ctx):
         from fiftyone_blip import word_heatmaps
 
-        inputs = types.Object()
+        inputs, advanced, raw = types.Object(), types.Object(), form_params(ctx)
         inputs.view_target(ctx)
-        mode = ctx.params.get("mode") or form_default(HeatmapSettings, HeatmapSettings.declared("mode"))
+        mode = raw.get("mode") or form_default(HeatmapSettings, HeatmapSettings.declared("mode"))
         setting_input(inputs, HeatmapSettings, HeatmapSettings.declared("mode"))
         sources = dict(_TEXT_SOURCES)
         if mode == "cross-attention":
@@ -507,10 +559,11 @@ class ComputeHeatmaps(EngineOperator):
         }
         # a maps folder only under the root the server allows
         skip = ("mode",) if _app_root() is not None else ("mode", "maps_dir")
-        settings_inputs(inputs, HeatmapSettings, ctx.params, defaults=defaults, skip=skip)
-        run_inputs(inputs, HeatmapSettings)
+        settings_inputs(inputs, HeatmapSettings, raw, defaults=defaults, skip=skip, advanced=advanced)
+        run_inputs(inputs, HeatmapSettings, advanced)
+        advanced_section(inputs, advanced)
 
-        params = {"text_source": "field", **ctx.params}
+        params = {"text_source": "field", **raw}
         task = word_heatmaps.MODE_TASKS[mode]
 
         def check_layers():
@@ -531,6 +584,7 @@ class ComputeHeatmaps(EngineOperator):
             lambda: params["text_source"] != "field" or check_text_field(ctx.dataset, "text_field", text_field, True),
             check_layers,
             lambda: check_settings(ctx, HeatmapSettings),
+            params=ctx.params,
         )
 
     def run(self, ctx, view, settings, options):
@@ -700,26 +754,28 @@ class FindMislabels(EngineOperator):
             return types.Property(inputs, view=types.View(label="BLIP: find mislabels"))
         suggested = label_field_default(ctx.dataset, compatible)
         _dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=suggested)
-        label_field = ctx.params.get("label_field") or suggested
+        raw, advanced = form_params(ctx), types.Object()
+        label_field = raw.get("label_field") or suggested
         kind = mislabels.label_kind(ctx.dataset, label_field) if label_field in compatible else "text"
-        model = ctx.params.get("model") or default_model(ctx, "match")
+        model = raw.get("model") or default_model(ctx, "match")
         _dropdown(inputs, "flag_by", "Flag by", _FLAG_BY_LABELS, default="threshold")
         defaults = {
             "model": default_model(ctx, "match"),
             "field": f"{label_field}_match",
             "template": mislabels.default_template(model),
         }
-        context = {"kind": kind, "flag_by": ctx.params.get("flag_by") or "threshold"}
-        settings_inputs(inputs, MislabelSettings, ctx.params, defaults=defaults, context=context)
-        run_inputs(inputs, MislabelSettings)
+        context = {"kind": kind, "flag_by": raw.get("flag_by") or "threshold"}
+        settings_inputs(inputs, MislabelSettings, raw, defaults=defaults, context=context, advanced=advanced)
+        run_inputs(inputs, MislabelSettings, advanced)
+        advanced_section(inputs, advanced)
 
         def check():
             if label_field not in compatible:
                 mislabels.label_kind(ctx.dataset, label_field)  # raises: a missing field, or what it holds
                 raise ValueError(f"`label_field` {label_field!r} is not a label field (choose one of {compatible})")
-            check_settings(ctx, MislabelSettings, {**context, **ctx.params})
+            check_settings(ctx, MislabelSettings, {**context, **raw})
 
-        params = {**context, **ctx.params}
+        params = {**context, **raw}
         schedule_note(inputs)
         return checked_form(
             inputs,
@@ -728,10 +784,11 @@ class FindMislabels(EngineOperator):
             lambda: check_model(params.get("model"), "match"),
             lambda: check_nonempty(params, "tag"),
             check,
+            params=ctx.params,
         )
 
     def run(self, ctx, view, settings, options):
-        return fiftyone_blip.find_mislabels(view, ctx.params["label_field"], settings, options)
+        return fiftyone_blip.find_mislabels(view, form_params(ctx)["label_field"], settings, options)
 
     def message(self, result, settings):
         unscored = result["total_samples"] - result["scored_samples"]
@@ -763,12 +820,13 @@ class ComputeEmbeddings(EngineOperator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
         inputs.view_target(ctx)
-        settings_inputs(inputs, EmbedSettings, ctx.params, defaults={"model": default_model(ctx, "match")})
-        run_inputs(inputs, EmbedSettings)
+        defaults = {"model": default_model(ctx, "match")}
+        settings_inputs(inputs, EmbedSettings, params, defaults=defaults, advanced=advanced)
+        run_inputs(inputs, EmbedSettings, advanced)
+        advanced_section(inputs, advanced)
 
-        params = ctx.params
         schedule_note(inputs)
         return checked_form(
             inputs,
@@ -780,6 +838,7 @@ class ComputeEmbeddings(EngineOperator):
             lambda: check_brain_key(
                 ctx.dataset, params.get("brain_key"), params.get("model") or default_model(ctx, "match")
             ),
+            params=ctx.params,
         )
 
     def run(self, ctx, view, settings, options):
@@ -931,10 +990,9 @@ class AskQuestion(EngineOperator):
     def resolve_input(self, ctx):
         from fiftyone_blip import vqa
 
-        inputs = types.Object()
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
         label = "BLIP: ask a question"
         inputs.view_target(ctx)
-        params = ctx.params
         inputs.str(
             "question", label="Question", required=True, description="e.g. 'how many people are there?', 'is it night?'"
         )
@@ -959,8 +1017,9 @@ class AskQuestion(EngineOperator):
             description="a Classification (label: the answer, confidence: its probability), or a boolean for a "
             "yes/no question: filter on it in the sidebar",
         )
-        settings_inputs(inputs, VqaSettings, params, defaults={"model": default_model(ctx, "vqa")})
-        run_inputs(inputs, VqaSettings)
+        settings_inputs(inputs, VqaSettings, params, defaults={"model": default_model(ctx, "vqa")}, advanced=advanced)
+        run_inputs(inputs, VqaSettings, advanced)
+        advanced_section(inputs, advanced)
 
         def questions():
             question = params.get("question")
@@ -1007,6 +1066,7 @@ class AskQuestion(EngineOperator):
             check_questions,
             check_lengths,
             lambda: check_settings(ctx, VqaSettings),
+            params=ctx.params,
         )
 
     def run(self, ctx, view, settings, options):
@@ -1047,7 +1107,7 @@ class TrainLanguageAdapter(foo.Operator):
     def resolve_input(self, ctx):
         from fiftyone_blip import adapters
 
-        inputs = types.Object()
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
         inputs.view_target(ctx)
         inputs.str("language", label="Language code", required=True, description="e.g. de, ru, pt-BR")
         string_fields = []
@@ -1060,18 +1120,21 @@ class TrainLanguageAdapter(foo.Operator):
         else:
             inputs.str("caption_field", label="Caption field", required=True)
         defaults = {"model": default_model(ctx, "caption")}
-        settings_inputs(inputs, AdapterJobSettings, ctx.params, defaults=defaults, skip=("caption_field",))
-        settings_inputs(inputs, AdapterTrainingSettings, ctx.params)
+        settings_inputs(inputs, AdapterJobSettings, params, defaults=defaults, skip=("caption_field",))
+        # the training recipe (LoRA rank, learning rate, epochs, ...) has working defaults: collapsed
+        for field in AdapterTrainingSettings.fields("app"):
+            setting_input(advanced, AdapterTrainingSettings, field)
+        advanced_section(inputs, advanced)
 
         def check():
-            adapters.check_language(ctx.params.get("language") or "xx")
-            AdapterTrainingSettings.from_params(ctx.params)
-            AdapterJobSettings.from_params(app_params(ctx.params))
+            adapters.check_language(params.get("language") or "xx")
+            AdapterTrainingSettings.from_params(params)
+            AdapterJobSettings.from_params(app_params(params))
 
-        return checked_form(inputs, "BLIP: train a language adapter", check)
+        return checked_form(inputs, "BLIP: train a language adapter", check, params=ctx.params)
 
     def execute(self, ctx):
-        params = ctx.params
+        params = form_params(ctx)
         manifest = fiftyone_blip.train_adapter(
             params["language"],
             samples=ctx.target_view(),

@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from app_forms import form_errors, form_inputs
 from click.testing import CliRunner
 
 import fiftyone_blip
@@ -143,8 +144,7 @@ def _form_errors(dataset, params):
 
     ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params=params))
     form = foo.get_operator(URI).resolve_input(ctx)
-    errors = {name: p.error_message for name, p in form.type.properties.items() if getattr(p, "invalid", False)}
-    return errors, form.type.properties
+    return form_errors(form), form_inputs(form)
 
 
 def test_form_flags_bad_input_at_its_field(fresh_dataset, plugin_installed):
@@ -170,8 +170,18 @@ def test_form_flags_bad_input_at_its_field(fresh_dataset, plugin_installed):
     assert "already exists as a StringField" in errors["field"]
     errors, _ = _form_errors(fresh_dataset, {**ok, "answers": "1, 2", "boolean": True})
     assert "'yes' and 'no'" in errors["answers"]
-    errors, _ = _form_errors(fresh_dataset, {**ok, "strategy": "beam", "num_beams": 42})
+    # as the App sends them: the advanced settings nested in their section
+    errors, _ = _form_errors(fresh_dataset, {**ok, "advanced": {"strategy": "beam", "num_beams": 42}})
     assert errors == {"num_beams": "Beams must be in 1..10, got 42"}
+    assert properties["strategy"].default == "greedy" and "strategy" not in _top_level(fresh_dataset, ok)
+
+
+def _top_level(dataset, params):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params=params))
+    return set(foo.get_operator(URI).resolve_input(ctx).type.properties)
 
 
 def VqaSettingsAdvanced():

@@ -7,6 +7,7 @@ constraint changes a caption only where it binds.
 import re
 
 import pytest
+from app_forms import form_errors, form_inputs
 from click.testing import CliRunner
 
 import fiftyone_blip
@@ -162,20 +163,22 @@ def test_form_offers_constraints_as_advanced_and_flags_them_at_their_inputs(fres
 
     def form(params):
         ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params=params))
-        properties = foo.get_operator("@fiftyone-blip/blip/caption_samples").resolve_input(ctx).type.properties
-        errors = {name: p.error_message for name, p in properties.items() if getattr(p, "invalid", False)}
-        return properties, errors
+        resolved = foo.get_operator("@fiftyone-blip/blip/caption_samples").resolve_input(ctx)
+        return resolved.type.properties, form_inputs(resolved), form_errors(resolved)
 
-    properties, errors = form({})
+    def errors_of(advanced):  # as the App sends them: nested in the collapsed section
+        return form({"advanced": advanced})[2]
+
+    top, properties, errors = form({})
     assert errors == {}
     for name in ("ban_words", "force_words", "stop_strings"):
-        assert name in properties and CaptionSettings.declared(name).metadata["advanced"]
-    _, errors = form({"ban_words": "red,,blue"})
+        assert name in properties and name not in top and CaptionSettings.declared(name).metadata["advanced"]
+    errors = errors_of({"ban_words": "red,,blue"})
     assert errors == {"ban_words": "Words to ban must not hold an empty text, got 'red,,blue'"}
-    _, errors = form({"force_words": "arafed"})
+    errors = errors_of({"force_words": "arafed"})
     assert errors == {
         "force_words": "Words that must appear: 'arafed' is not in the model's vocabulary (it would be "
         "written as [UNK])"
     }
-    _, errors = form({"ban_words": "star", "force_words": "star"})
+    errors = errors_of({"ban_words": "star", "force_words": "star"})
     assert "force_words" in errors and "both hold 'star'" in errors["force_words"]

@@ -1,6 +1,7 @@
 """The App operators through FiftyOne's own operator execution: registry, immediate, delegated."""
 
 import pytest
+from app_forms import form_errors
 
 URI = "@fiftyone-blip/blip/caption_samples"
 
@@ -90,8 +91,7 @@ def test_invalid_form_is_marked_invalid_and_nothing_runs(fresh_dataset):
         request_params=dict(dataset_name=fresh_dataset.name, params=dict(strategy="beam", num_beams=42))
     )
     form = operator.resolve_input(ctx)
-    invalid = {name: p.error_message for name, p in form.type.properties.items() if getattr(p, "invalid", False)}
-    assert invalid == {"num_beams": "Beams must be in 1..10, got 42"}
+    assert form_errors(form) == {"num_beams": "Beams must be in 1..10, got 42"}
 
     with pytest.raises(Exception, match="num_beams"):
         foo.execute_operator(
@@ -129,7 +129,7 @@ def _form_errors(uri, dataset, params):
 
     ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params=params))
     form = foo.get_operator(uri).resolve_input(ctx)
-    return {name: p.error_message for name, p in form.type.properties.items() if getattr(p, "invalid", False)}
+    return form_errors(form)
 
 
 def test_invalid_inputs_are_flagged_at_their_fields_with_their_labels(fresh_dataset):

@@ -231,7 +231,9 @@ def _form(dataset, operator, params):
 
     ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params=params))
     form = foo.get_operator(f"@fiftyone-blip/blip/{operator}").resolve_input(ctx)
-    properties = form.type.properties
+    from app_forms import form_inputs
+
+    properties = form_inputs(form)
     invalid = [p.error_message for p in properties.values() if getattr(p, "invalid", False)]
     assert not invalid, invalid
     return {name: prop.default for name, prop in properties.items()}

@@ -101,6 +101,8 @@ class AppServer:
         env = dict(os.environ)
         # The plugin imports fiftyone_blip: the server must import this checkout's copy.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        # as `fiftyone-blip app` runs it: "Schedule" in the operators' menus (see the README)
+        env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fiftyone.server.main", "--port", str(self.port), "--address", "127.0.0.1"],
@@ -277,9 +279,39 @@ class App:
         return form.get_by_text(label, exact=True).locator("xpath=following::input[1]")
 
     def fill(self, form, values: dict) -> None:
-        """Types into the form's text and number fields, by label."""
+        """Types into the form's text and number fields, by label (opening "Advanced settings" for its inputs)."""
         for label, value in values.items():
+            if self.collapsed(form.get_by_text(label, exact=True)):
+                self.expand_advanced(form)
             self.form_input(form, label).fill(str(value))
+
+    def collapsed(self, locator) -> bool:
+        """Whether the element sits in a closed collapsible section (mounted, but clipped to no height)."""
+        return locator.first.evaluate(
+            """(element) => {
+                for (let node = element.parentElement; node; node = node.parentElement) {
+                    const style = getComputedStyle(node);
+                    if (style.overflow === "hidden" && node.getBoundingClientRect().height < 1) return true;
+                }
+                return false;
+            }"""
+        )
+
+    def advanced_toggle(self, form):
+        """The header of the form's collapsed "Advanced settings" section."""
+        return form.get_by_role("button", name="Advanced settings", exact=True)
+
+    def expand_advanced(self, form) -> None:
+        """Opens the form's "Advanced settings" section (batch size, device, precision, shard, limits)."""
+        toggle = self.advanced_toggle(form)
+        if toggle.get_attribute("aria-expanded") != "true":
+            toggle.click()
+        self.expect(toggle).to_have_attribute("aria-expanded", "true")
+        # the section grows open (a short transition): wait until its content has a height
+        self.page.wait_for_function(
+            "(toggle) => toggle.parentElement.lastElementChild.getBoundingClientRect().height > 0",
+            arg=toggle.element_handle(),
+        )
 
     def execute_button(self):
         """The form's "Execute" button (run now; its arrow offers scheduling)."""

@@ -32,7 +32,17 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     assert form.get_by_role("radio", name=re.compile("Current view")).is_checked()
     assert app.form_input(form, "Model").input_value() == "shapes-tiny"
     assert app.form_input(form, "Caption field").input_value() == "caption"
+    # Essentials first: the language right under the target, before the model; the settings
+    # most runs never change sit in the collapsed "Advanced settings" section.
+    language_y = form.get_by_text("Language", exact=True).bounding_box()["y"]
+    assert language_y < form.get_by_text("Model", exact=True).bounding_box()["y"]
+    app.expect(app.advanced_toggle(form)).to_have_attribute("aria-expanded", "false")
+    for hidden in ("Batch size", "Precision", "Shard (I/N)", "Max new tokens"):
+        assert app.collapsed(form.get_by_text(hidden, exact=True)), hidden
     app.screenshot("caption-form")
+    app.expand_advanced(form)
+    assert not app.collapsed(form.get_by_text("Batch size", exact=True))
+    assert app.form_input(form, "Batch size").input_value() == "16"
 
     # An invalid setting is flagged in the form before anything runs, and cleared with it.
     app.fill(form, {"Shard (I/N)": "3/2"})
@@ -77,3 +87,21 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
     assert caption.get_attribute("title") == expected[sample_id]
     assert caption.inner_text() == expected[sample_id]
     app.screenshot("caption-sample")
+
+    # Opened again, the sidebar groups the run's fields: results under "BLIP captions", the
+    # `_run` / `_error` bookkeeping in the collapsed "BLIP run records" group. (The App reads a
+    # dataset's sidebar groups when it opens it.)
+    app.page.keyboard.press("Escape")
+    app.expect(app.cy("modal")).to_have_count(0)
+    app.open("app-caption")
+    app.expect(app.cy("sidebar-group-entry-BLIP CAPTIONS")).to_be_visible()
+    app.expect(app.cy("sidebar-group-entry-BLIP RUN RECORDS")).to_be_visible()
+    app.expect(app.sidebar_field("caption_confidence")).to_be_visible()
+    # a collapsed group shows "+" (an expanded one "-") and moves its fields out of the sidebar
+    records = app.cy("sidebar-group-entry-BLIP RUN RECORDS")
+    app.expect(records.locator('[data-testid="AddIcon"]')).to_have_count(1)
+    app.expect(app.cy("sidebar-group-entry-BLIP CAPTIONS").locator('[data-testid="AddIcon"]')).to_have_count(0)
+    app.page.wait_for_function(
+        "() => document.querySelector('[data-cy=sidebar-field-caption_run]').getBoundingClientRect().right <= 0"
+    )
+    app.screenshot("caption-sidebar-groups")

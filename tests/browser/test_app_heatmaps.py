@@ -13,12 +13,23 @@ def _image_region(app):
     return app.cy("modal-looker-container").screenshot(animations="disabled")
 
 
+def overlay_change(before: bytes, after: bytes) -> tuple[float, float]:
+    """(share of pixels whose colour changed by more than 40 of 255 in some channel, mean change) of two PNGs."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16) for png in (before, after))
+    assert a.shape == b.shape, (a.shape, b.shape)
+    change = np.abs(a - b).max(axis=2)
+    return float((change > 40).mean()), float(change.mean())
+
+
 def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
+    # The dataset's App settings are FiftyOne's defaults: the run itself makes the overlay readable.
     dataset = app_dataset("app-heatmaps", count=12)
-    # Coloured by field, the App draws a heatmap in one colour; coloured by value, through a
-    # colorscale.
-    dataset.app_config.color_scheme = fo.ColorScheme(color_by="value", colorscales=[{"path": "heatmap", "name": "jet"}])
-    dataset.save()
+    assert dataset.app_config.color_scheme is None
 
     app.open("app-heatmaps")
     app.expect(app.cy("looker")).to_have_count(12)
@@ -38,6 +49,10 @@ def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
     dataset.reload()
     assert dataset.count("heatmap") == 12
     app.sidebar_field("heatmap").wait_for()
+    # The run gave the dataset a colorscale for the map (and sidebar groups); the App reads a
+    # dataset's App settings when it opens it, as after a page reload.
+    app.open("app-heatmaps")
+    app.expect(app.cy("sidebar-group-entry-BLIP HEATMAPS")).to_be_visible()
 
     # The sample modal overlays the heatmap on the image: the image differs with the field off.
     modal = app.open_sample(0)
@@ -62,6 +77,10 @@ def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
         app.page.wait_for_timeout(250)
         without_overlay = _image_region(app)
     assert without_overlay != with_overlay
+    # readable, not a faint tint: drawn through a colorscale, most of the image changes colour clearly
+    changed, mean = overlay_change(without_overlay, with_overlay)
+    print(f"heatmap overlay: {changed:.1%} of the image's pixels changed by > 40/255, mean change {mean:.1f}")
+    assert changed > 0.3 and mean > 30, (changed, mean)
     app.cy("checkbox-heatmap").last.click()
     app.expect(toggle).to_be_checked()
 

@@ -74,3 +74,62 @@ def test_find_swapped_captions_from_the_operator_form(app, app_dataset, fo):
 
     dataset.reload()
     assert set(dataset.match_tags("mislabel").values("id")) == expected
+
+
+def replace_class_labels(dataset, count, seed):
+    """Replaces `count` samples' `gt_label` with another kind drawn at random (as eval_flag_rule.py); their ids."""
+    import random
+
+    from fiftyone_blip.shapes.data import KINDS
+
+    rng = random.Random(seed)
+    chosen = rng.sample(list(dataset), count)
+    for sample in chosen:
+        sample.gt_label.label = rng.choice([k for k in KINDS if k != sample.gt_label.label])
+        sample.save()
+    return {sample.id for sample in chosen}
+
+
+def test_label_qa_defaults_flag_in_the_app_what_the_sdk_flags(app, fo):
+    """The form's defaults on 200 held-out shapes: few flags when clean, about the injected count at 10% noise."""
+    base = fiftyone_blip.load_shapes_dataset("tests-shapes-200", count=200, split="test")
+    names = {"clean": "app-qa-clean", "noisy": "app-qa-noisy"}
+    try:
+        datasets = {kind: base.clone(name, persistent=True) for kind, name in names.items()}
+        wrong = replace_class_labels(datasets["noisy"], 20, seed=11)
+        # what the SDK's defaults flag, on copies the App never opens
+        expected = {}
+        for kind, dataset in datasets.items():
+            reference = dataset.clone(f"{dataset.name}-sdk")
+            try:
+                fiftyone_blip.find_mislabels(reference, "gt_label", model="shapes-tiny", progress=False)
+                expected[kind] = set(reference.match_tags("mislabel").values("id"))
+            finally:
+                reference.delete()
+
+        for kind, dataset in datasets.items():  # one App session for both
+            app.open(dataset.name)
+            form = app.open_operator(NAME, LABEL)
+            app.expect(app.execute_button()).to_be_enabled()
+            assert app.form_input(form, "Model").input_value() == "shapes-tiny"
+            app.expect(app.form_input(form, "Score field")).to_have_value("gt_label_match")  # the label field
+            count = len(expected[kind])
+            app.execute(re.compile(rf"BLIP label QA: flagged {count} of 200 samples \(tag 'mislabel'\)"))
+            app.expect(app.cy("looker")).to_have_count(count)  # the review view
+            app.close_notifications()
+            dataset.reload()
+            assert set(dataset.match_tags("mislabel").values("id")) == expected[kind]
+
+        clean, noisy = expected["clean"], expected["noisy"]
+        hits = len(noisy & wrong)
+        print(
+            f"label QA defaults in the App, 200 held-out shapes: clean {len(clean)} flagged; "
+            f"10% noise: {len(noisy)} flagged for {len(wrong)} injected, precision {hits / max(len(noisy), 1):.2f}, "
+            f"recall {hits / len(wrong):.2f}"
+        )
+        assert len(clean) <= 10  # at most 5% of a clean set
+        assert 14 <= len(noisy) <= 28 and hits >= 14
+    finally:
+        for name in names.values():
+            if fo.dataset_exists(name):
+                fo.delete_dataset(name)
