@@ -5,6 +5,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
+# a one-layer BLIP text model: enough to see what its cross-attention reads
+TINY_TEXT = dict(
+    vocab_size=30,
+    hidden_size=32,
+    encoder_hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=16,
+)
+
+
 def test_blip_cross_attention_ignores_the_encoder_mask():
     """Why training passes the mask on: the answer decoder sees the question's padding states.
 
@@ -16,15 +28,7 @@ def test_blip_cross_attention_ignores_the_encoder_mask():
     from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
 
     torch.manual_seed(0)
-    config = BlipTextConfig(
-        vocab_size=30,
-        hidden_size=32,
-        encoder_hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-    )
+    config = BlipTextConfig(**TINY_TEXT)
     decoder = BlipTextLMHeadModel(config).eval()
     states = torch.randn(1, 6, 32)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
@@ -43,15 +47,7 @@ def test_training_reads_a_padded_question_as_an_unpadded_one():
     from fiftyone_blip.shapes.train_vqa import honour_cross_attention_masks
 
     torch.manual_seed(0)
-    text = dict(
-        vocab_size=30,
-        hidden_size=32,
-        encoder_hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-    )
+    text = dict(TINY_TEXT)
     vision = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
     )
