@@ -25,11 +25,12 @@ from fiftyone_blip.settings import RunOptions
 run_records.DB_RETRY_SECONDS = float(sys.argv[1])
 run_records.DB_ATTEMPT_SECONDS = 1.0
 count = int(sys.argv[2])
+media = sys.argv[3]  # never read: the task does not open images
 if fo.dataset_exists("stall"):
     dataset = fo.load_dataset("stall")
 else:
     dataset = fo.Dataset("stall", persistent=True)
-    dataset.add_samples([fo.Sample(filepath=f"/tmp/stall-{i:05d}.jpg") for i in range(count)], progress=False)
+    dataset.add_samples([fo.Sample(filepath=f"{media}/stall-{i:05d}.jpg") for i in range(count)], progress=False)
 
 def step(inputs):
     time.sleep(0.1)
@@ -73,7 +74,7 @@ def own_mongod(tmp_path):
         except OSError:
             assert time.monotonic() < deadline and process.poll() is None, "mongod did not start"
             time.sleep(0.2)
-    yield process, f"mongodb://127.0.0.1:{port}"
+    yield process, f"mongodb://127.0.0.1:{port}", tmp_path
     os.kill(process.pid, signal.SIGCONT)
     process.terminate()
     try:
@@ -82,10 +83,10 @@ def own_mongod(tmp_path):
         process.kill()
 
 
-def _worker(uri: str, retry_seconds: float, count: int) -> subprocess.Popen:
+def _worker(uri: str, retry_seconds: float, count: int, media: Path) -> subprocess.Popen:
     env = {**os.environ, "FIFTYONE_DATABASE_URI": uri}
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(retry_seconds), str(count)],
+        [sys.executable, "-c", WORKER, str(retry_seconds), str(count), str(media)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -107,16 +108,16 @@ def _stall(mongod: subprocess.Popen, worker: subprocess.Popen, after: float, sec
 
 
 def test_a_short_stall_is_waited_out_and_every_result_lands(own_mongod):
-    mongod, uri = own_mongod
-    lines = _stall(mongod, _worker(uri, retry_seconds=60, count=400), after=0.5, seconds=5.0)
+    mongod, uri, media = own_mongod
+    lines = _stall(mongod, _worker(uri, retry_seconds=60, count=400, media=media), after=0.5, seconds=5.0)
     assert lines[-1] == "DONE 400 0 400"
 
 
 def test_a_stall_longer_than_the_limit_stops_with_one_line_and_resume_finishes(own_mongod):
-    mongod, uri = own_mongod
-    lines = _stall(mongod, _worker(uri, retry_seconds=2, count=400), after=0.5, seconds=10.0)
+    mongod, uri, media = own_mongod
+    lines = _stall(mongod, _worker(uri, retry_seconds=2, count=400, media=media), after=0.5, seconds=10.0)
     assert lines[-1] == "ERROR database unreachable for 2 s; re-run to resume"
-    resumed = _worker(uri, retry_seconds=60, count=400)
+    resumed = _worker(uri, retry_seconds=60, count=400, media=media)
     out, _ = resumed.communicate(timeout=300)
     word, done, skipped, stored = out.strip().splitlines()[-1].split()
     assert word == "DONE" and int(skipped) > 0 and int(done) + int(skipped) == 400 == int(stored)

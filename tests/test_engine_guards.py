@@ -315,10 +315,10 @@ def test_patches_views_are_refused_before_any_work(fresh_dataset):
     assert "size" not in fresh_dataset.get_field_schema()
 
 
-def test_video_datasets_and_remote_media_are_refused_before_any_work(fo):
+def test_video_datasets_and_remote_media_are_refused_before_any_work(fo, tmp_path):
     dataset = fo.Dataset()
     try:
-        dataset.add_sample(fo.Sample(filepath="/tmp/clip.mp4"))
+        dataset.add_sample(fo.Sample(filepath=str(tmp_path / "clip.mp4")))
         with pytest.raises(ValueError, match="video samples are not supported") as error:
             engine.run(dataset, toy_task(step=_never), RunOptions(**QUIET))
         assert "\n" not in str(error.value)
@@ -327,7 +327,8 @@ def test_video_datasets_and_remote_media_are_refused_before_any_work(fo):
     dataset = fo.Dataset()
     try:
         dataset.add_samples(
-            [fo.Sample(filepath="/tmp/a.jpg"), fo.Sample(filepath="https://example.com/b.jpg")], progress=False
+            [fo.Sample(filepath=str(tmp_path / "a.jpg")), fo.Sample(filepath="https://example.com/b.jpg")],
+            progress=False,
         )
         with pytest.raises(ValueError, match="remote media is not supported: download it first"):
             engine.run(dataset, toy_task(step=_never), RunOptions(**QUIET))
