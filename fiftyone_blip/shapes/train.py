@@ -729,35 +729,47 @@ def without_out(argv: list[str]) -> list[str]:
     return kept
 
 
-def save(model, processor, directory: Path, kind: str, metrics: dict, args, minutes: float):
+def card_fields(model, args, module: str) -> dict:
+    """The model card fields every shapes-tiny model has: its sizes, its data and the command that trained it."""
+    cfg = model.config
+    return dict(
+        params=sum(p.numel() for p in model.parameters()),
+        vision_layers=cfg.vision_config.num_hidden_layers,
+        vision_width=cfg.vision_config.hidden_size,
+        image_size=cfg.vision_config.image_size,
+        patch=cfg.vision_config.patch_size,
+        text_layers=cfg.text_config.num_hidden_layers,
+        text_width=cfg.text_config.hidden_size,
+        vocab=cfg.text_config.vocab_size,
+        seed=args.seed,
+        train_count=args.train_count,
+        val_count=args.val_count,
+        command=" ".join([f"python -m {module}"] + without_out(args.argv)),
+        threads=torch.get_num_threads(),
+    )
+
+
+def write_model_folder(model, processor, directory: Path, metrics: dict, card: str) -> None:
+    """Saves a trained model as a hub-style folder: weights, processor, metrics.json and its card (README.md)."""
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     processor.save_pretrained(directory)
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (directory / "README.md").write_text(card)
+
+
+def save(model, processor, directory: Path, kind: str, metrics: dict, args, minutes: float):
     cfg = model.config
-    (directory / "README.md").write_text(
-        MODEL_CARD.format(
-            kind=kind,
-            cls=type(model).__name__,
-            like="Salesforce/blip-image-captioning-base" if kind == "captioner" else "Salesforce/blip-itm-base-coco",
-            params=sum(p.numel() for p in model.parameters()),
-            vision_layers=cfg.vision_config.num_hidden_layers,
-            vision_width=cfg.vision_config.hidden_size,
-            image_size=cfg.vision_config.image_size,
-            patch=cfg.vision_config.patch_size,
-            grid=cfg.vision_config.image_size // cfg.vision_config.patch_size,
-            text_layers=cfg.text_config.num_hidden_layers,
-            text_width=cfg.text_config.hidden_size,
-            vocab=cfg.text_config.vocab_size,
-            seed=args.seed,
-            train_count=args.train_count,
-            val_count=args.val_count,
-            command=" ".join(["python -m fiftyone_blip.shapes.train"] + without_out(args.argv)),
-            metrics="\n".join(f"- {k}: {v}" for k, v in metrics.items()),
-            minutes=minutes,
-            threads=torch.get_num_threads(),
-        )
+    card = MODEL_CARD.format(
+        kind=kind,
+        cls=type(model).__name__,
+        like="Salesforce/blip-image-captioning-base" if kind == "captioner" else "Salesforce/blip-itm-base-coco",
+        grid=cfg.vision_config.image_size // cfg.vision_config.patch_size,
+        metrics="\n".join(f"- {k}: {v}" for k, v in metrics.items()),
+        minutes=minutes,
+        **card_fields(model, args, "fiftyone_blip.shapes.train"),
     )
+    write_model_folder(model, processor, directory, metrics, card)
 
 
 def main(argv: list[str] | None = None) -> None:

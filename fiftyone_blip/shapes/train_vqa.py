@@ -40,13 +40,14 @@ import torch
 from fiftyone_blip.shapes import data as shapes
 from fiftyone_blip.shapes.train import (
     IMAGE_SIZE,
+    card_fields,
     load_captioner_weights,
     lr_at,
     pixel_tensor,
     text_tokens,
     vision_prefix,
     vision_suffix,
-    without_out,
+    write_model_folder,
 )
 
 CAPTIONER_DIR = Path(__file__).parent / "models" / "captioner"
@@ -322,38 +323,19 @@ Training time: {minutes:.1f} minutes wall, {cpu_minutes:.1f} minutes CPU, on {th
 
 
 def save(model, processor, metrics: dict, args, minutes: float, cpu_minutes: float, counts: dict) -> None:
-    directory = args.out
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
-    processor.save_pretrained(directory)
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    cfg = model.config
     lines = []
     for name in ("validation_greedy", "validation_closed"):
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in metrics[name].items()))
-    (directory / "README.md").write_text(
-        MODEL_CARD.format(
-            params=sum(p.numel() for p in model.parameters()),
-            vision_layers=cfg.vision_config.num_hidden_layers,
-            vision_width=cfg.vision_config.hidden_size,
-            image_size=cfg.vision_config.image_size,
-            patch=cfg.vision_config.patch_size,
-            frozen=cfg.vision_config.num_hidden_layers - args.train_vision_layers,
-            text_layers=cfg.text_config.num_hidden_layers,
-            text_width=cfg.text_config.hidden_size,
-            vocab=cfg.text_config.vocab_size,
-            seed=args.seed,
-            train_count=args.train_count,
-            val_count=args.val_count,
-            command=" ".join(["python -m fiftyone_blip.shapes.train_vqa"] + without_out(args.argv)),
-            metrics="\n".join(lines),
-            selected_step=metrics["selected_step"],
-            minutes=minutes,
-            cpu_minutes=cpu_minutes,
-            threads=torch.get_num_threads(),
-            **counts,
-        )
+    card = MODEL_CARD.format(
+        frozen=model.config.vision_config.num_hidden_layers - args.train_vision_layers,
+        metrics="\n".join(lines),
+        selected_step=metrics["selected_step"],
+        minutes=minutes,
+        cpu_minutes=cpu_minutes,
+        **card_fields(model, args, "fiftyone_blip.shapes.train_vqa"),
+        **counts,
     )
+    write_model_folder(model, processor, args.out, metrics, card)
 
 
 def main(argv: list[str] | None = None) -> None:
