@@ -8,6 +8,17 @@ PANEL = "word_heatmaps"
 PANEL_LABEL = "BLIP word heatmaps"
 
 
+def _overlay_on(app, modal):
+    """Turns the heatmap overlay of the open sample modal on, waits for its canvas; returns the checkbox."""
+    toggle = modal.locator('[data-cy="checkbox-heatmap"] input')
+    toggle.wait_for(state="attached")
+    if not toggle.is_checked():
+        app.cy("checkbox-heatmap").last.click()
+    app.expect(toggle).to_be_checked()
+    app.page.wait_for_function("() => document.querySelector('[data-cy=modal-looker-container] canvas') !== null")
+    return toggle
+
+
 def _image_region(app):
     """A screenshot (PNG bytes) of the sample modal's image."""
     return app.cy("modal-looker-container").screenshot(animations="disabled")
@@ -60,12 +71,7 @@ def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
     sample = dataset[sample_id]
     words, text = sample["heatmap_words"], sample["heatmap_text"]
     assert text == sample["gt_caption"] and len(words) >= 2
-    toggle = modal.locator('[data-cy="checkbox-heatmap"] input')
-    toggle.wait_for(state="attached")
-    if not toggle.is_checked():
-        app.cy("checkbox-heatmap").last.click()
-    app.expect(toggle).to_be_checked()
-    app.page.wait_for_function("() => document.querySelector('[data-cy=modal-looker-container] canvas') !== null")
+    toggle = _overlay_on(app, modal)
     with_overlay = _image_region(app)
     app.screenshot("heatmap-modal")
     app.cy("checkbox-heatmap").last.click()
@@ -137,12 +143,7 @@ def test_exported_heatmaps_render_after_the_maps_folder_is_gone(app, app_dataset
         app.open(name)
         app.expect(app.cy("looker")).to_have_count(4)
         modal = app.open_sample(0)
-        toggle = modal.locator('[data-cy="checkbox-heatmap"] input')
-        toggle.wait_for(state="attached")
-        if not toggle.is_checked():
-            app.cy("checkbox-heatmap").last.click()
-        app.expect(toggle).to_be_checked()
-        app.page.wait_for_function("() => document.querySelector('[data-cy=modal-looker-container] canvas') !== null")
+        toggle = _overlay_on(app, modal)
         with_overlay = _image_region(app)
         app.cy("checkbox-heatmap").last.click()
         app.expect(toggle).not_to_be_checked()
