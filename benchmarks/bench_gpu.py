@@ -364,6 +364,28 @@ def batch_sweep(paths: dict, device: str, dtype: str, size: int, sizes: list[int
     return rows
 
 
+def compiled_step(module, run, batch, device, seconds, reference, **compile_options):
+    """A timing step of `run` with `module.forward` compiled (its first call compiles); the forward is restored after."""
+
+    def step():
+        import torch
+
+        original = module.forward
+        module.forward = torch.compile(original, **compile_options)
+        try:
+            t0 = time.perf_counter()
+            run()  # compiles
+            compile_s = time.perf_counter() - t0
+            row = time_step(run, batch, device, seconds, 2)
+            row["compile_s"] = round(compile_s, 1)
+            row["same_captions_as_dynamic"] = agreement_rate(reference, run())
+            return row
+        finally:
+            module.forward = original
+
+    return step
+
+
 def decoding_levers(paths: dict, device: str, dtype: str, size: int, batch: int, seconds: float, budget, errors):
     """CUDA only: a static KV cache and torch.compile over it, against plain greedy, same batch."""
     import torch
@@ -396,41 +418,13 @@ def decoding_levers(paths: dict, device: str, dtype: str, size: int, batch: int,
         # static cache's end ("index_copy_(): index N is out of bounds"), whatever its length.
         rows["static_cache_compiled"] = "not measured: the static cache failed (see errors)"
     elif budget.allows("lever static cache + torch.compile", reserve=120):
-
-        def compiled_step():
-            decoder = loaded.model.text_decoder
-            original = decoder.forward
-            decoder.forward = torch.compile(original, mode="reduce-overhead", fullgraph=False)
-            try:
-                t0 = time.perf_counter()
-                static(pixels)  # compiles
-                compile_s = time.perf_counter() - t0
-                row = time_step(lambda: static(pixels), batch, device, seconds, 2)
-                row["compile_s"] = round(compile_s, 1)
-                row["same_captions_as_dynamic"] = agreement_rate(reference, static(pixels))
-                return row
-            finally:
-                decoder.forward = original
-
-        rows["static_cache_compiled"] = measured("lever static cache + torch.compile", compiled_step, errors)
+        decoder = loaded.model.text_decoder
+        step = compiled_step(decoder, lambda: static(pixels), batch, device, seconds, reference, mode="reduce-overhead")
+        rows["static_cache_compiled"] = measured("lever static cache + torch.compile", step, errors)
     if budget.allows("lever torch.compile of the vision model", reserve=120):
-
-        def vision_compiled_step():
-            vision = loaded.model.vision_model
-            original = vision.forward
-            vision.forward = torch.compile(original)  # fixed input shape: one compile
-            try:
-                t0 = time.perf_counter()
-                plain(pixels)  # compiles
-                compile_s = time.perf_counter() - t0
-                row = time_step(lambda: plain(pixels), batch, device, seconds, 2)
-                row["compile_s"] = round(compile_s, 1)
-                row["same_captions_as_dynamic"] = agreement_rate(reference, plain(pixels))
-                return row
-            finally:
-                vision.forward = original
-
-        rows["vision_compiled"] = measured("lever torch.compile of the vision model", vision_compiled_step, errors)
+        # fixed input shape: one compile
+        step = compiled_step(loaded.model.vision_model, lambda: plain(pixels), batch, device, seconds, reference)
+        rows["vision_compiled"] = measured("lever torch.compile of the vision model", step, errors)
     base = (rows.get("dynamic_cache") or {}).get("images_per_s")
     for row in rows.values():
         if isinstance(row, dict) and base:
