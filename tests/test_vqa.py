@@ -61,7 +61,7 @@ def test_free_generation_answers_known_questions(loaded, scenes_and_pixels):
     answerer = vqa.Answerer(loaded, questions)
     rows = answerer(pixels)
     count_right = sum(row[0][0] == str(len(s.objects)) for row, s in zip(rows, scenes))
-    assert count_right >= 18  # the bundled model's validation accuracy on counts is 0.89
+    assert count_right >= 18  # the bundled model's validation accuracy on counts is 0.997 (model card)
     assert all(row[1][0] in ("yes", "no") for row in rows)
     assert all(0 < conf <= 1 for row in rows for _, conf in row)
 
@@ -73,7 +73,7 @@ def test_each_question_type_on_its_own_images(loaded, scenes_and_pixels):
     pairs = question_set(scenes, 1, seed=0)
     free = accuracy_by_type(pairs, answer_questions(loaded.model, loaded.processor, pixels, pairs, closed=False))
     closed = accuracy_by_type(pairs, answer_questions(loaded.model, loaded.processor, pixels, pairs, closed=True))
-    # the bundled model's validation figures: colour 0.97, shape at a position 0.95 (model card)
+    # the bundled model's validation figures: colour 0.985, shape at a position 0.977 (model card)
     for result in (free, closed):
         assert result["colour"] >= 0.85 and result["shape_at"] >= 0.85, result
 
