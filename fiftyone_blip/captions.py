@@ -12,7 +12,10 @@ Word constraints steer every decoding strategy: `ban_words` (never written),
 `force_words` (every caption holds them) and `stop_strings` (the caption ends
 before the first of them). transformers 5 moved constrained beam search
 (`force_words_ids`) to hub code, which is never run here, so forced words are
-this module's own logits processor, as diverse beam search is.
+this module's own search (`Captioner._place_forced_words`), as diverse beam
+search is: a caption that lacks a forced word is written again with the word
+at each word boundary, the model continuing after it, and the caption the
+model scores highest is kept.
 """
 
 from __future__ import annotations
@@ -144,8 +147,8 @@ class CaptionSettings(Settings):
     )
     force_words: tuple[str, ...] | None = setting(
         None,
-        "words or phrases every caption holds, comma-separated; a caption that would end without them "
-        "goes on with them (None: none)",
+        "words or phrases every caption holds, comma-separated; a caption without them is written again "
+        "with each where the model finds it likeliest (None: none)",
         label="Words that must appear",
         advanced=True,
     )
@@ -352,13 +355,12 @@ def _holds(sequence: list, word: list) -> bool:
 
 
 class ForcedWordsLogitsProcessor:
-    """Every caption holds the forced words (token sequences).
+    """Every caption holds the forced words (token sequences): the continuations of the placement search.
 
     While a caption lacks one, it cannot end: where the model would end it
     (end-of-text is its best next token), or where only the room the forced
     words need is left, the next missing word is written, token by token.
-    Elsewhere nothing changes, so a caption that holds the words anyway is the
-    caption the model writes without them (greedy decoding).
+    Elsewhere nothing changes.
 
     The rows a beam search reorders are recognised by their tokens, so a word
     being written is finished in whichever row its beam moved to.
@@ -453,6 +455,7 @@ class Captioner:
         self.torch = torch
         words = constraint_token_ids(settings, self.tokenizer)
         self.ban_ids, self.force_ids = words["ban_words"], words["force_words"]
+        self._pieces = None  # the tokenizer's word-continuing pieces ("##..."), read when first needed
         needed = sum(len(w) for w in self.force_ids)
         room = min(settings.max_new_tokens, self.room)
         if needed > room:
@@ -468,16 +471,18 @@ class Captioner:
                 sequences, confidences = self._diverse(image_embeds)
             else:
                 sequences, confidences = self._generate(image_embeds, self.settings.generate_kwargs())
+            if self.force_ids:
+                sequences, confidences = self._place_forced_words(image_embeds, sequences, confidences)
         prompt_length = self.prompt_ids.shape[1]
         captions = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
         captions = [cut_at_stop(text.strip(), self.settings.stop_strings) for text in captions]
         return [{"caption": text, "confidence": float(conf)} for text, conf in zip(captions, confidences)]
 
-    def constraint_processors(self, prompt_length: int, max_new_tokens: int, beams: int) -> list:
-        """The logits processors of the settings' forced words and stop strings (banned words go to
-        generate's own `bad_words_ids`)."""
+    def constraint_processors(self, prompt_length: int, max_new_tokens: int, beams: int, force: bool) -> list:
+        """The logits processors of the settings' stop strings and, with `force`, forced words (banned
+        words go to generate's own `bad_words_ids`)."""
         processors = []
-        if self.force_ids:
+        if force and self.force_ids:
             processors.append(
                 ForcedWordsLogitsProcessor(self.force_ids, prompt_length, max_new_tokens, self.eos, beams)
             )
@@ -487,18 +492,27 @@ class Captioner:
             )
         return processors
 
-    def _generate(self, image_embeds, kwargs, logits_processor=None):
+    def _generate(self, image_embeds, kwargs, logits_processor=None, prefix=None):
+        """Captions continuing the prompt; with `prefix` (caption tokens, one row per image), continuing
+        it, forced words written before the end."""
         from transformers import LogitsProcessorList
 
         torch = self.torch
         batch = image_embeds.shape[0]
         input_ids = self.prompt_ids.to(self.device).repeat(batch, 1)
+        prompt_length = input_ids.shape[1]
+        written = 0 if prefix is None else prefix.shape[1]
+        if written:
+            input_ids = torch.cat([input_ids, prefix.to(self.device)], dim=1)
         # a caption stops where the model's text positions end (beyond them, generate fails)
-        kwargs = {**kwargs, "max_new_tokens": min(kwargs["max_new_tokens"], self.room)}
+        room = min(kwargs["max_new_tokens"], self.room)
+        kwargs = {**kwargs, "max_new_tokens": room - written}
+        if kwargs.get("min_new_tokens"):
+            kwargs["min_new_tokens"] = max(0, kwargs["min_new_tokens"] - written)
         if self.ban_ids:
             kwargs["bad_words_ids"] = self.ban_ids
         constraints = self.constraint_processors(
-            input_ids.shape[1], kwargs["max_new_tokens"], kwargs.get("num_beams") or 1
+            prompt_length, room, kwargs.get("num_beams") or 1, force=prefix is not None
         )
         if constraints:
             logits_processor = LogitsProcessorList([*(logits_processor or []), *constraints])
@@ -520,19 +534,96 @@ class Captioner:
         if getattr(out, "sequences_scores", None) is not None:
             # beam search: length-normalised sum of token log-probabilities
             return sequences, out.sequences_scores.float().exp().cpu().numpy()
-        return sequences, self._confidence(sequences, out.logits, input_ids.shape[1])
+        return sequences, self._confidence(sequences, torch.stack(out.logits, dim=1), input_ids.shape[1])
 
     def _confidence(self, sequences, logits, prompt_length):
-        """Geometric mean of raw-model token probabilities up to and including [SEP]."""
-        torch = self.torch
-        logprobs = torch.stack(logits, dim=1).float().log_softmax(-1)  # (batch, steps, vocab)
+        """Geometric mean of raw-model token probabilities up to and including [SEP].
+
+        `logits`: (batch, steps, vocab), step i's predicting `sequences[:, prompt_length + i]`."""
+        total, count = self._logprob(sequences, logits, prompt_length)
+        return (total / count).exp().cpu().numpy()
+
+    def _logprob(self, sequences, logits, prompt_length):
+        """The captions' summed raw-model token log-probabilities up to and including [SEP], and their
+        token counts."""
+        logprobs = logits.float().log_softmax(-1)
         generated = sequences[:, prompt_length:]
         token_logprobs = logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
         # steps after the first [SEP] are padding
         after_end = (generated == self.eos).long().cumsum(1) - (generated == self.eos).long()
         valid = (after_end == 0).float()
-        mean = (token_logprobs * valid).sum(1) / valid.sum(1).clamp(min=1)
-        return mean.exp().cpu().numpy()
+        return (token_logprobs * valid).sum(1), valid.sum(1).clamp(min=1)
+
+    def _score(self, image_embeds, sequences):
+        """Finished captions' log-probabilities and confidences (`_logprob`, `_confidence`), read in one
+        teacher-forced pass."""
+        torch = self.torch
+        logits = self.model.text_decoder(
+            input_ids=sequences,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
+        ).logits
+        start = self.prompt_ids.shape[1]
+        total, count = self._logprob(sequences, logits[:, start - 1 : -1], start)
+        return total.tolist(), (total / count).exp().tolist()
+
+    def _caption_tokens(self, sequence) -> list:
+        """A generated sequence's caption tokens: after the prompt, before [SEP]."""
+        tokens = sequence[self.prompt_ids.shape[1] :].tolist()
+        return tokens[: tokens.index(self.eos)] if self.eos in tokens else tokens
+
+    def _place_forced_words(self, image_embeds, sequences, confidences):
+        """Each caption that lacks a forced word, written again with the word where the model likes it best.
+
+        For every word boundary of the caption (its start, between two words,
+        its end), the caption up to there, then the word, then the model's own
+        continuation with this run's decoding (which may drop what the word
+        replaces: "a blue diamond" becomes "a blue star", not "... diamond
+        star"; any other missing forced word is written before it ends). Of
+        these candidates the one the model finds likeliest (the sum of its
+        token log-probabilities, as a search for the likeliest caption that
+        holds the word; a per-token mean would favour long captions that
+        dilute the forced word's improbability) is kept, with its confidence.
+        Captions that hold the words stay as written; each one that lacks a
+        word costs one more decode per word boundary.
+        """
+        torch = self.torch
+        room = min(self.settings.max_new_tokens, self.room)
+        kwargs = self.settings.generate_kwargs()
+        if self.settings.strategy == "diverse-beam":
+            kwargs["num_beams"] = self.settings.num_beams // self.settings.num_beam_groups
+        rows = [self._caption_tokens(sequence) for sequence in sequences]
+        confidences = [float(c) for c in confidences]
+        for word in self.force_ids:
+            others = sum(len(w) for w in self.force_ids if w is not word)
+            missing = [i for i, tokens in enumerate(rows) if not _holds(tokens, word)]
+            best = {i: (-math.inf, None, None) for i in missing}
+            for cut in range(room - len(word) - others + 1):
+                members = [i for i in missing if cut <= len(rows[i]) and self._word_boundary(rows[i], cut)]
+                if not members:
+                    continue
+                prefix = torch.tensor([rows[i][:cut] + word for i in members])
+                candidates, _ = self._generate(image_embeds[members], kwargs, prefix=prefix)
+                logprobs, confidence = self._score(image_embeds[members], candidates)
+                for i, candidate, logprob, conf in zip(members, candidates, logprobs, confidence):
+                    if logprob > best[i][0]:
+                        best[i] = (logprob, self._caption_tokens(candidate), conf)
+            for i, (_, tokens, conf) in best.items():
+                rows[i], confidences[i] = tokens, conf
+        width = max(len(tokens) for tokens in rows) + 1
+        prompt = self.prompt_ids[0].tolist()
+        sequences = torch.tensor(
+            [prompt + tokens + [self.eos] + [self.pad] * (width - len(tokens) - 1) for tokens in rows]
+        )
+        return sequences, confidences
+
+    def _word_boundary(self, tokens: list, cut: int) -> bool:
+        """Whether `cut` falls between two words of `tokens` (not inside a word's WordPiece pieces)."""
+        if cut == len(tokens):
+            return True
+        if self._pieces is None:
+            self._pieces = {i for token, i in self.tokenizer.get_vocab().items() if token.startswith("##")}
+        return tokens[cut] not in self._pieces
 
     def _diverse(self, image_embeds):
         torch = self.torch

@@ -64,6 +64,31 @@ def test_a_forced_word_always_appears(loaded, pixels, unconstrained, strategy):
     assert all("on the left" in c and "diamond" in c.split() for c in both), both
 
 
+def _shapes_caption(text: str) -> bool:
+    """Whether `text` is a caption in the shapes grammar: "a COLOUR KIND POSITION", joined by ", " and " and "."""
+    from fiftyone_blip.shapes import data as shapes
+
+    phrase = rf"an? ({'|'.join(shapes.COLOURS)}) ({'|'.join(shapes.KINDS)}) ({'|'.join(shapes.POSITIONS.values())})"
+    return re.fullmatch(rf"{phrase}((, {phrase})* and {phrase})?", text) is not None
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_a_forced_word_takes_the_place_the_model_scores_best(loaded, pixels, unconstrained, strategy):
+    """Where "star" binds, it replaces a kind inside the caption ("a orange star on the right"),
+    instead of being tacked on after a finished caption ("... a orange diamond on the right star on the right")."""
+    base = unconstrained[strategy]
+    bound = [i for i, c in enumerate(base) if "star" not in c.split()]
+    assert len(bound) >= 3 and all(_shapes_caption(base[i]) for i in bound)
+    rows = Captioner(loaded, CaptionSettings(strategy=strategy, force_words="star"))(pixels)
+    placed = [rows[i]["caption"] for i in bound]
+    assert all(_shapes_caption(c) and "star" in c.split() for c in placed), placed
+    # one kind changed, the rest of the caption kept: as many words, all but one the same
+    for i, caption in zip(bound, placed):
+        before, after = base[i].split(), caption.split()
+        assert len(after) == len(before) and sum(a != b for a, b in zip(after, before)) == 1, (base[i], caption)
+    assert all(0 < rows[i]["confidence"] <= 1 for i in bound)
+
+
 def test_forced_words_in_sampled_captions(loaded, pixels):
     sampled = _captions(loaded, pixels, strategy="sample", seed=3, force_words="circle")
     assert all("circle" in c.split() for c in sampled)
