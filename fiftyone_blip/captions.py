@@ -506,6 +506,8 @@ class Captioner:
             input_ids = torch.cat([input_ids, prefix.to(self.device)], dim=1)
         # a caption stops where the model's text positions end (beyond them, generate fails)
         room = min(kwargs["max_new_tokens"], self.room)
+        if written >= room:  # the prefix fills the caption: nothing is left to generate
+            return input_ids, None
         kwargs = {**kwargs, "max_new_tokens": room - written}
         if kwargs.get("min_new_tokens"):
             kwargs["min_new_tokens"] = max(0, kwargs["min_new_tokens"] - written)

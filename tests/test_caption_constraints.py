@@ -89,6 +89,14 @@ def test_a_forced_word_takes_the_place_the_model_scores_best(loaded, pixels, unc
     assert all(0 < rows[i]["confidence"] <= 1 for i in bound)
 
 
+def test_a_forced_word_fits_captions_that_fill_their_room(loaded, pixels):
+    """Captions cut at `max_new_tokens` still get the word, also where it takes the last free tokens."""
+    rows = Captioner(loaded, CaptionSettings(force_words="star", max_new_tokens=4))(pixels)
+    tokenizer = loaded.processor.tokenizer
+    for row in rows:
+        assert "star" in row["caption"].split() and len(tokenizer(row["caption"])["input_ids"]) - 2 <= 4, row
+
+
 def test_forced_words_in_sampled_captions(loaded, pixels):
     sampled = _captions(loaded, pixels, strategy="sample", seed=3, force_words="circle")
     assert all("circle" in c.split() for c in sampled)
