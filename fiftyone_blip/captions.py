@@ -577,17 +577,23 @@ class Captioner:
     def _place_forced_words(self, image_embeds, sequences, confidences):
         """Each caption that lacks a forced word, written again with the word where the model likes it best.
 
-        For every word boundary of the caption (its start, between two words,
-        its end), the caption up to there, then the word, then the model's own
-        continuation with this run's decoding (which may drop what the word
-        replaces: "a blue diamond" becomes "a blue star", not "... diamond
-        star"; any other missing forced word is written before it ends). Of
-        these candidates the one the model finds likeliest (the sum of its
-        token log-probabilities, as a search for the likeliest caption that
-        holds the word; a per-token mean would favour long captions that
-        dilute the forced word's improbability) is kept, with its confidence.
-        Captions that hold the words stay as written; each one that lacks a
-        word costs one more decode per word boundary.
+        For a word boundary of the caption (its start, between two words, its
+        end), a candidate is the caption up to there, then the word, then the
+        model's own continuation with this run's decoding (which may drop what
+        the word replaces: "a blue diamond" becomes "a blue star", not "...
+        diamond star"; any other missing forced word is written before it
+        ends). The candidate the model finds likeliest (the sum of its token
+        log-probabilities: the likeliest caption that holds the word; a
+        per-token mean would favour long captions that dilute the forced
+        word's improbability) is kept, with its confidence.
+
+        Not every boundary is decoded: a candidate cannot be likelier than its
+        prefix followed by the word's first token, read for every boundary in
+        one pass over the caption, so boundaries are tried best bound first
+        and the rest are skipped once none can beat the best candidate (the
+        same choice as trying them all, for greedy and beam decoding; sampled
+        continuations depend on the batch they are drawn in). Captions that
+        hold the words stay as written.
         """
         torch = self.torch
         room = min(self.settings.max_new_tokens, self.room)
@@ -599,25 +605,61 @@ class Captioner:
         for word in self.force_ids:
             others = sum(len(w) for w in self.force_ids if w is not word)
             missing = [i for i, tokens in enumerate(rows) if not _holds(tokens, word)]
+            if not missing:
+                continue
+            last_cut = room - len(word) - others
+            bounds = self._cut_bounds(image_embeds[missing], [rows[i] for i in missing], word[0])
+            queue = {
+                i: sorted(
+                    (
+                        (cut, bound)
+                        for cut, bound in enumerate(row_bounds[: last_cut + 1])
+                        if self._word_boundary(rows[i], cut)
+                    ),
+                    key=lambda item: -item[1],
+                )
+                for i, row_bounds in zip(missing, bounds)
+            }
             best = {i: (-math.inf, None, None) for i in missing}
-            for cut in range(room - len(word) - others + 1):
-                members = [i for i in missing if cut <= len(rows[i]) and self._word_boundary(rows[i], cut)]
-                if not members:
-                    continue
-                prefix = torch.tensor([rows[i][:cut] + word for i in members])
-                candidates, _ = self._generate(image_embeds[members], kwargs, prefix=prefix)
-                logprobs, confidence = self._score(image_embeds[members], candidates)
-                for i, candidate, logprob, conf in zip(members, candidates, logprobs, confidence):
-                    if logprob > best[i][0]:
-                        best[i] = (logprob, self._caption_tokens(candidate), conf)
+            while True:
+                # each caption's most promising boundary not yet tried, while it can still win
+                picks = {i: queue[i].pop(0)[0] for i in missing if queue[i] and queue[i][0][1] > best[i][0]}
+                if not picks:
+                    break
+                for cut in sorted(set(picks.values())):
+                    members = [i for i, c in picks.items() if c == cut]
+                    prefix = torch.tensor([rows[i][:cut] + word for i in members])
+                    candidates, _ = self._generate(image_embeds[members], kwargs, prefix=prefix)
+                    logprobs, confidence = self._score(image_embeds[members], candidates)
+                    for i, candidate, logprob, conf in zip(members, candidates, logprobs, confidence):
+                        if logprob > best[i][0]:
+                            best[i] = (logprob, self._caption_tokens(candidate), conf)
             for i, (_, tokens, conf) in best.items():
                 rows[i], confidences[i] = tokens, conf
+        return self._sequences(rows, self.eos), confidences
+
+    def _sequences(self, rows: list, end: int):
+        """The prompt, then each row's caption tokens, then `end`, padded into one tensor."""
         width = max(len(tokens) for tokens in rows) + 1
         prompt = self.prompt_ids[0].tolist()
-        sequences = torch.tensor(
-            [prompt + tokens + [self.eos] + [self.pad] * (width - len(tokens) - 1) for tokens in rows]
-        )
-        return sequences, confidences
+        return self.torch.tensor([prompt + tokens + [end] + [self.pad] * (width - len(tokens) - 1) for tokens in rows])
+
+    def _cut_bounds(self, image_embeds, rows: list, first_token: int) -> list:
+        """Per caption and cut (0..its length): the log-probability of its tokens before the cut plus that
+        of `first_token` at the cut, read in one teacher-forced pass."""
+        torch = self.torch
+        sequences = self._sequences(rows, self.pad).to(self.device)  # the last position predicts after the caption
+        logits = self.model.text_decoder(
+            input_ids=sequences,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
+        ).logits
+        start = self.prompt_ids.shape[1]
+        logprobs = logits[:, start - 1 :].float().log_softmax(-1)  # step t predicts caption token t
+        taken = logprobs[:, :-1].gather(-1, sequences[:, start:, None]).squeeze(-1)
+        before = torch.cat([taken.new_zeros(len(rows), 1), taken.cumsum(1)], dim=1)
+        bounds = (before + logprobs[:, :, first_token]).cpu().tolist()
+        return [row_bounds[: len(tokens) + 1] for row_bounds, tokens in zip(bounds, rows)]
 
     def _word_boundary(self, tokens: list, cut: int) -> bool:
         """Whether `cut` falls between two words of `tokens` (not inside a word's WordPiece pieces)."""

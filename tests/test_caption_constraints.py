@@ -4,6 +4,7 @@ Each is compared with the unconstrained captions of the same images: a
 constraint changes a caption only where it binds.
 """
 
+import math
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 import fiftyone_blip
 from fiftyone_blip.captions import Captioner, CaptionSettings
+from fiftyone_blip.shapes import data as shapes
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,6 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def pixels(loaded):
-    from fiftyone_blip.shapes import data as shapes
     from fiftyone_blip.shapes.train import pixel_tensor
 
     return pixel_tensor(loaded.processor, shapes.make_scenes(16, "test"))
@@ -64,29 +65,40 @@ def test_a_forced_word_always_appears(loaded, pixels, unconstrained, strategy):
     assert all("on the left" in c and "diamond" in c.split() for c in both), both
 
 
-def _shapes_caption(text: str) -> bool:
-    """Whether `text` is a caption in the shapes grammar: "a COLOUR KIND POSITION", joined by ", " and " and "."""
-    from fiftyone_blip.shapes import data as shapes
-
-    phrase = rf"an? ({'|'.join(shapes.COLOURS)}) ({'|'.join(shapes.KINDS)}) ({'|'.join(shapes.POSITIONS.values())})"
-    return re.fullmatch(rf"{phrase}((, {phrase})* and {phrase})?", text) is not None
-
-
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_a_forced_word_takes_the_place_the_model_scores_best(loaded, pixels, unconstrained, strategy):
     """Where "star" binds, it replaces a kind inside the caption ("a orange star on the right"),
     instead of being tacked on after a finished caption ("... a orange diamond on the right star on the right")."""
     base = unconstrained[strategy]
     bound = [i for i, c in enumerate(base) if "star" not in c.split()]
-    assert len(bound) >= 3 and all(_shapes_caption(base[i]) for i in bound)
+    assert len(bound) >= 3 and all(shapes.is_english_caption(base[i]) for i in bound)
     rows = Captioner(loaded, CaptionSettings(strategy=strategy, force_words="star"))(pixels)
     placed = [rows[i]["caption"] for i in bound]
-    assert all(_shapes_caption(c) and "star" in c.split() for c in placed), placed
+    assert all(shapes.is_english_caption(c) and "star" in c.split() for c in placed), placed
     # one kind changed, the rest of the caption kept: as many words, all but one the same
     for i, caption in zip(bound, placed):
         before, after = base[i].split(), caption.split()
         assert len(after) == len(before) and sum(a != b for a, b in zip(after, before)) == 1, (base[i], caption)
     assert all(0 < rows[i]["confidence"] <= 1 for i in bound)
+
+
+def test_skipping_hopeless_boundaries_chooses_as_trying_them_all(loaded, pixels, monkeypatch):
+    settings = CaptionSettings(force_words="circle, on the left")
+    pruned = Captioner(loaded, settings)(pixels)
+    tried = []
+    search = Captioner(loaded, settings)
+    real = search._generate
+
+    def generate(*args, **kwargs):
+        tried.append(kwargs.get("prefix") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "_generate", generate)
+    monkeypatch.setattr(search, "_cut_bounds", lambda embeds, rows, token: [[math.inf] * (len(r) + 1) for r in rows])
+    everything = search(pixels)  # no bound can be beaten: every boundary is decoded
+    assert [r["caption"] for r in everything] == [r["caption"] for r in pruned]
+    assert [r["confidence"] for r in everything] == pytest.approx([r["confidence"] for r in pruned], abs=1e-5)
+    assert sum(tried) > 20  # the exhaustive search did decode many boundaries
 
 
 def test_a_forced_word_fits_captions_that_fill_their_room(loaded, pixels):

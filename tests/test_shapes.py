@@ -66,6 +66,18 @@ def test_captions_in_three_languages():
         scene.caption("fr")
 
 
+def test_english_caption_form():
+    assert all(data.is_english_caption(s.caption()) for s in data.make_scenes(200, "test"))
+    for text in (
+        "a red circle at the top left star at the top",  # a word tacked on after a finished caption
+        "a red circle at the top left, a green square",  # a phrase without its position
+        "a red circle at the top left and",
+        "a big circle in the center",
+        "a red circle in the center, a blue star on the left",  # no final "and"
+    ):
+        assert not data.is_english_caption(text), text
+
+
 def test_label_is_the_largest_shape():
     scene = data.ShapeScene(
         0,

@@ -257,6 +257,15 @@ def english_vocabulary() -> list[str]:
     return sorted(words)
 
 
+def is_english_caption(text: str) -> bool:
+    """Whether `text` has the form of an English shapes caption: "a COLOUR KIND POSITION" phrases,
+    joined by ", " and a final " and " (true or not of any image)."""
+    import re
+
+    phrase = rf"a ({'|'.join(COLOURS)}) ({'|'.join(KINDS)}) ({'|'.join(POSITIONS.values())})"
+    return re.fullmatch(rf"{phrase}((, {phrase})* and {phrase})?", text) is not None
+
+
 # Visual questions with known answers. Every question is asked only where its
 # answer is a function of the image: "what colour is the circle?" only when
 # the scene holds exactly one circle, "where is the red circle?" only when it
