@@ -463,6 +463,33 @@ def declare_fields(dataset, questions: list[Question]) -> None:
                 dataset.add_sample_field(name, field_type, embedded_doc_type=doc_type)
 
 
+def check_no_foreign_values(samples, task, questions: list[Question]) -> None:
+    """Refuses a question's field (or `{field}_confidence`) that holds values this run would not own.
+
+    The engine checks the task's main field (the first question's) against its
+    `_run` stamp; the other fields have no stamp of their own, so a value there
+    is this run's only where the sample's `{first field}_run` carries this
+    fingerprint, which covers every question, its field and its answers. A
+    label the user wrote, or an ask run with another question, is refused.
+    """
+    schema = samples._dataset.get_field_schema()
+    names = [name for name in _wanted_fields(questions) if name != task.field and name in schema]
+    if not names:
+        return
+    own = re.compile(f"^{task.fingerprint}(:|$)")
+    for name in names:
+        foreign = {"$match": {name: {"$ne": None}, task.run_field: {"$not": own}}}
+        counted = list(samples._aggregate(pipeline=[foreign, {"$count": "n"}]))
+        count = counted[0]["n"] if counted else 0
+        if count:
+            raise ValueError(
+                f"field {name!r} already holds values on {count} samples that were not written by "
+                f"fiftyone-blip with this model and these questions; pass overwrite=True "
+                f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another '
+                "field"
+            )
+
+
 def question_descriptions(questions: list[Question]) -> dict[str, str]:
     """What each question's fields hold: the question, and how it was answered."""
     out = {}
@@ -574,5 +601,7 @@ def run(samples, questions: list[Question], settings: VqaSettings, options):
         settings.model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision
     )
     task = vqa_task(loaded, questions, settings, resize=options.resize)  # checks lengths
+    if not options.overwrite:
+        check_no_foreign_values(samples, task, questions)
     declare_fields(samples._dataset, questions)
     return engine.run(samples, task, options)

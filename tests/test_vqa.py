@@ -264,3 +264,49 @@ def test_model_step_imports_without_fiftyone():
         "assert not any(m == 'fiftyone' or m.startswith('fiftyone.') for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_question_field_refuses_values_it_did_not_write(fresh_dataset):
+    """Not only the first question's field: each question's field and `{field}_confidence` hold
+    only what this model wrote with these questions unless overwrite is given."""
+    import fiftyone as fo
+
+    options = RunOptions(batch_size=16, progress=False)
+    view = fresh_dataset.limit(8)
+    # a label field the user wrote, asked into as the second question's field
+    user = view.limit(3)
+    user.set_values("truth", [fo.Classification(label="USER")] * 3)
+    two = ["how many shapes are there?", "what shape is it?"]
+    with pytest.raises(ValueError, match=r"field 'truth' already holds values on 3 samples.*overwrite"):
+        vqa.ask(view, two, ["n", "truth"], model="shapes-tiny", options=options)
+    assert fresh_dataset.count_values("truth.label") == {"USER": 3, None: 45}
+    assert not fresh_dataset.exists("n").count()
+    # a boolean question's confidence field that the user wrote
+    fresh_dataset.add_sample_field("night_confidence", fo.FloatField)
+    user.set_values("night_confidence", [0.25] * 3)
+    with pytest.raises(ValueError, match=r"field 'night_confidence' already holds values on 3 samples"):
+        vqa.ask(view, "is there a star?", "night", boolean=True, model="shapes-tiny", options=options)
+    assert fresh_dataset.count_values("night_confidence") == {0.25: 3, None: 45}
+    # a field another ask run wrote with another question (its first field being another one)
+    first = vqa.ask(
+        view, ["is there a star?", "is there a circle?"], ["star", "circle"], model="shapes-tiny", options=options
+    )
+    assert first.done == 8
+    before = fresh_dataset.values("circle.label")
+    with pytest.raises(ValueError, match=r"field 'circle' already holds values on 8 samples"):
+        vqa.ask(
+            view,
+            ["is there a square?", "is there a triangle?"],
+            ["square", "circle"],
+            model="shapes-tiny",
+            options=options,
+        )
+    assert fresh_dataset.values("circle.label") == before and not fresh_dataset.exists("square").count()
+    # the same command resumes; an explicit overwrite replaces
+    again = vqa.ask(
+        view, ["is there a star?", "is there a circle?"], ["star", "circle"], model="shapes-tiny", options=options
+    )
+    assert (again.done, again.skipped) == (0, 8)
+    replace = RunOptions(batch_size=16, progress=False, overwrite=True)
+    forced = vqa.ask(view, two, ["n", "truth"], model="shapes-tiny", options=replace)
+    assert forced.done == 8 and "USER" not in fresh_dataset.values("truth.label")
