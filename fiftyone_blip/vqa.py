@@ -297,6 +297,8 @@ class Answerer:
         self.eos = text_config.sep_token_id
         self.pad = text_config.pad_token_id
         check_lengths(self.questions, self.tokenizer, text_config.max_position_embeddings)
+        # a free answer stops where the decoder's positions end ([DEC] takes one); beyond them generate fails
+        self.max_new_tokens = min(self.settings.max_new_tokens, text_config.max_position_embeddings - 1)
         # Tokenised once: each question is the same for every image of a batch.
         self.question_ids = [
             self.tokenizer(q.text, return_tensors="pt")["input_ids"].to(self.device) for q in self.questions
@@ -374,7 +376,7 @@ class Answerer:
             pad_token_id=self.pad,
             encoder_hidden_states=states,
             encoder_attention_mask=mask,
-            max_new_tokens=settings.max_new_tokens,
+            max_new_tokens=self.max_new_tokens,
             num_beams=settings.num_beams if settings.strategy == "beam" else 1,
             do_sample=False,
         )

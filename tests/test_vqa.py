@@ -310,3 +310,44 @@ def test_every_question_field_refuses_values_it_did_not_write(fresh_dataset):
     replace = RunOptions(batch_size=16, progress=False, overwrite=True)
     forced = vqa.ask(view, two, ["n", "truth"], model="shapes-tiny", options=replace)
     assert forced.done == 8 and "USER" not in fresh_dataset.values("truth.label")
+
+
+def test_free_answers_stop_at_the_models_text_positions(tmp_path):
+    """A free answer stops where the answer decoder's positions end: a model that never writes
+    [SEP] with `max_new_tokens` at its maximum gets cut answers, not a failed step."""
+    import torch
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    from fiftyone_blip.models import BUNDLED, load_model
+    from fiftyone_blip.shapes.train import build_config
+
+    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["vqa"])
+    processor.image_processor.size = {"height": 64, "width": 64}
+    config = build_config(
+        processor.tokenizer,
+        "captioner",
+        image_size=64,
+        patch_size=16,
+        vision_width=32,
+        vision_layers=1,
+        text_width=32,
+        text_layers=1,
+        heads=2,
+    )
+    torch.manual_seed(0)
+    model = BlipForQuestionAnswering(config)
+    positions = config.text_config.max_position_embeddings
+    with torch.no_grad():
+        # [SEP] can never be the likeliest next token: every answer runs to the length limit
+        model.text_decoder.cls.predictions.decoder.bias[config.text_config.sep_token_id] = -1e4
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), task="vqa", device="cpu")
+    answerer = vqa.Answerer(loaded, [vqa.Question("is it?", "a")], vqa.VqaSettings(max_new_tokens=vqa.MAX_NEW_TOKENS))
+    pixels = torch.zeros(2, 3, 64, 64)
+    rows = answerer(pixels)
+    assert len(rows) == 2 and all(len(row) == 1 for row in rows)
+    for [(answer, confidence)] in rows:
+        assert len(answer.split()) > positions // 2  # ran on to the limit
+        assert 0 <= confidence <= 1
+    assert vqa.MAX_NEW_TOKENS >= positions  # the case checked here: the setting allows more than the model reads
