@@ -468,21 +468,18 @@ def declare_fields(dataset, questions: list[Question]) -> None:
 def check_no_foreign_values(samples, task, questions: list[Question]) -> None:
     """Refuses a question's field (or `{field}_confidence`) that holds values this run would not own.
 
-    The engine checks the task's main field (the first question's) against its
-    `_run` stamp; the other fields have no stamp of their own, so a value there
-    is this run's only where the sample's `{first field}_run` carries this
-    fingerprint, which covers every question, its field and its answers. A
-    label the user wrote, or an ask run with another question, is refused.
+    Only the first question's field has a `_run` stamp (the engine checks that
+    field too, but after the fields are declared); the other fields have no
+    stamp of their own, so a value there is this run's only where the sample's
+    `{first field}_run` carries this fingerprint, which covers every question,
+    its field and its answers. A label the user wrote, or an ask run with
+    another question, is refused.
     """
+    from fiftyone_blip import engine
+
     schema = samples._dataset.get_field_schema()
-    names = [name for name in _wanted_fields(questions) if name != task.field and name in schema]
-    if not names:
-        return
-    own = re.compile(f"^{task.fingerprint}(:|$)")
-    for name in names:
-        foreign = {"$match": {name: {"$ne": None}, task.run_field: {"$not": own}}}
-        counted = list(samples._aggregate(pipeline=[foreign, {"$count": "n"}]))
-        count = counted[0]["n"] if counted else 0
+    for name in [name for name in _wanted_fields(questions) if name in schema]:
+        count = engine.count_foreign_values(samples, name, task)
         if count:
             raise ValueError(
                 f"field {name!r} already holds values on {count} samples that were not written by "

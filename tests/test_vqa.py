@@ -281,6 +281,10 @@ def test_every_question_field_refuses_values_it_did_not_write(fresh_dataset):
         vqa.ask(view, two, ["n", "truth"], model="shapes-tiny", options=options)
     assert fresh_dataset.count_values("truth.label") == {"USER": 3, None: 45}
     assert not fresh_dataset.exists("n").count()
+    # refused in the first question's field: refused before the other fields are added
+    with pytest.raises(ValueError, match=r"field 'truth' already holds values on 3 samples"):
+        vqa.ask(view, two[::-1], ["truth", "extra"], model="shapes-tiny", options=options)
+    assert "extra" not in fresh_dataset.get_field_schema()
     # a boolean question's confidence field that the user wrote
     fresh_dataset.add_sample_field("night_confidence", fo.FloatField)
     user.set_values("night_confidence", [0.25] * 3)
