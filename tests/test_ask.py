@@ -67,6 +67,9 @@ def test_sdk_bad_input_is_refused_before_any_work(fresh_dataset):
         (dict(questions="q?", fields="a", num_beams=0), "`num_beams` must be in 1..10"),
         (dict(questions="is there a " + "red " * 80 + "circle?", fields="a"), "tokens long"),
         (dict(questions="q?", fields="gt_caption"), "already exists as a"),
+        (dict(questions="q?", fields="a", answers=["1", "2"], boolean=True), "must be 'yes' and 'no'"),
+        (dict(questions=["q?", "r?"], fields=["a", "a"]), "got 'a' twice"),
+        (dict(questions=["q?", "r?"], fields=["a", "a_run"]), "'a_run' would collide"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -128,6 +131,9 @@ def test_cli_ask_several_questions(fresh_dataset):
         (["q?", "-f", "a", "-a", "x,y", "-a", "x,z"], "Error: `--answers` must be given once for all questions"),
         (["q?", "-f", "bad name"], "Error: `field` must be a name of letters, digits and underscores"),
         (["is there a " + "red " * 80 + "circle?", "-f", "a"], "tokens long; the model reads at most 64"),
+        (["q?", "-f", "a", "-a", "1,2", "--boolean"], "`answers` of the yes/no question 'q?' must be 'yes' and 'no'"),
+        (["q?", "r?", "-f", "a", "-f", "a"], "`fields` must be distinct, got 'a' twice"),
+        (["q?", "r?", "-f", "a", "-f", "a_confidence"], "'a_confidence' would collide with the fields written beside"),
     ],
 )
 def test_cli_bad_input_is_one_line(fresh_dataset, argv, message):
