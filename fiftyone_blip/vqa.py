@@ -592,7 +592,10 @@ def ask(
 
 def run(samples, questions: list[Question], settings: VqaSettings, options):
     """Answers checked `questions` (see `make_questions`) on the engine; see `fiftyone_blip.ask`."""
+    import uuid
+
     from fiftyone_blip import engine
+    from fiftyone_blip import run_records as runs
     from fiftyone_blip.models import load_model
 
     check_fields(samples._dataset, questions)  # before the model loads
@@ -600,7 +603,18 @@ def run(samples, questions: list[Question], settings: VqaSettings, options):
         settings.model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision
     )
     task = vqa_task(loaded, questions, settings, resize=options.resize)  # checks lengths
-    if not options.overwrite:
-        check_no_foreign_values(samples, task, questions)
-    declare_fields(samples._dataset, questions)
-    return engine.run(samples, task, options)
+    # The engine claims the first question's field; the others are claimed here, before any check,
+    # so that two runs sharing a later field cannot both pass the checks and mix their answers in it.
+    leases = []
+    try:
+        for question in questions[1:]:
+            lease = runs.Lease(samples._dataset, question.field, options.shard_spec, uuid.uuid4().hex)
+            lease.take()
+            leases.append(lease)
+        if not options.overwrite:
+            check_no_foreign_values(samples, task, questions)
+        declare_fields(samples._dataset, questions)
+        return engine.run(samples, task, options)
+    finally:
+        for lease in leases:
+            lease.release()

@@ -355,3 +355,38 @@ def test_free_answers_stop_at_the_models_text_positions(tmp_path):
         assert len(answer.split()) > positions // 2  # ran on to the limit
         assert 0 <= confidence <= 1
     assert vqa.MAX_NEW_TOKENS >= positions  # the case checked here: the setting allows more than the model reads
+
+
+def test_a_field_another_run_is_writing_is_refused_as_any_question_field(fresh_dataset):
+    """Two runs writing the same field at once would mix their answers in it: a question's field
+    that a live run holds is refused whether it comes first or later in the list."""
+    from fiftyone_blip import run_records
+
+    options = RunOptions(batch_size=16, progress=False)
+    other = run_records.Lease(fresh_dataset, "star", None, "other-run")
+    other.take()
+    try:
+        for fields in (["star"], ["n", "star"]):
+            questions = ["is there a circle?", "how many shapes are there?"][: len(fields)]
+            with pytest.raises(ValueError, match=r"field 'star' of dataset .* is being written by run other-run"):
+                vqa.ask(fresh_dataset, questions, fields, model="shapes-tiny", options=options)
+        assert not fresh_dataset.exists("n").count()
+    finally:
+        other.release()
+    # the claims are given back: the same questions now run
+    done = vqa.ask(
+        fresh_dataset.limit(4),
+        ["how many shapes are there?", "is there a circle?"],
+        ["n", "star"],
+        model="shapes-tiny",
+        options=options,
+    )
+    assert done.done == 4
+    again = vqa.ask(
+        fresh_dataset.limit(4),
+        ["how many shapes are there?", "is there a circle?"],
+        ["n", "star"],
+        model="shapes-tiny",
+        options=options,
+    )
+    assert again.skipped == 4
