@@ -417,6 +417,8 @@ def stored_values(samples, names) -> list[dict]:
     `filter_labels`); the results are written to the dataset all the same, so what
     is already there is read from the dataset, not through the view.
     """
+    if samples is samples._dataset:  # a whole dataset hides nothing: no lookup per sample
+        return [{"$set": {"_stored": {name: f"${name}" for name in names}}}]
     return [
         {
             "$lookup": {

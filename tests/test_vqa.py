@@ -227,6 +227,8 @@ def test_resume_skips_what_is_done_and_the_fingerprint_covers_questions(fresh_da
 def test_bad_files_are_recorded(fresh_dataset, tmp_path):
     import fiftyone as fo
 
+    from fiftyone_blip import engine
+
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     fresh_dataset.add_sample(fo.Sample(filepath=str(bad)))
@@ -236,6 +238,13 @@ def test_bad_files_are_recorded(fresh_dataset, tmp_path):
     assert (summary.done, summary.failed) == (48, 1)
     [sample] = fresh_dataset.match(fo.ViewField("filepath") == str(bad))
     assert sample.n is None and sample.n_error
+    # the run record says what was stored; a re-run on the whole dataset skips the answered samples
+    [record] = [r for r in engine.list_runs(fresh_dataset) if r["capability"] == "vqa"]
+    assert (record["done"], record["failed"], record["total"]) == (48, 1, 49)
+    again = vqa.ask(
+        fresh_dataset, "how many shapes are there?", "n", model="shapes-tiny", options=RunOptions(progress=False)
+    )
+    assert (again.done, again.failed, again.skipped) == (0, 1, 48)
 
 
 def test_shards_split_without_overlap(fresh_dataset):
