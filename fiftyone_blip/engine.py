@@ -409,14 +409,43 @@ def field_descriptions(task: Task) -> dict[str, str]:
     }
 
 
+def stored_values(samples, names) -> list[dict]:
+    """Pipeline stages that set `_stored` on each sample of a collection: its values of `names` as
+    the dataset stores them.
+
+    A view can hide a field or some of its labels (`exclude_fields`, `select_fields`,
+    `filter_labels`); the results are written to the dataset all the same, so what
+    is already there is read from the dataset, not through the view.
+    """
+    if samples is samples._dataset:  # a whole dataset hides nothing: no lookup per sample
+        return [{"$set": {"_stored": {name: f"${name}" for name in names}}}]
+    return [
+        {
+            "$lookup": {
+                "from": samples._dataset._sample_collection_name,
+                "let": {"id": "$_id"},
+                "pipeline": [{"$match": {"$expr": {"$eq": ["$_id", "$$id"]}}}, {"$project": dict.fromkeys(names, 1)}],
+                "as": "_stored",
+            }
+        },
+        {"$set": {"_stored": {"$arrayElemAt": ["$_stored", 0]}}},
+    ]
+
+
+def count_foreign_values(samples, field: str, task: Task) -> int:
+    """How many samples hold a value in `field` whose `{task.field}_run` is not this task's fingerprint."""
+    own = re.compile(f"^{task.fingerprint}(:|$)")
+    foreign = {"$match": {f"_stored.{field}": {"$ne": None}, f"_stored.{task.run_field}": {"$not": own}}}
+    stages = stored_values(samples, (field, task.run_field)) + [foreign, {"$count": "n"}]
+    counted = list(samples._aggregate(pipeline=stages))
+    return counted[0]["n"] if counted else 0
+
+
 def _check_no_foreign_values(samples, task: Task) -> None:
     """Refuses a field that holds values fiftyone-blip did not write with these model and settings."""
     if task.field not in samples._dataset.get_field_schema():
         return
-    own = re.compile(f"^{task.fingerprint}(:|$)")
-    foreign = {"$match": {task.field: {"$ne": None}, task.run_field: {"$not": own}}}
-    counted = list(samples._aggregate(pipeline=[foreign, {"$count": "n"}]))
-    count = counted[0]["n"] if counted else 0
+    count = count_foreign_values(samples, task.field, task)
     if count:
         raise ValueError(
             f"field {task.field!r} already holds values on {count} samples that were not written by "
@@ -444,17 +473,23 @@ def _read_page(samples, task: Task, after: str | None, size: int) -> list[_Row]:
     """The next `size` samples of the collection after id `after`, in id order."""
     from bson import ObjectId
 
-    project = {"filepath": 1, task.run_field: 1, "_has": {"$ne": [{"$ifNull": [f"${task.field}", None]}, None]}}
+    # the result and its stamp as stored: the view may hide them (see `stored_values`)
+    project = {
+        "filepath": 1,
+        "_run": f"$_stored.{task.run_field}",
+        "_has": {"$ne": [{"$ifNull": [f"$_stored.{task.field}", None]}, None]},
+    }
     project.update({name: 1 for name in task.reads if name != "id"})  # `_id` always comes
     stages = [{"$match": {"_id": {"$gt": ObjectId(after)}}}] if after else []
-    stages += [{"$sort": {"_id": 1}}, {"$limit": size}, {"$project": project}]
+    stages += [{"$sort": {"_id": 1}}, {"$limit": size}]
+    stages += stored_values(samples, (task.field, task.run_field)) + [{"$project": project}]
     docs = runs.with_retry(lambda: list(samples._aggregate(pipeline=stages)))
     return [
         _Row(
             str(doc["_id"]),
             doc.get("filepath"),
             tuple(_get_path(doc, name) for name in task.reads),
-            doc.get(task.run_field),
+            doc.get("_run"),
             doc["_has"],
         )
         for doc in docs

@@ -297,6 +297,8 @@ class Answerer:
         self.eos = text_config.sep_token_id
         self.pad = text_config.pad_token_id
         check_lengths(self.questions, self.tokenizer, text_config.max_position_embeddings)
+        # a free answer stops where the decoder's positions end ([DEC] takes one); beyond them generate fails
+        self.max_new_tokens = min(self.settings.max_new_tokens, text_config.max_position_embeddings - 1)
         # Tokenised once: each question is the same for every image of a batch.
         self.question_ids = [
             self.tokenizer(q.text, return_tensors="pt")["input_ids"].to(self.device) for q in self.questions
@@ -374,7 +376,7 @@ class Answerer:
             pad_token_id=self.pad,
             encoder_hidden_states=states,
             encoder_attention_mask=mask,
-            max_new_tokens=settings.max_new_tokens,
+            max_new_tokens=self.max_new_tokens,
             num_beams=settings.num_beams if settings.strategy == "beam" else 1,
             do_sample=False,
         )
@@ -461,6 +463,30 @@ def declare_fields(dataset, questions: list[Question]) -> None:
                 dataset.add_sample_field(name, field_type)
             else:
                 dataset.add_sample_field(name, field_type, embedded_doc_type=doc_type)
+
+
+def check_no_foreign_values(samples, task, questions: list[Question]) -> None:
+    """Refuses a question's field (or `{field}_confidence`) that holds values this run would not own.
+
+    Only the first question's field has a `_run` stamp (the engine checks that
+    field too, but after the fields are declared); the other fields have no
+    stamp of their own, so a value there is this run's only where the sample's
+    `{first field}_run` carries this fingerprint, which covers every question,
+    its field and its answers. A label the user wrote, or an ask run with
+    another question, is refused.
+    """
+    from fiftyone_blip import engine
+
+    schema = samples._dataset.get_field_schema()
+    for name in [name for name in _wanted_fields(questions) if name in schema]:
+        count = engine.count_foreign_values(samples, name, task)
+        if count:
+            raise ValueError(
+                f"field {name!r} already holds values on {count} samples that were not written by "
+                f"fiftyone-blip with this model and these questions; pass overwrite=True "
+                f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another '
+                "field"
+            )
 
 
 def question_descriptions(questions: list[Question]) -> dict[str, str]:
@@ -566,7 +592,10 @@ def ask(
 
 def run(samples, questions: list[Question], settings: VqaSettings, options):
     """Answers checked `questions` (see `make_questions`) on the engine; see `fiftyone_blip.ask`."""
+    import uuid
+
     from fiftyone_blip import engine
+    from fiftyone_blip import run_records as runs
     from fiftyone_blip.models import load_model
 
     check_fields(samples._dataset, questions)  # before the model loads
@@ -574,5 +603,18 @@ def run(samples, questions: list[Question], settings: VqaSettings, options):
         settings.model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision
     )
     task = vqa_task(loaded, questions, settings, resize=options.resize)  # checks lengths
-    declare_fields(samples._dataset, questions)
-    return engine.run(samples, task, options)
+    # The engine claims the first question's field; the others are claimed here, before any check,
+    # so that two runs sharing a later field cannot both pass the checks and mix their answers in it.
+    leases = []
+    try:
+        for question in questions[1:]:
+            lease = runs.Lease(samples._dataset, question.field, options.shard_spec, uuid.uuid4().hex)
+            lease.take()
+            leases.append(lease)
+        if not options.overwrite:
+            check_no_foreign_values(samples, task, questions)
+        declare_fields(samples._dataset, questions)
+        return engine.run(samples, task, options)
+    finally:
+        for lease in leases:
+            lease.release()

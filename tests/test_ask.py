@@ -67,6 +67,9 @@ def test_sdk_bad_input_is_refused_before_any_work(fresh_dataset):
         (dict(questions="q?", fields="a", num_beams=0), "`num_beams` must be in 1..10"),
         (dict(questions="is there a " + "red " * 80 + "circle?", fields="a"), "tokens long"),
         (dict(questions="q?", fields="gt_caption"), "already exists as a"),
+        (dict(questions="q?", fields="a", answers=["1", "2"], boolean=True), "must be 'yes' and 'no'"),
+        (dict(questions=["q?", "r?"], fields=["a", "a"]), "got 'a' twice"),
+        (dict(questions=["q?", "r?"], fields=["a", "a_run"]), "'a_run' would collide"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -128,6 +131,9 @@ def test_cli_ask_several_questions(fresh_dataset):
         (["q?", "-f", "a", "-a", "x,y", "-a", "x,z"], "Error: `--answers` must be given once for all questions"),
         (["q?", "-f", "bad name"], "Error: `field` must be a name of letters, digits and underscores"),
         (["is there a " + "red " * 80 + "circle?", "-f", "a"], "tokens long; the model reads at most 64"),
+        (["q?", "-f", "a", "-a", "1,2", "--boolean"], "`answers` of the yes/no question 'q?' must be 'yes' and 'no'"),
+        (["q?", "r?", "-f", "a", "-f", "a"], "`fields` must be distinct, got 'a' twice"),
+        (["q?", "r?", "-f", "a", "-f", "a_confidence"], "'a_confidence' would collide with the fields written beside"),
     ],
 )
 def test_cli_bad_input_is_one_line(fresh_dataset, argv, message):
@@ -230,3 +236,34 @@ def test_operator_asks_the_current_view(fresh_dataset, plugin_installed):
     assert "BLIP answers: 48 done" in messages[-1].params["message"]
     assert set(fresh_dataset.values("n.label")) <= {"1", "2", "3"}
     assert _right_counts(fresh_dataset, "n") >= 40
+
+
+def test_a_view_that_hides_the_answer_fields_still_refuses_and_resumes(fresh_dataset):
+    """A view may hide a field or its labels; the values stored in the dataset are what a run
+    would replace, so they are what the refusal and the resume look at."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    fresh_dataset.limit(3).set_values("truth", [fo.Classification(label="USER")] * 3)
+    hiding = [
+        fresh_dataset.exclude_fields("truth"),
+        fresh_dataset.select_fields("gt_caption"),
+        fresh_dataset.filter_labels("truth", F("label") == "x", only_matches=False),
+    ]
+    for view in hiding:
+        for fields in (["truth"], ["n", "truth"]):
+            questions = ["what shape is it?", "how many shapes are there?"][: len(fields)][::-1]
+            with pytest.raises(ValueError, match=r"field 'truth' already holds values on 3 samples"):
+                fiftyone_blip.ask(view, questions, fields, model="shapes-tiny", progress=False)
+    assert fresh_dataset.count_values("truth.label") == {"USER": 3, None: 45}
+    # done samples are skipped even where the view hides the answers
+    first = fiftyone_blip.ask(fresh_dataset.limit(8), "what shape is it?", "shape", model="shapes-tiny", progress=False)
+    assert first.done == 8
+    again = fiftyone_blip.ask(
+        fresh_dataset.limit(10).exclude_fields("shape"),
+        "what shape is it?",
+        "shape",
+        model="shapes-tiny",
+        progress=False,
+    )
+    assert (again.done, again.skipped, again.total) == (2, 8, 10)

@@ -227,6 +227,8 @@ def test_resume_skips_what_is_done_and_the_fingerprint_covers_questions(fresh_da
 def test_bad_files_are_recorded(fresh_dataset, tmp_path):
     import fiftyone as fo
 
+    from fiftyone_blip import engine
+
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     fresh_dataset.add_sample(fo.Sample(filepath=str(bad)))
@@ -236,6 +238,13 @@ def test_bad_files_are_recorded(fresh_dataset, tmp_path):
     assert (summary.done, summary.failed) == (48, 1)
     [sample] = fresh_dataset.match(fo.ViewField("filepath") == str(bad))
     assert sample.n is None and sample.n_error
+    # the run record says what was stored; a re-run on the whole dataset skips the answered samples
+    [record] = [r for r in engine.list_runs(fresh_dataset) if r["capability"] == "vqa"]
+    assert (record["done"], record["failed"], record["total"]) == (48, 1, 49)
+    again = vqa.ask(
+        fresh_dataset, "how many shapes are there?", "n", model="shapes-tiny", options=RunOptions(progress=False)
+    )
+    assert (again.done, again.failed, again.skipped) == (0, 1, 48)
 
 
 def test_shards_split_without_overlap(fresh_dataset):
@@ -264,3 +273,129 @@ def test_model_step_imports_without_fiftyone():
         "assert not any(m == 'fiftyone' or m.startswith('fiftyone.') for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_question_field_refuses_values_it_did_not_write(fresh_dataset):
+    """Not only the first question's field: each question's field and `{field}_confidence` hold
+    only what this model wrote with these questions unless overwrite is given."""
+    import fiftyone as fo
+
+    options = RunOptions(batch_size=16, progress=False)
+    view = fresh_dataset.limit(8)
+    # a label field the user wrote, asked into as the second question's field
+    user = view.limit(3)
+    user.set_values("truth", [fo.Classification(label="USER")] * 3)
+    two = ["how many shapes are there?", "what shape is it?"]
+    with pytest.raises(ValueError, match=r"field 'truth' already holds values on 3 samples.*overwrite"):
+        vqa.ask(view, two, ["n", "truth"], model="shapes-tiny", options=options)
+    assert fresh_dataset.count_values("truth.label") == {"USER": 3, None: 45}
+    assert not fresh_dataset.exists("n").count()
+    # refused in the first question's field: refused before the other fields are added
+    with pytest.raises(ValueError, match=r"field 'truth' already holds values on 3 samples"):
+        vqa.ask(view, two[::-1], ["truth", "extra"], model="shapes-tiny", options=options)
+    assert "extra" not in fresh_dataset.get_field_schema()
+    # a boolean question's confidence field that the user wrote
+    fresh_dataset.add_sample_field("night_confidence", fo.FloatField)
+    user.set_values("night_confidence", [0.25] * 3)
+    with pytest.raises(ValueError, match=r"field 'night_confidence' already holds values on 3 samples"):
+        vqa.ask(view, "is there a star?", "night", boolean=True, model="shapes-tiny", options=options)
+    assert fresh_dataset.count_values("night_confidence") == {0.25: 3, None: 45}
+    # a field another ask run wrote with another question (its first field being another one)
+    first = vqa.ask(
+        view, ["is there a star?", "is there a circle?"], ["star", "circle"], model="shapes-tiny", options=options
+    )
+    assert first.done == 8
+    before = fresh_dataset.values("circle.label")
+    with pytest.raises(ValueError, match=r"field 'circle' already holds values on 8 samples"):
+        vqa.ask(
+            view,
+            ["is there a square?", "is there a triangle?"],
+            ["square", "circle"],
+            model="shapes-tiny",
+            options=options,
+        )
+    assert fresh_dataset.values("circle.label") == before and not fresh_dataset.exists("square").count()
+    # the same command resumes; an explicit overwrite replaces
+    again = vqa.ask(
+        view, ["is there a star?", "is there a circle?"], ["star", "circle"], model="shapes-tiny", options=options
+    )
+    assert (again.done, again.skipped) == (0, 8)
+    replace = RunOptions(batch_size=16, progress=False, overwrite=True)
+    forced = vqa.ask(view, two, ["n", "truth"], model="shapes-tiny", options=replace)
+    assert forced.done == 8 and "USER" not in fresh_dataset.values("truth.label")
+
+
+def test_free_answers_stop_at_the_models_text_positions(tmp_path):
+    """A free answer stops where the answer decoder's positions end: a model that never writes
+    [SEP] with `max_new_tokens` at its maximum gets cut answers, not a failed step."""
+    import torch
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    from fiftyone_blip.models import BUNDLED, load_model
+    from fiftyone_blip.shapes.train import build_config
+
+    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["vqa"])
+    processor.image_processor.size = {"height": 64, "width": 64}
+    config = build_config(
+        processor.tokenizer,
+        "captioner",
+        image_size=64,
+        patch_size=16,
+        vision_width=32,
+        vision_layers=1,
+        text_width=32,
+        text_layers=1,
+        heads=2,
+    )
+    torch.manual_seed(0)
+    model = BlipForQuestionAnswering(config)
+    positions = config.text_config.max_position_embeddings
+    with torch.no_grad():
+        # [SEP] can never be the likeliest next token: every answer runs to the length limit
+        model.text_decoder.cls.predictions.decoder.bias[config.text_config.sep_token_id] = -1e4
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), task="vqa", device="cpu")
+    answerer = vqa.Answerer(loaded, [vqa.Question("is it?", "a")], vqa.VqaSettings(max_new_tokens=vqa.MAX_NEW_TOKENS))
+    pixels = torch.zeros(2, 3, 64, 64)
+    rows = answerer(pixels)
+    assert len(rows) == 2 and all(len(row) == 1 for row in rows)
+    for [(answer, confidence)] in rows:
+        assert len(answer.split()) > positions // 2  # ran on to the limit
+        assert 0 <= confidence <= 1
+    assert vqa.MAX_NEW_TOKENS >= positions  # the case checked here: the setting allows more than the model reads
+
+
+def test_a_field_another_run_is_writing_is_refused_as_any_question_field(fresh_dataset):
+    """Two runs writing the same field at once would mix their answers in it: a question's field
+    that a live run holds is refused whether it comes first or later in the list."""
+    from fiftyone_blip import run_records
+
+    options = RunOptions(batch_size=16, progress=False)
+    other = run_records.Lease(fresh_dataset, "star", None, "other-run")
+    other.take()
+    try:
+        for fields in (["star"], ["n", "star"]):
+            questions = ["is there a circle?", "how many shapes are there?"][: len(fields)]
+            with pytest.raises(ValueError, match=r"field 'star' of dataset .* is being written by run other-run"):
+                vqa.ask(fresh_dataset, questions, fields, model="shapes-tiny", options=options)
+        assert not fresh_dataset.exists("n").count()
+    finally:
+        other.release()
+    # the claims are given back: the same questions now run
+    done = vqa.ask(
+        fresh_dataset.limit(4),
+        ["how many shapes are there?", "is there a circle?"],
+        ["n", "star"],
+        model="shapes-tiny",
+        options=options,
+    )
+    assert done.done == 4
+    again = vqa.ask(
+        fresh_dataset.limit(4),
+        ["how many shapes are there?", "is there a circle?"],
+        ["n", "star"],
+        model="shapes-tiny",
+        options=options,
+    )
+    assert again.skipped == 4
