@@ -242,6 +242,12 @@ def _check_answers(question: str, answers, boolean: bool) -> tuple[str, ...] | N
         raise ValueError(f"`answers` must be a list of answers, got the string {answers!r}")
     normalised = []
     for answer in answers:
+        if isinstance(answer, str) and "," in answer:
+            # the CLI and the form split answers at commas; a list item holding one is a list misread
+            raise ValueError(
+                f"`answers` of {question!r}: {answer!r} holds a comma; give a list of answers "
+                "(['yes', 'no']) or one list per question ([['yes', 'no'], ['red', 'blue']])"
+            )
         norm = normalize_answer(answer) if isinstance(answer, str) else ""
         if not norm:
             raise ValueError(f"`answers` of {question!r} must not hold an empty answer, got {answer!r}")

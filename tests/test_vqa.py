@@ -132,6 +132,8 @@ def test_beam_answers(loaded, scenes_and_pixels):
         (dict(questions="q?", fields="a", answers="red,blue"), "list of answers"),
         (dict(questions="q?", fields="a", answers=["red", "blue"], boolean=True), "'yes' and 'no'"),
         (dict(questions=["q?", "r?"], fields=["a", "b"], answers=[["x", "y"]]), "one per question"),
+        # comma-separated lists as list items would be one candidate each ("yes no", "red blue")
+        (dict(questions=["q?", "r?"], fields=["a", "b"], answers=["yes,no", "red,blue"]), "holds a comma"),
     ],
 )
 def test_bad_questions_are_refused(args, message):
