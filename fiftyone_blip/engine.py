@@ -409,36 +409,42 @@ def field_descriptions(task: Task) -> dict[str, str]:
     }
 
 
-def stored_values(samples, names) -> list[dict]:
-    """Pipeline stages that set `_stored` on each sample of a collection: its values of `names` as
-    the dataset stores them.
+def _result_projection(task: Task) -> dict:
+    """The result's stamp, and whether a result is there (not the result itself, which may be large)."""
+    return {task.run_field: 1, "_has": {"$ne": [{"$ifNull": [f"${task.field}", None]}, None]}}
+
+
+def stored_results(samples, ids: list, task: Task) -> dict:
+    """`_result_projection` of the samples `ids` (ObjectIds) as the dataset stores them, by id.
 
     A view can hide a field or some of its labels (`exclude_fields`, `select_fields`,
     `filter_labels`); the results are written to the dataset all the same, so what
-    is already there is read from the dataset, not through the view.
+    is already there is read from the dataset, not through the view: one query by
+    `_id` for many samples (a `$lookup` per sample in the view's pipeline cost
+    about 0.13 ms a sample).
     """
-    if samples is samples._dataset:  # a whole dataset hides nothing: no lookup per sample
-        return [{"$set": {"_stored": {name: f"${name}" for name in names}}}]
-    return [
-        {
-            "$lookup": {
-                "from": samples._dataset._sample_collection_name,
-                "let": {"id": "$_id"},
-                "pipeline": [{"$match": {"$expr": {"$eq": ["$_id", "$$id"]}}}, {"$project": dict.fromkeys(names, 1)}],
-                "as": "_stored",
-            }
-        },
-        {"$set": {"_stored": {"$arrayElemAt": ["$_stored", 0]}}},
-    ]
+    stages = [{"$match": {"_id": {"$in": ids}}}, {"$project": _result_projection(task)}]
+    return {doc["_id"]: doc for doc in samples._dataset._sample_collection.aggregate(stages)}
+
+
+# Sample ids per query when a view's stored values are read
+_IDS_PER_QUERY = 20_000
 
 
 def count_foreign_values(samples, field: str, task: Task) -> int:
-    """How many samples hold a value in `field` whose `{task.field}_run` is not this task's fingerprint."""
+    """How many samples hold a value in `field` (as the dataset stores it, see `stored_results`) whose
+    `{task.field}_run` is not this task's fingerprint."""
     own = re.compile(f"^{task.fingerprint}(:|$)")
-    foreign = {"$match": {f"_stored.{field}": {"$ne": None}, f"_stored.{task.run_field}": {"$not": own}}}
-    stages = stored_values(samples, (field, task.run_field)) + [foreign, {"$count": "n"}]
-    counted = list(samples._aggregate(pipeline=stages))
-    return counted[0]["n"] if counted else 0
+    foreign = {field: {"$ne": None}, task.run_field: {"$not": own}}
+    if samples is samples._dataset:  # a whole dataset hides nothing
+        counted = list(samples._aggregate(pipeline=[{"$match": foreign}, {"$count": "n"}]))
+        return counted[0]["n"] if counted else 0
+    ids = [doc["_id"] for doc in samples._aggregate(pipeline=[{"$project": {"_id": 1}}])]
+    collection = samples._dataset._sample_collection
+    return sum(
+        collection.count_documents({"_id": {"$in": ids[i : i + _IDS_PER_QUERY]}, **foreign})
+        for i in range(0, len(ids), _IDS_PER_QUERY)
+    )
 
 
 def _check_no_foreign_values(samples, task: Task) -> None:
@@ -473,24 +479,26 @@ def _read_page(samples, task: Task, after: str | None, size: int) -> list[_Row]:
     """The next `size` samples of the collection after id `after`, in id order."""
     from bson import ObjectId
 
-    # the result and its stamp as stored: the view may hide them (see `stored_values`)
-    project = {
-        "filepath": 1,
-        "_run": f"$_stored.{task.run_field}",
-        "_has": {"$ne": [{"$ifNull": [f"$_stored.{task.field}", None]}, None]},
-    }
+    project = {"filepath": 1, **_result_projection(task)}
     project.update({name: 1 for name in task.reads if name != "id"})  # `_id` always comes
     stages = [{"$match": {"_id": {"$gt": ObjectId(after)}}}] if after else []
-    stages += [{"$sort": {"_id": 1}}, {"$limit": size}]
-    stages += stored_values(samples, (task.field, task.run_field)) + [{"$project": project}]
-    docs = runs.with_retry(lambda: list(samples._aggregate(pipeline=stages)))
+    stages += [{"$sort": {"_id": 1}}, {"$limit": size}, {"$project": project}]
+
+    def read():
+        docs = list(samples._aggregate(pipeline=stages))
+        if samples is samples._dataset:  # a whole dataset hides nothing
+            return docs, {doc["_id"]: doc for doc in docs}
+        # the result and its stamp as stored: the view may hide them (see `stored_results`)
+        return docs, stored_results(samples, [doc["_id"] for doc in docs], task)
+
+    docs, stored = runs.with_retry(read)
     return [
         _Row(
             str(doc["_id"]),
             doc.get("filepath"),
             tuple(_get_path(doc, name) for name in task.reads),
-            doc.get("_run"),
-            doc["_has"],
+            stored.get(doc["_id"], {}).get(task.run_field),
+            stored.get(doc["_id"], {}).get("_has", False),
         )
         for doc in docs
     ]
