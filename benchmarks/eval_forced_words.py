@@ -47,6 +47,22 @@ def caption_all(captioner, pixels, batch_size: int) -> tuple[list[str], float]:
     return out, time.perf_counter() - started
 
 
+def caption_forcing(loaded, strategy: str, pixels, words: list[str], batch_size: int) -> tuple[list[str], float]:
+    """Each image's caption with its word forced, and the seconds taken.
+
+    One word per run, as a user forces one: the images are grouped by the word forced on them.
+    """
+    out, total = [""] * len(words), 0.0
+    for kind in sorted(set(words)):
+        rows = [i for i, word in enumerate(words) if word == kind]
+        captioner = captions.Captioner(loaded, captions.CaptionSettings(strategy=strategy, force_words=kind))
+        texts, seconds = caption_all(captioner, pixels[rows], batch_size)
+        for i, text in zip(rows, texts):
+            out[i] = text
+        total += seconds
+    return out, total
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=300, help="held-out images (300)")
@@ -74,20 +90,8 @@ def main(argv=None) -> dict:
         free, free_seconds = caption_all(
             captions.Captioner(loaded, captions.CaptionSettings(strategy=strategy)), pixels, args.batch_size
         )
-        forced, unchanged, forced_seconds = [], [], 0.0
-        # one word per run, as a user forces one: group the images by the kind forced on them
-        for words, out in ((absent, forced), (present, unchanged)):
-            out.extend([""] * len(scenes))
-            for kind in shapes.KINDS:
-                rows = [i for i, word in enumerate(words) if word == kind]
-                if not rows:
-                    continue
-                captioner = captions.Captioner(loaded, captions.CaptionSettings(strategy=strategy, force_words=kind))
-                texts, seconds = caption_all(captioner, pixels[rows], args.batch_size)
-                for i, text in zip(rows, texts):
-                    out[i] = text
-                if out is forced:
-                    forced_seconds += seconds
+        forced, forced_seconds = caption_forcing(loaded, strategy, pixels, absent, args.batch_size)
+        unchanged, _ = caption_forcing(loaded, strategy, pixels, present, args.batch_size)
         holds = np.mean([word in text.split() for word, text in zip(absent, forced)])
         well_formed = np.mean([shapes.is_english_caption(text) for text in forced])
         one_word = np.mean(

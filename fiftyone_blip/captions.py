@@ -556,17 +556,21 @@ class Captioner:
         valid = (after_end == 0).float()
         return (token_logprobs * valid).sum(1), valid.sum(1).clamp(min=1)
 
-    def _score(self, image_embeds, sequences):
-        """Finished captions' log-probabilities and confidences (`_logprob`, `_confidence`), read in one
-        teacher-forced pass."""
+    def _caption_logits(self, image_embeds, sequences):
+        """Raw-model logits of `sequences`' caption steps in one teacher-forced pass: step t predicts
+        caption token t (after the prompt); the last step predicts the token after the sequence."""
         torch = self.torch
         logits = self.model.text_decoder(
             input_ids=sequences,
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
         ).logits
-        start = self.prompt_ids.shape[1]
-        total, count = self._logprob(sequences, logits[:, start - 1 : -1], start)
+        return logits[:, self.prompt_ids.shape[1] - 1 :]
+
+    def _score(self, image_embeds, sequences):
+        """Finished captions' log-probabilities and confidences (`_logprob`, `_confidence`)."""
+        logits = self._caption_logits(image_embeds, sequences)[:, :-1]
+        total, count = self._logprob(sequences, logits, self.prompt_ids.shape[1])
         return total.tolist(), (total / count).exp().tolist()
 
     def _caption_tokens(self, sequence) -> list:
@@ -648,14 +652,9 @@ class Captioner:
         """Per caption and cut (0..its length): the log-probability of its tokens before the cut plus that
         of `first_token` at the cut, read in one teacher-forced pass."""
         torch = self.torch
-        sequences = self._sequences(rows, self.pad).to(self.device)  # the last position predicts after the caption
-        logits = self.model.text_decoder(
-            input_ids=sequences,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
-        ).logits
+        sequences = self._sequences(rows, self.pad).to(self.device)  # the last step predicts after the caption
+        logprobs = self._caption_logits(image_embeds, sequences).float().log_softmax(-1)
         start = self.prompt_ids.shape[1]
-        logprobs = logits[:, start - 1 :].float().log_softmax(-1)  # step t predicts caption token t
         taken = logprobs[:, :-1].gather(-1, sequences[:, start:, None]).squeeze(-1)
         before = torch.cat([taken.new_zeros(len(rows), 1), taken.cumsum(1)], dim=1)
         bounds = (before + logprobs[:, :, first_token]).cpu().tolist()

@@ -26,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -439,12 +440,13 @@ def count_foreign_values(samples, field: str, task: Task) -> int:
     if samples is samples._dataset:  # a whole dataset hides nothing
         counted = list(samples._aggregate(pipeline=[{"$match": foreign}, {"$count": "n"}]))
         return counted[0]["n"] if counted else 0
-    ids = [doc["_id"] for doc in samples._aggregate(pipeline=[{"$project": {"_id": 1}}])]
+    # the view's ids in chunks, as its cursor yields them: a view of millions is never held whole
+    cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1}}])
     collection = samples._dataset._sample_collection
-    return sum(
-        collection.count_documents({"_id": {"$in": ids[i : i + _IDS_PER_QUERY]}, **foreign})
-        for i in range(0, len(ids), _IDS_PER_QUERY)
-    )
+    count = 0
+    while ids := [doc["_id"] for doc in itertools.islice(cursor, _IDS_PER_QUERY)]:
+        count += collection.count_documents({"_id": {"$in": ids}, **foreign})
+    return count
 
 
 def _check_no_foreign_values(samples, task: Task) -> None:

@@ -136,21 +136,15 @@ def repeated_shapes(fo):
             fo.delete_dataset(name)
 
 
-@pytest.fixture(scope="session")
-def tiny_random_captioner(tmp_path_factory):
-    """A tiny random BLIP captioner built in the test, saved as a local directory.
-
-    Its vision input is 64 px with patch 16 (a 4x4 grid): a config unlike the
-    bundled one, to show nothing depends on shapes-tiny's sizes.
-    """
-    import torch
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+def _tiny_blip(task: str):
+    """The bundled shapes-tiny `task` processor at 64 px and a one-layer, 32-wide BLIP config for its
+    tokenizer (patch 16: a 4x4 grid, unlike the bundled sizes)."""
+    from transformers import BlipProcessor
 
     from fiftyone_blip.models import BUNDLED
     from fiftyone_blip.shapes.train import build_config
 
-    directory = tmp_path_factory.mktemp("tiny-random-captioner")
-    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["caption"])
+    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"][task])
     processor.image_processor.size = {"height": 64, "width": 64}
     config = build_config(
         processor.tokenizer,
@@ -163,6 +157,27 @@ def tiny_random_captioner(tmp_path_factory):
         text_layers=1,
         heads=2,
     )
+    return processor, config
+
+
+@pytest.fixture(scope="session")
+def tiny_blip():
+    """`_tiny_blip`: a function of the task ("caption", "vqa") giving a processor and a tiny config."""
+    return _tiny_blip
+
+
+@pytest.fixture(scope="session")
+def tiny_random_captioner(tmp_path_factory):
+    """A tiny random BLIP captioner built in the test, saved as a local directory.
+
+    Its vision input is 64 px with patch 16 (a 4x4 grid): a config unlike the
+    bundled one, to show nothing depends on shapes-tiny's sizes.
+    """
+    import torch
+    from transformers import BlipForConditionalGeneration
+
+    directory = tmp_path_factory.mktemp("tiny-random-captioner")
+    processor, config = _tiny_blip("caption")
     torch.manual_seed(0)
     BlipForConditionalGeneration(config).save_pretrained(directory)
     processor.save_pretrained(directory)

@@ -327,28 +327,15 @@ def test_every_question_field_refuses_values_it_did_not_write(fresh_dataset):
     assert forced.done == 8 and "USER" not in fresh_dataset.values("truth.label")
 
 
-def test_free_answers_stop_at_the_models_text_positions(tmp_path):
+def test_free_answers_stop_at_the_models_text_positions(tmp_path, tiny_blip):
     """A free answer stops where the answer decoder's positions end: a model that never writes
     [SEP] with `max_new_tokens` at its maximum gets cut answers, not a failed step."""
     import torch
-    from transformers import BlipForQuestionAnswering, BlipProcessor
+    from transformers import BlipForQuestionAnswering
 
-    from fiftyone_blip.models import BUNDLED, load_model
-    from fiftyone_blip.shapes.train import build_config
+    from fiftyone_blip.models import load_model
 
-    processor = BlipProcessor.from_pretrained(BUNDLED["shapes-tiny"]["vqa"])
-    processor.image_processor.size = {"height": 64, "width": 64}
-    config = build_config(
-        processor.tokenizer,
-        "captioner",
-        image_size=64,
-        patch_size=16,
-        vision_width=32,
-        vision_layers=1,
-        text_width=32,
-        text_layers=1,
-        heads=2,
-    )
+    processor, config = tiny_blip("vqa")
     torch.manual_seed(0)
     model = BlipForQuestionAnswering(config)
     positions = config.text_config.max_position_embeddings
@@ -384,20 +371,8 @@ def test_a_field_another_run_is_writing_is_refused_as_any_question_field(fresh_d
         assert not fresh_dataset.exists("n").count()
     finally:
         other.release()
-    # the claims are given back: the same questions now run
-    done = vqa.ask(
-        fresh_dataset.limit(4),
-        ["how many shapes are there?", "is there a circle?"],
-        ["n", "star"],
-        model="shapes-tiny",
-        options=options,
-    )
-    assert done.done == 4
-    again = vqa.ask(
-        fresh_dataset.limit(4),
-        ["how many shapes are there?", "is there a circle?"],
-        ["n", "star"],
-        model="shapes-tiny",
-        options=options,
-    )
+    # the claims are given back: the same questions now run, and a second time skip what the first wrote
+    questions = ["how many shapes are there?", "is there a circle?"]
+    assert vqa.ask(fresh_dataset.limit(4), questions, ["n", "star"], model="shapes-tiny", options=options).done == 4
+    again = vqa.ask(fresh_dataset.limit(4), questions, ["n", "star"], model="shapes-tiny", options=options)
     assert again.skipped == 4
