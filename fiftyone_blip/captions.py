@@ -709,38 +709,45 @@ def _cat_padded(torch, earlier, generated, pad: int):
 
 
 def caption_task(
-    loaded, settings: CaptionSettings, field: str = "caption", resize: str = "squash", language: str | None = None
+    model, settings: CaptionSettings, field: str = "caption", resize: str = "squash", language: str | None = None
 ):
     """An engine `Task` that captions images into `field` and `{field}_confidence`.
 
-    `language`: None or "en" for the model's own captions, else the code of an
-    installed language adapter (`fiftyone_blip.adapters`), active for each step.
+    `model`: a `models.ModelReference` (loaded once the engine's checks pass)
+    or a `LoadedModel`. `language`: None or "en" for the model's own captions,
+    else the code of an installed language adapter (`fiftyone_blip.adapters`),
+    active for each step.
     """
     import fiftyone as fo
 
     from fiftyone_blip import adapters, engine
 
-    tokenizer, adapter_identity, activate = adapters.prepare(loaded, language)
-    preprocess = loaded.preprocessor(resize)
-    captioner = Captioner(loaded, settings, tokenizer=tokenizer)
     confidence_field = f"{field}_confidence"
+    adapter_identity = adapters.identity(model, language)  # no adapter fits: refused before the model loads
 
-    def prepare(path):
-        return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
+    def bind():
+        loaded = model.load()
+        tokenizer, _identity, activate = adapters.prepare(loaded, language)
+        preprocess = loaded.preprocessor(resize)
+        captioner = Captioner(loaded, settings, tokenizer=tokenizer)
 
-    def step(inputs):
-        with activate():
-            rows = captioner(preprocess.to_pixel_values(inputs, loaded.device))
-        return [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
+        def prepare(path):
+            return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
+
+        def step(inputs):
+            with activate():
+                rows = captioner(preprocess.to_pixel_values(inputs, loaded.device))
+            return [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
+
+        return prepare, step
 
     return engine.Task(
         capability="caption",
         field=field,
         fields={field: fo.StringField, confidence_field: fo.FloatField},
         settings={**settings.as_dict(), "resize": resize},
-        identity={**loaded.identity, **adapter_identity},
-        prepare=prepare,
-        step=step,
+        identity={**model.identity, **adapter_identity},
+        bind=bind,
         descriptions={
             field: f"caption of the image by BLIP ({language or 'en'}), {settings.strategy} decoding",
             confidence_field: f"confidence of {field!r}: geometric mean of its token probabilities under the model",
@@ -752,12 +759,6 @@ def run(samples, settings: CaptionSettings, options):
     """Captions `samples` on the engine; see `fiftyone_blip.caption`."""
     from fiftyone_blip import engine, models
 
-    if settings.language is not None:
-        from fiftyone_blip import adapters
-
-        adapters.check_language(settings.language)
-    loaded = models.load_model(
-        settings.model, task="caption", device=options.device, dtype=options.dtype, revision=options.revision
-    )
-    task = caption_task(loaded, settings, field=settings.field, resize=options.resize, language=settings.language)
+    model = models.reference_for(settings.model, "caption", options)
+    task = caption_task(model, settings, field=settings.field, resize=options.resize, language=settings.language)
     return engine.run(samples, task, options)

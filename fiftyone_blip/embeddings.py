@@ -95,33 +95,41 @@ def serialize(vector: np.ndarray) -> bytes:
     return fou.serialize_numpy_array(vector)
 
 
-def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
-    """An engine `Task` that writes each image's ITC embedding (a unit vector) into `field`."""
+def embedding_task(model, field: str = DEFAULT_FIELD, resize: str = "squash"):
+    """An engine `Task` that writes each image's ITC embedding (a unit vector) into `field`.
+
+    `model`: a `models.ModelReference` (loaded once the engine's checks pass) or a `LoadedModel`.
+    """
     import fiftyone as fo
 
     from fiftyone_blip import engine
 
-    if loaded.task != "match":
-        raise ValueError(f"embeddings need a BlipForImageTextRetrieval model (task 'match'), got task {loaded.task!r}")
-    preprocess = loaded.preprocessor(resize)
-    embedder = Embedder(loaded)
+    if model.task != "match":
+        raise ValueError(f"embeddings need a BlipForImageTextRetrieval model (task 'match'), got task {model.task!r}")
+    dim = model.config.image_text_hidden_size
 
-    def prepare(path):
-        return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
+    def bind():
+        loaded = model.load()
+        preprocess = loaded.preprocessor(resize)
+        embedder = Embedder(loaded)
 
-    def step(inputs):
-        vectors = embedder.embed_images(preprocess.to_pixel_values(inputs, loaded.device))
-        return [{field: serialize(vector)} for vector in vectors]
+        def prepare(path):
+            return preprocess.pixels(path)[0]  # uint8: normalised on the model's device in `step`
+
+        def step(inputs):
+            vectors = embedder.embed_images(preprocess.to_pixel_values(inputs, loaded.device))
+            return [{field: serialize(vector)} for vector in vectors]
+
+        return prepare, step
 
     return engine.Task(
         capability="embed",
         field=field,
         fields={field: fo.VectorField},
-        settings={"resize": resize, "normalize": True, "dim": embedder.dim},
-        identity=loaded.identity,
-        prepare=prepare,
-        step=step,
-        descriptions={field: f"BLIP image embedding in the ITC space ({embedder.dim} values, unit length)"},
+        settings={"resize": resize, "normalize": True, "dim": dim},
+        identity=model.identity,
+        bind=bind,
+        descriptions={field: f"BLIP image embedding in the ITC space ({dim} values, unit length)"},
     )
 
 
@@ -413,10 +421,8 @@ def run(samples, settings, options, **backend_kwargs):
                 f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
                 f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
             )
-    loaded = models.load_model(
-        settings.model, task="match", device=options.device, dtype=options.dtype, revision=options.revision
-    )
-    task = embedding_task(loaded, field=settings.field, resize=options.resize)
+    model = models.reference_for(settings.model, "match", options)
+    task = embedding_task(model, field=settings.field, resize=options.resize)
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:
         embedded = dataset.match(F(task.run_field) == task.run_stamp)

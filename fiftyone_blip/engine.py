@@ -26,7 +26,6 @@ import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -48,19 +47,34 @@ MAX_BATCH_SIZE = 1024
 
 @dataclasses.dataclass
 class Task:
-    """What a capability gives the engine.
+    """What a capability gives the engine: its result set, what changes a result, and its model step.
 
     Attributes:
         capability: a short name ("caption").
-        field: the main result field; a sample counts as done when it is set.
-        fields: every field the task writes, name -> FiftyOne field class.
+        field: the main result field: its `{field}_error` and `{field}_run`
+            (the stamp) speak for the whole result set.
+        fields: the result set: every sample field the task writes, the main
+            one included, name -> FiftyOne field class, or (class, keyword
+            arguments of `add_sample_field`, e.g. `embedded_doc_type`). The
+            engine checks, leases, declares, resumes and replaces them as one.
         settings: the settings that change results (they go in the fingerprint).
-        identity: which weights produce results (model, path, revision, dtype).
+        identity: which weights produce results (model, path, revision, dtype),
+            known before the weights load (`models.reference`).
         prepare: file path -> model input (runs in decode threads; raises
             `images.ImageDecodeError` for a bad file).
         step: list of inputs -> list of {field: value} (runs on the model).
+        bind: loads the model and returns (prepare, step); the engine calls it
+            after every check that needs no model, and writes nothing before
+            it returns (None: `prepare` and `step` are given).
         reads: sample fields `prepare` needs beside the file path (e.g. the
             caption a heatmap explains); with any, `prepare(path, *values)`.
+        required: the fields of the set that must hold a value for a sample
+            to count as done (None: all of `fields`).
+        label_attributes: per-label attributes the step writes (dotted paths
+            such as "gt.detections.gt_match_itm") -> field class.
+        siblings: fields an earlier run into the same main field may have
+            written with other settings (another storage of heatmaps): a new
+            result clears them where fiftyone-blip wrote them for this field.
         descriptions: what each written field holds, name (a dotted path for
             label attributes) -> one sentence: the fields' FiftyOne
             `description`; the engine describes `{field}_error` and `{field}_run`.
@@ -68,13 +82,21 @@ class Task:
 
     capability: str
     field: str
-    fields: dict[str, type]
+    fields: dict[str, Any]
     settings: dict
     identity: dict
-    prepare: Callable[[str], Any]
-    step: Callable[[list], list[dict]]
+    prepare: Callable[[str], Any] | None = None
+    step: Callable[[list], list[dict]] | None = None
+    bind: Callable[[], tuple[Callable, Callable]] | None = None
     reads: tuple[str, ...] = ()
+    required: tuple[str, ...] | None = None
+    label_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    siblings: tuple[str, ...] = ()
     descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.field not in self.fields:
+            raise ValueError(f"a task's `fields` must hold its main field {self.field!r}")
 
     @property
     def error_field(self) -> str:
@@ -83,6 +105,18 @@ class Task:
     @property
     def run_field(self) -> str:
         return f"{self.field}_run"
+
+    @property
+    def result_fields(self) -> dict[str, Any]:
+        """The whole result set as declared: the task's fields, the main one, `_error` and `_run`."""
+        import fiftyone as fo
+
+        return {**self.fields, self.error_field: fo.StringField, self.run_field: fo.StringField}
+
+    @property
+    def done_fields(self) -> tuple[str, ...]:
+        """The fields that must hold a value, beside this run's stamp, for a sample to be done."""
+        return tuple(self.required) if self.required is not None else tuple(self.fields)
 
     @property
     def fingerprint(self) -> str:
@@ -110,6 +144,13 @@ class Task:
         if self.reads:
             raise ValueError("a task that reads sample fields has one stamp per sample")
         return self.stamp()
+
+    def bound(self) -> Task:
+        """This task with its model step: loads the model where `bind` says how."""
+        if self.bind is None:
+            return self
+        prepare, step = self.bind()
+        return dataclasses.replace(self, prepare=prepare, step=step, bind=None)
 
 
 @dataclasses.dataclass
@@ -202,19 +243,29 @@ class StoreError(RuntimeError):
 class _Writer:
     """Buffers results and writes them by sample id in chunks of bounded size and age.
 
+    Before each write it checks that the run still holds its claim on every
+    field of the set (`run_records.Lease.check`): a run paused past the lease's
+    staleness limit, whose fields another run took over, writes nothing more.
+    A result replaces the whole set: the set's fields a row leaves out, and
+    the `clears` (siblings of an earlier run), are emptied in the same update.
+
     `done` and `failed` count what the database matched, not what was sent: a
     sample deleted by another process during the run is not counted.
     """
 
-    def __init__(self, dataset, task: Task, record: runs.Record, chunk_size: int, chunk_seconds: float):
+    def __init__(
+        self, dataset, task: Task, record: runs.Record, lease, chunk_size: int, chunk_seconds: float, clears=()
+    ):
         # handles kept aside: a Dataset object deleted in this process refuses every attribute
         self.dataset_name = dataset.name
         self.collection = dataset._sample_collection
         self.collection_name = dataset._sample_collection_name
         self.task = task
         self.record = record
+        self.lease = lease
         self.chunk_size = chunk_size
         self.chunk_seconds = chunk_seconds
+        self.emptied = dict.fromkeys([*task.fields, *clears])
         self.buffer: dict[str, dict] = {}
         self.last_flush = time.monotonic()
         self.done = 0
@@ -230,6 +281,7 @@ class _Writer:
         if not self.buffer:
             return
         rows, self.buffer = self.buffer, {}
+        self.lease.check()  # raises ClaimLost: nothing of `rows` is written
         stored = self._write(rows)
         failed = sum(1 for sid in stored if rows[sid].get(self.task.error_field))
         self.failed += failed
@@ -240,6 +292,13 @@ class _Writer:
                 f"dataset {self.dataset_name!r} was deleted during the run; "
                 f"{self.done} results had been stored in field {self.task.field!r}"
             )
+
+    def _values(self, row: dict) -> dict:
+        """A row as one `$set`: a result empties the fields of the set it does not hold."""
+        if row.get(self.task.error_field):
+            return row  # only the error: an earlier result stays, and `_run` still describes it
+        emptied = {name: None for name in self.emptied if name not in row}
+        return {**emptied, **{k: _to_bson(v) for k, v in row.items()}}
 
     def _write(self, rows: dict[str, dict]) -> list[str]:
         """Writes the rows; returns the ids the database matched."""
@@ -253,7 +312,7 @@ class _Writer:
         now = datetime.datetime.now(datetime.timezone.utc)
         ids = [ObjectId(sid) for sid in rows]
         ops = [
-            UpdateOne({"_id": oid}, {"$set": {**{k: _to_bson(v) for k, v in row.items()}, "last_modified_at": now}})
+            UpdateOne({"_id": oid}, {"$set": {**self._values(row), "last_modified_at": now}})
             for oid, row in zip(ids, rows.values())
         ]
         collection = self.collection
@@ -355,6 +414,19 @@ def _step_with_retry(step: Callable[[list], list[dict]], inputs: list) -> list[d
 REMOTE_PATH = r"^[a-z][a-z0-9+.-]*://|(^|/)(https?|s3|gs|gcs|az|azure|abfss?|minio|ftp):/"
 
 
+def run_collection(samples):
+    """The collection a run goes over: a `group_by` view runs on all of its samples.
+
+    Raises:
+        ValueError: a collection whose results could not be written back where
+            they belong, with what to run on instead.
+    """
+    if getattr(samples, "_is_dynamic_groups", False):
+        samples = samples.flatten()
+    _check_collection(samples)
+    return samples
+
+
 def _check_collection(samples) -> None:
     """Refuses collections whose results could not be written back where they belong."""
     if samples._is_generated:
@@ -386,14 +458,30 @@ def _check_collection(samples) -> None:
         raise ValueError(f"remote media is not supported: download it first (e.g. {found[0]['filepath']!r})")
 
 
+def _siblings_present(dataset, task: Task) -> list[str]:
+    """The task's siblings that an earlier fiftyone-blip run wrote for the same main field."""
+    present = []
+    for name in task.siblings:
+        field = dataset.get_field(name)
+        info = (field.info or {}) if field is not None else {}
+        if info.get("written_by") == "fiftyone-blip" and info.get("field") == task.field:
+            present.append(name)
+    return present
+
+
 def _declare_fields(dataset, task: Task) -> None:
-    """Adds the task's fields; refuses to write into an existing field of another type."""
+    """Adds the task's fields and label attributes (every check passed before) and groups them in the App."""
     import fiftyone as fo
 
-    wanted = {**task.fields, task.error_field: fo.StringField, task.run_field: fo.StringField}
-    fields.declare(dataset, wanted, task.capability)
+    fields.declare(dataset, task.result_fields, task.capability)
+    if task.label_attributes:
+        fields.declare(dataset, task.label_attributes, task.capability, flat=True)
     # the App's sidebar: results in the capability's group, `_error` / `_run` in a collapsed one
     app_config.group_fields(dataset, task.capability, list(task.fields), (task.error_field, task.run_field))
+    for name, spec in task.fields.items():
+        if isinstance(spec, tuple) and spec[1].get("embedded_doc_type") is fo.Heatmap and spec[0] is not fo.ListField:
+            # readable overlays: coloured through a colorscale, not a faint tint of one colour
+            app_config.heatmap_colorscale(dataset, name)
 
 
 def field_descriptions(task: Task) -> dict[str, str]:
@@ -401,18 +489,18 @@ def field_descriptions(task: Task) -> dict[str, str]:
     generic = f"{task.capability} result of fiftyone-blip (see the field's info for the model)"
     return {
         **{name: generic for name in task.fields},
-        task.field: generic,
         **task.descriptions,
         task.error_field: f"why fiftyone-blip {task.capability} has no result in {task.field!r} for this sample "
-        "(None: no error)",
+        "(empty: no error)",
         task.run_field: f"fingerprint of the model and settings that produced {task.field!r}: a run with the same "
         "ones skips the sample, another refuses to replace it without overwrite",
     }
 
 
 def _result_projection(task: Task) -> dict:
-    """The result's stamp, and whether a result is there (not the result itself, which may be large)."""
-    return {task.run_field: 1, "_has": {"$ne": [{"$ifNull": [f"${task.field}", None]}, None]}}
+    """The result's stamp, and whether the whole set is there (not the values, which may be large)."""
+    present = [{"$ne": [{"$ifNull": [f"${name}", None]}, None]} for name in task.done_fields]
+    return {task.run_field: 1, "_has": {"$and": present}}
 
 
 def stored_results(samples, ids: list, task: Task) -> dict:
@@ -421,51 +509,114 @@ def stored_results(samples, ids: list, task: Task) -> dict:
     A view can hide a field or some of its labels (`exclude_fields`, `select_fields`,
     `filter_labels`); the results are written to the dataset all the same, so what
     is already there is read from the dataset, not through the view: one query by
-    `_id` for many samples (a `$lookup` per sample in the view's pipeline cost
-    about 0.13 ms a sample).
+    `_id` for many samples.
     """
     stages = [{"$match": {"_id": {"$in": ids}}}, {"$project": _result_projection(task)}]
     return {doc["_id"]: doc for doc in samples._dataset._sample_collection.aggregate(stages)}
 
 
-# Sample ids per query when a view's stored values are read
+# Sample ids per query when stored values are read by id
 _IDS_PER_QUERY = 20_000
 
 
-def count_foreign_values(samples, field: str, task: Task) -> int:
-    """How many samples hold a value in `field` (as the dataset stores it, see `stored_results`) whose
-    `{task.field}_run` is not this task's fingerprint."""
+def count_foreign_values(samples, task: Task, names=None, snapshot=None) -> int:
+    """How many samples of the collection hold a value in any field of `names` (None: the task's
+    result set) that this task would not own: their `{field}_run` is not its fingerprint.
+
+    Values are read as the dataset stores them (see `stored_results`).
+    """
+    names = list(task.fields) if names is None else list(names)
+    if not names:
+        return 0
     own = re.compile(f"^{task.fingerprint}(:|$)")
-    foreign = {field: {"$ne": None}, task.run_field: {"$not": own}}
-    if samples is samples._dataset:  # a whole dataset hides nothing
-        counted = list(samples._aggregate(pipeline=[{"$match": foreign}, {"$count": "n"}]))
-        return counted[0]["n"] if counted else 0
-    # the view's ids in chunks, as its cursor yields them: a view of millions is never held whole
-    cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1}}])
+    foreign = {"$or": [{name: {"$ne": None}} for name in names], task.run_field: {"$not": own}}
+    snapshot = snapshot if snapshot is not None else Snapshot.of(samples, None)
     collection = samples._dataset._sample_collection
-    count = 0
-    while ids := [doc["_id"] for doc in itertools.islice(cursor, _IDS_PER_QUERY)]:
-        count += collection.count_documents({"_id": {"$in": ids}, **foreign})
-    return count
+    return sum(collection.count_documents({"_id": {"$in": ids}, **foreign}) for ids in snapshot.chunks(_IDS_PER_QUERY))
 
 
-def _check_no_foreign_values(samples, task: Task) -> None:
-    """Refuses a field that holds values fiftyone-blip did not write with these model and settings."""
-    if task.field not in samples._dataset.get_field_schema():
-        return
-    count = count_foreign_values(samples, task.field, task)
-    if count:
-        raise ValueError(
-            f"field {task.field!r} already holds values on {count} samples that were not written by "
-            f"fiftyone-blip with this model and these settings; pass overwrite=True "
-            f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another field'
-        )
+def foreign_values_message(names, count: int, what: str = "this model and these settings") -> str:
+    """The one refusal of values a run would not own (the SDK, the CLI and the forms say it alike)."""
+    fields_text = ", ".join(repr(name) for name in names)
+    return (
+        f"field {fields_text} already holds values on {count} samples that were not written by "
+        f"fiftyone-blip with {what}; pass overwrite=True "
+        f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another field'
+    )
+
+
+def _check_no_foreign_values(samples, task: Task, snapshot, clears) -> None:
+    """Refuses a result set whose fields hold values fiftyone-blip did not write with this model and these settings."""
+    schema = samples._dataset.get_field_schema()
+    for name in [*task.fields, *clears]:
+        if name not in schema:
+            continue
+        count = count_foreign_values(samples, task, [name], snapshot)
+        if count:
+            raise ValueError(foreign_values_message([name], count))
+
+
+def preflight(samples, task: Task, options) -> tuple:
+    """Every refusal that needs no model, in the order a run meets them; changes nothing.
+
+    Returns:
+        (the collection to run on, its snapshot, the siblings to clear).
+
+    Raises:
+        ValueError: a collection whose results could not be written back, a
+            run key of another run, a field of another type, values a run with
+            this model and these settings would not own (without `overwrite`).
+    """
+    samples = run_collection(samples)
+    dataset = samples._dataset
+    runs.check_run_key(dataset, task.capability, task.field)
+    fields.check(dataset, task.result_fields, task.capability)
+    if task.label_attributes:
+        fields.check(dataset, task.label_attributes, task.capability, flat=True)
+    snapshot = Snapshot.of(samples, options.shard_spec)
+    clears = _siblings_present(dataset, task)
+    if not options.overwrite:
+        _check_no_foreign_values(samples, task, snapshot, clears)
+    return samples, snapshot, clears
 
 
 # ---------------------------------------------------------------- what to process
 
 # Samples read per database round trip: memory stays flat whatever the collection's size.
 PAGE_SIZE = 2000
+
+
+class Snapshot:
+    """The ids a run goes over, fixed when it starts, in id order (12 bytes a sample).
+
+    A view is evaluated once: `exists(field, False).limit(n)`, `sort_by(...)`
+    or `match(F(field) == None)` would give other samples once the run has
+    written some results, so the run processes exactly the samples the view
+    held at the start (of its shard).
+    """
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+
+    @classmethod
+    def of(cls, samples, shard) -> Snapshot:
+        cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1}}])
+        blob = bytearray()
+        for doc in cursor:
+            if shard is None or shard_of(str(doc["_id"]), shard[1]) == shard[0]:
+                blob += doc["_id"].binary
+        ids = np.frombuffer(bytes(blob), dtype=np.uint8).reshape(-1, 12)
+        return cls(np.unique(ids, axis=0))  # rows sorted: ObjectIds order as their bytes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def chunks(self, size: int):
+        """The ids as ObjectIds, `size` at a time."""
+        from bson import ObjectId
+
+        for start in range(0, len(self.ids), size):
+            yield [ObjectId(raw.tobytes()) for raw in self.ids[start : start + size]]
 
 
 @dataclasses.dataclass
@@ -477,32 +628,35 @@ class _Row:
     has_result: bool
 
 
-def _read_page(samples, task: Task, after: str | None, size: int) -> list[_Row]:
-    """The next `size` samples of the collection after id `after`, in id order."""
-    from bson import ObjectId
-
-    project = {"filepath": 1, **_result_projection(task)}
-    project.update({name: 1 for name in task.reads if name != "id"})  # `_id` always comes
-    stages = [{"$match": {"_id": {"$gt": ObjectId(after)}}}] if after else []
-    stages += [{"$sort": {"_id": 1}}, {"$limit": size}, {"$project": project}]
+def _read_page(samples, task: Task, ids: list) -> list[_Row]:
+    """The samples `ids` (ObjectIds, in id order): file path, the task's reads, the stored stamp."""
+    project = {"filepath": 1, **{name: 1 for name in task.reads if name != "id"}}  # `_id` always comes
+    stages = [{"$match": {"_id": {"$in": ids}}}, {"$project": project}]
+    dataset = samples._dataset
 
     def read():
-        docs = list(samples._aggregate(pipeline=stages))
-        if samples is samples._dataset:  # a whole dataset hides nothing
-            return docs, {doc["_id"]: doc for doc in docs}
-        # the result and its stamp as stored: the view may hide them (see `stored_results`)
-        return docs, stored_results(samples, [doc["_id"] for doc in docs], task)
+        docs = {}
+        if task.reads and samples is not dataset:
+            # through the view: it may project the values `prepare` reads (`filter_labels`)
+            docs = {doc["_id"]: doc for doc in samples._aggregate(pipeline=stages)}
+        missing = [oid for oid in ids if oid not in docs]
+        if missing:
+            # what the view no longer yields (its result changed as the run wrote) is read as stored
+            stages[0] = {"$match": {"_id": {"$in": missing}}}
+            docs.update({doc["_id"]: doc for doc in dataset._sample_collection.aggregate(stages)})
+        return docs, stored_results(samples, ids, task)
 
     docs, stored = runs.with_retry(read)
     return [
         _Row(
-            str(doc["_id"]),
-            doc.get("filepath"),
-            tuple(_get_path(doc, name) for name in task.reads),
-            stored.get(doc["_id"], {}).get(task.run_field),
-            stored.get(doc["_id"], {}).get("_has", False),
+            str(oid),
+            docs[oid].get("filepath"),
+            tuple(_get_path(docs[oid], name) for name in task.reads),
+            stored.get(oid, {}).get(task.run_field),
+            stored.get(oid, {}).get("_has", False),
         )
-        for doc in docs
+        for oid in ids
+        if oid in docs  # deleted since the run started
     ]
 
 
@@ -515,16 +669,16 @@ def _get_path(doc: dict, name: str):
 
 
 class _Selection:
-    """Walks the collection page by page; yields (id, stamp, prepare argument) of what needs a result.
+    """Walks the snapshot page by page; yields (id, stamp, prepare argument) of what needs a result.
 
-    Samples of other shards are passed over; samples whose stored stamp equals
-    the one a new result would get are skipped (counted in `skipped`).
+    Samples whose stored stamp equals the one a new result would get, and
+    whose every required field holds a value, are skipped (counted in `skipped`).
     """
 
-    def __init__(self, samples, task: Task, shard, overwrite: bool, on_skip: Callable[[int], None]):
+    def __init__(self, samples, task: Task, snapshot: Snapshot, overwrite: bool, on_skip: Callable[[int], None]):
         self.samples = samples
         self.task = task
-        self.shard = shard
+        self.snapshot = snapshot
         self.overwrite = overwrite
         self.on_skip = on_skip
         self.skipped = 0
@@ -532,16 +686,10 @@ class _Selection:
         self.converters = [_converter(samples, name) for name in task.reads]
 
     def __iter__(self):
-        task, after = self.task, None
-        while True:
-            page = _read_page(self.samples, task, after, PAGE_SIZE)
-            if not page:
-                return
-            after = page[-1].id
+        task = self.task
+        for ids in self.snapshot.chunks(PAGE_SIZE):
             skipped = 0
-            for row in page:
-                if self.shard and shard_of(row.id, self.shard[1]) != self.shard[0]:
-                    continue
+            for row in _read_page(self.samples, task, ids):
                 stamp = task.stamp(row.reads)
                 if not self.overwrite and row.has_result and row.stamp == stamp:
                     skipped += 1
@@ -552,8 +700,6 @@ class _Selection:
             self.skipped += skipped
             if skipped:
                 self.on_skip(skipped)
-            if len(page) < PAGE_SIZE:
-                return
 
     @property
     def total(self) -> int:
@@ -566,14 +712,6 @@ def _converter(samples, name: str) -> Callable:
     if field is None or not hasattr(field, "to_python"):
         return lambda value: value
     return lambda value: None if value is None else field.to_python(value)
-
-
-def _count_in_scope(samples, shard) -> int:
-    """How many samples of the collection fall in the shard (streams ids; holds none)."""
-    if not shard:
-        return samples.count()
-    cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1}}])
-    return sum(1 for doc in cursor if shard_of(str(doc["_id"]), shard[1]) == shard[0])
 
 
 # ---------------------------------------------------------------- decode, step, progress
@@ -664,25 +802,29 @@ def _prepare_function(task: Task) -> Callable:
 # ---------------------------------------------------------------- the run
 
 
-def _check(samples, task: Task, options) -> None:
-    """Everything refused before any work: the collection, field types, values of others, a run key of others."""
-    _check_collection(samples)
-    runs.check_run_key(samples._dataset, task.capability, task.field)
-    _declare_fields(samples._dataset, task)
-    if not options.overwrite:
-        _check_no_foreign_values(samples, task)
-
-
 def run(samples, task: Task, options=None) -> RunSummary:
     """Runs a task over a sample collection, writing results as it goes.
 
-    The steps: check (collection, fields, values written by others), claim the
-    field, record the run, select page by page what needs a result, decode
-    ahead in threads, step the model per batch, write in chunks, record how
-    the run ended ("completed", "failed" or "interrupted").
+    The write contract, the same for every capability:
+
+    1. every refusal that needs no model comes first (`preflight`): the
+       collection, field names and types, values this run would not own,
+       then the claim on every field of the result set; the model loads
+       (`Task.bind`) only after them;
+    2. a refused run changes nothing: fields, sidebar groups, field
+       descriptions and the run record are written only once every check
+       (and the model's own, at load) has passed;
+    3. the run holds its claim on every field of the set, and checks that it
+       still holds it before each write (`run_records.ClaimLost` otherwise);
+    4. a sample is done when it holds this run's stamp and every required
+       field of the set: only then is it skipped;
+    5. a result replaces the whole set (fields the row leaves out, and the
+       siblings an earlier run wrote, are emptied);
+    6. the run goes over the samples its view held when it started;
+    7. nothing it did not write is deleted.
 
     Args:
-        samples: a FiftyOne dataset or view.
+        samples: a FiftyOne dataset or view (a `group_by` view runs on its samples).
         task: the capability's `Task`.
         options: a `settings.RunOptions` (batch size, decode workers, shard,
             overwrite, progress, write chunks); None for the defaults.
@@ -691,10 +833,11 @@ def run(samples, task: Task, options=None) -> RunSummary:
         a `RunSummary`.
 
     Raises:
-        ValueError: before any work: a view whose results could not be written
-            back, a field of another type, values in the field that this model
-            and these settings did not write (without `overwrite`), or another
-            run writing the same field and shard.
+        ValueError: before any work: see `preflight`; another live run
+            writing a field of the set (same or overlapping shard).
+        run_records.ClaimLost: another run took over the fields while this
+            one was paused past the lease's staleness limit; what was written
+            before stays.
         run_records.DatabaseUnreachable: MongoDB did not answer for
             `run_records.DB_RETRY_SECONDS`; what was written stays.
         StoreError: the dataset was deleted during the run.
@@ -703,13 +846,15 @@ def run(samples, task: Task, options=None) -> RunSummary:
 
     options = options or RunOptions()
     started = time.time()
-    dataset, shard = samples._dataset, options.shard_spec
-    _check(samples, task, options)
+    dataset = samples._dataset
     record_id = uuid.uuid4().hex
-    lease = runs.Lease(dataset, task.field, shard, record_id)
+    lease = runs.Lease(dataset, lease_fields(task), options.shard_spec, record_id)
+    # claimed before the checks: two runs sharing any field of their sets cannot both pass them
     lease.take()
     try:
-        # after every refusal: a refused run leaves the fields' info naming the run that wrote them
+        samples, snapshot, clears = preflight(samples, task, options)
+        task = task.bound()
+        _declare_fields(dataset, task)
         fields.describe(
             dataset,
             field_descriptions(task),
@@ -721,18 +866,23 @@ def run(samples, task: Task, options=None) -> RunSummary:
                 run_key=runs.run_key(task.capability, task.field),
             ),
         )
-        return _run_claimed(samples, task, options, record_id, started)
+        return _run_claimed(samples, task, options, snapshot, clears, lease, record_id, started)
     finally:
         lease.release()
 
 
-def _run_claimed(samples, task: Task, options, record_id: str, started: float) -> RunSummary:
-    dataset, shard = samples._dataset, options.shard_spec
-    total = _count_in_scope(samples, shard)
-    record = runs.start(dataset, task, shard, options.batch_size, record_id, total)
-    writer = _Writer(dataset, task, record, options.chunk_size, options.chunk_seconds)
+def lease_fields(task: Task) -> list[str]:
+    """The fields a run claims: its whole result set and the siblings it may clear."""
+    return list(dict.fromkeys([*task.fields, *task.siblings]))
+
+
+def _run_claimed(samples, task: Task, options, snapshot, clears, lease, record_id: str, started: float) -> RunSummary:
+    dataset = samples._dataset
+    total = len(snapshot)
+    record = runs.start(dataset, task, options.shard_spec, options.batch_size, record_id, total)
+    writer = _Writer(dataset, task, record, lease, options.chunk_size, options.chunk_seconds, clears)
     progress = Progress(options.progress, total, task.capability)
-    selection = _Selection(samples, task, shard, options.overwrite, on_skip=progress.advance)
+    selection = _Selection(samples, task, snapshot, options.overwrite, on_skip=progress.advance)
     stepper = _Stepper(task, writer, progress)
     workers = default_workers() if options.num_workers is None else options.num_workers
     status = "failed"
@@ -745,10 +895,18 @@ def _run_claimed(samples, task: Task, options, record_id: str, started: float) -
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except runs.ClaimLost:
+        status = "claim lost"
+        raise
     finally:
-        # Whatever happened, what was computed is written before the error propagates.
+        # Whatever happened, what was computed is written before the error propagates
+        # (unless the claim is gone: then nothing more is written).
         try:
-            writer.flush()
+            if status != "claim lost":
+                writer.flush()
+        except runs.ClaimLost:
+            status = "claim lost"
+            raise
         except BaseException:
             status = "failed" if status == "completed" else status
             raise

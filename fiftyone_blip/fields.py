@@ -36,8 +36,12 @@ def _matches(existing, field_type, kwargs: dict) -> bool:
     return "embedded_doc_type" not in kwargs or getattr(holder, "document_type", None) is kwargs["embedded_doc_type"]
 
 
-def declare(dataset, wanted: dict, writer: str, flat: bool = False) -> None:
-    """Adds the fields `wanted` lacks; refuses an existing field of another type.
+def _specs(wanted: dict) -> dict:
+    return {name: spec if isinstance(spec, tuple) else (spec, {}) for name, spec in wanted.items()}
+
+
+def check(dataset, wanted: dict, writer: str, flat: bool = False) -> None:
+    """Refuses a field of `wanted` that exists with another type; adds nothing.
 
     Args:
         dataset: the FiftyOne dataset.
@@ -47,18 +51,25 @@ def declare(dataset, wanted: dict, writer: str, flat: bool = False) -> None:
         flat: names are paths into embedded documents (label attributes).
 
     Raises:
-        ValueError: a field exists with another type; nothing is added then.
+        ValueError: a field exists with another type, or a name cannot hold results.
     """
-    specs = {name: spec if isinstance(spec, tuple) else (spec, {}) for name, spec in wanted.items()}
     schema = dataset.get_field_schema(flat=flat)
-    for name, (field_type, kwargs) in specs.items():
+    for name, (field_type, kwargs) in _specs(wanted).items():
+        if not flat:
+            check_field_name(name)
         existing = schema.get(name)
         if existing is not None and not _matches(existing, field_type, kwargs):
             raise ValueError(
                 f"field {name!r} already exists as a {type(existing).__name__}; {writer} writes a "
                 f"{field_type.__name__} there: choose another field"
             )
-    for name, (field_type, kwargs) in specs.items():
+
+
+def declare(dataset, wanted: dict, writer: str, flat: bool = False) -> None:
+    """Adds the fields `wanted` lacks (see `check`, which runs first: nothing is added on a refusal)."""
+    check(dataset, wanted, writer, flat)
+    schema = dataset.get_field_schema(flat=flat)
+    for name, (field_type, kwargs) in _specs(wanted).items():
         if name not in schema:
             dataset.add_sample_field(name, field_type, **kwargs)
 

@@ -492,16 +492,42 @@ def _views(preprocess, settings: MatchSettings, label_field: str, path, value, s
     return _Item(pixels, [label for label, _ in labels], [p for _, p in labels], siblings)
 
 
-def match_task(loaded, settings: MatchSettings, label_field: str, field: str, dataset):
+def match_task(model, settings: MatchSettings, label_field: str, field: str, dataset):
     """An engine `Task` that scores `label_field` against each image into `field` and siblings.
 
-    `dataset` is the collection's dataset: per-label scores are written at the
-    stored position of each label's id, looked up there per batch, because a
-    view's label lists may be filtered (`filter_labels`) and a position in the
-    view is not a position in the stored list.
+    `model`: a `models.ModelReference` (loaded once the engine's checks pass)
+    or a `LoadedModel`. `dataset` is the collection's dataset: per-label
+    scores are written at the stored position of each label's id, looked up
+    there per batch, because a view's label lists may be filtered
+    (`filter_labels`) and a position in the view is not a position in the
+    stored list.
     """
     import fiftyone as fo
 
+    from fiftyone_blip import engine
+
+    def bind():
+        return _match_step(model.load(), settings, label_field, field, dataset)
+
+    names = ["itm"] + (["margin"] if settings.margin else []) + (["itc"] if settings.itc else [])
+    fields = {field: fo.FloatField, **{f"{field}_{name}": fo.FloatField for name in names[1:]}}
+    return engine.Task(
+        capability="match",
+        field=field,
+        fields=fields,
+        settings={**settings.as_dict(), "label_field": label_field},
+        identity=model.identity,
+        bind=bind,
+        reads=(label_field, "id"),
+        required=(field,),  # a margin or cosine can be missing where a label has none
+        label_attributes=dict.fromkeys(label_attribute_paths(label_field, settings.kind, field, names), fo.FloatField),
+        siblings=tuple(f"{field}_{name}" for name in ("margin", "itc") if name not in names),
+        descriptions=score_descriptions(label_field, settings.kind, field, settings.margin, settings.itc),
+    )
+
+
+def _match_step(loaded, settings: MatchSettings, label_field: str, field: str, dataset):
+    """(prepare, step) of `match_task` on a loaded model."""
     from fiftyone_blip import engine
 
     preprocess = loaded.preprocessor(settings.resize)
@@ -551,22 +577,7 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str, da
                 row[f"{field}_itc"] = min(gathered["itc"]) if gathered["itc"] else None
         return rows
 
-    fields = {field: fo.FloatField}
-    if settings.margin:
-        fields[f"{field}_margin"] = fo.FloatField
-    if settings.itc:
-        fields[f"{field}_itc"] = fo.FloatField
-    return engine.Task(
-        capability="match",
-        field=field,
-        fields=fields,
-        settings={**settings.as_dict(), "label_field": label_field},
-        identity=loaded.identity,
-        prepare=prepare,
-        step=step,
-        reads=(label_field, "id"),
-        descriptions=score_descriptions(label_field, settings.kind, field, settings.margin, settings.itc),
-    )
+    return prepare, step
 
 
 SCORE_MEANINGS = {
@@ -877,12 +888,9 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
         resize=options.resize,
     )
     resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
-    loaded = models.load_model(
-        settings.model, task="match", device=options.device, dtype=options.dtype, revision=options.revision
+    task = match_task(
+        models.reference_for(settings.model, "match", options), scoring, label_field, field, samples._dataset
     )
-    task = match_task(loaded, scoring, label_field, field, samples._dataset)
-    names = ["itm"] + (["margin"] if scoring.margin else []) + (["itc"] if scoring.itc else [])
-    declare_label_attributes(samples._dataset, label_field, kind, field, names)
     summary = engine.run(samples, task, options)
     return {"run": summary, **flag_with(samples, label_field, settings)}
 

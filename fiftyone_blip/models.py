@@ -61,6 +61,14 @@ class LoadedModel:
             identity["weights"] = self.weights
         return identity
 
+    def load(self) -> LoadedModel:
+        """This model (a `ModelReference` loads it): task builders take either."""
+        return self
+
+    @property
+    def config(self):
+        return self.model.config
+
     @property
     def grid_size(self) -> int:
         """Patches per side of the vision grid, read from the config."""
@@ -356,3 +364,94 @@ def load_model(
     weights = weights_version(local) if local is not None else None
     loader = _load if cached else _load.__wrapped__
     return loader(resolved, local, task, device, dtype, revision, attention, weights)
+
+
+@dataclasses.dataclass
+class ModelReference:
+    """A model named and resolved but not loaded: its identity is known before any weights are read.
+
+    The engine checks a run (field types, values of others, claims) with the
+    identity alone, and loads the weights (`load`) only once every check
+    passed. Task builders take a `ModelReference` or a `LoadedModel`.
+    """
+
+    name: str
+    task: str
+    device: str
+    dtype: str
+    requested_revision: str | None
+    attention: str
+    local: Path | None
+    revision: str | None  # as resolved (a hub commit), like `LoadedModel.revision`
+    config: object
+
+    @property
+    def path(self) -> str:
+        return str(self.local) if self.local is not None else self.name
+
+    @property
+    def identity(self) -> dict:
+        identity = {"model": self.name, "path": self.path, "revision": self.revision, "dtype": self.dtype}
+        if self.local is not None:
+            identity["weights"] = weights_version(self.local)
+        return identity
+
+    def load(self) -> LoadedModel:
+        loaded = load_model(
+            self.name,
+            task=self.task,
+            device=self.device,
+            dtype=self.dtype,
+            revision=self.requested_revision,
+            attention=self.attention,
+        )
+        if loaded.identity != self.identity:
+            raise ModelLoadError(f"model {self.name!r} changed while it was loading; run again")
+        return loaded
+
+
+def reference_for(name: str | None, task: str, options, attention: str = "sdpa") -> ModelReference:
+    """`reference` with a run's device, dtype and revision (a `settings.RunOptions`)."""
+    return reference(
+        name, task=task, device=options.device, dtype=options.dtype, revision=options.revision, attention=attention
+    )
+
+
+def reference(
+    name: str | None = None,
+    task: str = "caption",
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    attention: str = "sdpa",
+) -> ModelReference:
+    """Resolves a model without loading its weights: name, device, dtype, revision and its config.
+
+    Reads only `config.json` (from the folder, or the local Hugging Face cache
+    for a hub id) and checks it is the BLIP architecture `task` needs.
+
+    Raises:
+        ModelLoadError: as `load_model`, before any weights are read.
+        ValueError: an unknown task, device, dtype or attention.
+    """
+    from transformers import BlipConfig
+
+    if attention not in ATTENTIONS:
+        raise ValueError(f"`attention` must be one of {ATTENTIONS}, got {attention!r}")
+    resolved, local = resolve_name(name, task)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if local is not None:
+        config_file = local / "config.json"
+        if not config_file.exists():
+            raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
+        if not any(local.glob("*.safetensors")):
+            raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
+        config, resolved_revision = json.loads(config_file.read_text()), revision
+        check_blip_config(config, repr(str(local)), task)
+    else:
+        config, resolved_revision = _hub_config(resolved, revision)
+        check_blip_config(config, repr(resolved), task)
+    return ModelReference(
+        resolved, task, device, dtype, revision, attention, local, resolved_revision, BlipConfig.from_dict(config)
+    )

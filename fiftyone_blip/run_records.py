@@ -356,56 +356,87 @@ def _holder_alive(holder: dict) -> bool:
     return (now() - beat).total_seconds() < LEASE_STALE_SECONDS
 
 
-class Lease:
-    """A claim on (dataset, field, shard), taken atomically, kept alive by a heartbeat thread."""
+class ClaimLost(RuntimeError):
+    """Another run took over a field this run claimed (its heartbeat had gone stale): it writes nothing more."""
 
-    def __init__(self, dataset, field: str, shard, run_id: str):
-        self.key = lease_key(str(dataset._doc.id), field)
+
+class Lease:
+    """A claim on (dataset, fields, shard), taken atomically field by field, kept alive by a heartbeat thread.
+
+    A run whose process was paused past `LEASE_STALE_SECONDS` (a closed laptop
+    lid, a frozen VM, a database stall) may find its claim taken over when it
+    wakes: `check` before each write says so, and the run stops.
+    """
+
+    def __init__(self, dataset, fields, shard, run_id: str):
+        fields = [fields] if isinstance(fields, str) else list(dict.fromkeys(fields))
         self.dataset_name = dataset.name
-        self.field = field
+        self.keys = {lease_key(str(dataset._doc.id), field): field for field in fields}
         self.shard = list(shard) if shard else None
         self.run_id = run_id
+        self.taken: list[str] = []
         self._stop = threading.Event()
         self._thread = None
 
     def take(self) -> None:
-        """Claims the field; a ValueError names the live run that holds an overlapping claim."""
+        """Claims every field; a ValueError names the live run that holds an overlapping claim (nothing is kept)."""
+        try:
+            for key, field in self.keys.items():
+                self._take(key, field)
+                self.taken.append(key)
+        except BaseException:
+            self.release()
+            raise
+        self._thread = threading.Thread(target=self._beat, name="blip-lease", daemon=True)
+        self._thread.start()
+
+    def _take(self, key: str, field: str) -> None:
         from pymongo.errors import DuplicateKeyError
 
         me = {"run_id": self.run_id, "shard": self.shard, "host": platform.node(), "pid": os.getpid(), "since": now()}
         records = collection()
         for _ in range(100):
-            doc = with_retry(lambda: records.find_one({"_id": self.key}))
+            doc = with_retry(lambda: records.find_one({"_id": key}))
             me["heartbeat"] = now()
             if doc is None:
                 try:
-                    with_retry(lambda: records.insert_one({"_id": self.key, "holders": [me], "version": 0}))
-                    break
+                    with_retry(lambda: records.insert_one({"_id": key, "holders": [me], "version": 0}))
+                    return
                 except DuplicateKeyError:
                     continue
             live = [h for h in doc.get("holders", []) if _holder_alive(h)]
             for holder in live:
                 if _overlap(holder.get("shard"), self.shard):
-                    raise ValueError(self._busy(holder))
+                    raise ValueError(self._busy(field, holder))
             # compare-and-set on the version: two runs taking the field at once cannot both win
-            claim = {"_id": self.key, "version": doc.get("version", 0)}
+            claim = {"_id": key, "version": doc.get("version", 0)}
             change = {"$set": {"holders": [*live, dict(me)]}, "$inc": {"version": 1}}
             result = with_retry(lambda claim=claim, change=change: records.update_one(claim, change))
             if result.matched_count:
-                break
-        else:
-            raise RuntimeError(f"could not claim field {self.field!r}: too many concurrent claims")
-        self._thread = threading.Thread(target=self._beat, name="blip-lease", daemon=True)
-        self._thread.start()
+                return
+        raise RuntimeError(f"could not claim field {field!r}: too many concurrent claims")
 
-    def _busy(self, holder: dict) -> str:
+    def _busy(self, field: str, holder: dict) -> str:
         shard = f", shard {holder['shard'][0]}/{holder['shard'][1]}" if holder.get("shard") else ""
         since = f", since {holder['since']:%Y-%m-%d %H:%M:%S} UTC" if holder.get("since") else ""
         return (
-            f"field {self.field!r} of dataset {self.dataset_name!r} is being written by run {holder['run_id']} "
+            f"field {field!r} of dataset {self.dataset_name!r} is being written by run {holder['run_id']} "
             f"(pid {holder.get('pid')} on {holder.get('host')}{shard}{since}): wait for it to end, "
             f"or give each worker its own shard"
         )
+
+    def check(self) -> None:
+        """Raises `ClaimLost` unless this run still holds every field it claimed."""
+        docs = with_retry(lambda: list(collection().find({"_id": {"$in": self.taken}}, {"holders": 1})))
+        holders = {doc["_id"]: doc.get("holders", []) for doc in docs}
+        for key in self.taken:
+            mine = [h for h in holders.get(key, []) if h.get("run_id") == self.run_id]
+            if not mine:
+                others = [h.get("run_id") for h in holders.get(key, [])]
+                taker = f"run {others[-1]}" if others else "another run"
+                raise ClaimLost(
+                    f"claim on field {self.keys[key]!r} lost to {taker}; nothing more written; re-run to resume"
+                )
 
     def _beat(self) -> None:
         import pymongo
@@ -413,8 +444,8 @@ class Lease:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 with pymongo.timeout(DB_ATTEMPT_SECONDS):
-                    collection().update_one(
-                        {"_id": self.key, "holders.run_id": self.run_id},
+                    collection().update_many(
+                        {"_id": {"$in": self.taken}, "holders.run_id": self.run_id},
                         {"$set": {"holders.$.heartbeat": now()}, "$inc": {"version": 1}},
                     )
             except Exception:  # a missed beat is retried at the next one
@@ -425,12 +456,14 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=DB_ATTEMPT_SECONDS + 1)
         try:
-            with_retry(
-                lambda: collection().update_one(
-                    {"_id": self.key}, {"$pull": {"holders": {"run_id": self.run_id}}, "$inc": {"version": 1}}
+            for key in self.taken:
+                with_retry(
+                    lambda key=key: collection().update_one(
+                        {"_id": key}, {"$pull": {"holders": {"run_id": self.run_id}}, "$inc": {"version": 1}}
+                    )
                 )
-            )
-            # a lease nobody holds is not kept (a taker that read it meanwhile fails its compare-and-set and retries)
-            with_retry(lambda: collection().delete_one({"_id": self.key, "holders": {"$size": 0}}))
+                # a lease nobody holds is not kept (a taker that read it meanwhile fails its compare-and-set)
+                with_retry(lambda key=key: collection().delete_one({"_id": key, "holders": {"$size": 0}}))
         except DatabaseUnreachable:
             pass  # the claim lapses by itself: its process ends and its heartbeat stops
+        self.taken = []

@@ -430,69 +430,18 @@ class Answerer:
 # ---------------------------------------------------------------- storage and task
 
 
-def _wanted_fields(questions: list[Question]) -> dict:
+def wanted_fields(questions: list[Question]) -> dict:
+    """The result set of `questions`: each question's field (and `{field}_confidence` for yes/no) with its type."""
     import fiftyone as fo
 
     wanted = {}
     for q in questions:
         if q.boolean:
-            wanted[q.field] = (fo.BooleanField, None)
-            wanted[f"{q.field}_confidence"] = (fo.FloatField, None)
+            wanted[q.field] = fo.BooleanField
+            wanted[f"{q.field}_confidence"] = fo.FloatField
         else:
-            wanted[q.field] = (fo.EmbeddedDocumentField, fo.Classification)
+            wanted[q.field] = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification})
     return wanted
-
-
-def check_fields(dataset, questions: list[Question]) -> None:
-    """Refuses a question's field (or its confidence field) that exists with another type."""
-    schema = dataset.get_field_schema()
-    for name, (field_type, doc_type) in _wanted_fields(questions).items():
-        existing = schema.get(name)
-        if existing is None:
-            continue
-        same = isinstance(existing, field_type) and (doc_type is None or existing.document_type is doc_type)
-        if not same:
-            kind = doc_type.__name__ if doc_type else field_type.__name__
-            raise ValueError(
-                f"field {name!r} already exists as a {type(existing).__name__}; questions write a {kind} there: "
-                "choose another field"
-            )
-
-
-def declare_fields(dataset, questions: list[Question]) -> None:
-    """Adds each question's field with its exact type; refuses to reuse a field of another type."""
-    check_fields(dataset, questions)
-    schema = dataset.get_field_schema()
-    for name, (field_type, doc_type) in _wanted_fields(questions).items():
-        if name not in schema:
-            if doc_type is None:
-                dataset.add_sample_field(name, field_type)
-            else:
-                dataset.add_sample_field(name, field_type, embedded_doc_type=doc_type)
-
-
-def check_no_foreign_values(samples, task, questions: list[Question]) -> None:
-    """Refuses a question's field (or `{field}_confidence`) that holds values this run would not own.
-
-    Only the first question's field has a `_run` stamp (the engine checks that
-    field too, but after the fields are declared); the other fields have no
-    stamp of their own, so a value there is this run's only where the sample's
-    `{first field}_run` carries this fingerprint, which covers every question,
-    its field and its answers. A label the user wrote, or an ask run with
-    another question, is refused.
-    """
-    from fiftyone_blip import engine
-
-    schema = samples._dataset.get_field_schema()
-    for name in [name for name in _wanted_fields(questions) if name in schema]:
-        count = engine.count_foreign_values(samples, name, task)
-        if count:
-            raise ValueError(
-                f"field {name!r} already holds values on {count} samples that were not written by "
-                f"fiftyone-blip with this model and these questions; pass overwrite=True "
-                f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another '
-                "field"
-            )
 
 
 def question_descriptions(questions: list[Question]) -> dict[str, str]:
@@ -508,11 +457,13 @@ def question_descriptions(questions: list[Question]) -> dict[str, str]:
     return out
 
 
-def vqa_task(loaded, questions: list[Question], settings: VqaSettings | None = None, resize: str = "squash"):
+def vqa_task(model, questions: list[Question], settings: VqaSettings | None = None, resize: str = "squash"):
     """An engine `Task` that answers `questions` about each image, one field per question.
 
-    The engine's done check, error and run fields follow the first question's
-    field; the fingerprint covers every question, its field and candidate answers.
+    `model`: a `models.ModelReference` (loaded once the engine's checks pass)
+    or a `LoadedModel`. Every question's field is in the task's result set;
+    the error and run fields follow the first question's field, and the
+    fingerprint covers every question, its field and candidate answers.
     """
     import fiftyone as fo
 
@@ -520,33 +471,37 @@ def vqa_task(loaded, questions: list[Question], settings: VqaSettings | None = N
     from fiftyone_blip.images import Preprocessor
 
     settings = settings or VqaSettings()
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
-    answerer = Answerer(loaded, questions, settings)
 
-    def prepare(path):
-        return preprocess(path)[0]
+    def bind():
+        loaded = model.load()
+        preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+        answerer = Answerer(loaded, questions, settings)  # checks lengths against the model's positions
 
-    def step(inputs):
-        out = []
-        for answers in answerer(engine.to_batch(inputs, "cpu")):
-            values = {}
-            for q, (answer, confidence) in zip(questions, answers):
-                if q.boolean:
-                    values[q.field] = answer == "yes"
-                    values[f"{q.field}_confidence"] = confidence
-                else:
-                    values[q.field] = fo.Classification(label=answer, confidence=confidence).to_mongo()
-            out.append(values)
-        return out
+        def prepare(path):
+            return preprocess(path)[0]
+
+        def step(inputs):
+            out = []
+            for answers in answerer(engine.to_batch(inputs, "cpu")):
+                values = {}
+                for q, (answer, confidence) in zip(questions, answers):
+                    if q.boolean:
+                        values[q.field] = answer == "yes"
+                        values[f"{q.field}_confidence"] = confidence
+                    else:
+                        values[q.field] = fo.Classification(label=answer, confidence=confidence).to_mongo()
+                out.append(values)
+            return out
+
+        return prepare, step
 
     return engine.Task(
         capability="vqa",
         field=questions[0].field,
-        fields={},  # declared with their exact types by `declare_fields`
+        fields=wanted_fields(questions),
         settings={**settings.as_dict(), "resize": resize, "questions": [q.as_dict() for q in questions]},
-        identity=loaded.identity,
-        prepare=prepare,
-        step=step,
+        identity=model.identity,
+        bind=bind,
         descriptions=question_descriptions(questions),
     )
 
@@ -598,29 +553,7 @@ def ask(
 
 def run(samples, questions: list[Question], settings: VqaSettings, options):
     """Answers checked `questions` (see `make_questions`) on the engine; see `fiftyone_blip.ask`."""
-    import uuid
+    from fiftyone_blip import engine, models
 
-    from fiftyone_blip import engine
-    from fiftyone_blip import run_records as runs
-    from fiftyone_blip.models import load_model
-
-    check_fields(samples._dataset, questions)  # before the model loads
-    loaded = load_model(
-        settings.model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision
-    )
-    task = vqa_task(loaded, questions, settings, resize=options.resize)  # checks lengths
-    # The engine claims the first question's field; the others are claimed here, before any check,
-    # so that two runs sharing a later field cannot both pass the checks and mix their answers in it.
-    leases = []
-    try:
-        for question in questions[1:]:
-            lease = runs.Lease(samples._dataset, question.field, options.shard_spec, uuid.uuid4().hex)
-            lease.take()
-            leases.append(lease)
-        if not options.overwrite:
-            check_no_foreign_values(samples, task, questions)
-        declare_fields(samples._dataset, questions)
-        return engine.run(samples, task, options)
-    finally:
-        for lease in leases:
-            lease.release()
+    task = vqa_task(models.reference_for(settings.model, "vqa", options), questions, settings, resize=options.resize)
+    return engine.run(samples, task, options)

@@ -321,18 +321,30 @@ def peak(map2d: np.ndarray, width: int, height: int) -> tuple[float, float]:
 # ---------------------------------------------------------------- models
 
 
+def check_model(model, settings: HeatmapSettings) -> None:
+    """Refuses settings the model cannot serve; `model` is a `LoadedModel` or a `models.ModelReference`
+    (its config is enough: checked before the weights load)."""
+    if model.task != MODE_TASKS[settings.mode]:
+        raise ValueError(
+            f"mode {settings.mode!r} needs a {MODE_TASKS[settings.mode]!r} model, got a {model.task!r} model"
+        )
+    if settings.mode == "gradcam" and model.dtype == "int8":
+        raise ValueError("`dtype` 'int8' has no gradients: gradcam needs float32, bfloat16 or float16")
+    if model.attention != "eager":
+        # SDPA modules return no attention weights (see sdpa.py).
+        raise ValueError("heatmaps read attention weights: load the model with attention='eager'")
+    text_config = model.config.text_config
+    settings.layer_indices(text_config.num_hidden_layers)
+    settings.head_indices(text_config.num_attention_heads)
+
+
 class HeatmapMaker:
     """Computes per-word maps on the patch grid for batches of images and texts."""
 
     def __init__(self, loaded, settings: HeatmapSettings):
         import torch
 
-        if loaded.task != MODE_TASKS[settings.mode]:
-            raise ValueError(
-                f"mode {settings.mode!r} needs a {MODE_TASKS[settings.mode]!r} model, got a {loaded.task!r} model"
-            )
-        if settings.mode == "gradcam" and loaded.dtype == "int8":
-            raise ValueError("`dtype` 'int8' has no gradients: gradcam needs float32, bfloat16 or float16")
+        check_model(loaded, settings)
         self.torch = torch
         self.loaded = loaded
         self.settings = settings
@@ -345,9 +357,6 @@ class HeatmapMaker:
         self.layers = settings.layer_indices(text_config.num_hidden_layers)
         self.heads = settings.head_indices(text_config.num_attention_heads)
         self.skip_ids = set(self.tokenizer.all_special_ids) | {self.bos, text_config.pad_token_id}
-        if loaded.attention != "eager":
-            # SDPA modules return no attention weights (see sdpa.py).
-            raise ValueError("heatmaps read attention weights: load the model with attention='eager'")
 
     def generate_captions(self, pixel_values) -> list[str]:
         from fiftyone_blip.captions import Captioner, CaptionSettings
@@ -472,34 +481,32 @@ def field_names(field: str, mode: str, maps_dir: str | None) -> dict[str, str]:
     return names
 
 
-def declare_fields(dataset, field: str, mode: str, maps_dir: str | None) -> None:
-    """Adds the heatmap fields with their exact types; refuses to reuse a field of another type.
+def sibling_names(field: str) -> list[str]:
+    """Every field a heatmap run into `field` may write, whatever its mode and storage (and the
+    `F_map_paths` of datasets written before maps were Heatmaps)."""
+    names = {**field_names(field, "cross-attention", None), **field_names(field, "gradcam", "x")}
+    return [*names.values(), f"{field}_maps", f"{field}_probs", f"{field}_map_paths"]
 
-    The engine adds plain fields itself; these need embedded and list types.
-    """
+
+def result_fields(field: str, mode: str, maps_dir: str | None) -> dict:
+    """The heatmap run's result set with the exact type of each field."""
     import fiftyone as fo
 
-    from fiftyone_blip import app_config, fields
-
     names = field_names(field, mode, maps_dir)
-    wanted = {
-        names["heatmap"]: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
+    heatmap = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap})
+    return {
+        names["heatmap"]: heatmap,
         names["words"]: (fo.ListField, {"subfield": fo.StringField}),
-        names["text"]: (fo.StringField, {}),
+        names["text"]: fo.StringField,
         names["maps"]: (fo.ListField, {"subfield": fo.EmbeddedDocumentField, "embedded_doc_type": fo.Heatmap})
         if maps_dir
-        else (fo.ArrayField, {}),
-        names["scores"]: (fo.ListField, {"subfield": fo.FloatField})
-        if mode == "cross-attention"
-        else (fo.FloatField, {}),
+        else fo.ArrayField,
+        names["scores"]: (fo.ListField, {"subfield": fo.FloatField}) if mode == "cross-attention" else fo.FloatField,
     }
-    fields.declare(dataset, wanted, "heatmaps")
-    # readable overlays by default: coloured through a colorscale, not a faint tint of one colour
-    app_config.heatmap_colorscale(dataset, names["heatmap"])
 
 
 def heatmap_task(
-    loaded,
+    model,
     settings: HeatmapSettings,
     field: str = "heatmap",
     text_field: str | None = "caption",
@@ -509,9 +516,13 @@ def heatmap_task(
 ):
     """An engine `Task` that writes a caption heatmap and per-word maps into `field` and its siblings.
 
-    The text comes from `text` (one text for every image, e.g. a query),
-    else from each sample's `text_field`; with neither, cross-attention mode
-    captions the image first (greedy) and explains that caption.
+    `model`: a `models.ModelReference` (loaded once the engine's checks pass)
+    or a `LoadedModel`. The text comes from `text` (one text for every image,
+    e.g. a query), else from each sample's `text_field`; with neither,
+    cross-attention mode captions the image first (greedy) and explains that
+    caption. The result set holds every field of the mode and storage; the
+    other mode's and storage's fields that an earlier run wrote into `field`
+    are cleared by each new result.
     """
     import fiftyone as fo
 
@@ -521,50 +532,57 @@ def heatmap_task(
         raise ValueError("`text` must not be empty")
     if text is None and text_field is None and settings.mode == "gradcam":
         raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
+    check_model(model, settings)
     names = field_names(field, settings.mode, maps_dir)
-    preprocess = loaded.preprocessor(resize)
-    maker = HeatmapMaker(loaded, settings)
     reads = (text_field,) if text is None and text_field else ()
-    folder = writable_folder(maps_dir) if maps_dir else None
+    folder = check_writable_folder(maps_dir) if maps_dir else None
 
-    def prepare(path, sample_text=None):
-        if reads and not (isinstance(sample_text, str) and sample_text.strip()):
-            raise ValueError(f"no text in field {text_field!r}")
-        array, geometry = preprocess(path)
-        return array, geometry, text if text is not None else sample_text, path
+    def bind():
+        loaded = model.load()
+        preprocess = loaded.preprocessor(resize)
+        maker = HeatmapMaker(loaded, settings)
+        if folder is not None:
+            writable_folder(folder)  # made once every check passed and the model loaded
 
-    def step(inputs, written=None):
-        pixels = engine.to_batch([x[0] for x in inputs], "cpu")
-        texts = [x[2] for x in inputs]
-        missing = [i for i, t in enumerate(texts) if t is None]
-        if missing:
-            for i, caption in zip(missing, maker.generate_captions(pixels[missing])):
-                texts[i] = caption or "."
-        rows = maker(pixels, texts)
-        out = []
-        written = [] if written is None else written  # files this step created
-        for (_, geometry, _, _), sample_text, row in zip(inputs, texts, rows):
-            word_maps = to_uint8(grid_to_image(row["maps"], geometry, settings.map_size))
-            overall = to_uint8(grid_to_image(row["overall"], geometry, settings.map_size))
-            values = {names["words"]: row["words"], names["text"]: sample_text}
-            if folder is not None:
-                caption_path, paths = save_map_files(folder, overall, row["words"], word_maps, written)
-                heatmap = fo.Heatmap(map_path=caption_path, range=[0, 255])
-                values[names["maps"]] = [fo.Heatmap(map_path=p, range=[0, 255]).to_mongo() for p in paths]
-            else:
-                heatmap = fo.Heatmap(map=overall, range=[0, 255])
-                values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)
-            values[names["heatmap"]] = heatmap.to_mongo()
-            values[names["scores"]] = row["probs"] if settings.mode == "cross-attention" else row["match"]
-            out.append(values)
-        return out
+        def prepare(path, sample_text=None):
+            if reads and not (isinstance(sample_text, str) and sample_text.strip()):
+                raise ValueError(f"no text in field {text_field!r}")
+            array, geometry = preprocess(path)
+            return array, geometry, text if text is not None else sample_text, path
 
-    if folder is not None:
-        step = _removing_files_on_error(step)
+        def step(inputs, written=None):
+            pixels = engine.to_batch([x[0] for x in inputs], "cpu")
+            texts = [x[2] for x in inputs]
+            missing = [i for i, t in enumerate(texts) if t is None]
+            if missing:
+                for i, caption in zip(missing, maker.generate_captions(pixels[missing])):
+                    texts[i] = caption or "."
+            rows = maker(pixels, texts)
+            out = []
+            written = [] if written is None else written  # files this step created
+            for (_, geometry, _, _), sample_text, row in zip(inputs, texts, rows):
+                word_maps = to_uint8(grid_to_image(row["maps"], geometry, settings.map_size))
+                overall = to_uint8(grid_to_image(row["overall"], geometry, settings.map_size))
+                values = {names["words"]: row["words"], names["text"]: sample_text}
+                if folder is not None:
+                    caption_path, paths = save_map_files(folder, overall, row["words"], word_maps, written)
+                    heatmap = fo.Heatmap(map_path=caption_path, range=[0, 255])
+                    values[names["maps"]] = [fo.Heatmap(map_path=p, range=[0, 255]).to_mongo() for p in paths]
+                else:
+                    heatmap = fo.Heatmap(map=overall, range=[0, 255])
+                    values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)
+                values[names["heatmap"]] = heatmap.to_mongo()
+                values[names["scores"]] = row["probs"] if settings.mode == "cross-attention" else row["match"]
+                out.append(values)
+            return out
+
+        return prepare, _removing_files_on_error(step) if folder is not None else step
+
+    wanted = result_fields(field, settings.mode, maps_dir)
     return engine.Task(
         capability="heatmaps",
         field=field,
-        fields={names["text"]: fo.StringField},
+        fields=wanted,
         settings={
             **settings.as_dict(),
             "resize": resize,
@@ -572,10 +590,10 @@ def heatmap_task(
             "text_field": None if text is not None else text_field,
             "maps_dir": str(folder) if folder else None,
         },
-        identity=loaded.identity,
-        prepare=prepare,
-        step=step,
+        identity=model.identity,
+        bind=bind,
         reads=reads,
+        siblings=tuple(name for name in sibling_names(field) if name not in wanted),
         descriptions=field_descriptions(names, settings.mode, maps_dir),
     )
 
@@ -593,6 +611,24 @@ def field_descriptions(names: dict[str, str], mode: str, maps_dir) -> dict[str, 
         if mode == "cross-attention"
         else "BLIP ITM probability that image and text match",
     }
+
+
+def check_writable_folder(folder, name: str = "maps_dir") -> Path:
+    """Checks, without making anything, that `folder` is a writable folder or could be made as one.
+
+    Raises:
+        ValueError: a file in the way, or the nearest existing folder cannot be written.
+    """
+    path = Path(folder).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = "a file is in the way"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "permission denied"
+    if problem:
+        raise ValueError(f"`{name}` {str(folder)!r} is not a writable folder ({problem})")
+    return path
 
 
 def writable_folder(folder, name: str = "maps_dir") -> Path:
@@ -795,18 +831,8 @@ def run(samples, settings: HeatmapSettings, options):
         if text_field not in samples._dataset.get_field_schema():
             raise ValueError(f"`text_field` {text_field!r} is not a field of the dataset: caption the samples first")
         samples = samples.exists(text_field)
-    if settings.maps_dir:
-        writable_folder(settings.maps_dir)
-    loaded = models.load_model(
-        settings.model,
-        task=MODE_TASKS[settings.mode],
-        device=options.device,
-        dtype=options.dtype,
-        revision=options.revision,
-        attention="eager",
-    )
     task = heatmap_task(
-        loaded,
+        models.reference_for(settings.model, MODE_TASKS[settings.mode], options, attention="eager"),
         settings,
         field=settings.field,
         text_field=settings.text_field,
@@ -814,5 +840,4 @@ def run(samples, settings: HeatmapSettings, options):
         resize=options.resize,
         maps_dir=settings.maps_dir,
     )
-    declare_fields(samples._dataset, settings.field, settings.mode, settings.maps_dir)
     return engine.run(samples, task, options)

@@ -31,6 +31,7 @@ from fiftyone_blip import (
     VqaSettings,
     models,
 )
+from fiftyone_blip import fields as result_fields
 from fiftyone_blip.settings import check_value, form_default, form_shows, label_of
 
 
@@ -1036,7 +1037,7 @@ class AskQuestion(EngineOperator):
                 return  # not typed yet: the form marks it required
             checked = questions()
             if ctx.dataset is not None:
-                vqa.check_fields(ctx.dataset, checked)
+                result_fields.check(ctx.dataset, vqa.wanted_fields(checked), "questions")
 
         def check_lengths():
             # the question must fit the model's text positions; known without loading the model

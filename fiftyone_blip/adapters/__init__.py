@@ -46,7 +46,7 @@ from fiftyone_blip.adapters.registry import (
     registry_dir,
     search_dirs,
 )
-from fiftyone_blip.adapters.session import forget_sessions, prepare, session_for
+from fiftyone_blip.adapters.session import forget_sessions, identity, prepare, session_for
 from fiftyone_blip.adapters.tokenizer import build_tokenizer, roundtrip_rate
 from fiftyone_blip.adapters.training import (
     AdapterJobSettings,
@@ -68,6 +68,7 @@ __all__ = [
     "AdapterJobSettings",
     "AdapterTrainingSettings",
     "base_identity",
+    "identity",
     "base_name",
     "broken_adapters",
     "build_tokenizer",

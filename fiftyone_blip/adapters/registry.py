@@ -97,11 +97,13 @@ def base_name(loaded) -> str:
 
 
 def base_identity(loaded) -> dict:
-    text = loaded.model.config.text_config
+    """What a manifest's `base_model` must match, for a `LoadedModel` or a `models.ModelReference`."""
+    text = loaded.config.text_config
+    model = getattr(loaded, "model", None)  # a reference has no weights yet: its config holds the base size
     return {
         "name": base_name(loaded),
         "revision": loaded.revision,
-        "vocab_size": base_vocab_size(loaded.model),
+        "vocab_size": base_vocab_size(model) if model is not None else text.vocab_size,
         "hidden_size": text.hidden_size,
         "num_hidden_layers": text.num_hidden_layers,
     }

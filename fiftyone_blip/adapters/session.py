@@ -204,6 +204,28 @@ def prepare(loaded, language: str | None):
             return session.active(None) if session is not None else contextlib.nullcontext()
 
         return None, {}, activate
-    manifest = session.manifests[language]
-    identity = {"language": language, "adapter": manifest.get("files", {}).get(WEIGHTS_FILE)}
-    return session.tokenizers[language], identity, lambda: session.active(language)
+    return (
+        session.tokenizers[language],
+        _identity(language, session.manifests[language]),
+        lambda: session.active(language),
+    )
+
+
+def identity(model, language: str | None) -> dict:
+    """What `prepare` adds to a run's identity for `language`, known before the model loads.
+
+    `model` is a `LoadedModel` or a `models.ModelReference`.
+
+    Raises:
+        AdapterError: no installed adapter fits the model, or int8 weights.
+    """
+    if language is None or language == BASE_LANGUAGE:
+        return {}
+    check_language(language)
+    if model.dtype == "int8":
+        raise AdapterError("language adapters need float weights; `dtype` 'int8' quantizes them away")
+    return _identity(language, find_adapter(model, language))
+
+
+def _identity(language: str, manifest: dict) -> dict:
+    return {"language": language, "adapter": manifest.get("files", {}).get(WEIGHTS_FILE)}
