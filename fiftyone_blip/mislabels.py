@@ -744,14 +744,14 @@ def flag(
         sample_flags = select_flags(sample_scores, threshold, percentile, top_k)
         label_flags = None
 
-    ids = _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_flags, tag)
+    ids = _write_sample_flags(samples, label_field, score_field, flag_field, sample_scores, sample_flags, tag)
     if kind != "text":
         _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags)
         if level == "label":
             labels_view = samples.filter_labels(label_field, F(f"{field}_flagged") == True, only_matches=False)  # noqa: E712
             samples.untag_labels(tag, label_fields=[label_field])
             labels_view.tag_labels(tag, label_fields=[label_field])
-    _describe_flags(samples._dataset, label_field, kind, field, method)
+    _describe_flags(samples._dataset, label_field, kind, field, method, tag)
 
     review = samples.match(F(flag_field) == True).sort_by(score_field, reverse=True)  # noqa: E712
     if level == "label" and _list_path(kind) is not None:
@@ -791,18 +791,36 @@ def _scores(samples, label_field: str, kind: str, field: str, method: str):
     return sample_scores, label_scores
 
 
-def _write_sample_flags(samples, score_field, flag_field, sample_scores, sample_flags, tag: str) -> list:
-    """Writes each sample's mistakenness and flag and re-tags the flagged samples; returns the ids."""
-    import fiftyone as fo
+def _write_sample_flags(samples, label_field, score_field, flag_field, sample_scores, sample_flags, tag: str) -> list:
+    """Writes each sample's mistakenness and flag and re-tags the flagged samples; returns the ids.
 
+    A re-run removes the tag only from samples this field's flags had tagged,
+    and keeps it where another label field's flags (same tag) still hold: a
+    tag this run did not set is never removed.
+    """
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    dataset = samples._dataset
     ids = samples.values("id")
-    schema_fields.declare(samples._dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
-    app_config.group_fields(samples._dataset, "match", (score_field, flag_field))
+    schema = dataset.get_field_schema()
+    before = set(samples.match(F(flag_field) == True).values("id")) if flag_field in schema else set()  # noqa: E712
+    schema_fields.declare(dataset, {score_field: fo.FloatField, flag_field: fo.BooleanField}, "label QA")
+    app_config.group_fields(dataset, "match", (score_field, flag_field))
     samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
     samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
-    # a re-run replaces the earlier flags of these samples
-    samples.untag_samples(tag)
-    samples.select([i for i, f in zip(ids, sample_flags) if f]).tag_samples(tag)
+    flagged = {i for i, f in zip(ids, sample_flags) if f}
+    others = [
+        name
+        for name, field in schema.items()
+        if name != flag_field
+        and isinstance(field, fo.BooleanField)
+        and (field.info or {}).get("capability") == "flag"
+        and (field.info or {}).get("tag", "mislabel") == tag
+    ]
+    held = set(samples.match(F.any([F(name) == True for name in others])).values("id")) if others else set()  # noqa: E712
+    samples.select(sorted(before - flagged - held)).untag_samples(tag)
+    samples.select(sorted(flagged)).tag_samples(tag)
     return ids
 
 
@@ -831,11 +849,11 @@ def _write_label_flags(samples, label_field, kind, field, ids, label_scores, sam
     samples.set_values(f"{base}.{field}_flagged", {ids[i]: per_label_flags[i] for i in keep}, key_field="id")
 
 
-def _describe_flags(dataset, label_field: str, kind: str, field: str, method: str) -> None:
+def _describe_flags(dataset, label_field: str, kind: str, field: str, method: str, tag: str) -> None:
     """Descriptions and info of the flag fields: the scores' model (from their field's info) and the method."""
     scores_info = dict(dataset.get_field(field).info or {})
     identity = {k: v for k, v in scores_info.items() if k not in ("written_by", "capability", "field", "fingerprint")}
-    info = schema_fields.writer_info("flag", f"{field}_flagged", identity, scores=field, method=method)
+    info = schema_fields.writer_info("flag", f"{field}_flagged", identity, scores=field, method=method, tag=tag)
     descriptions = {
         f"{field}_mistakenness": f"{SCORE_MEANINGS['mistakenness']} of the sample's {label_field!r} labels "
         f"(method {method!r}, the highest over its labels)",
