@@ -614,20 +614,25 @@ def field_descriptions(names: dict[str, str], mode: str, maps_dir) -> dict[str, 
 
 
 def check_writable_folder(folder, name: str = "maps_dir") -> Path:
-    """Checks, without making anything, that `folder` is a writable folder or could be made as one.
+    """Checks, without making `folder`, that it is a writable folder or could be made as one.
+
+    A file is written and removed in the nearest existing folder (a real write,
+    not `os.access`: root passes access checks on a read-only mount).
 
     Raises:
         ValueError: a file in the way, or the nearest existing folder cannot be written.
     """
+    import tempfile
+
     path = Path(folder).expanduser().resolve()
     existing = next(p for p in (path, *path.parents) if p.exists())
-    problem = None
-    if not existing.is_dir():
-        problem = "a file is in the way"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = "permission denied"
-    if problem:
-        raise ValueError(f"`{name}` {str(folder)!r} is not a writable folder ({problem})")
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "a file is in the way")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"`{name}` {str(folder)!r} is not a writable folder ({error.strerror or error})") from None
     return path
 
 
