@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # The browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
 export FIFTYONE_BLIP_CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install chromium demo test test-browser screenshots lint bench clean
+.PHONY: install chromium demo test test-browser test-matrix screenshots lint bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The write contract over every capability x view kind x operation (make test runs half the cells).
+test-matrix: $(STAMP)
+	FIFTYONE_BLIP_WIDE_MATRIX=1 $(PY) -m pytest -q tests/test_contract_matrix.py
 
 # Only the App tests in a real browser; screenshots land in build/screenshots.
 test-browser: $(STAMP) chromium

@@ -728,8 +728,11 @@ def flag(
         raise ValueError("`level` 'label' needs a label field; a text field is flagged per sample")
     if not tag or not isinstance(tag, str):
         raise ValueError(f"`tag` must be a non-empty string, got {tag!r}")
-    if field not in samples.get_field_schema():
+    if field not in samples._dataset.get_field_schema():
         raise ValueError(f"no scores in {field!r}: run find_mislabels on {label_field!r} first")
+    if field not in samples.get_field_schema():
+        # a view that hides the scores (`select_fields`, `exclude_fields`): its samples, as stored
+        samples = samples._dataset.select(samples.values("id"), ordered=True)
     method = resolve_method(method, kind, _last_settings(samples, field))
     select_flags(np.zeros(1), threshold, percentile, top_k)  # argument checks before any write
     score_field, flag_field = f"{field}_mistakenness", f"{field}_flagged"
