@@ -335,3 +335,32 @@ def test_bundled_adapter_folders_carry_a_model_card():
         assert f"{manifest['data']['train_pairs']} image-caption pairs" in card
         assert f"| greedy exact match | {manifest['metrics']['held_out_exact_match']} |" in card
         assert "AutoPeftModel.from_pretrained(" in card and "PeftModel.from_pretrained(base" in card
+
+
+def test_overwrite_replaces_only_an_adapter_folder(image_folder, tmp_path, tiny_random_captioner):
+    """Issue 24, part 2, item 2: `adapters train -o DIR --overwrite` refuses any DIR that is not an
+    adapter folder (a folder of other files, a file) in one line and leaves it as it was."""
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.txt").write_text("mine")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine too")
+    for out in (precious, a_file):
+        result = CliRunner().invoke(
+            main,
+            ["adapters", "train", "-l", "de", "--images", str(image_folder / "images"), "--captions",
+             str(image_folder / "captions.jsonl"), "-m", str(tiny_random_captioner), "-o", str(out),
+             "--overwrite", "-q"],
+        )  # fmt: skip
+        assert result.exit_code == 1 and "left as it is" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert (precious / "holiday.txt").read_text() == "mine" and a_file.read_text() == "mine too"
+    # an adapter folder is replaced when asked
+    data = dict(images_dir=str(image_folder / "images"), captions_file=str(image_folder / "captions.jsonl"))
+    out = tmp_path / "adapter"
+    fiftyone_blip.train_adapter("de", model=str(tiny_random_captioner), rank=1, out=str(out), **data, **TINY)
+    (out / "stray.txt").write_text("x")
+    fiftyone_blip.train_adapter(
+        "de", model=str(tiny_random_captioner), rank=1, out=str(out), overwrite=True, **data, **TINY
+    )
+    assert adapters.read_manifest(out)["language"] == "de" and not (out / "stray.txt").exists()

@@ -22,6 +22,7 @@ from fiftyone_blip.adapters.registry import (
     adapter_dir,
     base_identity,
     check_language,
+    read_manifest,
     registry_dir,
 )
 from fiftyone_blip.adapters.tokenizer import build_tokenizer, roundtrip_rate
@@ -310,9 +311,25 @@ def _check_request(pairs, language: str, out, overwrite: bool) -> Path:
     if len(pairs) < 2:
         raise AdapterError(f"training needs at least 2 image-caption pairs, got {len(pairs)}")
     target = Path(out).expanduser() if out is not None else adapter_dir(registry_dir(), language)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise AdapterError(f"adapter folder {str(target)!r} exists; pass overwrite to replace it")
+    check_replaceable(target, overwrite)
     return target
+
+
+def check_replaceable(target: Path, overwrite: bool) -> None:
+    """Refuses an adapter folder that may not be written: anything but a new or empty folder, or,
+    with `overwrite`, an adapter folder (its manifest reads). Nothing else is ever deleted."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise AdapterError(f"{str(target)!r} is not a folder; it is left as it is: pick a new or empty folder")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    if not (target / MANIFEST_FILE).is_file():
+        raise AdapterError(
+            f"folder {str(target)!r} is not an adapter folder (no {MANIFEST_FILE}); it is left as it is: "
+            "pick a new or empty folder"
+        )
+    if not overwrite:
+        raise AdapterError(f"adapter folder {str(target)!r} exists; pass overwrite to replace it")
+    read_manifest(target)  # a folder whose manifest does not read is no adapter to replace either
 
 
 @dataclasses.dataclass
@@ -550,6 +567,7 @@ def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         write_load_files(staging, manifest)
         if target.exists():
+            check_replaceable(target, overwrite=True)  # again: the folder may have changed during training
             shutil.rmtree(target)
         os.replace(staging, target)
     except BaseException:
@@ -593,8 +611,6 @@ def refresh_adapter_folder(directory) -> None:
     For folders saved by an earlier version (base named by alias, no card);
     the weights, tokenizer and manifest are left as they are.
     """
-    from fiftyone_blip.adapters.registry import read_manifest
-
     directory = Path(directory)
     manifest = read_manifest(directory)
     manifest.pop("path", None)
