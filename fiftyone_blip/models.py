@@ -34,6 +34,17 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ATTENTIONS = ("sdpa", "eager")
 
 
+class HubId(str):
+    """A model name to load from the Hugging Face hub only, never from a folder of that name.
+
+    The App's model names are these: a hub-shaped name (`org/model`) that also names a folder
+    relative to the server's working directory must not load that folder.
+    """
+
+
+HUB_FILES = ["*.json", "*.safetensors", "*.txt"]  # config, processor, tokenizer, weights
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be found or is not a BLIP model of the right kind."""
 
@@ -154,6 +165,8 @@ def resolve_name(name: str | None, task: str) -> tuple[str, Path | None]:
     name = name or DEFAULT_MODELS[task]
     if name in BUNDLED:
         return name, BUNDLED[name][task]
+    if isinstance(name, HubId):
+        return name, None
     path = Path(name).expanduser()
     if path.is_dir():
         return name, path.resolve()
@@ -189,6 +202,15 @@ def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
         ) from None
     # Cached files live under .../snapshots/<commit>/config.json.
     return json.loads(Path(path).read_text()), Path(path).parent.name
+
+
+def _hub_snapshot(name: str, revision: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, revision=revision, allow_patterns=HUB_FILES)
+    except Exception as error:  # as in `_hub_config`: many types for "offline"
+        raise ModelLoadError(f"cannot load {name!r} from the hub ({type(error).__name__})") from None
 
 
 def keep_freed_memory() -> bool:
@@ -256,6 +278,10 @@ def _load(
     else:
         config, resolved_revision = _hub_config(name, revision)
         source = name
+        if Path(name).expanduser().exists():
+            # a hub id that also names a local path (`HubId`): transformers would read the folder,
+            # so load the hub's own files from their cache folder instead
+            source = _hub_snapshot(name, resolved_revision)
     check_blip_config(config, repr(source), task)
 
     cls = {
