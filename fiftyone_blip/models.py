@@ -175,6 +175,17 @@ def resolve_name(name: str | None, task: str) -> tuple[str, Path | None]:
     return name, None
 
 
+def check_revision_applies(name: str | None, task: str, revision: str | None) -> None:
+    """Refuses a `revision` for a bundled or local model: it would be ignored at load, yet recorded
+    as part of the model's identity (run record, field info, fingerprint)."""
+    if revision is None:
+        return
+    resolved, local = resolve_name(name, task)
+    if local is not None:
+        kind = "a bundled" if resolved in BUNDLED else "a local"
+        raise ValueError(f"`revision` applies to hub models only; {resolved!r} is {kind} model: leave `revision` out")
+
+
 def check_blip_config(config: dict, source: str, task: str) -> None:
     model_type = config.get("model_type")
     if model_type != "blip":
@@ -374,6 +385,7 @@ def load_model(
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"`attention` must be one of {ATTENTIONS}, got {attention!r}")
+    check_revision_applies(name, task, revision)
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
