@@ -9,7 +9,6 @@ keyword arguments and load the bundled model's folder for the hub ids
 import pytest
 from click.testing import CliRunner
 
-
 CAPTIONER, MATCHER = "hub-test/captioner", "hub-test/matcher"
 
 
