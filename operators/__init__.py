@@ -1067,7 +1067,7 @@ class AskQuestion(EngineOperator):
             if ctx.dataset is not None:
                 vqa.check_fields(ctx.dataset, checked)
 
-        def check_lengths():
+        def check_text_fits():
             # the question must fit the model's text positions; known without loading the model
             # when its tokenizer is on disk (a hub model is checked when the run starts, before any work)
             if not params.get("question") or not str(params["question"]).strip():
@@ -1081,7 +1081,7 @@ class AskQuestion(EngineOperator):
                 return
             tokenizer, positions = local_tokenizer(local)
             try:
-                vqa.check_lengths(checked, tokenizer, positions)
+                vqa.check_text_fits(checked, tokenizer, positions)
             except ValueError as error:
                 raise ValueError(_as_question_param(str(error))) from None
 
@@ -1093,7 +1093,7 @@ class AskQuestion(EngineOperator):
             lambda: check_model(params.get("model"), "vqa"),
             lambda: params.get("question") is None or check_nonempty(params, "question"),
             check_questions,
-            check_lengths,
+            check_text_fits,
             lambda: check_settings(ctx, VqaSettings),
             params=ctx.params,
         )
