@@ -44,6 +44,14 @@ def translate_errors(function):
     return wrapper
 
 
+class OneLineErrors(click.Group):
+    """The command group: every command under it, nested groups included, ends a library error
+    as a one-line click error (`translate_errors`), whether or not it is decorated itself."""
+
+    def invoke(self, ctx):
+        return translate_errors(super().invoke)(ctx)
+
+
 def load_samples(dataset_name: str, view_name: str | None = None):
     import fiftyone as fo
 
@@ -174,7 +182,7 @@ def prints_summary(function):
     return wrapper
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="fiftyone-blip")
 def main():
     """BLIP for FiftyOne datasets: captions and more, from the command line.
