@@ -14,6 +14,7 @@ from pathlib import Path
 from fiftyone_blip.adapters.data import pairs_from_dataset, pairs_from_folder
 from fiftyone_blip.adapters.registry import (
     BASE_LANGUAGE,
+    BUNDLED_ADAPTERS_DIR,
     FORMAT_VERSION,
     MANIFEST_FILE,
     MAX_SIZE_RATIO,
@@ -575,19 +576,23 @@ def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
         raise
 
 
-def peft_base_reference(base: dict) -> str:
-    """What `adapter_config.json` names as the base: the hub id or local folder the adapter was trained on.
+def peft_base_reference(base: dict, directory: Path) -> str:
+    """What `adapter_config.json` in `directory` names as the base: the hub id or local folder the
+    adapter was trained on.
 
-    A bundled base ("shapes-tiny") is named by its folder inside the package,
-    relative to the folder that holds `fiftyone_blip` (the repository root or
-    site-packages): `AutoPeftModel` resolves it from there.
+    A bundled base ("shapes-tiny") is named by its absolute path, so plain peft finds it from any
+    working directory; inside the package's own adapters folder (the bundled adapters), by its
+    path relative to the folder that holds `fiftyone_blip`, as the install location is not known
+    there (`registry.bundled_dir` lists a copy that names it absolutely).
     """
     from fiftyone_blip import models
 
     name = base["name"]
     if name in models.BUNDLED:
-        package_root = Path(models.__file__).resolve().parent.parent
-        return models.BUNDLED[name]["caption"].resolve().relative_to(package_root).as_posix()
+        folder = models.BUNDLED[name]["caption"].resolve()
+        if Path(directory).resolve().is_relative_to(BUNDLED_ADAPTERS_DIR.resolve()):
+            return folder.relative_to(Path(models.__file__).resolve().parent.parent).as_posix()
+        return str(folder)
     return name
 
 
@@ -599,7 +604,7 @@ def write_load_files(directory: Path, manifest: dict) -> None:
     """
     config_path = directory / "adapter_config.json"
     config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = peft_base_reference(manifest["base_model"])
+    config["base_model_name_or_path"] = peft_base_reference(manifest["base_model"], directory)
     config["revision"] = manifest["base_model"].get("revision")
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (directory / "README.md").write_text(model_card(manifest, config))
