@@ -200,12 +200,55 @@ def check_blip_config(config: dict, source: str, task: str) -> None:
         raise ModelLoadError(f"{source} is a {architectures[0]} checkpoint; {task} needs a {expected} checkpoint")
 
 
-def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
+HUB_PROBE_SECONDS = 3.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> bool:
+    """True when the hub's endpoint cannot be reached: one TCP connection, at most `HUB_PROBE_SECONDS`.
+
+    Without it, a machine with no network and no HF_HUB_OFFLINE waits through the hub client's
+    retries (about 40 s, a dozen "Retrying" lines) before any error. Behind a proxy (whose
+    variables are set) the endpoint is not reached directly, so it is not probed.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(variable) for variable in _PROXY_VARIABLES):
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    reached = []
+
+    def probe():  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection(address, timeout=HUB_PROBE_SECONDS).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, name="fiftyone-blip-hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return not reached
+
+
+def _hub_config(name: str, revision: str | None, unreachable: bool = False) -> tuple[dict, str]:
+    """The hub model's config and its commit; with `unreachable`, from the local cache only."""
     from huggingface_hub import hf_hub_download
 
     try:
-        path = hf_hub_download(name, "config.json", revision=revision)
+        path = hf_hub_download(name, "config.json", revision=revision, local_files_only=unreachable)
     except Exception as error:  # the hub client raises many types for "offline"
+        if unreachable:
+            raise ModelLoadError(
+                f"cannot load {name!r}: it is not in the local Hugging Face cache and the hub cannot be reached; "
+                f"download it where the hub is reachable (`hf download {name} --local-dir DIR`) and pass that "
+                "directory as the model (set HF_HUB_OFFLINE=1 to use the cache without trying the hub)"
+            ) from None
         raise ModelLoadError(
             f"cannot load {name!r}: it is not in the local Hugging Face cache and the hub could not be "
             f"reached ({type(error).__name__}); download it where the hub is reachable "
@@ -215,11 +258,11 @@ def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
     return json.loads(Path(path).read_text()), Path(path).parent.name
 
 
-def _hub_snapshot(name: str, revision: str) -> str:
+def _hub_snapshot(name: str, revision: str, local_only: bool = False) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(name, revision=revision, allow_patterns=HUB_FILES)
+        return snapshot_download(name, revision=revision, allow_patterns=HUB_FILES, local_files_only=local_only)
     except Exception as error:  # as in `_hub_config`: many types for "offline"
         raise ModelLoadError(f"cannot load {name!r} from the hub ({type(error).__name__})") from None
 
@@ -287,12 +330,15 @@ def _load(
         if not any(local.glob("*.safetensors")):
             raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
     else:
-        config, resolved_revision = _hub_config(name, revision)
+        from huggingface_hub import constants
+
+        unreachable = not constants.HF_HUB_OFFLINE and hub_unreachable()
+        config, resolved_revision = _hub_config(name, revision, unreachable)
         source = name
-        if Path(name).expanduser().exists():
-            # a hub id that also names a local path (`HubId`): transformers would read the folder,
-            # so load the hub's own files from their cache folder instead
-            source = _hub_snapshot(name, resolved_revision)
+        if unreachable or Path(name).expanduser().exists():
+            # no hub: the cached files, from their folder (transformers would try the hub first);
+            # a hub id that also names a local path (`HubId`): transformers would read that folder
+            source = _hub_snapshot(name, resolved_revision, local_only=unreachable)
     check_blip_config(config, repr(source), task)
 
     cls = {

@@ -22,11 +22,12 @@ def recorded_loads(monkeypatch):
 
     from fiftyone_blip import models
 
-    def hub_config(name, revision):
+    def hub_config(name, revision, unreachable=False):
         folder = models.BUNDLED_DIR / name.split("/")[1]
         return json.loads((folder / "config.json").read_text()), revision  # as if a commit
 
     monkeypatch.setattr(models, "_hub_config", hub_config)
+    monkeypatch.setattr(models, "hub_unreachable", lambda: False)  # the wrapped loaders stand for the hub
     calls = []
     for name in ("BlipForConditionalGeneration", "BlipForImageTextRetrieval", "BlipProcessor"):
         cls = getattr(transformers, name)
