@@ -326,7 +326,8 @@ def _load(
         if not config_file.exists():
             raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
         config = json.loads(config_file.read_text())
-        source, resolved_revision = str(local), revision
+        source = load_from = str(local)
+        resolved_revision = revision
         if not any(local.glob("*.safetensors")):
             raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
     else:
@@ -334,11 +335,12 @@ def _load(
 
         unreachable = not constants.HF_HUB_OFFLINE and hub_unreachable()
         config, resolved_revision = _hub_config(name, revision, unreachable)
-        source = name
+        source = load_from = name
         if unreachable or Path(name).expanduser().exists():
             # no hub: the cached files, from their folder (transformers would try the hub first);
-            # a hub id that also names a local path (`HubId`): transformers would read that folder
-            source = _hub_snapshot(name, resolved_revision, local_only=unreachable)
+            # a hub id that also names a local path (`HubId`): transformers would read that folder.
+            # The model is still named by its hub id (its identity in run records and fingerprints).
+            load_from = _hub_snapshot(name, resolved_revision, local_only=unreachable)
     check_blip_config(config, repr(source), task)
 
     cls = {
@@ -350,9 +352,9 @@ def _load(
     weight_dtype = torch.float32 if device == "cpu" else getattr(torch, dtype)
     try:
         model = cls.from_pretrained(
-            source, revision=revision, use_safetensors=True, trust_remote_code=False, dtype=weight_dtype
+            load_from, revision=revision, use_safetensors=True, trust_remote_code=False, dtype=weight_dtype
         )
-        processor = BlipProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
+        processor = BlipProcessor.from_pretrained(load_from, revision=revision, trust_remote_code=False)
     except OSError as error:
         raise ModelLoadError(f"cannot load {source!r}: {str(error).splitlines()[0]}") from None
     except SafetensorError as error:
