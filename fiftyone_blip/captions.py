@@ -203,9 +203,7 @@ class CaptionSettings(Settings):
         self.ban_words = _text_list("ban_words", self.ban_words, ",")
         self.force_words = _text_list("force_words", self.force_words, ",")
         self.stop_strings = _text_list("stop_strings", self.stop_strings, "|", keep_spaces=True)
-        both = {w.casefold() for w in self.ban_words or ()} & {w.casefold() for w in self.force_words or ()}
-        if both:
-            raise ValueError(f"`force_words` and `ban_words` both hold {sorted(both)[0]!r}: a word cannot be both")
+        _check_forced_not_banned(self.force_words or (), self.ban_words or ())
         if self.force_words and self.stop_strings:
             raise ValueError("`stop_strings` cannot be combined with `force_words`: a cut could drop a forced word")
 
@@ -254,6 +252,20 @@ class CaptionSettings(Settings):
         return kwargs
 
 
+def _check_forced_not_banned(force_words, ban_words) -> None:
+    """Refuses a forced word or phrase that is banned or holds a banned one ('red circle' with 'circle'
+    banned): no caption could hold it."""
+    both = {w.casefold() for w in ban_words} & {w.casefold() for w in force_words}
+    if both:
+        raise ValueError(f"`force_words` and `ban_words` both hold {sorted(both)[0]!r}: a word cannot be both")
+    for forced in force_words:
+        words = forced.casefold().split()
+        for banned in ban_words:
+            run = banned.casefold().split()
+            if any(words[i : i + len(run)] == run for i in range(len(words) - len(run) + 1)):
+                raise ValueError(f"`force_words`: {forced!r} holds the banned {banned!r}: no caption could hold it")
+
+
 def _text_list(name: str, value, separator: str, keep_spaces: bool = False) -> tuple[str, ...] | None:
     """A constraint's texts as a tuple: from a list, or from one text split at `separator` (CLI, forms).
 
@@ -286,17 +298,27 @@ def constraint_token_ids(settings: CaptionSettings, tokenizer, unk_token_id=None
     outside the model's vocabulary: banning it would do nothing and forcing
     it would write [UNK].
     """
+    return {
+        name: vocabulary_token_ids(name, getattr(settings, name) or (), tokenizer, unk_token_id)
+        for name in ("ban_words", "force_words")
+    }
+
+
+def vocabulary_token_ids(name: str, words, tokenizer, unk_token_id=None) -> list[list[int]]:
+    """Each of `words` as the token ids the model writes it with; raises for a word it cannot write
+    (one its tokenizer writes with [UNK], or as nothing). `name` is the setting, for the message.
+
+    The one vocabulary check for words a user asks the model to write or avoid: caption
+    constraints and `ask`'s candidate answers.
+    """
     unk = tokenizer.unk_token_id if unk_token_id is None else unk_token_id
-    out = {}
-    for name in ("ban_words", "force_words"):
-        ids = []
-        for word in getattr(settings, name) or ():
-            tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if not tokens or (unk is not None and unk in tokens):
-                raise ValueError(f"`{name}`: {word!r} is not in the model's vocabulary (it would be written as [UNK])")
-            ids.append(list(tokens))
-        out[name] = ids
-    return out
+    ids = []
+    for word in words:
+        tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not tokens or (unk is not None and unk in tokens):
+            raise ValueError(f"`{name}`: {word!r} is not in the model's vocabulary (it would be written as [UNK])")
+        ids.append(list(tokens))
+    return ids
 
 
 def check_prompt_room(prompt_tokens: int, settings: CaptionSettings, positions: int) -> int:

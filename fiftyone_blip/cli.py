@@ -44,6 +44,14 @@ def translate_errors(function):
     return wrapper
 
 
+class OneLineErrors(click.Group):
+    """The command group: every command under it, nested groups included, ends a library error
+    as a one-line click error (`translate_errors`), whether or not it is decorated itself."""
+
+    def invoke(self, ctx):
+        return translate_errors(super().invoke)(ctx)
+
+
 def load_samples(dataset_name: str, view_name: str | None = None):
     import fiftyone as fo
 
@@ -174,7 +182,7 @@ def prints_summary(function):
     return wrapper
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="fiftyone-blip")
 def main():
     """BLIP for FiftyOne datasets: captions and more, from the command line.
@@ -309,7 +317,7 @@ def runs(dataset, as_json):
 @click.option("-n", "--count", type=int, default=200, show_default=True)
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Rebuild the dataset if it exists.")
+@click.option("--overwrite", is_flag=True, help="Rebuild the dataset if this command built it (any other is refused).")
 @prints_summary
 @translate_errors
 def shapes(name, count, split, seed, overwrite):
@@ -344,7 +352,10 @@ def plugin_install(plugins_dir):
 @click.option("--name", default="shapes-demo", show_default=True)
 @translate_errors
 def demo(count, name):
-    """Build the shapes demo dataset, install the plugin and caption it with shapes-tiny."""
+    """Build the shapes demo dataset, install the plugin and caption it with shapes-tiny.
+
+    A demo dataset built earlier is reused as it is (its runs and views stay).
+    """
     from fiftyone_blip import demo as demo_module
 
     demo_module.run(name=name, count=count, echo=click.echo)

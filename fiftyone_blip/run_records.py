@@ -266,17 +266,40 @@ def migrate(dataset) -> None:
     """Moves the dataset's records from the old `fiftyone_blip_runs` collection into its FiftyOne runs.
 
     Each record joins its field's run history (once: a record already there by
-    run id is not added again), then leaves the old collection.
+    run id is not added again), then leaves the old collection. A record that
+    cannot move (its run key is held by a run fiftyone-blip did not make, e.g. a
+    user's own `blip_...` run; or it names no capability and field) stays where
+    it is, skipped with a logged warning: it never blocks a run into another field
+    (a run into its own field is refused by `check_run_key`, in one line).
     """
     legacy = _db()[LEGACY_COLLECTION]
     query = {"dataset_id": str(dataset._doc.id), "run_id": {"$exists": True}}
     old = with_retry(lambda: list(legacy.find(query)))
+    moved = False
     for record in old:
+        capability, field = record.get("capability"), record.get("field")
+        if not isinstance(capability, str) or not isinstance(field, str):
+            _warn_unmovable(dataset, record, "it names no capability and field")
+            continue
+        try:
+            run_doc_id = _register(dataset, capability, field)
+        except ValueError as error:  # the run key is another run's
+            _warn_unmovable(dataset, record, str(error))
+            continue
         entry = {k: v for k, v in record.items() if k not in ("_id", "dataset_id", "dataset", "capability", "field")}
-        _push(_register(dataset, record["capability"], record["field"]), entry)
+        _push(run_doc_id, entry)
         with_retry(lambda record=record: legacy.delete_one({"_id": record["_id"]}))
-    if old:
+        moved = True
+    if moved:
         refresh(dataset)
+
+
+def _warn_unmovable(dataset, record: dict, why: str) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "old run record %s of dataset %r stays in %s: %s", record.get("run_id"), dataset.name, LEGACY_COLLECTION, why
+    )
 
 
 # ---------------------------------------------------------------- database stalls

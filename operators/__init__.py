@@ -52,30 +52,45 @@ def _app_root():
     return Path(root).expanduser().resolve() if root else None
 
 
-def _app_folder(value, name):
-    """A folder from a form, confined to the App root: the App runs as the server, not as the user."""
-    if not value or not str(value).strip():
-        return None
+def under_app_root(value) -> str | None:
+    """The one confinement rule for every server path an App request names: `value` resolved under
+    the App root (links followed), or None where there is no root or it would land outside.
+
+    The App runs as the server, not as the user: a form may reach no other server folder.
+    """
     root = _app_root()
     if root is None:
-        raise ValueError(f"`{name}` is not available in the App: the server sets {APP_ROOT_ENV} to allow folders")
+        return None
     path = (root / str(value).strip()).resolve()
-    if not path.is_relative_to(root):
-        raise ValueError(f"`{name}` must be a folder under {str(root)!r}, got {value!r}")
-    return str(path)
+    return str(path) if path.is_relative_to(root) else None
+
+
+def _app_folder(value, name):
+    """A folder from a form, confined to the App root (see `under_app_root`)."""
+    if not value or not str(value).strip():
+        return None
+    if _app_root() is None:
+        raise ValueError(f"`{name}` is not available in the App: the server sets {APP_ROOT_ENV} to allow folders")
+    path = under_app_root(value)
+    if path is None:
+        raise ValueError(f"`{name}` must be a folder under {str(_app_root())!r}, got {value!r}")
+    return path
 
 
 def _app_model(value):
     """A model from a form: a bundled name, a hub id, or a folder under the App root. Any other server
-    path is refused with the same message whether it exists or not."""
+    path is refused with the same message whether it exists or not. A hub id is loaded from the
+    hub only (`models.HubId`), never from a server folder of that name."""
     if not value or not str(value).strip():
         return None
     value = str(value).strip()
-    if value in models.BUNDLED or (_HUB_ID.match(value) and ".." not in value):
+    if value in models.BUNDLED:
         return value
-    root = _app_root()
-    if root is not None and (root / value).resolve().is_relative_to(root):
-        return str((root / value).resolve())
+    if _HUB_ID.match(value) and ".." not in value:
+        return models.HubId(value)
+    root, path = _app_root(), under_app_root(value)
+    if path is not None:
+        return path
     where = f", or a folder under {str(root)!r}" if root is not None else ""
     raise ValueError(
         f"`model` must be {', '.join(models.BUNDLED)} or a hub id like Salesforce/blip-itm-base-coco{where}; "
@@ -102,6 +117,17 @@ def app_params(params: dict) -> dict:
     if params.get("maps_dir"):
         params["maps_dir"] = _app_folder(params["maps_dir"], "maps_dir")
     return params
+
+
+def declared_params(operator, ctx) -> dict:
+    """What an operator's `execute` reads: the params of the inputs its form declares for this request
+    (collapsed sections flattened), with the server paths they name confined (`app_params`).
+
+    A request can send any params (a script, a crafted call to the server); one the form does not
+    show (the library's `out`, `images_dir`, ...) is dropped here, so it never reaches the library.
+    """
+    declared = form_sections(operator.resolve_input(ctx).type)
+    return app_params({name: value for name, value in form_params(ctx).items() if name in declared})
 
 
 def _dropdown(inputs, name, label, choices, default, description=None):
@@ -193,8 +219,8 @@ def run_inputs(inputs, cls, advanced=None):
         setting_input(into, owner, field)
 
 
-def run_options(ctx, cls, progress):
-    return RunOptions.from_params({**cls.run_defaults, **form_params(ctx)}, progress=progress)
+def run_options(params, cls, progress):
+    return RunOptions.from_params({**cls.run_defaults, **form_params(params)}, progress=progress)
 
 
 def check_settings(ctx, cls, params=None):
@@ -416,7 +442,8 @@ class EngineOperator(foo.Operator):
             default_choice_to_delegated=target_size(ctx) > DELEGATE_ABOVE,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
+        """The SDK call; `params` are the form's declared params (`declared_params`)."""
         raise NotImplementedError
 
     def message(self, result, settings) -> str:
@@ -424,9 +451,11 @@ class EngineOperator(foo.Operator):
 
     def execute(self, ctx):
         try:
-            settings, view = self.settings_class.from_params(app_params(form_params(ctx))), ctx.target_view()
+            params = declared_params(self, ctx)
+            settings, view = self.settings_class.from_params(params), ctx.target_view()
             result = yield from _run_with_progress(
-                ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
+                ctx,
+                lambda progress: self.run(params, view, settings, run_options(params, self.settings_class, progress)),
             )
         except Exception as error:
             yield from _notify_failure(ctx, self.config.label, error)
@@ -509,7 +538,7 @@ class CaptionSamples(EngineOperator):
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         return fiftyone_blip.caption(view, settings, options)
 
     def message(self, summary, settings):
@@ -588,7 +617,7 @@ class ComputeHeatmaps(EngineOperator):
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         return fiftyone_blip.heatmaps(view, settings, options)
 
     def message(self, summary, settings):
@@ -788,8 +817,8 @@ class FindMislabels(EngineOperator):
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
-        return fiftyone_blip.find_mislabels(view, form_params(ctx)["label_field"], settings, options)
+    def run(self, params, view, settings, options):
+        return fiftyone_blip.find_mislabels(view, params["label_field"], settings, options)
 
     def message(self, result, settings):
         unscored = result["total_samples"] - result["scored_samples"]
@@ -842,7 +871,7 @@ class ComputeEmbeddings(EngineOperator):
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         return fiftyone_blip.embed(view, settings, options)
 
     def message(self, summary, settings):
@@ -938,7 +967,7 @@ class SearchByText(foo.Operator):
         )
 
     def execute(self, ctx):
-        params, view = ctx.params, ctx.view
+        params, view = declared_params(self, ctx), ctx.view
         query, brain_key = params["query"], params.get("brain_key") or SearchSettings.defaults()["brain_key"]
         k, rerank = params.get("k") or SearchSettings.defaults()["k"], params.get("rerank", True)
         hits = fiftyone_blip.search(view, query, k=k, brain_key=brain_key, rerank=rerank)
@@ -1039,7 +1068,7 @@ class AskQuestion(EngineOperator):
             if ctx.dataset is not None:
                 result_fields.check(ctx.dataset, vqa.wanted_fields(checked), "questions")
 
-        def check_lengths():
+        def check_text_fits():
             # the question must fit the model's text positions; known without loading the model
             # when its tokenizer is on disk (a hub model is checked when the run starts, before any work)
             if not params.get("question") or not str(params["question"]).strip():
@@ -1053,7 +1082,7 @@ class AskQuestion(EngineOperator):
                 return
             tokenizer, positions = local_tokenizer(local)
             try:
-                vqa.check_lengths(checked, tokenizer, positions)
+                vqa.check_text_fits(checked, tokenizer, positions)
             except ValueError as error:
                 raise ValueError(_as_question_param(str(error))) from None
 
@@ -1065,15 +1094,14 @@ class AskQuestion(EngineOperator):
             lambda: check_model(params.get("model"), "vqa"),
             lambda: params.get("question") is None or check_nonempty(params, "question"),
             check_questions,
-            check_lengths,
+            check_text_fits,
             lambda: check_settings(ctx, VqaSettings),
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         from fiftyone_blip import vqa
 
-        params = ctx.params
         question = params["question"]
         return fiftyone_blip.ask(
             view,
@@ -1135,12 +1163,12 @@ class TrainLanguageAdapter(foo.Operator):
         return checked_form(inputs, "BLIP: train a language adapter", check, params=ctx.params)
 
     def execute(self, ctx):
-        params = form_params(ctx)
+        params = declared_params(self, ctx)
         manifest = fiftyone_blip.train_adapter(
             params["language"],
             samples=ctx.target_view(),
             settings=AdapterTrainingSettings.from_params(params),
-            job=AdapterJobSettings.from_params(app_params(params)),
+            job=AdapterJobSettings.from_params(params),
             progress=lambda done, total: ctx.set_progress(done / max(total, 1), f"step {done}/{total}"),
             log=lambda line: None,
         )
