@@ -77,19 +77,21 @@ def _app_folder(value, name):
 
 
 def _app_model(value):
-    """A model from a form: a bundled name, a hub id, or a folder under the App root. Any other server
+    """A model from a form: a bundled name, a folder under the App root, or a hub id. Any other server
     path is refused with the same message whether it exists or not. A hub id is loaded from the
-    hub only (`models.HubId`), never from a server folder of that name."""
+    hub only (`models.HubId`), never from a server folder of that name outside the root."""
     if not value or not str(value).strip():
         return None
     value = str(value).strip()
     if value in models.BUNDLED:
         return value
+    root, path = _app_root(), under_app_root(value)
+    if path is not None and Path(path).is_dir():
+        return path  # a model folder under the root ("models/captioner" too)
     if _HUB_ID.match(value) and ".." not in value:
         return models.HubId(value)
-    root, path = _app_root(), under_app_root(value)
     if path is not None:
-        return path
+        return path  # under the root, not there: the loader says so
     where = f", or a folder under {str(root)!r}" if root is not None else ""
     raise ValueError(
         f"`model` must be {', '.join(models.BUNDLED)} or a hub id like Salesforce/blip-itm-base-coco{where}; "
