@@ -303,12 +303,15 @@ def checked_form(inputs, label, *checks, params=None):
     return types.Property(inputs, view=types.View(label=label))
 
 
-def check_model(name, task):
+def check_model(name, task, revision=None):
     """Checks a model name without loading it: bundled, a hub id `org/name`, or a folder under the App
-    root (see `_app_model`: any other server path is refused alike, whether it exists or not)."""
+    root (see `_app_model`: any other server path is refused alike, whether it exists or not); and
+    that a `revision` goes with a hub model only."""
     if not name:
         return None
-    _, local = models.resolve_name(_app_model(name), task)  # raises for a folder that does not exist
+    name = _app_model(name)
+    _, local = models.resolve_name(name, task)  # raises for a folder that does not exist
+    models.check_revision_applies(name, task, revision)
     return local
 
 
@@ -532,7 +535,7 @@ class CaptionSamples(EngineOperator):
             inputs,
             "BLIP: caption samples",
             *field_checks(params, CaptionSettings, RunOptions),
-            lambda: check_model(params.get("model"), "caption"),
+            lambda: check_model(params.get("model"), "caption", params.get("revision")),
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             check,
             check_words,
@@ -611,7 +614,7 @@ class ComputeHeatmaps(EngineOperator):
             inputs,
             "BLIP: word heatmaps",
             *field_checks(params, HeatmapSettings, RunOptions),
-            lambda: check_model(params.get("model"), task),
+            lambda: check_model(params.get("model"), task, params.get("revision")),
             lambda: params["text_source"] != "field" or check_text_field(ctx.dataset, "text_field", text_field, True),
             check_layers,
             lambda: check_settings(ctx, HeatmapSettings),
@@ -812,7 +815,7 @@ class FindMislabels(EngineOperator):
             inputs,
             "BLIP: find mislabels",
             *field_checks(params, MislabelSettings, RunOptions),
-            lambda: check_model(params.get("model"), "match"),
+            lambda: check_model(params.get("model"), "match", params.get("revision")),
             lambda: check_nonempty(params, "tag"),
             check,
             params=ctx.params,
@@ -863,7 +866,7 @@ class ComputeEmbeddings(EngineOperator):
             inputs,
             "BLIP: compute embeddings and similarity index",
             *field_checks(params, EmbedSettings, RunOptions),
-            lambda: check_model(params.get("model"), "match"),
+            lambda: check_model(params.get("model"), "match", params.get("revision")),
             lambda: check_nonempty(params, "brain_key"),
             lambda: check_settings(ctx, EmbedSettings),
             lambda: check_brain_key(
@@ -1092,7 +1095,7 @@ class AskQuestion(EngineOperator):
             inputs,
             label,
             *field_checks(params, VqaSettings, RunOptions),
-            lambda: check_model(params.get("model"), "vqa"),
+            lambda: check_model(params.get("model"), "vqa", params.get("revision")),
             lambda: params.get("question") is None or check_nonempty(params, "question"),
             check_questions,
             check_text_fits,
