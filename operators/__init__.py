@@ -78,19 +78,21 @@ def _app_folder(value, name):
 
 
 def _app_model(value):
-    """A model from a form: a bundled name, a hub id, or a folder under the App root. Any other server
+    """A model from a form: a bundled name, a folder under the App root, or a hub id. Any other server
     path is refused with the same message whether it exists or not. A hub id is loaded from the
-    hub only (`models.HubId`), never from a server folder of that name."""
+    hub only (`models.HubId`), never from a server folder of that name outside the root."""
     if not value or not str(value).strip():
         return None
     value = str(value).strip()
     if value in models.BUNDLED:
         return value
+    root, path = _app_root(), under_app_root(value)
+    if path is not None and Path(path).is_dir():
+        return path  # a model folder under the root ("models/captioner" too)
     if _HUB_ID.match(value) and ".." not in value:
         return models.HubId(value)
-    root, path = _app_root(), under_app_root(value)
     if path is not None:
-        return path
+        return path  # under the root, not there: the loader says so
     where = f", or a folder under {str(root)!r}" if root is not None else ""
     raise ValueError(
         f"`model` must be {', '.join(models.BUNDLED)} or a hub id like Salesforce/blip-itm-base-coco{where}; "
@@ -302,12 +304,15 @@ def checked_form(inputs, label, *checks, params=None):
     return types.Property(inputs, view=types.View(label=label))
 
 
-def check_model(name, task):
+def check_model(name, task, revision=None):
     """Checks a model name without loading it: bundled, a hub id `org/name`, or a folder under the App
-    root (see `_app_model`: any other server path is refused alike, whether it exists or not)."""
+    root (see `_app_model`: any other server path is refused alike, whether it exists or not); and
+    that a `revision` goes with a hub model only."""
     if not name:
         return None
-    _, local = models.resolve_name(_app_model(name), task)  # raises for a folder that does not exist
+    name = _app_model(name)
+    _, local = models.resolve_name(name, task)  # raises for a folder that does not exist
+    models.check_revision_applies(name, task, revision)
     return local
 
 
@@ -531,7 +536,7 @@ class CaptionSamples(EngineOperator):
             inputs,
             "BLIP: caption samples",
             *field_checks(params, CaptionSettings, RunOptions),
-            lambda: check_model(params.get("model"), "caption"),
+            lambda: check_model(params.get("model"), "caption", params.get("revision")),
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             check,
             check_words,
@@ -610,7 +615,7 @@ class ComputeHeatmaps(EngineOperator):
             inputs,
             "BLIP: word heatmaps",
             *field_checks(params, HeatmapSettings, RunOptions),
-            lambda: check_model(params.get("model"), task),
+            lambda: check_model(params.get("model"), task, params.get("revision")),
             lambda: params["text_source"] != "field" or check_text_field(ctx.dataset, "text_field", text_field, True),
             check_layers,
             lambda: check_settings(ctx, HeatmapSettings),
@@ -811,7 +816,7 @@ class FindMislabels(EngineOperator):
             inputs,
             "BLIP: find mislabels",
             *field_checks(params, MislabelSettings, RunOptions),
-            lambda: check_model(params.get("model"), "match"),
+            lambda: check_model(params.get("model"), "match", params.get("revision")),
             lambda: check_nonempty(params, "tag"),
             check,
             params=ctx.params,
@@ -862,7 +867,7 @@ class ComputeEmbeddings(EngineOperator):
             inputs,
             "BLIP: compute embeddings and similarity index",
             *field_checks(params, EmbedSettings, RunOptions),
-            lambda: check_model(params.get("model"), "match"),
+            lambda: check_model(params.get("model"), "match", params.get("revision")),
             lambda: check_nonempty(params, "brain_key"),
             lambda: check_settings(ctx, EmbedSettings),
             lambda: check_brain_key(
@@ -1091,7 +1096,7 @@ class AskQuestion(EngineOperator):
             inputs,
             label,
             *field_checks(params, VqaSettings, RunOptions),
-            lambda: check_model(params.get("model"), "vqa"),
+            lambda: check_model(params.get("model"), "vqa", params.get("revision")),
             lambda: params.get("question") is None or check_nonempty(params, "question"),
             check_questions,
             check_text_fits,

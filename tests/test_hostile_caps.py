@@ -648,6 +648,15 @@ def test_app_hub_ids_never_load_a_server_folder_of_that_name(fresh_dataset, plug
     _heatmaps_operator(view, model="private/model", field="hm_hub").raise_exceptions()
     assert view.first().hm_hub is not None
 
+    # under an App root, a folder of that name inside the root is the model
+    root = tmp_path / "app-root"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["match"], root / "private" / "model")
+    shutil.rmtree(repo)
+    monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
+    _heatmaps_operator(view, model="private/model", field="hm_root").raise_exceptions()
+    fresh_dataset.reload()
+    assert fresh_dataset.count("hm_root") == 1
+
 
 def test_app_operators_read_only_the_inputs_their_forms_declare(fresh_dataset, plugin_installed, tmp_path, monkeypatch):
     """Issue 24, part 2, item 3: params a form never shows (`out`, `images_dir`, `captions_file`)

@@ -121,3 +121,16 @@ def test_revision_of_a_bundled_or_local_model_is_refused_before_loading(fresh_da
     assert result.exit_code == 1 and "applies to hub models only" in result.output
     assert recorded_loads == [] and "caption" not in fresh_dataset.get_field_schema()
     assert fob.runs(fresh_dataset) == []
+
+
+def test_the_forms_flag_a_revision_of_the_bundled_model(fresh_dataset, plugin_installed):
+    import fiftyone.operators as foo
+    from app_forms import form_errors
+    from fiftyone.operators.executor import ExecutionContext
+
+    for name in ("caption_samples", "compute_heatmaps", "compute_embeddings", "ask_question"):
+        operator = foo.get_operator(f"@fiftyone-blip/blip/{name}")
+        params = dict(model="shapes-tiny", revision="v1", question="how many shapes are there?")
+        ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params=params))
+        errors = form_errors(operator.resolve_input(ctx))
+        assert "applies to hub models only" in errors.get("revision", ""), (name, errors)
