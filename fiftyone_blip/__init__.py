@@ -24,8 +24,8 @@ __version__ = "0.1.0"
 # Settings classes are light (no torch, no FiftyOne): each declares its fields once, with
 # default, bounds and help, for the SDK, the CLI and the App forms.
 from fiftyone_blip.adapters import AdapterJobSettings, AdapterTrainingSettings  # noqa: E402
-from fiftyone_blip.capfilt import CapFiltSettings  # noqa: E402
 from fiftyone_blip.caption_eval import CaptionEvalSettings  # noqa: E402
+from fiftyone_blip.caption_filter import CapFiltSettings  # noqa: E402
 from fiftyone_blip.captions import CaptionSettings  # noqa: E402
 from fiftyone_blip.mislabels import FlagSettings, MislabelSettings  # noqa: E402
 from fiftyone_blip.settings import EmbedSettings, RunOptions, SearchSettings, documented  # noqa: E402
@@ -122,7 +122,7 @@ def capfilt(samples, caption_field: str, out_field: str = "capfilt", settings=No
         samples: a FiftyOne dataset or view.
         caption_field: the captions to clean (string or list of strings).
         out_field: the field the kept caption goes to ("capfilt").
-        settings: a `capfilt.CapFiltSettings` (None: its defaults).
+        settings: a `caption_filter.CapFiltSettings` (None: its defaults).
         options: a `RunOptions` (None: its defaults).
         **overrides: any field of either, by name:
         {settings}
@@ -137,14 +137,16 @@ def capfilt(samples, caption_field: str, out_field: str = "capfilt", settings=No
             run did not write (without `overwrite`): before any work.
         ModelLoadError: a model cannot be loaded.
     """
-    from fiftyone_blip import capfilt as capfilt_module
+    from fiftyone_blip import caption_filter
 
     settings, options = CapFiltSettings.resolve(settings, options, overrides)
-    return capfilt_module.run(samples, caption_field, out_field, settings, options)
+    return caption_filter.run(samples, caption_field, out_field, settings, options)
 
 
 @documented(CaptionEvalSettings, RunOptions)
-def evaluate_captions(samples, pred_field: str, gt_field: str, eval_key: str = "eval", settings=None, options=None, **overrides) -> dict:
+def evaluate_captions(
+    samples, pred_field: str, gt_field: str, eval_key: str = "eval", settings=None, options=None, **overrides
+) -> dict:
     """Scores the captions in `pred_field` against the references in `gt_field`, like the COCO caption toolkit.
 
     BLEU-1..4, ROUGE-L and CIDEr-D with the definitions of `pycocoevalcap`

@@ -803,7 +803,7 @@ def caption_task(
     fields = {field: fo.StringField, confidence_field: fo.FloatField}
     descriptions = {}
     if several:
-        fields[candidates_field] = (fo.EmbeddedDocumentField, fo.Classifications)
+        fields[candidates_field] = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classifications})
         descriptions[candidates_field] = (
             f"the {settings.num_captions} candidate captions of the image (distinct ones, best first; "
             f"{field!r} holds the first), each with its sequence score as confidence"

@@ -1,4 +1,4 @@
-"""CapFilt: BLIP's captioner and filter, cleaning the captions a dataset already has.
+"""CapFilt (`fiftyone_blip.capfilt`; a module named `capfilt` would shadow the SDK function): BLIP's captioner and filter, cleaning the captions a dataset already has.
 
 BLIP bootstrapped its training set this way (Li et al., 2022, section 3.3): the
 captioner writes synthetic captions by nucleus sampling, and the image-text
@@ -68,8 +68,12 @@ class CapFiltSettings(Settings):
         5, "synthetic captions sampled per image, 1..10", label="Synthetic captions per image", min=1, max=MAX_CAPTIONS
     )
     top_p: float = setting(
-        0.9, "nucleus sampling: probability mass of the synthetic captions' tokens, in (0, 1]", min=0, max=1,
-        min_exclusive=True, advanced=True,
+        0.9,
+        "nucleus sampling: probability mass of the synthetic captions' tokens, in (0, 1]",
+        min=0,
+        max=1,
+        min_exclusive=True,
+        advanced=True,
     )
     seed: int = setting(0, "sampling seed; the same seed, batch size and order give the same captions", advanced=True)
     max_new_tokens: int = setting(
@@ -172,9 +176,7 @@ def capfilt_task(captioning, matching, settings: CapFiltSettings, caption_field:
     caption_pre, match_pre = captioning.preprocessor(resize), matching.preprocessor(resize)
     captioner = Captioner(captioning, settings.sampling())
     matcher = Matcher(matching)
-    names = {
-        key: f"{out_field}_{key}" for key in ("itm", "origin", "original_itm", "gain", "rejected", "candidates")
-    }
+    names = {key: f"{out_field}_{key}" for key in ("itm", "origin", "original_itm", "gain", "rejected", "candidates")}
 
     def prepare(path, value):
         image = load_image(path, min_size=max(caption_pre.size, match_pre.size))
@@ -234,7 +236,7 @@ def capfilt_task(captioning, matching, settings: CapFiltSettings, caption_field:
             names["original_itm"]: fo.FloatField,
             names["gain"]: fo.FloatField,
             names["rejected"]: fo.BooleanField,
-            names["candidates"]: (fo.EmbeddedDocumentField, fo.Classifications),
+            names["candidates"]: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classifications}),
         },
         settings={**settings.as_dict(), "caption_field": caption_field, "resize": resize},
         identity=identity,
