@@ -102,7 +102,9 @@ def main():
     truth = [s.caption() for s in scenes]
     assert dataset.values("gt_caption") == truth  # samples in scene order
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    print(f"| noise | threshold | correct before | correct after | correct originals replaced | flag precision | flag recall |")
+    print(
+        "| noise | threshold | correct before | correct after | correct originals replaced | flag precision | flag recall |"
+    )
     print("|---|---|---|---|---|---|---|")
     for noise in ("swap", "attribute"):
         captions, noisy = noisy_captions(scenes, noise, args.rate, f"{args.split}/{args.seed}")

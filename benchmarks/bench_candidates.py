@@ -1,0 +1,162 @@
+"""Several captions per image: what N = 5 candidates cost over one, and when the best of 5 by ITM wins.
+
+    .venv/bin/python benchmarks/bench_candidates.py --mode cost      # shapes-tiny and BLIP-base-sized, CPU
+    .venv/bin/python benchmarks/bench_candidates.py --mode quality --split test
+    .venv/bin/python benchmarks/bench_candidates.py --mode quality --split test --seed 13
+
+Cost: the captioning step (`captions.Captioner`, the one `fob.caption` runs)
+on the same preprocessed batch, one model after the other in one process,
+each setting timed `--repeats` times after a warm-up (medians, seconds per
+image): greedy; sampling with N = 1 and N = 5 (`num_captions`); beam search
+with 5 beams and N = 1 and N = 5. The models: the bundled shapes-tiny
+captioner, and a BLIP-base-sized captioner (transformers' default
+BlipConfig) with random weights, every caption exactly 20 new tokens.
+
+Quality (shapes-tiny captioner and matcher, held-out images): the greedy
+caption against the best of 5 candidates by the matcher's ITM probability
+(`mislabels.Matcher.itm`), candidates from nucleus sampling (top-p 0.9) or
+from the 5 best beams. "Beats": the best of 5 equals `gt_caption` where the
+greedy caption does not; "loses": the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fiftyone_blip.shapes import data as shapes  # noqa: E402
+
+SETTINGS = {
+    "greedy": dict(strategy="greedy"),
+    "sample, N=1": dict(strategy="sample", top_p=0.9, top_k=0),
+    "sample, N=5": dict(strategy="sample", top_p=0.9, top_k=0, num_captions=5),
+    "beam 5, N=1": dict(strategy="beam", num_beams=5),
+    "beam 5, N=5": dict(strategy="beam", num_beams=5, num_captions=5),
+}
+
+
+def pixels(loaded, scenes):
+    import torch
+
+    pre = loaded.preprocessor("squash")
+    return torch.from_numpy(np.stack([pre.from_image(scene.render())[0] for scene in scenes]))
+
+
+def time_settings(loaded, batch, repeats: int, fixed_length: int | None) -> dict:
+    from fiftyone_blip.captions import Captioner, CaptionSettings
+
+    out = {}
+    for name, kwargs in SETTINGS.items():
+        if fixed_length:
+            kwargs = {**kwargs, "min_new_tokens": fixed_length, "max_new_tokens": fixed_length}
+        captioner = Captioner(loaded, CaptionSettings(**kwargs))
+        captioner(batch[:1])  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            captioner(batch)
+            times.append((time.perf_counter() - start) / len(batch))
+        out[name] = statistics.median(times)
+    return out
+
+
+def cost(args):
+    from bench_caption import build_blip_base
+
+    from fiftyone_blip import models
+
+    rows = {}
+    tiny = models.load_model("shapes-tiny", task="caption", device="cpu", dtype="float32", cached=False)
+    scenes = shapes.make_scenes(args.tiny_images, split="test", seed=0)
+    rows["shapes-tiny"] = time_settings(tiny, pixels(tiny, scenes), args.repeats, None)
+    with tempfile.TemporaryDirectory() as folder:
+        base = models.load_model(
+            str(build_blip_base(Path(folder))), task="caption", device="cpu", dtype="float32", cached=False
+        )
+        scenes = shapes.make_scenes(args.base_images, split="test", seed=0)
+        rows["BLIP-base-sized"] = time_settings(base, pixels(base, scenes), args.repeats, 20)
+    print(
+        f"| setting | shapes-tiny s/image ({args.tiny_images} images) | over greedy | "
+        f"BLIP-base-sized s/image ({args.base_images} images, 20 tokens) | over greedy |"
+    )
+    print("|---|---|---|---|---|")
+    for name in SETTINGS:
+        t, b = rows["shapes-tiny"][name], rows["BLIP-base-sized"][name]
+        print(
+            f"| {name} | {t:.4f} | {t / rows['shapes-tiny']['greedy']:.2f}x | {b:.3f} | "
+            f"{b / rows['BLIP-base-sized']['greedy']:.2f}x |"
+        )
+
+
+def quality(args):
+    import torch
+
+    from fiftyone_blip import models
+    from fiftyone_blip.captions import Captioner, CaptionSettings
+    from fiftyone_blip.mislabels import Matcher
+
+    captioning = models.load_model("shapes-tiny", task="caption", device="cpu", dtype="float32")
+    matching = models.load_model("shapes-tiny", task="match", device="cpu", dtype="float32")
+    matcher = Matcher(matching)
+    scenes = shapes.make_scenes(args.count, split=args.split, seed=args.seed)
+    truth = [s.caption() for s in scenes]
+    greedy = Captioner(captioning, CaptionSettings())
+    pools = {
+        "sampled (top-p 0.9)": Captioner(captioning, CaptionSettings(**SETTINGS["sample, N=5"])),
+        "5 best beams": Captioner(captioning, CaptionSettings(**SETTINGS["beam 5, N=5"])),
+    }
+    greedy_captions, best = [], {name: [] for name in pools}
+    for start in range(0, len(scenes), 64):
+        chunk = scenes[start : start + 64]
+        cap_px, match_px = pixels(captioning, chunk), pixels(matching, chunk)
+        greedy_captions += [row["caption"] for row in greedy(cap_px)]
+        with torch.inference_mode():
+            embeds = matching.image_embeds(match_px)
+        for name, captioner in pools.items():
+            rows = captioner(cap_px)
+            pairs = [(n, text) for n, row in enumerate(rows) for text, _ in row["candidates"]]
+            with torch.inference_mode():
+                probs = matcher.itm(embeds, [n for n, _ in pairs], [t for _, t in pairs])
+            for n in range(len(rows)):
+                scored = [(p, t) for (m, t), p in zip(pairs, probs) if m == n]
+                best[name].append(max(scored)[1])
+    n = len(scenes)
+    greedy_right = [g == t for g, t in zip(greedy_captions, truth)]
+    print(f"{args.split} split, seed {args.seed}, {n} images; greedy exact match {sum(greedy_right) / n:.3f}")
+    print("| candidates | best of 5 by ITM: exact match | beats greedy | loses to greedy |")
+    print("|---|---|---|---|")
+    for name, captions in best.items():
+        right = [c == t for c, t in zip(captions, truth)]
+        beats = sum(r and not g for r, g in zip(right, greedy_right)) / n
+        loses = sum(g and not r for r, g in zip(right, greedy_right)) / n
+        print(f"| {name} | {sum(right) / n:.3f} | {beats:.3f} | {loses:.3f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("cost", "quality"), default="cost")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--tiny-images", type=int, default=64)
+    parser.add_argument("--base-images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cost(args) if args.mode == "cost" else quality(args)
+
+
+if __name__ == "__main__":
+    main()
