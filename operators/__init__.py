@@ -437,6 +437,19 @@ class EngineOperator(foo.Operator):
         return result
 
 
+class ReviewOperator(EngineOperator):
+    """An engine operator whose run saves a review view (`result["view"]`), shown once an immediate run ends."""
+
+    def execute(self, ctx):
+        result = yield from super().execute(ctx)
+        if not ctx.delegated:
+            # Open the review view by its stages: the App looks a view name up in the saved views
+            # it fetched with the page, which do not hold the one this run just saved, so
+            # `set_view(name=...)` would fail there.
+            yield ctx.ops.set_view(view=ctx.dataset.load_saved_view(result["view"]))
+        return result
+
+
 def _language_dropdown(inputs, model):
     """English plus the installed adapters trained for `model`."""
     from fiftyone_blip import adapters
@@ -551,7 +564,7 @@ def _field_dropdown(inputs, name, label, fields, suggested):
     return suggested
 
 
-class CleanCaptions(EngineOperator):
+class CleanCaptions(ReviewOperator):
     settings_class = CapFiltSettings
 
     @property
@@ -599,14 +612,8 @@ class CleanCaptions(EngineOperator):
             f"review view {result['view']!r}"
         )
 
-    def execute(self, ctx):
-        result = yield from super().execute(ctx)
-        if not ctx.delegated:
-            # by its stages: the App does not know the view this run just saved (see FindMislabels)
-            yield ctx.ops.set_view(view=ctx.dataset.load_saved_view(result["view"]))
 
-
-class EvaluateCaptions(EngineOperator):
+class EvaluateCaptions(ReviewOperator):
     settings_class = CaptionEvalSettings
 
     @property
@@ -654,11 +661,6 @@ class EvaluateCaptions(EngineOperator):
         names = {**METRIC_NAMES, "itm": "ITM"}
         figures = ", ".join(f"{names[k]} {v:.3f}" for k, v in result["corpus"].items() if v is not None)
         return f"BLIP caption evaluation of {result['samples']} samples: {figures}; review view {result['view']!r}"
-
-    def execute(self, ctx):
-        result = yield from super().execute(ctx)
-        if not ctx.delegated:
-            yield ctx.ops.set_view(view=ctx.dataset.load_saved_view(result["view"]))
 
 
 # ---- heatmaps: where the model looked, per caption word ----
@@ -870,7 +872,7 @@ def label_field_default(dataset, compatible):
 _FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
 
 
-class FindMislabels(EngineOperator):
+class FindMislabels(ReviewOperator):
     settings_class = MislabelSettings
 
     @property
@@ -943,15 +945,6 @@ class FindMislabels(EngineOperator):
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
             f"(tag {result['tag']!r}){without}; review view {result['view']!r}"
         )
-
-    def execute(self, ctx):
-        result = yield from super().execute(ctx)
-        if not ctx.delegated:
-            # Open the review view (flagged samples, most suspicious first) by its stages: the App
-            # looks a view name up in the saved views it fetched with the page, which do not
-            # hold the one this run just saved, so `set_view(name=...)` would fail there.
-            review = ctx.dataset.load_saved_view(result["view"])
-            yield ctx.ops.set_view(view=review)
 
 
 class ComputeEmbeddings(EngineOperator):
