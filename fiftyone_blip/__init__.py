@@ -160,7 +160,10 @@ def evaluate_captions(
     `{eval_key}_cider`, `{eval_key}_itm`; the corpus figures go into the run
     record (`fob.runs(dataset)`) and the returned dict; a review view
     `{eval_key}-review` lists the samples worst CIDEr-D first. Remove all of
-    it with `delete_caption_evaluation`.
+    it with `delete_caption_evaluation`. A sample's CIDEr-D depends on every
+    reference evaluated, so a run over other samples, predictions or
+    references is another result: refused on the same eval key without
+    `overwrite`.
 
         fob.evaluate_captions(dataset, "caption", "gt_caption", eval_key="eval")
 

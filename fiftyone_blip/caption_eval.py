@@ -140,7 +140,7 @@ def eval_task(loaded, pred_field: str, gt_field: str, eval_key: str, scores: dic
     if matcher is not None:
         fields[names["itm"]] = fo.FloatField
         descriptions[names["itm"]] = f"BLIP ITM probability of {pred_field!r} (reference-free; mean over predictions)"
-    identity = loaded.identity if loaded is not None else {"model": None, "dtype": None}
+    identity = loaded.identity if loaded is not None else {"model": None, "revision": None, "dtype": None}
     return engine.Task(
         capability=CAPABILITY,
         field=names["cider"],

@@ -219,8 +219,10 @@ def capfilt_task(captioning, matching, settings: CapFiltSettings, caption_field:
         return out
 
     weights = [loaded.identity.get("weights") for loaded in (captioning, matching)]
+    same = captioning.name == matching.name  # a bundled name ("shapes-tiny") names both models
     identity = {
-        "model": f"{captioning.name} + {matching.name}",
+        "model": captioning.name if same else f"{captioning.name} + {matching.name}",
+        "revision": matching.revision,
         "dtype": matching.dtype,
         "caption_model": {k: v for k, v in captioning.identity.items() if k != "weights"},
         "match_model": {k: v for k, v in matching.identity.items() if k != "weights"},
