@@ -8,8 +8,9 @@ Cost: the captioning step (`captions.Captioner`, the one `fob.caption` runs)
 on the same preprocessed batch, one model after the other in one process on
 one thread, each setting timed `--repeats` times after a warm-up, the settings
 taking turns (medians of CPU seconds per image: on a shared machine the
-process's CPU time moves far less with the load than its wall time): greedy; sampling with N = 1 and N = 5 (`num_captions`); beam search
-with 5 beams and N = 1 and N = 5. The models: the bundled shapes-tiny
+process's CPU time moves far less with the load than its wall time):
+greedy; sampling with N = 1 and N = 5 (`num_captions`); beam search with 5
+beams and N = 1 and N = 5. The models: the bundled shapes-tiny
 captioner, and a BLIP-base-sized captioner (transformers' default
 BlipConfig) with random weights, every caption exactly 20 new tokens.
 
