@@ -12,7 +12,7 @@ matcher believes and replaces the others by the best of 5 sampled captions;
 import random
 
 import fiftyone_blip as fob
-from fiftyone_blip.shapes import COLOURS
+from fiftyone_blip.shapes.data import COLOURS
 
 dataset = fob.load_shapes_dataset("shapes-capfilt", count=200, overwrite=True)
 
