@@ -27,8 +27,9 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     fob.find_mislabels(view, "gt_objects", level="label", itc=True, **run)
     fob.find_mislabels(view, "gt_label", **run)
     fob.caption(view, field="cand", strategy="beam", num_captions=2, **run)
-    fob.capfilt(view, "gt_caption", "clean", caption_model="shapes-tiny", match_model="shapes-tiny", **run)
-    fob.evaluate_captions(view, "caption", "gt_caption", eval_key="ev", model="shapes-tiny", **run)
+    both = dict(caption_model="shapes-tiny", match_model="shapes-tiny", device="cpu", progress=False)
+    fob.capfilt(view, "gt_caption", "clean", **both)
+    fob.evaluate_captions(view, "caption", "gt_caption", eval_key="ev", **run)
     vqa.ask(
         view,
         ["is there a circle?", "what colour is the shape?"],
