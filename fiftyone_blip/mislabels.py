@@ -822,9 +822,18 @@ def _write_sample_flags(samples, label_field, score_field, flag_field, sample_sc
         and (field.info or {}).get("tag", "mislabel") == tag
     ]
     held = set(samples.match(F.any([F(name) == True for name in others])).values("id")) if others else set()  # noqa: E712
-    samples.select(sorted(before - flagged - held)).untag_samples(tag)
-    samples.select(sorted(flagged)).tag_samples(tag)
+    retag(samples, tag, before, flagged, held)
     return ids
+
+
+def retag(samples, tag: str, before, now, held=()) -> None:
+    """Moves `tag` from the samples a run's flags had tagged (`before`) to those they tag `now`.
+
+    A sample in `held` (flagged by another run with the same tag) keeps it, and a
+    tag no run of this kind set (a user's own) is never removed.
+    """
+    samples.select(sorted(set(before) - set(now) - set(held))).untag_samples(tag)
+    samples.select(sorted(now)).tag_samples(tag)
 
 
 def _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags) -> None:

@@ -204,6 +204,16 @@ def start(dataset, task, shard, batch_size: int, run_id: str, total: int) -> Rec
     return Record(run_doc_id, run_id)
 
 
+def entry(dataset, capability: str, field: str, run_id: str) -> Record:
+    """The history entry of an engine run that has ended, to add what the capability computed after it
+    (e.g. an evaluation's corpus figures)."""
+    key = run_key(capability, field)
+    run_doc_id = _run_ids(dataset).get(key)
+    if run_doc_id is None:
+        raise ValueError(f"dataset {dataset.name!r} has no run {key!r}")
+    return Record(run_doc_id, run_id)
+
+
 def refresh(dataset) -> None:
     """Reloads the dataset's runs in this process, so `dataset.get_run_info` shows the new state."""
     try:

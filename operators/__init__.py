@@ -22,6 +22,8 @@ import fiftyone_blip
 from fiftyone_blip import (
     AdapterJobSettings,
     AdapterTrainingSettings,
+    CapFiltSettings,
+    CaptionEvalSettings,
     CaptionSettings,
     EmbedSettings,
     HeatmapSettings,
@@ -114,8 +116,9 @@ def app_params(params: dict) -> dict:
     """A form's params with the server paths it names confined (see `_app_model`, `_app_folder`); the
     library and the CLI take any path, as they run as the user."""
     params = dict(params or {})
-    if params.get("model"):
-        params["model"] = _app_model(params["model"])
+    for name in ("model", "caption_model", "match_model"):
+        if params.get(name):
+            params[name] = _app_model(params[name])
     if params.get("maps_dir"):
         params["maps_dir"] = _app_folder(params["maps_dir"], "maps_dir")
     return params
@@ -469,6 +472,19 @@ class EngineOperator(foo.Operator):
         return result
 
 
+class ReviewOperator(EngineOperator):
+    """An engine operator whose run saves a review view (`result["view"]`), shown once an immediate run ends."""
+
+    def execute(self, ctx):
+        result = yield from super().execute(ctx)
+        if not ctx.delegated:
+            # Open the review view by its stages: the App looks a view name up in the saved views
+            # it fetched with the page, which do not hold the one this run just saved, so
+            # `set_view(name=...)` would fail there.
+            yield ctx.ops.set_view(view=ctx.dataset.load_saved_view(result["view"]))
+        return result
+
+
 def _language_dropdown(inputs, model):
     """English plus the installed adapters trained for `model`."""
     from fiftyone_blip import adapters
@@ -548,6 +564,138 @@ class CaptionSamples(EngineOperator):
 
     def message(self, summary, settings):
         return f"BLIP captions: {summary}; field {settings.field!r} (tick it in the sidebar to see it on the grid)"
+
+
+# ---- caption quality: CapFilt and evaluation against references ----
+
+
+def caption_fields(dataset) -> list[str]:
+    """The fields that can hold captions (strings, lists of strings, Classification(s)), built-ins and an
+    engine run's own `_error` / `_run` fields left out."""
+    from fiftyone_blip import caption_eval
+
+    if dataset is None:
+        return []
+    names = []
+    schema = dataset.get_field_schema()
+    for name in schema:
+        stem, _, suffix = name.rpartition("_")
+        if name in ("filepath", "id", "tags", "split") or (suffix in ("error", "run", "origin") and stem in schema):
+            continue
+        try:
+            caption_eval.check_text_field(dataset, name, "field")
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def _field_dropdown(inputs, name, label, fields, suggested):
+    if not fields:
+        prop = inputs.view(name, types.Warning(label="No caption field", description="The dataset has no text field"))
+        prop.invalid = True
+        return None
+    _dropdown(inputs, name, label, {f: f for f in fields}, default=suggested)
+    return suggested
+
+
+class CleanCaptions(ReviewOperator):
+    settings_class = CapFiltSettings
+
+    @property
+    def config(self):
+        return _engine_config(
+            "clean_captions",
+            "BLIP: clean captions",
+            "CapFilt: sample synthetic captions, score them and the existing ones by ITM, keep the best and "
+            "flag the images whose caption the filter rejects",
+        )
+
+    def resolve_input(self, ctx):
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
+        inputs.view_target(ctx)
+        fields = caption_fields(ctx.dataset)
+        suggested = next((f for f in fields if "caption" in f), fields[0] if fields else None)
+        _field_dropdown(inputs, "caption_field", "Captions to clean", fields, suggested)
+        inputs.str("out_field", label="Field for the kept caption", default="capfilt", required=True)
+        defaults = {"caption_model": default_model(ctx, "caption"), "match_model": default_model(ctx, "match")}
+        settings_inputs(inputs, CapFiltSettings, params, defaults=defaults, advanced=advanced)
+        run_inputs(inputs, CapFiltSettings, advanced)
+        advanced_section(inputs, advanced)
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: clean captions",
+            *field_checks(params, CapFiltSettings, RunOptions),
+            lambda: check_model(params.get("caption_model"), "caption"),
+            lambda: check_model(params.get("match_model"), "match"),
+            lambda: check_nonempty(params, "out_field"),
+            lambda: check_settings(ctx, CapFiltSettings),
+            params=ctx.params,
+        )
+
+    def run(self, ctx, view, settings, options):
+        params = form_params(ctx)
+        return fiftyone_blip.capfilt(
+            view, params["caption_field"], params.get("out_field") or "capfilt", settings, options
+        )
+
+    def message(self, result, settings):
+        return (
+            f"BLIP CapFilt: rejected the original caption of {result['flagged_samples']} of "
+            f"{result['total_samples']} samples (tag {result['tag']!r}); kept captions in {result['field']!r}; "
+            f"review view {result['view']!r}"
+        )
+
+
+class EvaluateCaptions(ReviewOperator):
+    settings_class = CaptionEvalSettings
+
+    @property
+    def config(self):
+        return _engine_config(
+            "evaluate_captions",
+            "BLIP: evaluate captions",
+            "Score captions against reference captions (BLEU-1..4, ROUGE-L, CIDEr-D) and by BLIP's ITM head",
+        )
+
+    def resolve_input(self, ctx):
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
+        inputs.view_target(ctx)
+        fields = caption_fields(ctx.dataset)
+        predicted = next((f for f in fields if f.startswith("caption")), fields[0] if fields else None)
+        reference = next((f for f in fields if f.startswith("gt")), fields[-1] if fields else None)
+        _field_dropdown(inputs, "pred_field", "Predicted captions", fields, predicted)
+        _field_dropdown(inputs, "gt_field", "Reference captions", fields, reference)
+        inputs.str("eval_key", label="Evaluation key", default="eval", required=True)
+        settings_inputs(
+            inputs, CaptionEvalSettings, params, defaults={"model": default_model(ctx, "match")}, advanced=advanced
+        )
+        run_inputs(inputs, CaptionEvalSettings, advanced)
+        advanced_section(inputs, advanced)
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: evaluate captions",
+            *field_checks(params, CaptionEvalSettings, RunOptions),
+            lambda: check_model(params.get("model"), "match"),
+            lambda: check_nonempty(params, "eval_key"),
+            lambda: check_settings(ctx, CaptionEvalSettings),
+            params=ctx.params,
+        )
+
+    def run(self, ctx, view, settings, options):
+        params = form_params(ctx)
+        return fiftyone_blip.evaluate_captions(
+            view, params["pred_field"], params["gt_field"], params.get("eval_key") or "eval", settings, options
+        )
+
+    def message(self, result, settings):
+        from fiftyone_blip.caption_metrics import METRIC_NAMES
+
+        names = {**METRIC_NAMES, "itm": "ITM"}
+        figures = ", ".join(f"{names[k]} {v:.3f}" for k, v in result["corpus"].items() if v is not None)
+        return f"BLIP caption evaluation of {result['samples']} samples: {figures}; review view {result['view']!r}"
 
 
 # ---- heatmaps: where the model looked, per caption word ----
@@ -759,7 +907,7 @@ def label_field_default(dataset, compatible):
 _FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
 
 
-class FindMislabels(EngineOperator):
+class FindMislabels(ReviewOperator):
     settings_class = MislabelSettings
 
     @property
@@ -832,15 +980,6 @@ class FindMislabels(EngineOperator):
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
             f"(tag {result['tag']!r}){without}; review view {result['view']!r}"
         )
-
-    def execute(self, ctx):
-        result = yield from super().execute(ctx)
-        if not ctx.delegated:
-            # Open the review view (flagged samples, most suspicious first) by its stages: the App
-            # looks a view name up in the saved views it fetched with the page, which do not
-            # hold the one this run just saved, so `set_view(name=...)` would fail there.
-            review = ctx.dataset.load_saved_view(result["view"])
-            yield ctx.ops.set_view(view=review)
 
 
 class ComputeEmbeddings(EngineOperator):
@@ -1187,6 +1326,8 @@ class TrainLanguageAdapter(foo.Operator):
 
 def register(p):
     p.register(CaptionSamples)
+    p.register(CleanCaptions)
+    p.register(EvaluateCaptions)
     p.register(ComputeHeatmaps)
     p.register(WordHeatmapsPanel)
     p.register(FindMislabels)

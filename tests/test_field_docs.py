@@ -26,6 +26,10 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     fob.heatmaps(view, field="gc", mode="gradcam", text="a red circle", maps_dir=str(tmp_path), **run)
     fob.find_mislabels(view, "gt_objects", level="label", itc=True, **run)
     fob.find_mislabels(view, "gt_label", **run)
+    fob.caption(view, field="cand", strategy="beam", num_captions=2, **run)
+    both = dict(caption_model="shapes-tiny", match_model="shapes-tiny", device="cpu", progress=False)
+    fob.capfilt(view, "gt_caption", "clean", **both)
+    fob.evaluate_captions(view, "caption", "gt_caption", eval_key="ev", **run)
     vqa.ask(
         view,
         ["is there a circle?", "what colour is the shape?"],
@@ -41,7 +45,8 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     for name in ("caption", "caption_confidence", "caption_run", "caption_error", "caption_de", "blip_embedding",
                  "heatmap", "heatmap_words", "heatmap_probs", "gc_word_maps", "gc_match", "has_circle", "colour",
                  "gt_objects_match", "gt_objects.detections.gt_objects_match_itm",
-                 "gt_objects.detections.gt_objects_match_flagged", "gt_label_match_mistakenness"):  # fmt: skip
+                 "gt_objects.detections.gt_objects_match_flagged", "gt_label_match_mistakenness",
+                 "cand_candidates", "clean", "clean_candidates", "clean_gain", "ev_cider", "ev_itm"):  # fmt: skip
         assert name in written, name
     undescribed = [name for name, field in written.items() if not field.description]
     assert not undescribed, undescribed
