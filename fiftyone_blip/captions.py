@@ -808,6 +808,8 @@ def caption_task(
     candidates_field = f"{field}_candidates"
     several = settings.num_captions > 1
     adapter_identity = adapters.identity(model, language)  # no adapter fits: refused before the model loads
+    if not adapter_identity and (settings.ban_words or settings.force_words):
+        constraint_token_ids(settings, model.processor.tokenizer)  # words it cannot write: refused before loading
 
     def bind():
         loaded = model.load()

@@ -489,6 +489,23 @@ class ModelReference:
             identity["weights"] = weights_version(self.local)
         return identity
 
+    @functools.cached_property
+    def processor(self):
+        """The model's processor (tokenizer and image settings): small files, read before the weights so
+        that checks needing the vocabulary (caption constraints, candidate answers) come first."""
+        from transformers import BlipProcessor
+
+        source = self.path
+        if self.local is None:
+            try:  # the cached files, from their folder, as `_load` reads them
+                source = _hub_snapshot(self.name, self.revision, local_only=True)
+            except ModelLoadError:
+                source = self.name
+        try:
+            return BlipProcessor.from_pretrained(source, revision=self.requested_revision, trust_remote_code=False)
+        except OSError as error:
+            raise ModelLoadError(f"cannot load {self.name!r}: {str(error).splitlines()[0]}") from None
+
     def load(self) -> LoadedModel:
         loaded = load_model(
             self.name,

@@ -476,6 +476,8 @@ def vqa_task(model, questions: list[Question], settings: VqaSettings | None = No
     from fiftyone_blip.images import Preprocessor
 
     settings = settings or VqaSettings()
+    # questions and answers the model cannot read or write: refused before the weights load
+    check_text_fits(questions, model.processor.tokenizer, model.config.text_config.max_position_embeddings)
 
     def bind():
         loaded = model.load()
