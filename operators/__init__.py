@@ -634,8 +634,7 @@ class CleanCaptions(ReviewOperator):
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
-        params = form_params(ctx)
+    def run(self, params, view, settings, options):
         return fiftyone_blip.capfilt(
             view, params["caption_field"], params.get("out_field") or "capfilt", settings, options
         )
@@ -684,8 +683,7 @@ class EvaluateCaptions(ReviewOperator):
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
-        params = form_params(ctx)
+    def run(self, params, view, settings, options):
         return fiftyone_blip.evaluate_captions(
             view, params["pred_field"], params["gt_field"], params.get("eval_key") or "eval", settings, options
         )
