@@ -39,10 +39,7 @@ import numpy as np
 
 from fiftyone_blip import app_config, fields
 from fiftyone_blip import run_records as runs
-from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.progress import Progress
-
-MAX_BATCH_SIZE = 1024
 
 
 @dataclasses.dataclass
@@ -193,19 +190,6 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
 def shard_of(sample_id: str, count: int) -> int:
     """The shard a sample belongs to: a pure function of its id, so workers agree."""
     return int(sample_id, 16) % count
-
-
-def check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"`batch_size` must be in 1..{MAX_BATCH_SIZE}, got {batch_size!r}")
-    return batch_size
-
-
-def check_run_options(field: str, batch_size: int, shard) -> None:
-    """The checks every capability runs before touching a sample."""
-    check_field_name(field)
-    check_batch_size(batch_size)
-    parse_shard(shard)
 
 
 def input_digest(values) -> str:
