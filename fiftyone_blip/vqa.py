@@ -198,7 +198,7 @@ def make_questions(
             for all questions, or one list (or None) per question.
         boolean: True, or one flag per question: store yes/no answers as bools.
     """
-    from fiftyone_blip.engine import check_field_name
+    from fiftyone_blip.fields import check_field_name
 
     questions = [questions] if isinstance(questions, str) else list(questions)
     fields = [fields] if isinstance(fields, str) else list(fields)
