@@ -1,18 +1,19 @@
 """BLIP for FiftyOne datasets: captions, search, label QA and heatmaps, all on one engine.
 
     import fiftyone as fo
-    import fiftyone_blip as fob
+    import fiftyone_blip as fb
 
     dataset = fo.load_dataset("my-images")
-    summary = fob.caption(dataset, model="Salesforce/blip-image-captioning-base", strategy="beam")
+    summary = fb.caption(dataset, model="Salesforce/blip-image-captioning-base", strategy="beam")
     print(summary)                       # counts and time
-    fob.caption(dataset, language="de", field="caption_de")     # with a language adapter
-    fob.embed(dataset)                                          # embeddings + similarity index
-    fob.search(dataset, "a dog on a beach", k=20)
-    fob.find_mislabels(dataset, label_field="ground_truth")     # label QA
-    fob.heatmaps(dataset)                                       # where it looked, per word
-    fob.ask(dataset, "is it night?", "night", answers=["yes", "no"])   # a question per image
-    print(fob.runs(dataset)[-1])         # the run record
+    fb.caption(dataset, language="de", field="caption_de")     # with a language adapter
+    fb.embed(dataset)                                          # embeddings + similarity index
+    fb.search(dataset, "a dog on a beach", k=20)
+    fb.find_mislabels(dataset, label_field="ground_truth")     # label QA
+    fb.heatmaps(dataset)                                       # where it looked, per word
+    fb.ask(dataset, "is it night?", "night", answers=["yes", "no"])   # a question per image
+    print(fb.runs(dataset)[-1])         # the run record
+    fb.delete_run(dataset, "blip_caption_caption_de")          # its fields, record, files, index
 
 Importing this package is cheap: torch and transformers load on first use.
 """
@@ -53,6 +54,7 @@ __all__ = [
     "heatmaps",
     "write_heatmap_overlays",
     "runs",
+    "delete_run",
     "load_model",
     "load_shapes_dataset",
     "ModelLoadError",
@@ -70,8 +72,8 @@ def caption(samples, settings=None, options=None, **overrides):
     already hold a caption from the same model and settings are skipped unless
     `overwrite` is set, so an interrupted run resumes where it stopped.
 
-        fob.caption(dataset, model="shapes-tiny", strategy="beam", num_beams=5)
-        fob.caption(dataset, CaptionSettings(strategy="sample", seed=1), batch_size=32)
+        fb.caption(dataset, model="shapes-tiny", strategy="beam", num_beams=5)
+        fb.caption(dataset, CaptionSettings(strategy="sample", seed=1), batch_size=32)
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -106,8 +108,8 @@ def ask(samples, questions, fields, answers=None, boolean=False, settings=None, 
     all questions. Samples answered by the same model, questions, answers and
     settings are skipped unless `overwrite` is set, so a run resumes.
 
-        fob.ask(dataset, "how many people are there?", "people", model="Salesforce/blip-vqa-base")
-        fob.ask(dataset, ["is it night?", "what colour is the car?"], ["night", "car_colour"],
+        fb.ask(dataset, "how many people are there?", "people", model="Salesforce/blip-vqa-base")
+        fb.ask(dataset, ["is it night?", "what colour is the car?"], ["night", "car_colour"],
                 answers=[["yes", "no"], None], boolean=[True, False])
 
     Args:
@@ -219,6 +221,45 @@ def runs(dataset) -> list[dict]:
     from fiftyone_blip import engine
 
     return engine.list_runs(dataset)
+
+
+def delete_run(samples, key: str, dry_run: bool = False):
+    """Deletes a fiftyone-blip run with everything it made: fields, record, map files, index.
+
+    `key` is the run's FiftyOne run key, as `runs()` gives it (`run_key`,
+    "blip_{capability}_{field}"). What goes:
+
+    - every field, and every per-label attribute, whose `info` says
+      fiftyone-blip wrote it for that capability and main field (the result,
+      its companions, `_error` and `_run`); a field of the same name that
+      fiftyone-blip did not write stays;
+    - heatmap PNGs those fields refer to under a `maps_dir` the run recorded,
+      unless another run (on this dataset, a clone or another dataset) refers
+      to them too; nothing else on disk;
+    - for an embed run, the similarity indexes `embed` built over its
+      embeddings (an index built with `compute_similarity` stays);
+    - the run record (FiftyOne's `dataset.delete_run(key)`, which alone
+      removes only the record).
+
+        fb.delete_run(dataset, "blip_heatmaps_heatmap", dry_run=True).lines()   # what would go
+        fb.delete_run(dataset, "blip_heatmaps_heatmap")
+
+    Args:
+        samples: a FiftyOne dataset or view (the run of its dataset is deleted).
+        key: the run key.
+        dry_run: only say what would be deleted (False).
+
+    Returns:
+        a `run_deletion.RunDeletion`: fields, map_files, kept_map_files,
+        brain_keys; `lines()` for people.
+
+    Raises:
+        ValueError: the dataset has no fiftyone-blip run `key`, or a run is
+            writing its fields: nothing is deleted.
+    """
+    from fiftyone_blip import run_deletion
+
+    return run_deletion.delete(samples, key, dry_run=dry_run)
 
 
 def load_model(
@@ -351,8 +392,8 @@ def search(samples, query: str, settings=None, **overrides):
     retrieval recipe (ITC shortlist, ITM re-score): each is ranked by the ITM
     match logit plus the ITC cosine.
 
-        hits = fob.search(dataset, "a red circle", k=20)
-        hits = fob.search(dataset, "a blue square on the left", k=10, rerank=True)
+        hits = fb.search(dataset, "a red circle", k=20)
+        hits = fb.search(dataset, "a blue square on the left", k=10, rerank=True)
         view = dataset.select([h.id for h in hits], ordered=True)
 
     Args:

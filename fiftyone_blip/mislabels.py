@@ -217,7 +217,6 @@ class FlagSettings(Settings):
         "flag the k most suspicious",
         label="Flag the k most suspicious",
         min=1,
-        cli_flags=("-k",),
         form_default=10,
         form_when={"flag_by": ("top_k",)},
     )
@@ -266,7 +265,6 @@ class MislabelSettings(FlagSettings):
         None,
         "the label prompt; must contain {label} (None: 'a photo of a {label}'; 'a {label}' for shapes-tiny)",
         label="Prompt template",
-        cli_flags=("-t",),
         form_when={"kind": ("classification", "classifications", "detections")},
     )
     classes: list[str] | None = setting(

@@ -32,7 +32,7 @@ from fiftyone_blip.settings import Settings, form_default
 ENGINE = [
     (CaptionSettings, "caption", ["caption"], "caption_samples"),
     (HeatmapSettings, "heatmaps", ["heatmaps"], "compute_heatmaps"),
-    (MislabelSettings, "find_mislabels", ["mislabels", "-l", "gt_label"], "find_mislabels"),
+    (MislabelSettings, "find_mislabels", ["mislabels", "--label-field", "gt_label"], "find_mislabels"),
     (EmbedSettings, "embed", ["embed"], "compute_embeddings"),
     (VqaSettings, "ask", ["ask", "how many shapes are there?", "-f", "n"], "ask_question"),
 ]
@@ -210,7 +210,7 @@ def test_cli_defaults(cli_calls, cls, _sdk, argv, _op):
 
 
 def test_cli_defaults_of_flag_search_and_adapters(cli_calls):
-    _check_cli(cli_calls("mislabels", "dataset", "-l", "gt_label", "--flag-only"), FlagSettings)
+    _check_cli(cli_calls("mislabels", "dataset", "--label-field", "gt_label", "--flag-only"), FlagSettings)
     _check_cli(cli_calls("search", "dataset", "a red circle"), SearchSettings)
     kwargs = cli_calls("adapters", "train", "-l", "de", "--images", "x", "--captions", "y")
     kwargs.update(images_dir=None, captions_file=None)  # given above: the command needs a data source
