@@ -383,40 +383,46 @@ def embed(samples, settings=None, options=None, **overrides):
 
 
 @documented(SearchSettings)
-def search(samples, query: str, settings=None, **overrides):
-    """The k samples most like a text query (or like a sample, given its id), best first.
+def search(samples, query: str, settings=None, score_field: str | None = None, **overrides):
+    """The k samples most like a text query (or like a sample, given its id), as a view, best first.
 
     Text queries are embedded by the index's own model (BLIP's unimodal text
     encoder) and ranked by cosine similarity with the image embeddings. With
     `rerank`, the top `shortlist` are re-scored by BLIP's ITM head, BLIP's own
     retrieval recipe (ITC shortlist, ITM re-score): each is ranked by the ITM
-    match logit plus the ITC cosine.
+    match logit plus the ITC cosine. The index is one `embed` built, or one
+    FiftyOne's `compute_similarity(model="blip-itc-...")` built with a
+    fiftyone-blip zoo model.
 
-        hits = fb.search(dataset, "a red circle", k=20)
-        hits = fb.search(dataset, "a blue square on the left", k=10, rerank=True)
-        view = dataset.select([h.id for h in hits], ordered=True)
+        view = fb.search(dataset, "a red circle", k=20)                # like sort_by_similarity
+        view = fb.search(dataset, "a blue square on the left", k=10, rerank=True, score_field="score")
+        view.values("score")                                           # best first
 
     Args:
         samples: a FiftyOne dataset or view (a view limits the results to it).
         query: a text, or the id of a sample for image-to-image search.
         settings: a `SearchSettings` (None: its defaults).
+        score_field: a float field of the dataset that receives each result's
+            score, as the brain's `dist_field` (None: no field is written).
+            The ITC cosine, or with `rerank` the ITM logit + ITC cosine;
+            earlier scores in it are cleared. Only a field that this search
+            made can be reused.
         **overrides: any of its fields, by name:
         {settings}
 
     Returns:
-        a list of `Hit(id, filepath, score, itc, itm)`: `score` orders them
-        (the ITC cosine, or with `rerank` the ITM logit + ITC cosine); `itm`
-        is the ITM match probability when re-ranked.
+        a `DatasetView` of `samples`: the results, best first.
 
     Raises:
-        ValueError: an empty query, `k` outside 1 .. the number of samples, a
-            brain key that does not exist or is not a fiftyone-blip index, or
-            an index built with another model.
+        ValueError: an empty query, a brain key that does not exist or is
+            not an index of a fiftyone-blip model, `k` outside 1 .. the
+            number of samples, an index built with another model, or a
+            `score_field` this search did not make.
     """
     from fiftyone_blip import embeddings
 
     settings = SearchSettings.resolve(settings, None, overrides, run_options=False)
-    return embeddings.search(samples, query, **settings.as_dict())
+    return embeddings.search_view(samples, query, score_field=score_field, **settings.as_dict())
 
 
 def __getattr__(name):

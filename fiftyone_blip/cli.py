@@ -633,9 +633,11 @@ def search(dataset, query, saved_view, as_json, **values):
     import dataclasses
     import json
 
-    import fiftyone_blip
+    from fiftyone_blip import embeddings
 
-    hits = fiftyone_blip.search(load_samples(dataset, saved_view), query, **values)
+    # the hits themselves (the SDK's `search` gives them as a view): each line shows its scores
+    settings = SearchSettings.resolve(None, None, values, run_options=False)
+    hits = embeddings.search(load_samples(dataset, saved_view), query, **settings.as_dict())
     for hit in hits:
         click.echo(json.dumps(dataclasses.asdict(hit)) if as_json else str(hit))
 
