@@ -231,8 +231,9 @@ def delete_run(samples, key: str, dry_run: bool = False):
 
     - every field, and every per-label attribute, whose `info` says
       fiftyone-blip wrote it for that capability and main field (the result,
-      its companions, `_error` and `_run`); a field of the same name that
-      fiftyone-blip did not write stays;
+      its companions, `_error` and `_run`); for label QA also the flags
+      made from its scores, and their tag where only they had set it; a
+      field of the same name that fiftyone-blip did not write stays;
     - heatmap PNGs those fields refer to under a `maps_dir` the run recorded,
       unless another run (on this dataset, a clone or another dataset) refers
       to them too; nothing else on disk;

@@ -811,18 +811,33 @@ def _write_sample_flags(samples, label_field, score_field, flag_field, sample_sc
     samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
     samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
     flagged = {i for i, f in zip(ids, sample_flags) if f}
+    untag_released(samples, flag_field, tag, before - flagged)
+    samples.select(sorted(flagged)).tag_samples(tag)
+    return ids
+
+
+def untag_released(samples, flag_field: str, tag: str, released) -> None:
+    """Removes `tag` from the samples `released` (ids that `flag_field` no longer flags), except where
+    another flag field with the same tag still flags them: a tag this field did not set stays."""
+    samples.select(tags_to_release(samples, flag_field, tag, released)).untag_samples(tag)
+
+
+def tags_to_release(samples, flag_field: str, tag: str, released) -> list[str]:
+    """The ids of `released` that hold `tag` and that no flag field but `flag_field` flags (see `untag_released`)."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
     others = [
         name
-        for name, field in schema.items()
+        for name, field in samples._dataset.get_field_schema().items()
         if name != flag_field
         and isinstance(field, fo.BooleanField)
         and (field.info or {}).get("capability") == "flag"
         and (field.info or {}).get("tag", "mislabel") == tag
     ]
     held = set(samples.match(F.any([F(name) == True for name in others])).values("id")) if others else set()  # noqa: E712
-    samples.select(sorted(before - flagged - held)).untag_samples(tag)
-    samples.select(sorted(flagged)).tag_samples(tag)
-    return ids
+    tagged = set(samples.select(sorted(set(released))).match_tags(tag).values("id"))
+    return sorted(tagged - held)
 
 
 def _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags) -> None:

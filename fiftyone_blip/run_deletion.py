@@ -44,6 +44,7 @@ class RunDeletion:
     map_files: list[str]
     kept_map_files: list[str]  # under the run's maps folder, but another run refers to them too
     brain_keys: list[str]
+    tags: dict[str, int] = dataclasses.field(default_factory=dict)  # tag -> samples only these flags tagged
     maps_dirs: list[str] = dataclasses.field(default_factory=list)  # the folders the run's history recorded
     dry_run: bool = False
 
@@ -56,6 +57,8 @@ class RunDeletion:
             out.extend(f"  {path}" for path in self.map_files)
         if self.kept_map_files:
             out.append(f"map files kept (another run refers to them): {len(self.kept_map_files)}")
+        for tag, count in self.tags.items():
+            out.append(f"tag {tag!r}: removed from {count} samples (where only these flags set it)")
         if self.capability == "embed":
             out.append(f"similarity indexes: {', '.join(self.brain_keys) or 'none'}")
         out.append(f"run record: {self.run_key}")
@@ -80,17 +83,22 @@ def _run_document(dataset, key: str) -> dict:
     return doc
 
 
+def _made_by(info: dict, capability: str, field: str) -> bool:
+    """Whether a field's info says the run (capability, main field) wrote it, or, for label QA,
+    that it holds the flags made from that run's scores."""
+    if info.get("written_by") != "fiftyone-blip":
+        return False
+    if info.get("capability") == capability and info.get("field") == field:
+        return True
+    return capability == "match" and info.get("capability") == "flag" and info.get("scores") == field
+
+
 def run_fields(dataset, capability: str, field: str) -> list[str]:
     """The fields and label attributes fiftyone-blip wrote for (capability, main field), parents before children,
     a child left out when its parent goes."""
     found = []
     for name, schema_field in dataset.get_field_schema(flat=True).items():
-        info = schema_field.info or {}
-        if (
-            info.get("written_by") == "fiftyone-blip"
-            and info.get("capability") == capability
-            and info.get("field") == field
-        ):
+        if _made_by(schema_field.info or {}, capability, field):
             found.append(name)
     return [name for name in found if not any(name.startswith(parent + ".") for parent in found)]
 
@@ -182,9 +190,30 @@ def deletion_plan(samples, key: str) -> RunDeletion:
         shared = mine & _paths_referenced_elsewhere(dataset, fields)
         map_files, kept = sorted(mine - shared), sorted(shared)
     brain_keys = _own_indexes(dataset, field) if capability == "embed" else []
+    from fiftyone_blip import mislabels
+
+    tags = {}
+    for name, tag in _flag_fields(dataset, fields).items():
+        tags[tag] = tags.get(tag, 0) + len(mislabels.tags_to_release(dataset, name, tag, _flagged(dataset, name)))
     return RunDeletion(
-        dataset.name, key, capability, field, fields, map_files, kept, brain_keys, sorted(map(str, folders))
+        dataset.name, key, capability, field, fields, map_files, kept, brain_keys, tags, sorted(map(str, folders))
     )
+
+
+def _flag_fields(dataset, fields: list[str]) -> dict[str, str]:
+    """The sample flag fields of label QA among `fields`, with the tag each one set."""
+    found = {}
+    for name in fields:
+        info = (dataset.get_field(name).info or {}) if "." not in name else {}
+        if info.get("capability") == "flag" and "." not in name and name == info.get("field"):
+            found[name] = info.get("tag", "mislabel")
+    return found
+
+
+def _flagged(dataset, flag_field: str) -> list[str]:
+    from fiftyone import ViewField as F
+
+    return dataset.match(F(flag_field) == True).values("id")  # noqa: E712
 
 
 def delete(samples, key: str, dry_run: bool = False) -> RunDeletion:
@@ -200,6 +229,10 @@ def delete(samples, key: str, dry_run: bool = False) -> RunDeletion:
     try:
         for brain_key in plan.brain_keys:
             dataset.delete_brain_run(brain_key)
+        from fiftyone_blip import mislabels
+
+        for name, tag in _flag_fields(dataset, plan.fields).items():
+            mislabels.untag_released(dataset, name, tag, _flagged(dataset, name))
         # label attributes first: their parent label field is not the run's and stays
         for name in plan.fields:
             if "." in name:

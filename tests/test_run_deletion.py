@@ -52,13 +52,19 @@ def test_a_run_key_fiftyone_blip_did_not_register_is_refused(fresh_dataset, fo):
     assert "blip_caption_mine" in fresh_dataset.list_runs()
 
 
-def test_label_attributes_go_and_the_label_field_stays(fresh_dataset):
-    fb.find_mislabels(fresh_dataset.limit(6), "gt_label", **QUIET)
+def test_label_attributes_and_flags_go_and_the_label_field_and_others_tags_stay(fresh_dataset):
+    fb.find_mislabels(fresh_dataset.limit(6), "gt_label", top_k=2, **QUIET)
+    flagged = fresh_dataset.match_tags("mislabel").values("id")
+    assert len(flagged) == 2
+    by_hand = next(i for i in fresh_dataset.limit(6).values("id") if i not in flagged)
+    fresh_dataset.select(by_hand).tag_samples("mislabel")  # a tag the flags did not set
     plan = fb.delete_run(fresh_dataset, "blip_match_gt_label_match")
-    assert "gt_label.gt_label_match_itm" in plan.fields and "gt_label_match" in plan.fields
+    assert {"gt_label.gt_label_match_itm", "gt_label_match", "gt_label_match_flagged"} <= set(plan.fields)
+    assert plan.tags == {"mislabel": 2}
     flat = fresh_dataset.get_field_schema(flat=True)
-    assert "gt_label.gt_label_match_itm" not in flat and "gt_label_match" not in flat
+    assert not [name for name in flat if "gt_label_match" in name]
     assert fresh_dataset.count("gt_label") == len(fresh_dataset)
+    assert fresh_dataset.match_tags("mislabel").values("id") == [by_hand]
 
 
 def test_a_live_run_on_its_fields_refuses_the_deletion(fresh_dataset):
