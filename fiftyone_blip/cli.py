@@ -6,6 +6,7 @@ one-line click errors. Heavy imports happen inside commands, so `--help` is fast
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -616,8 +617,9 @@ def embed(dataset, saved_view, no_index, **values):
 @settings_options(SearchSettings)
 @click.option("--view", "saved_view", default=None, help="Search only this saved view of the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No model loading bars.")
 @translate_errors
-def search(dataset, query, saved_view, as_json, **values):
+def search(dataset, query, saved_view, as_json, quiet, **values):
     """Find the images of DATASET that best match QUERY (a text, or a sample id).
 
     Prints one line per result, best first: sample id, file path and score
@@ -636,8 +638,11 @@ def search(dataset, query, saved_view, as_json, **values):
     from fiftyone_blip import embeddings
 
     # the hits themselves (the SDK's `search` gives them as a view): each line shows its scores
+    from fiftyone_blip.models import quiet_loading
+
     settings = SearchSettings.resolve(None, None, values, run_options=False)
-    hits = embeddings.search(load_samples(dataset, saved_view), query, **settings.as_dict())
+    with quiet_loading() if quiet else contextlib.nullcontext():
+        hits = embeddings.search(load_samples(dataset, saved_view), query, **settings.as_dict())
     for hit in hits:
         click.echo(json.dumps(dataclasses.asdict(hit)) if as_json else str(hit))
 

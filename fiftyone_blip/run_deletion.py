@@ -8,7 +8,8 @@ wrote, never from names alone:
 
 - fields: every sample field, and every label attribute, whose `info` says
   fiftyone-blip wrote it for that capability and main field (the result, its
-  companions, `_error`, `_run`);
+  companions, `_error`, `_run`), and for label QA the flags made from its
+  scores (their tag goes where only they had set it);
 - map files (heatmaps with `maps_dir`): the files those fields refer to that lie
   under a `maps_dir` the run's history recorded, and that no other Heatmap
   field of any dataset (another run, a clone) refers to: map files are named by

@@ -236,6 +236,13 @@ def test_quiet_json_prints_nothing_but_json(fresh_dataset):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["done"] == 2
     assert done.stderr == ""  # no loading bars of transformers
+    fb_embed = [*cli, "embed", fresh_dataset.name, "--view", "two", "-m", "shapes-tiny", "-q", "--json"]
+    assert subprocess.run(fb_embed, capture_output=True, text=True).stderr == ""
+    found = subprocess.run(
+        [*cli, "search", fresh_dataset.name, "a red circle", "-k", "1", "-q", "--json"], capture_output=True, text=True
+    )
+    assert found.returncode == 0 and found.stderr == "", found.stderr
+    assert json.loads(found.stdout)["id"] in fresh_dataset.limit(2).values("id")
 
 
 def test_a_missing_dataset_lists_a_few_names(fo):
