@@ -130,9 +130,9 @@ def test_sdk_flag_search_and_adapter_defaults(monkeypatch):
     for field in FlagSettings.fields("sdk"):
         fiftyone_blip.flag_mislabels(None, "gt_label", **{field.name: FlagSettings.defaults()[field.name]})
 
-    searches = _capture(monkeypatch, embeddings, "search")
+    searches = _capture(monkeypatch, embeddings, "search_view")
     fiftyone_blip.search(None, "a red circle")
-    assert searches[-1][1] == SearchSettings.defaults()
+    assert searches[-1][1] == {**SearchSettings.defaults(), "score_field": None}
 
     trains = _capture(monkeypatch, adapters, "train")
     fiftyone_blip.train_adapter("de")
@@ -154,7 +154,7 @@ def test_sdk_flag_search_and_adapter_defaults(monkeypatch):
 @pytest.fixture
 def cli_calls(monkeypatch):
     """Runs a CLI command with the SDK call recorded instead of run; returns its keyword arguments."""
-    from fiftyone_blip import cli
+    from fiftyone_blip import cli, embeddings
 
     for name in ("FIFTYONE_BLIP_DEVICE", "FIFTYONE_BLIP_CAPTION_MODEL", "FIFTYONE_BLIP_MATCH_MODEL"):
         monkeypatch.delenv(name, raising=False)
@@ -183,7 +183,8 @@ def cli_calls(monkeypatch):
         monkeypatch.setattr(fiftyone_blip, sdk, record)
     for sdk in ("caption", "heatmaps", "embed", "ask"):  # these return the engine run's summary
         monkeypatch.setattr(fiftyone_blip, sdk, lambda *args, **kwargs: calls.append(kwargs) or run)
-    monkeypatch.setattr(fiftyone_blip, "search", lambda *args, **kwargs: calls.append(kwargs) or [])
+    # the CLI prints the hits themselves (the SDK's `search` gives a view of them)
+    monkeypatch.setattr(embeddings, "search", lambda *args, **kwargs: calls.append(kwargs) or [])
 
     def invoke(*argv):
         result = CliRunner().invoke(cli.main, list(argv))
