@@ -213,6 +213,8 @@ def test_bad_input_is_a_one_line_error(embedded, other_matcher, fo):
     embedded.delete_brain_run("plain")
     with pytest.raises(ValueError, match="`k` must be a positive integer"):
         fiftyone_blip.search(embedded, "a red circle", k=0)
+    with pytest.raises(ValueError, match=r"`k` must be at most the number of samples searched \(49\), got 50"):
+        fiftyone_blip.search(embedded, "a red circle", k=50)
 
 
 def test_operator_builds_an_index_the_app_can_search(clone, plugin_installed):

@@ -1068,10 +1068,13 @@ def _cli_error(args: list[str], message: str) -> None:
     assert result.output.count("\n") == 1, result.output
 
 
-SEARCH_BOUNDS = [  # (label, query, k, message); `untouched` holds 3 samples
-    ("k-0", "a red circle", 0, "`k` must be a positive integer"),
-    ("k-negative", "a red circle", -3, "`k` must be a positive integer"),
-    ("k-over-dataset-size", "a red circle", 4, "`k` must be at most the number of samples searched (3)"),
+# `untouched` holds 3 samples and no index: the missing index is named first, whatever `k`
+# (test_embeddings checks `k` against an index)
+NO_INDEX = "has no similarity index 'blip_sim' (indexes: none)"
+SEARCH_BOUNDS = [  # (label, query, k, message)
+    ("k-0", "a red circle", 0, NO_INDEX),
+    ("k-negative", "a red circle", -3, NO_INDEX),
+    ("k-over-dataset-size", "a red circle", 4, NO_INDEX),
     ("empty-query", "", 1, "`query` must be a non-empty text"),
     ("blank-query", "  ", 1, "`query` must be a non-empty text"),
 ]
