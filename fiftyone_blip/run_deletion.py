@@ -30,7 +30,7 @@ import dataclasses
 import uuid
 from pathlib import Path
 
-from fiftyone_blip import run_records
+from fiftyone_blip import app_config, run_records
 
 
 @dataclasses.dataclass
@@ -240,6 +240,7 @@ def delete(samples, key: str, dry_run: bool = False) -> RunDeletion:
                 dataset.delete_sample_field(name)
         if top_level:
             dataset.delete_sample_fields(top_level)
+        app_config.drop_empty_groups(dataset)
         for path in plan.map_files:
             Path(path).unlink(missing_ok=True)
             _remove_if_empty(Path(path).parent, {Path(d) for d in plan.maps_dirs})

@@ -39,7 +39,12 @@ def test_delete_run_removes_its_fields_and_record_and_nothing_else(fresh_dataset
     assert fresh_dataset.list_runs() == ["blip_caption_other"]
     assert "caption_notes" in _fields(fresh_dataset) and fresh_dataset.count("other") == 6
     assert [r["field"] for r in fb.runs(fresh_dataset)] == ["other"]
-    with pytest.raises(ValueError, match="has no fiftyone-blip run 'blip_caption_caption' .runs: blip_caption_other"):
+    groups = {g.name: g.paths for g in fresh_dataset.app_config.sidebar_groups}
+    assert groups["BLIP captions"] == ["other", "other_confidence"]
+    fb.delete_run(fresh_dataset, "blip_caption_other")
+    assert "BLIP captions" not in [g.name for g in fresh_dataset.app_config.sidebar_groups]
+    assert "BLIP run records" not in [g.name for g in fresh_dataset.app_config.sidebar_groups]
+    with pytest.raises(ValueError, match="has no fiftyone-blip run 'blip_caption_caption' .runs: none"):
         fb.delete_run(fresh_dataset, "blip_caption_caption")
 
 
