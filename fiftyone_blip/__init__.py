@@ -25,6 +25,8 @@ __version__ = "0.1.0"
 # Settings classes are light (no torch, no FiftyOne): each declares its fields once, with
 # default, bounds and help, for the SDK, the CLI and the App forms.
 from fiftyone_blip.adapters import AdapterJobSettings, AdapterTrainingSettings  # noqa: E402
+from fiftyone_blip.caption_eval import CaptionEvalSettings  # noqa: E402
+from fiftyone_blip.caption_filter import CapFiltSettings  # noqa: E402
 from fiftyone_blip.captions import CaptionSettings  # noqa: E402
 from fiftyone_blip.mislabels import FlagSettings, MislabelSettings  # noqa: E402
 from fiftyone_blip.settings import EmbedSettings, RunOptions, SearchSettings, documented  # noqa: E402
@@ -34,6 +36,8 @@ from fiftyone_blip.word_heatmaps import HeatmapSettings  # noqa: E402
 __all__ = [
     "RunOptions",
     "CaptionSettings",
+    "CapFiltSettings",
+    "CaptionEvalSettings",
     "HeatmapSettings",
     "MislabelSettings",
     "FlagSettings",
@@ -43,6 +47,9 @@ __all__ = [
     "AdapterJobSettings",
     "VqaSettings",
     "caption",
+    "capfilt",
+    "evaluate_captions",
+    "delete_caption_evaluation",
     "ask",
     "train_adapter",
     "list_adapters",
@@ -93,6 +100,110 @@ def caption(samples, settings=None, options=None, **overrides):
     from fiftyone_blip import captions
 
     return captions.run(samples, *captions.CaptionSettings.resolve(settings, options, overrides))
+
+
+@documented(CapFiltSettings, RunOptions)
+def capfilt(samples, caption_field: str, out_field: str = "capfilt", settings=None, options=None, **overrides) -> dict:
+    """Cleans the captions in `caption_field` with BLIP's CapFilt: synthetic captions, filtered by ITM.
+
+    Per image, its caption(s) (a string or a list of strings) and
+    `num_candidates` captions the captioner samples (nucleus sampling) are
+    all scored by the matcher's ITM head. An original caption whose ITM
+    probability is below `threshold` is rejected when a synthetic caption
+    matches better; the image then gets the best synthetic caption, else its
+    best original. `caption_field` is never changed. Writes `out_field` (the
+    kept caption), `{out_field}_itm`, `{out_field}_origin` ("original" or
+    "synthetic"), `{out_field}_original_itm`, `{out_field}_gain` (ITM gain
+    over the best original), `{out_field}_rejected`, `{out_field}_candidates`
+    (every scored caption, best first), then tags the samples whose original
+    was rejected and saves a review view sorted by gain, largest first.
+
+        fb.capfilt(dataset, "caption", "caption_clean", num_candidates=5)
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        caption_field: the captions to clean (string or list of strings).
+        out_field: the field the kept caption goes to ("capfilt").
+        settings: a `caption_filter.CapFiltSettings` (None: its defaults).
+        options: a `RunOptions` (None: its defaults).
+        **overrides: any field of either, by name:
+        {settings}
+
+    Returns:
+        a dict: "run" (the engine `RunSummary`), flagged_samples,
+        synthetic_samples, total_samples, tag, view, field.
+
+    Raises:
+        ValueError: a missing or non-text `caption_field`, `out_field` equal
+            to it, another invalid setting, values in the fields that this
+            run did not write (without `overwrite`): before any work.
+        ModelLoadError: a model cannot be loaded.
+    """
+    from fiftyone_blip import caption_filter
+
+    settings, options = CapFiltSettings.resolve(settings, options, overrides)
+    return caption_filter.run(samples, caption_field, out_field, settings, options)
+
+
+@documented(CaptionEvalSettings, RunOptions)
+def evaluate_captions(
+    samples, pred_field: str, gt_field: str, eval_key: str = "eval", settings=None, options=None, **overrides
+) -> dict:
+    """Scores the captions in `pred_field` against the references in `gt_field`, like the COCO caption toolkit.
+
+    BLEU-1..4, ROUGE-L and CIDEr-D with the definitions of `pycocoevalcap`
+    (the tokenisation is this package's own; see `caption_metrics`), per
+    sample and for the corpus, and BLIP's reference-free ITM probability of
+    each prediction beside them (unless `itm` is False). References and
+    predictions may be a string, a list of strings or an `fo.Classifications`
+    (e.g. `caption(num_captions=5)`'s `{field}_candidates`); with several
+    predictions, a sample's scores are their means. Per sample, writes
+    `{eval_key}_bleu1` .. `{eval_key}_bleu4`, `{eval_key}_rouge_l`,
+    `{eval_key}_cider`, `{eval_key}_itm`; the corpus figures go into the run
+    record (`fb.runs(dataset)`) and the returned dict; a review view
+    `{eval_key}-review` lists the samples worst CIDEr-D first. Remove all of
+    it with `delete_caption_evaluation`. A sample's CIDEr-D depends on every
+    reference evaluated, so a run over other samples, predictions or
+    references is another result: refused on the same eval key without
+    `overwrite`.
+
+        fb.evaluate_captions(dataset, "caption", "gt_caption", eval_key="eval")
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        pred_field: the predicted captions.
+        gt_field: the reference captions.
+        eval_key: the prefix of the fields written ("eval").
+        settings: a `caption_eval.CaptionEvalSettings` (None: its defaults).
+        options: a `RunOptions` (None: its defaults).
+        **overrides: any field of either, by name:
+        {settings}
+
+    Returns:
+        a dict: "run" (the engine `RunSummary`), "corpus" ({metric: value},
+        with "itm" the mean ITM probability), "samples" (how many were
+        scored), "view".
+
+    Raises:
+        ValueError: a missing field or one that holds no text, no sample with
+            both a prediction and a reference, a bad eval key: before any work.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from fiftyone_blip import caption_eval
+
+    settings, options = CaptionEvalSettings.resolve(settings, options, overrides)
+    return caption_eval.run(samples, pred_field, gt_field, eval_key, settings, options)
+
+
+def delete_caption_evaluation(samples, eval_key: str = "eval") -> list[str]:
+    """Deletes what `evaluate_captions` wrote under `eval_key`: its fields, run record and review view.
+
+    Returns:
+        the deleted field names.
+    """
+    from fiftyone_blip import caption_eval
+
+    return caption_eval.delete(samples, eval_key)
 
 
 @documented(VqaSettings, RunOptions)

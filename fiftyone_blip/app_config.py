@@ -29,6 +29,8 @@ GROUPS = {
     "match": "BLIP label QA",
     "heatmaps": "BLIP heatmaps",
     "vqa": "BLIP answers",
+    "capfilt": "BLIP CapFilt",
+    "caption_eval": "BLIP caption evaluation",
 }
 RUN_RECORDS = "BLIP run records"
 # FiftyOne's own groups (`DatasetAppConfig.default_sidebar_groups`): fields there were placed by default

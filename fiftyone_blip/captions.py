@@ -6,6 +6,10 @@ and settings into an engine `Task` that writes, per sample:
 - `{field}`: the caption (the prompt, if any, is not repeated in it);
 - `{field}_confidence`: the geometric mean of the caption's token
   probabilities under the model (0..1; a ranking score, not calibrated);
+- `{field}_candidates` (with `num_captions` > 1): an `fo.Classifications`, one
+  `Classification` per distinct candidate caption, best first, its
+  confidence the candidate's sequence score (see `Captioner`); the best one
+  is also `{field}`;
 - `{field}_error` / `{field}_run`: written by the engine.
 
 Word constraints steer every decoding strategy: `ban_words` (never written),
@@ -30,6 +34,7 @@ STRATEGIES = ("greedy", "beam", "diverse-beam", "sample")
 MAX_BEAMS = 10
 MAX_NEW_TOKENS = 128
 MAX_SEED = 2**63 - 1
+MAX_CAPTIONS = 10
 BASE_LANGUAGE = "en"
 
 
@@ -123,6 +128,16 @@ class CaptionSettings(Settings):
         "sampling seed; the same seed, batch size and order give the same captions",
         form_when={"strategy": ("sample",)},
     )
+    num_captions: int = setting(
+        1,
+        "candidate captions per image, 1..10: the N best beams (beam; at most num_beams), N samples (sample) "
+        "or the N best groups (diverse-beam; at most num_beam_groups); the best goes into the field, all "
+        "into '{field}_candidates'",
+        label="Captions per image",
+        min=1,
+        max=MAX_CAPTIONS,
+        form_when={"strategy": ("beam", "diverse-beam", "sample")},
+    )
     min_new_tokens: int = setting(1, "at least this many generated tokens", min=0, max=MAX_NEW_TOKENS, advanced=True)
     max_new_tokens: int = setting(30, "at most this many generated tokens", min=1, max=MAX_NEW_TOKENS, advanced=True)
     repetition_penalty: float = setting(1.0, "above 1 discourages repeats", min=0, min_exclusive=True, advanced=True)
@@ -181,6 +196,7 @@ class CaptionSettings(Settings):
         for f in dataclasses.fields(self):
             if f.name not in ("num_beam_groups", "diversity_penalty", "min_new_tokens"):
                 check_value(f.name, getattr(self, f.name), f.metadata)
+        self._check_num_captions()
         if not math.isfinite(self.temperature):
             raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature}")
         # the seed is stored in run records (a BSON int64) and fed to torch.manual_seed
@@ -202,11 +218,23 @@ class CaptionSettings(Settings):
         self.ban_words = _text_list("ban_words", self.ban_words, ",")
         self.force_words = _text_list("force_words", self.force_words, ",")
         self.stop_strings = _text_list("stop_strings", self.stop_strings, "|", keep_spaces=True)
-        both = {w.casefold() for w in self.ban_words or ()} & {w.casefold() for w in self.force_words or ()}
-        if both:
-            raise ValueError(f"`force_words` and `ban_words` both hold {sorted(both)[0]!r}: a word cannot be both")
+        _check_forced_not_banned(self.force_words or (), self.ban_words or ())
         if self.force_words and self.stop_strings:
             raise ValueError("`stop_strings` cannot be combined with `force_words`: a cut could drop a forced word")
+
+    def _check_num_captions(self) -> None:
+        n = self.num_captions
+        if isinstance(n, float) and n.is_integer():
+            self.num_captions = n = int(n)  # a form's number field
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CAPTIONS:
+            raise ValueError(f"`num_captions` must be an integer in 1..{MAX_CAPTIONS}, got {n!r}")
+        limit = {"greedy": 1, "beam": self.num_beams, "diverse-beam": self.num_beam_groups}.get(self.strategy)
+        if limit is not None and n > limit:
+            what = {"greedy": "greedy decoding writes one", "beam": "num_beams", "diverse-beam": "num_beam_groups"}
+            raise ValueError(
+                f"`num_captions` must be at most {limit} with strategy {self.strategy!r} "
+                f"({what[self.strategy]}), got {n}"
+            )
 
     def replace(self, **overrides):
         # num_beams follows the strategy unless it is given
@@ -228,6 +256,8 @@ class CaptionSettings(Settings):
         for name in ("ban_words", "force_words", "stop_strings"):
             if getattr(self, name):
                 values[name] = list(getattr(self, name))
+        if self.num_captions > 1:
+            values["num_captions"] = self.num_captions
         return values
 
     def generate_kwargs(self) -> dict:
@@ -251,6 +281,20 @@ class CaptionSettings(Settings):
             # 0.978 on held-out shapes; with False both score 0.978 (BENCHMARKS.md).
             kwargs["early_stopping"] = False
         return kwargs
+
+
+def _check_forced_not_banned(force_words, ban_words) -> None:
+    """Refuses a forced word or phrase that is banned or holds a banned one ('red circle' with 'circle'
+    banned): no caption could hold it."""
+    both = {w.casefold() for w in ban_words} & {w.casefold() for w in force_words}
+    if both:
+        raise ValueError(f"`force_words` and `ban_words` both hold {sorted(both)[0]!r}: a word cannot be both")
+    for forced in force_words:
+        words = forced.casefold().split()
+        for banned in ban_words:
+            run = banned.casefold().split()
+            if any(words[i : i + len(run)] == run for i in range(len(words) - len(run) + 1)):
+                raise ValueError(f"`force_words`: {forced!r} holds the banned {banned!r}: no caption could hold it")
 
 
 def _text_list(name: str, value, separator: str, keep_spaces: bool = False) -> tuple[str, ...] | None:
@@ -285,17 +329,27 @@ def constraint_token_ids(settings: CaptionSettings, tokenizer, unk_token_id=None
     outside the model's vocabulary: banning it would do nothing and forcing
     it would write [UNK].
     """
+    return {
+        name: vocabulary_token_ids(name, getattr(settings, name) or (), tokenizer, unk_token_id)
+        for name in ("ban_words", "force_words")
+    }
+
+
+def vocabulary_token_ids(name: str, words, tokenizer, unk_token_id=None) -> list[list[int]]:
+    """Each of `words` as the token ids the model writes it with; raises for a word it cannot write
+    (one its tokenizer writes with [UNK], or as nothing). `name` is the setting, for the message.
+
+    The one vocabulary check for words a user asks the model to write or avoid: caption
+    constraints and `ask`'s candidate answers.
+    """
     unk = tokenizer.unk_token_id if unk_token_id is None else unk_token_id
-    out = {}
-    for name in ("ban_words", "force_words"):
-        ids = []
-        for word in getattr(settings, name) or ():
-            tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if not tokens or (unk is not None and unk in tokens):
-                raise ValueError(f"`{name}`: {word!r} is not in the model's vocabulary (it would be written as [UNK])")
-            ids.append(list(tokens))
-        out[name] = ids
-    return out
+    ids = []
+    for word in words:
+        tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not tokens or (unk is not None and unk in tokens):
+            raise ValueError(f"`{name}`: {word!r} is not in the model's vocabulary (it would be written as [UNK])")
+        ids.append(list(tokens))
+    return ids
 
 
 def check_prompt_room(prompt_tokens: int, settings: CaptionSettings, positions: int) -> int:
@@ -463,19 +517,39 @@ class Captioner:
             )
 
     def __call__(self, pixel_values) -> list[dict]:
+        """One row per image: its best caption and confidence, and with `num_captions` > 1 its distinct
+        candidates best first, (caption, confidence) pairs."""
         torch = self.torch
+        count = self.settings.num_captions
         with torch.inference_mode(), self.loaded.autocast():
             image_embeds = self.loaded.image_embeds(pixel_values)
             if self.settings.strategy == "diverse-beam":
-                sequences, confidences = self._diverse(image_embeds)
+                sequences, confidences = self._diverse(image_embeds, count)
             else:
-                sequences, confidences = self._generate(image_embeds, self.settings.generate_kwargs())
+                kwargs = self.settings.generate_kwargs()
+                if count > 1:
+                    kwargs["num_return_sequences"] = count
+                sequences, confidences = self._generate(image_embeds, kwargs)
             if self.force_ids:
-                sequences, confidences = self._place_forced_words(image_embeds, sequences, confidences)
+                # a candidate row per (image, candidate): each row reads its own image
+                rows_embeds = image_embeds.repeat_interleave(count, dim=0) if count > 1 else image_embeds
+                sequences, confidences = self._place_forced_words(rows_embeds, sequences, confidences)
         prompt_length = self.prompt_ids.shape[1]
         captions = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
         captions = [cut_at_stop(text.strip(), self.settings.stop_strings) for text in captions]
-        return [{"caption": text, "confidence": float(conf)} for text, conf in zip(captions, confidences)]
+        confidences = [float(conf) for conf in confidences]
+        out = []
+        for start in range(0, len(captions), count):
+            # the model's best first (sampled candidates come unordered); a repeated text counts once
+            ranked = sorted(
+                zip(captions[start : start + count], confidences[start : start + count]), key=lambda c: -c[1]
+            )
+            distinct = list({text: (text, conf) for text, conf in reversed(ranked)}.values())[::-1]
+            row = {"caption": ranked[0][0], "confidence": ranked[0][1]}
+            if count > 1:
+                row["candidates"] = distinct
+            out.append(row)
+        return out
 
     def constraint_processors(self, prompt_length: int, max_new_tokens: int, beams: int, force: bool) -> list:
         """The logits processors of the settings' stop strings and, with `force`, forced words (banned
@@ -667,7 +741,9 @@ class Captioner:
             self._pieces = {i for token, i in self.tokenizer.get_vocab().items() if token.startswith("##")}
         return tokens[cut] not in self._pieces
 
-    def _diverse(self, image_embeds):
+    def _diverse(self, image_embeds, count: int = 1):
+        """Diverse beam search: per image, the `count` groups whose captions the model scores highest,
+        best first (`count` rows per image)."""
         torch = self.torch
         from transformers import LogitsProcessorList
 
@@ -676,24 +752,21 @@ class Captioner:
         kwargs = self.settings.generate_kwargs()
         kwargs["num_beams"] = beams
         prompt_length = self.prompt_ids.shape[1]
-        best_sequences, best_scores, earlier = None, None, None
+        found, earlier = [], None
         for _ in range(groups):
             processor = DiversityLogitsProcessor(earlier, prompt_length, self.settings.diversity_penalty, beams)
             sequences, scores = self._generate(image_embeds, kwargs, LogitsProcessorList([processor]))
             generated = sequences[:, prompt_length:]
             earlier = generated.unsqueeze(1) if earlier is None else _cat_padded(torch, earlier, generated, self.pad)
-            if best_sequences is None:
-                best_sequences, best_scores = sequences, torch.as_tensor(scores)
-            else:
-                # keep, per image, the group whose caption the model scores highest
-                scores = torch.as_tensor(scores)
-                better = scores > best_scores
-                width = max(best_sequences.shape[1], sequences.shape[1])
-                best_sequences = _pad_to(torch, best_sequences, width, self.pad)
-                sequences = _pad_to(torch, sequences, width, self.pad)
-                best_sequences = torch.where(better[:, None].to(sequences.device), sequences, best_sequences)
-                best_scores = torch.maximum(best_scores, scores)
-        return best_sequences, best_scores.numpy()
+            found.append((sequences, torch.as_tensor(scores)))
+        width = max(sequences.shape[1] for sequences, _ in found)
+        # (images, groups, width) and (images, groups); a stable sort keeps the earlier group on a tie
+        all_sequences = torch.stack([_pad_to(torch, s.cpu(), width, self.pad) for s, _ in found], dim=1)
+        all_scores = torch.stack([scores.float() for _, scores in found], dim=1)
+        order = torch.sort(-all_scores, dim=1, stable=True).indices[:, :count]
+        best_sequences = all_sequences.gather(1, order[:, :, None].expand(-1, -1, width)).reshape(-1, width)
+        best_scores = all_scores.gather(1, order).reshape(-1)
+        return best_sequences.to(image_embeds.device), best_scores.numpy()
 
 
 def _pad_to(torch, tensor, width: int, pad: int):
@@ -705,6 +778,15 @@ def _cat_padded(torch, earlier, generated, pad: int):
     earlier = torch.nn.functional.pad(earlier, (0, width - earlier.shape[2]), value=pad)
     generated = _pad_to(torch, generated, width, pad)
     return torch.cat([earlier, generated.unsqueeze(1)], dim=1)
+
+
+def candidate_labels(candidates):
+    """(caption, score) pairs as an `fo.Classifications` the App shows and filters: one label per caption."""
+    import fiftyone as fo
+
+    return fo.Classifications(
+        classifications=[fo.Classification(label=text, confidence=float(score)) for text, score in candidates]
+    )
 
 
 def caption_task(
@@ -722,7 +804,11 @@ def caption_task(
     from fiftyone_blip import adapters, engine
 
     confidence_field = f"{field}_confidence"
+    candidates_field = f"{field}_candidates"
+    several = settings.num_captions > 1
     adapter_identity = adapters.identity(model, language)  # no adapter fits: refused before the model loads
+    if not adapter_identity and (settings.ban_words or settings.force_words):
+        constraint_token_ids(settings, model.processor.tokenizer)  # words it cannot write: refused before loading
 
     def bind():
         loaded = model.load()
@@ -736,20 +822,34 @@ def caption_task(
         def step(inputs):
             with activate():
                 rows = captioner(preprocess.to_pixel_values(inputs, loaded.device))
-            return [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
+            out = [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
+            if several:
+                for values, row in zip(out, rows):
+                    values[candidates_field] = candidate_labels(row["candidates"]).to_mongo()
+            return out
 
         return prepare, step
 
+    fields = {field: fo.StringField, confidence_field: fo.FloatField}
+    descriptions = {}
+    if several:
+        fields[candidates_field] = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classifications})
+        descriptions[candidates_field] = (
+            f"the {settings.num_captions} candidate captions of the image (distinct ones, best first; "
+            f"{field!r} holds the first), each with its sequence score as confidence"
+        )
     return engine.Task(
         capability="caption",
         field=field,
-        fields={field: fo.StringField, confidence_field: fo.FloatField},
+        fields=fields,
         settings={**settings.as_dict(), "resize": resize},
         identity={**model.identity, **adapter_identity},
         bind=bind,
+        siblings=() if several else (candidates_field,),  # an earlier run's candidates go with its captions
         descriptions={
             field: f"caption of the image by BLIP ({language or 'en'}), {settings.strategy} decoding",
             confidence_field: f"confidence of {field!r}: geometric mean of its token probabilities under the model",
+            **descriptions,
         },
     )
 

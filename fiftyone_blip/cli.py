@@ -17,6 +17,8 @@ import click
 from fiftyone_blip import (  # light: no torch, no FiftyOne at import
     AdapterJobSettings,
     AdapterTrainingSettings,
+    CapFiltSettings,
+    CaptionEvalSettings,
     CaptionSettings,
     EmbedSettings,
     HeatmapSettings,
@@ -54,6 +56,14 @@ def some_names(names: list[str]) -> str:
     shown = ", ".join(names[:LISTED_NAMES]) or "none"
     more = len(names) - LISTED_NAMES
     return f"{shown} and {more} more" if more > 0 else shown
+
+
+class OneLineErrors(click.Group):
+    """The command group: every command under it, nested groups included, ends a library error
+    as a one-line click error (`translate_errors`), whether or not it is decorated itself."""
+
+    def invoke(self, ctx):
+        return translate_errors(super().invoke)(ctx)
 
 
 def load_samples(dataset_name: str, view_name: str | None = None):
@@ -192,7 +202,7 @@ def prints_summary(function):
     return wrapper
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="fiftyone-blip")
 def main():
     """BLIP for FiftyOne datasets: captions and more, from the command line.
@@ -226,11 +236,96 @@ def caption(dataset, saved_view, **values):
         fiftyone-blip caption my-dataset -p "a picture of" --resize letterbox
         fiftyone-blip caption my-dataset --shard 0/2   # and --shard 1/2 elsewhere
         fiftyone-blip caption my-dataset --language de -f caption_de
+        fiftyone-blip caption my-dataset -s beam --num-beams 5 --num-captions 5   # and FIELD_candidates
     """
     import fiftyone_blip
 
     run = fiftyone_blip.caption(load_samples(dataset, saved_view), **values)
     return Summary([str(run)], {"dataset": dataset, **run_data(run)}, run)
+
+
+@main.command("capfilt")
+@click.argument("dataset")
+@click.argument("caption_field")
+@click.option("-o", "--out-field", default="capfilt", show_default=True, help="The field the kept caption goes to.")
+@settings_options(CapFiltSettings, RunOptions)
+@VIEW_OPTION
+@prints_summary
+@translate_errors
+def capfilt_command(dataset, caption_field, out_field, saved_view, **values):
+    """Clean the captions in CAPTION_FIELD of DATASET with BLIP's CapFilt.
+
+    Per image, its caption(s) and --num-candidates sampled synthetic captions
+    are scored by ITM; an original below --threshold is replaced by a
+    synthetic caption that matches better. Writes OUT_FIELD (the kept
+    caption), OUT_FIELD_itm, _origin, _original_itm, _gain, _rejected and
+    _candidates; CAPTION_FIELD is never changed. Samples whose original was
+    rejected are tagged and saved as a review view, largest gain first.
+
+    \b
+    Examples:
+        fiftyone-blip capfilt my-dataset caption -o caption_clean
+        fiftyone-blip capfilt shapes-demo noisy_caption -m shapes-tiny --match-model shapes-tiny
+    """
+    import fiftyone_blip
+
+    result = fiftyone_blip.capfilt(load_samples(dataset, saved_view), caption_field, out_field, **values)
+    run = result.pop("run")
+    flagged = (
+        f"rejected the original caption of {result['flagged_samples']} of {result['total_samples']} samples; "
+        f"tag {result['tag']!r}, review view {result['view']!r}"
+    )
+    return Summary([str(run), flagged], {"dataset": dataset, **run_data(run), **result}, run)
+
+
+@main.command("evaluate-captions")
+@click.argument("dataset")
+@click.argument("pred_field")
+@click.argument("gt_field")
+@click.option("--eval-key", default="eval", show_default=True, help="The prefix of the fields written.")
+@settings_options(CaptionEvalSettings, RunOptions)
+@VIEW_OPTION
+@prints_summary
+@translate_errors
+def evaluate_captions_command(dataset, pred_field, gt_field, eval_key, saved_view, **values):
+    """Score the captions in PRED_FIELD of DATASET against the references in GT_FIELD.
+
+    BLEU-1..4, ROUGE-L and CIDEr-D (COCO caption toolkit definitions) per
+    sample into EVAL_KEY_bleu1 .. EVAL_KEY_cider, and BLIP's reference-free
+    ITM probability into EVAL_KEY_itm; prints the corpus figures (also kept
+    in the run record). Either field may hold a string, a list of strings or
+    Classification(s) labels. Delete it with `delete-caption-evaluation`.
+
+    \b
+    Examples:
+        fiftyone-blip evaluate-captions my-dataset caption gt_caption --eval-key eval
+        fiftyone-blip evaluate-captions shapes-demo caption gt_caption -m shapes-tiny
+        fiftyone-blip evaluate-captions my-dataset caption references --no-itm
+    """
+    import fiftyone_blip
+    from fiftyone_blip.caption_metrics import METRIC_NAMES
+
+    result = fiftyone_blip.evaluate_captions(
+        load_samples(dataset, saved_view), pred_field, gt_field, eval_key, **values
+    )
+    run = result.pop("run")
+    names = {**METRIC_NAMES, "itm": "ITM"}
+    figures = ", ".join(f"{names[k]} {v:.4f}" for k, v in result["corpus"].items() if v is not None)
+    lines = [str(run), f"{result['samples']} samples scored: {figures}; review view {result['view']!r}"]
+    return Summary(lines, {"dataset": dataset, **run_data(run), **result}, run)
+
+
+@main.command("delete-caption-evaluation")
+@click.argument("dataset")
+@click.argument("eval_key")
+@prints_summary
+@translate_errors
+def delete_caption_evaluation_command(dataset, eval_key):
+    """Delete the caption evaluation EVAL_KEY of DATASET: its fields, run record and review view."""
+    import fiftyone_blip
+
+    deleted = fiftyone_blip.delete_caption_evaluation(load_samples(dataset), eval_key)
+    return Summary([f"deleted {len(deleted)} fields: {', '.join(deleted)}"], {"dataset": dataset, "deleted": deleted})
 
 
 @main.command()
@@ -375,7 +470,7 @@ def runs_delete(dataset, key, dry_run, yes):
 @click.option("-n", "--count", type=int, default=200, show_default=True)
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Rebuild the dataset if it exists.")
+@click.option("--overwrite", is_flag=True, help="Rebuild the dataset if this command built it (any other is refused).")
 @prints_summary
 @translate_errors
 def shapes(name, count, split, seed, overwrite):
@@ -410,7 +505,10 @@ def plugin_install(plugins_dir):
 @click.option("--name", default="shapes-demo", show_default=True)
 @translate_errors
 def demo(count, name):
-    """Build the shapes demo dataset, install the plugin and caption it with shapes-tiny."""
+    """Build the shapes demo dataset, install the plugin and caption it with shapes-tiny.
+
+    A demo dataset built earlier is reused as it is (its runs and views stay).
+    """
     from fiftyone_blip import demo as demo_module
 
     demo_module.run(name=name, count=count, echo=click.echo)

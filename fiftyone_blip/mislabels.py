@@ -811,19 +811,13 @@ def _write_sample_flags(samples, label_field, score_field, flag_field, sample_sc
     samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
     samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
     flagged = {i for i, f in zip(ids, sample_flags) if f}
-    untag_released(samples, flag_field, tag, before - flagged)
-    samples.select(sorted(flagged)).tag_samples(tag)
+    retag(samples, tag, before, flagged, held_by_others(samples, flag_field, tag))
     return ids
 
 
-def untag_released(samples, flag_field: str, tag: str, released) -> None:
-    """Removes `tag` from the samples `released` (ids that `flag_field` no longer flags), except where
-    another flag field with the same tag still flags them: a tag this field did not set stays."""
-    samples.select(tags_to_release(samples, flag_field, tag, released)).untag_samples(tag)
-
-
-def tags_to_release(samples, flag_field: str, tag: str, released) -> list[str]:
-    """The ids of `released` that hold `tag` and that no flag field but `flag_field` flags (see `untag_released`)."""
+def held_by_others(samples, flag_field: str, tag: str) -> set[str]:
+    """The samples that a label-QA flag field other than `flag_field`, with the same tag, flags:
+    they keep the tag whatever `flag_field` says."""
     import fiftyone as fo
     from fiftyone import ViewField as F
 
@@ -835,9 +829,17 @@ def tags_to_release(samples, flag_field: str, tag: str, released) -> list[str]:
         and (field.info or {}).get("capability") == "flag"
         and (field.info or {}).get("tag", "mislabel") == tag
     ]
-    held = set(samples.match(F.any([F(name) == True for name in others])).values("id")) if others else set()  # noqa: E712
-    tagged = set(samples.select(sorted(set(released))).match_tags(tag).values("id"))
-    return sorted(tagged - held)
+    return set(samples.match(F.any([F(name) == True for name in others])).values("id")) if others else set()  # noqa: E712
+
+
+def retag(samples, tag: str, before, now, held=()) -> None:
+    """Moves `tag` from the samples a run's flags had tagged (`before`) to those they tag `now`.
+
+    A sample in `held` (flagged by another run with the same tag) keeps it, and a
+    tag no run of this kind set (a user's own) is never removed.
+    """
+    samples.select(sorted(set(before) - set(now) - set(held))).untag_samples(tag)
+    samples.select(sorted(now)).tag_samples(tag)
 
 
 def _write_label_flags(samples, label_field, kind, field, ids, label_scores, sample_flags, label_flags) -> None:

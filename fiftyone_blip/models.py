@@ -34,6 +34,17 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ATTENTIONS = ("sdpa", "eager")
 
 
+class HubId(str):
+    """A model name to load from the Hugging Face hub only, never from a folder of that name.
+
+    The App's model names are these: a hub-shaped name (`org/model`) that also names a folder
+    relative to the server's working directory must not load that folder.
+    """
+
+
+HUB_FILES = ["*.json", "*.safetensors", "*.txt"]  # config, processor, tokenizer, weights
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be found or is not a BLIP model of the right kind."""
 
@@ -162,12 +173,25 @@ def resolve_name(name: str | None, task: str) -> tuple[str, Path | None]:
     name = name or DEFAULT_MODELS[task]
     if name in BUNDLED:
         return name, BUNDLED[name][task]
+    if isinstance(name, HubId):
+        return name, None
     path = Path(name).expanduser()
     if path.is_dir():
         return name, path.resolve()
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model directory {name!r} does not exist")
     return name, None
+
+
+def check_revision_applies(name: str | None, task: str, revision: str | None) -> None:
+    """Refuses a `revision` for a bundled or local model: it would be ignored at load, yet recorded
+    as part of the model's identity (run record, field info, fingerprint)."""
+    if revision is None:
+        return
+    resolved, local = resolve_name(name, task)
+    if local is not None:
+        kind = "a bundled" if resolved in BUNDLED else "a local"
+        raise ValueError(f"`revision` applies to hub models only; {resolved!r} is {kind} model: leave `revision` out")
 
 
 def check_blip_config(config: dict, source: str, task: str) -> None:
@@ -184,12 +208,55 @@ def check_blip_config(config: dict, source: str, task: str) -> None:
         raise ModelLoadError(f"{source} is a {architectures[0]} checkpoint; {task} needs a {expected} checkpoint")
 
 
-def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
+HUB_PROBE_SECONDS = 3.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> bool:
+    """True when the hub's endpoint cannot be reached: one TCP connection, at most `HUB_PROBE_SECONDS`.
+
+    Without it, a machine with no network and no HF_HUB_OFFLINE waits through the hub client's
+    retries (about 40 s, a dozen "Retrying" lines) before any error. Behind a proxy (whose
+    variables are set) the endpoint is not reached directly, so it is not probed.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(variable) for variable in _PROXY_VARIABLES):
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    reached = []
+
+    def probe():  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection(address, timeout=HUB_PROBE_SECONDS).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, name="fiftyone-blip-hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return not reached
+
+
+def _hub_config(name: str, revision: str | None, unreachable: bool = False) -> tuple[dict, str]:
+    """The hub model's config and its commit; with `unreachable`, from the local cache only."""
     from huggingface_hub import hf_hub_download
 
     try:
-        path = hf_hub_download(name, "config.json", revision=revision)
+        path = hf_hub_download(name, "config.json", revision=revision, local_files_only=unreachable)
     except Exception as error:  # the hub client raises many types for "offline"
+        if unreachable:
+            raise ModelLoadError(
+                f"cannot load {name!r}: it is not in the local Hugging Face cache and the hub cannot be reached; "
+                f"download it where the hub is reachable (`hf download {name} --local-dir DIR`) and pass that "
+                "directory as the model (set HF_HUB_OFFLINE=1 to use the cache without trying the hub)"
+            ) from None
         raise ModelLoadError(
             f"cannot load {name!r}: it is not in the local Hugging Face cache and the hub could not be "
             f"reached ({type(error).__name__}); download it where the hub is reachable "
@@ -197,6 +264,25 @@ def _hub_config(name: str, revision: str | None) -> tuple[dict, str]:
         ) from None
     # Cached files live under .../snapshots/<commit>/config.json.
     return json.loads(Path(path).read_text()), Path(path).parent.name
+
+
+def _hub_lookup(name: str, revision: str | None) -> tuple[dict, str, bool]:
+    """(config, resolved revision, whether the hub is unreachable) of a hub model; the endpoint is
+    probed (`hub_unreachable`) unless HF_HUB_OFFLINE is set."""
+    from huggingface_hub import constants
+
+    unreachable = not constants.HF_HUB_OFFLINE and hub_unreachable()
+    config, resolved = _hub_config(name, revision, unreachable)
+    return config, resolved, unreachable
+
+
+def _hub_snapshot(name: str, revision: str, local_only: bool = False) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, revision=revision, allow_patterns=HUB_FILES, local_files_only=local_only)
+    except Exception as error:  # as in `_hub_config`: many types for "offline"
+        raise ModelLoadError(f"cannot load {name!r} from the hub ({type(error).__name__})") from None
 
 
 def keep_freed_memory() -> bool:
@@ -258,12 +344,18 @@ def _load(
         if not config_file.exists():
             raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
         config = json.loads(config_file.read_text())
-        source, resolved_revision = str(local), revision
+        source = load_from = str(local)
+        resolved_revision = revision
         if not any(local.glob("*.safetensors")):
             raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
     else:
-        config, resolved_revision = _hub_config(name, revision)
-        source = name
+        config, resolved_revision, unreachable = _hub_lookup(name, revision)
+        source = load_from = name
+        if unreachable or Path(name).expanduser().exists():
+            # no hub: the cached files, from their folder (transformers would try the hub first);
+            # a hub id that also names a local path (`HubId`): transformers would read that folder.
+            # The model is still named by its hub id (its identity in run records and fingerprints).
+            load_from = _hub_snapshot(name, resolved_revision, local_only=unreachable)
     check_blip_config(config, repr(source), task)
 
     cls = {
@@ -275,9 +367,9 @@ def _load(
     weight_dtype = torch.float32 if device == "cpu" else getattr(torch, dtype)
     try:
         model = cls.from_pretrained(
-            source, revision=revision, use_safetensors=True, trust_remote_code=False, dtype=weight_dtype
+            load_from, revision=revision, use_safetensors=True, trust_remote_code=False, dtype=weight_dtype
         )
-        processor = BlipProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
+        processor = BlipProcessor.from_pretrained(load_from, revision=revision, trust_remote_code=False)
     except OSError as error:
         raise ModelLoadError(f"cannot load {source!r}: {str(error).splitlines()[0]}") from None
     except SafetensorError as error:
@@ -373,6 +465,7 @@ def load_model(
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"`attention` must be one of {ATTENTIONS}, got {attention!r}")
+    check_revision_applies(name, task, revision)
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -412,6 +505,23 @@ class ModelReference:
         if self.local is not None:
             identity["weights"] = weights_version(self.local)
         return identity
+
+    @functools.cached_property
+    def processor(self):
+        """The model's processor (tokenizer and image settings): small files, read before the weights so
+        that checks needing the vocabulary (caption constraints, candidate answers) come first."""
+        from transformers import BlipProcessor
+
+        source = self.path
+        if self.local is None:
+            try:  # the cached files, from their folder, as `_load` reads them
+                source = _hub_snapshot(self.name, self.revision, local_only=True)
+            except ModelLoadError:
+                source = self.name
+        try:
+            return BlipProcessor.from_pretrained(source, revision=self.requested_revision, trust_remote_code=False)
+        except OSError as error:
+            raise ModelLoadError(f"cannot load {self.name!r}: {str(error).splitlines()[0]}") from None
 
     def load(self) -> LoadedModel:
         loaded = load_model(
@@ -455,6 +565,7 @@ def reference(
 
     if attention not in ATTENTIONS:
         raise ValueError(f"`attention` must be one of {ATTENTIONS}, got {attention!r}")
+    check_revision_applies(name, task, revision)
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -467,7 +578,7 @@ def reference(
         config, resolved_revision = json.loads(config_file.read_text()), revision
         check_blip_config(config, repr(str(local)), task)
     else:
-        config, resolved_revision = _hub_config(resolved, revision)
+        config, resolved_revision, _ = _hub_lookup(resolved, revision)
         check_blip_config(config, repr(resolved), task)
     return ModelReference(
         resolved, task, device, dtype, revision, attention, local, resolved_revision, BlipConfig.from_dict(config)

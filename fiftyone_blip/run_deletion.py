@@ -195,7 +195,8 @@ def deletion_plan(samples, key: str) -> RunDeletion:
 
     tags = {}
     for name, tag in _flag_fields(dataset, fields).items():
-        tags[tag] = tags.get(tag, 0) + len(mislabels.tags_to_release(dataset, name, tag, _flagged(dataset, name)))
+        released = set(_flagged(dataset, name)) - mislabels.held_by_others(dataset, name, tag)
+        tags[tag] = tags.get(tag, 0) + len(dataset.select(sorted(released)).match_tags(tag))
     return RunDeletion(
         dataset.name, key, capability, field, fields, map_files, kept, brain_keys, tags, sorted(map(str, folders))
     )
@@ -233,7 +234,8 @@ def delete(samples, key: str, dry_run: bool = False) -> RunDeletion:
         from fiftyone_blip import mislabels
 
         for name, tag in _flag_fields(dataset, plan.fields).items():
-            mislabels.untag_released(dataset, name, tag, _flagged(dataset, name))
+            # as a re-flag that flags nothing: the tag leaves the samples only these flags held
+            mislabels.retag(dataset, tag, _flagged(dataset, name), (), mislabels.held_by_others(dataset, name, tag))
         # label attributes first: their parent label field is not the run's and stays
         for name in plan.fields:
             if "." in name:

@@ -221,6 +221,16 @@ def start(samples, task, shard, batch_size: int, run_id: str, total: int) -> Rec
     return Record(run_doc_id, run_id)
 
 
+def entry(dataset, capability: str, field: str, run_id: str) -> Record:
+    """The history entry of an engine run that has ended, to add what the capability computed after it
+    (e.g. an evaluation's corpus figures)."""
+    key = run_key(capability, field)
+    run_doc_id = _run_ids(dataset).get(key)
+    if run_doc_id is None:
+        raise ValueError(f"dataset {dataset.name!r} has no run {key!r}")
+    return Record(run_doc_id, run_id)
+
+
 def refresh(dataset) -> None:
     """Reloads the dataset's runs in this process, so `dataset.get_run_info` shows the new state."""
     try:
@@ -283,17 +293,40 @@ def migrate(dataset) -> None:
     """Moves the dataset's records from the old `fiftyone_blip_runs` collection into its FiftyOne runs.
 
     Each record joins its field's run history (once: a record already there by
-    run id is not added again), then leaves the old collection.
+    run id is not added again), then leaves the old collection. A record that
+    cannot move (its run key is held by a run fiftyone-blip did not make, e.g. a
+    user's own `blip_...` run; or it names no capability and field) stays where
+    it is, skipped with a logged warning: it never blocks a run into another field
+    (a run into its own field is refused by `check_run_key`, in one line).
     """
     legacy = _db()[LEGACY_COLLECTION]
     query = {"dataset_id": str(dataset._doc.id), "run_id": {"$exists": True}}
     old = with_retry(lambda: list(legacy.find(query)))
+    moved = False
     for record in old:
+        capability, field = record.get("capability"), record.get("field")
+        if not isinstance(capability, str) or not isinstance(field, str):
+            _warn_unmovable(dataset, record, "it names no capability and field")
+            continue
+        try:
+            run_doc_id = _register(dataset, capability, field)
+        except ValueError as error:  # the run key is another run's
+            _warn_unmovable(dataset, record, str(error))
+            continue
         entry = {k: v for k, v in record.items() if k not in ("_id", "dataset_id", "dataset", "capability", "field")}
-        _push(_register(dataset, record["capability"], record["field"]), entry)
+        _push(run_doc_id, entry)
         with_retry(lambda record=record: legacy.delete_one({"_id": record["_id"]}))
-    if old:
+        moved = True
+    if moved:
         refresh(dataset)
+
+
+def _warn_unmovable(dataset, record: dict, why: str) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "old run record %s of dataset %r stays in %s: %s", record.get("run_id"), dataset.name, LEGACY_COLLECTION, why
+    )
 
 
 # ---------------------------------------------------------------- database stalls

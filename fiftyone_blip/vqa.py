@@ -261,8 +261,13 @@ def _check_answers(question: str, answers, boolean: bool) -> tuple[str, ...] | N
     return tuple(normalised)
 
 
-def check_lengths(questions: list[Question], tokenizer, max_positions: int) -> None:
-    """Refuses a question or candidate answer longer than the model's text positions."""
+def check_text_fits(questions: list[Question], tokenizer, max_positions: int) -> None:
+    """Refuses a question or candidate answer longer than the model's text positions, and a candidate
+    answer the model cannot write (outside its vocabulary: ranked, it would win as [UNK])."""
+    from fiftyone_blip.captions import vocabulary_token_ids
+
+    for question in questions:
+        vocabulary_token_ids("answers", question.candidates or (), tokenizer)
     for question in questions:
         length = len(tokenizer(question.text)["input_ids"])
         if length > max_positions:
@@ -302,7 +307,7 @@ class Answerer:
         self.bos = text_config.bos_token_id
         self.eos = text_config.sep_token_id
         self.pad = text_config.pad_token_id
-        check_lengths(self.questions, self.tokenizer, text_config.max_position_embeddings)
+        check_text_fits(self.questions, self.tokenizer, text_config.max_position_embeddings)
         # a free answer stops where the decoder's positions end ([DEC] takes one); beyond them generate fails
         self.max_new_tokens = min(self.settings.max_new_tokens, text_config.max_position_embeddings - 1)
         # Tokenised once: each question is the same for every image of a batch.
@@ -471,6 +476,8 @@ def vqa_task(model, questions: list[Question], settings: VqaSettings | None = No
     from fiftyone_blip.images import Preprocessor
 
     settings = settings or VqaSettings()
+    # questions and answers the model cannot read or write: refused before the weights load
+    check_text_fits(questions, model.processor.tokenizer, model.config.text_config.max_position_embeddings)
 
     def bind():
         loaded = model.load()
@@ -483,6 +490,11 @@ def vqa_task(model, questions: list[Question], settings: VqaSettings | None = No
         def step(inputs):
             out = []
             for answers in answerer(engine.to_batch(inputs, "cpu")):
+                if any(not answer for q, (answer, _) in zip(questions, answers) if not q.candidates):
+                    # a free answer that normalises to nothing ("the", ".") is no answer: an empty main
+                    # value makes the whole sample an error entry ("empty output"), retried by the next run
+                    out.append({questions[0].field: ""})
+                    continue
                 values = {}
                 for q, (answer, confidence) in zip(questions, answers):
                     if q.boolean:

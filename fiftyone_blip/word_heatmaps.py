@@ -799,10 +799,25 @@ def data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+# The most pixels the panel draws an overlay with (1024 x 1024): its work and its data URL are
+# bounded whatever the image's shape (a 1000x10 strip scaled to a 384 px short side was 38400x384).
+MAX_OVERLAY_PIXELS = 1 << 20
+
+
+def display_size(width: int, height: int, min_side: int = 384, max_pixels: int = MAX_OVERLAY_PIXELS):
+    """(width, height) to draw an image at, aspect kept: small images scaled up towards a `min_side`
+    short side, and no more than `max_pixels` in all (large or long images scaled down)."""
+    factor = max(1.0, min_side / max(min(width, height), 1))
+    if width * height * factor * factor > max_pixels:
+        factor = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * factor)), max(1, int(height * factor))
+
+
 def word_view(sample, field: str = "heatmap", word_index: int = 0, min_side: int = 384) -> dict:
     """What the App panel shows for one word of a sample: word, probability, overlay (data URL).
 
-    Small images are scaled up to at least `min_side` pixels so the map can be seen.
+    The overlay is drawn at `display_size`: small images scaled up to a `min_side` short side so
+    the map can be seen, and at most `MAX_OVERLAY_PIXELS` pixels.
     """
     from PIL import Image
 
@@ -811,9 +826,9 @@ def word_view(sample, field: str = "heatmap", word_index: int = 0, min_side: int
     words, maps, probs = word_maps(sample, field)
     index = min(max(int(word_index), 0), len(words) - 1)
     image = load_image(sample.filepath)
-    if min(image.size) < min_side:
-        factor = min_side / min(image.size)
-        image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC)
+    size = display_size(image.width, image.height, min_side)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
     match = sample.get_field(f"{field}_match") if sample.has_field(f"{field}_match") else None
     return {
         "words": words,

@@ -22,6 +22,8 @@ import fiftyone_blip
 from fiftyone_blip import (
     AdapterJobSettings,
     AdapterTrainingSettings,
+    CapFiltSettings,
+    CaptionEvalSettings,
     CaptionSettings,
     EmbedSettings,
     HeatmapSettings,
@@ -52,30 +54,47 @@ def _app_root():
     return Path(root).expanduser().resolve() if root else None
 
 
-def _app_folder(value, name):
-    """A folder from a form, confined to the App root: the App runs as the server, not as the user."""
-    if not value or not str(value).strip():
-        return None
+def under_app_root(value) -> str | None:
+    """The one confinement rule for every server path an App request names: `value` resolved under
+    the App root (links followed), or None where there is no root or it would land outside.
+
+    The App runs as the server, not as the user: a form may reach no other server folder.
+    """
     root = _app_root()
     if root is None:
-        raise ValueError(f"`{name}` is not available in the App: the server sets {APP_ROOT_ENV} to allow folders")
+        return None
     path = (root / str(value).strip()).resolve()
-    if not path.is_relative_to(root):
-        raise ValueError(f"`{name}` must be a folder under {str(root)!r}, got {value!r}")
-    return str(path)
+    return str(path) if path.is_relative_to(root) else None
+
+
+def _app_folder(value, name):
+    """A folder from a form, confined to the App root (see `under_app_root`)."""
+    if not value or not str(value).strip():
+        return None
+    if _app_root() is None:
+        raise ValueError(f"`{name}` is not available in the App: the server sets {APP_ROOT_ENV} to allow folders")
+    path = under_app_root(value)
+    if path is None:
+        raise ValueError(f"`{name}` must be a folder under {str(_app_root())!r}, got {value!r}")
+    return path
 
 
 def _app_model(value):
-    """A model from a form: a bundled name, a hub id, or a folder under the App root. Any other server
-    path is refused with the same message whether it exists or not."""
+    """A model from a form: a bundled name, a folder under the App root, or a hub id. Any other server
+    path is refused with the same message whether it exists or not. A hub id is loaded from the
+    hub only (`models.HubId`), never from a server folder of that name outside the root."""
     if not value or not str(value).strip():
         return None
     value = str(value).strip()
-    if value in models.BUNDLED or (_HUB_ID.match(value) and ".." not in value):
+    if value in models.BUNDLED:
         return value
-    root = _app_root()
-    if root is not None and (root / value).resolve().is_relative_to(root):
-        return str((root / value).resolve())
+    root, path = _app_root(), under_app_root(value)
+    if path is not None and Path(path).is_dir():
+        return path  # a model folder under the root ("models/captioner" too)
+    if _HUB_ID.match(value) and ".." not in value:
+        return models.HubId(value)
+    if path is not None:
+        return path  # under the root, not there: the loader says so
     where = f", or a folder under {str(root)!r}" if root is not None else ""
     raise ValueError(
         f"`model` must be {', '.join(models.BUNDLED)} or a hub id like Salesforce/blip-itm-base-coco{where}; "
@@ -97,11 +116,23 @@ def app_params(params: dict) -> dict:
     """A form's params with the server paths it names confined (see `_app_model`, `_app_folder`); the
     library and the CLI take any path, as they run as the user."""
     params = dict(params or {})
-    if params.get("model"):
-        params["model"] = _app_model(params["model"])
+    for name in ("model", "caption_model", "match_model"):
+        if params.get(name):
+            params[name] = _app_model(params[name])
     if params.get("maps_dir"):
         params["maps_dir"] = _app_folder(params["maps_dir"], "maps_dir")
     return params
+
+
+def declared_params(operator, ctx) -> dict:
+    """What an operator's `execute` reads: the params of the inputs its form declares for this request
+    (collapsed sections flattened), with the server paths they name confined (`app_params`).
+
+    A request can send any params (a script, a crafted call to the server); one the form does not
+    show (the library's `out`, `images_dir`, ...) is dropped here, so it never reaches the library.
+    """
+    declared = form_sections(operator.resolve_input(ctx).type)
+    return app_params({name: value for name, value in form_params(ctx).items() if name in declared})
 
 
 def _dropdown(inputs, name, label, choices, default, description=None):
@@ -193,8 +224,8 @@ def run_inputs(inputs, cls, advanced=None):
         setting_input(into, owner, field)
 
 
-def run_options(ctx, cls, progress):
-    return RunOptions.from_params({**cls.run_defaults, **form_params(ctx)}, progress=progress)
+def run_options(params, cls, progress):
+    return RunOptions.from_params({**cls.run_defaults, **form_params(params)}, progress=progress)
 
 
 def check_settings(ctx, cls, params=None):
@@ -276,12 +307,15 @@ def checked_form(inputs, label, *checks, params=None):
     return types.Property(inputs, view=types.View(label=label))
 
 
-def check_model(name, task):
+def check_model(name, task, revision=None):
     """Checks a model name without loading it: bundled, a hub id `org/name`, or a folder under the App
-    root (see `_app_model`: any other server path is refused alike, whether it exists or not)."""
+    root (see `_app_model`: any other server path is refused alike, whether it exists or not); and
+    that a `revision` goes with a hub model only."""
     if not name:
         return None
-    _, local = models.resolve_name(_app_model(name), task)  # raises for a folder that does not exist
+    name = _app_model(name)
+    _, local = models.resolve_name(name, task)  # raises for a folder that does not exist
+    models.check_revision_applies(name, task, revision)
     return local
 
 
@@ -416,7 +450,8 @@ class EngineOperator(foo.Operator):
             default_choice_to_delegated=target_size(ctx) > DELEGATE_ABOVE,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
+        """The SDK call; `params` are the form's declared params (`declared_params`)."""
         raise NotImplementedError
 
     def message(self, result, settings) -> str:
@@ -424,14 +459,29 @@ class EngineOperator(foo.Operator):
 
     def execute(self, ctx):
         try:
-            settings, view = self.settings_class.from_params(app_params(form_params(ctx))), ctx.target_view()
+            params = declared_params(self, ctx)
+            settings, view = self.settings_class.from_params(params), ctx.target_view()
             result = yield from _run_with_progress(
-                ctx, lambda progress: self.run(ctx, view, settings, run_options(ctx, self.settings_class, progress))
+                ctx,
+                lambda progress: self.run(params, view, settings, run_options(params, self.settings_class, progress)),
             )
         except Exception as error:
             yield from _notify_failure(ctx, self.config.label, error)
             raise
         yield from _notify(ctx, self.message(result, settings))
+        return result
+
+
+class ReviewOperator(EngineOperator):
+    """An engine operator whose run saves a review view (`result["view"]`), shown once an immediate run ends."""
+
+    def execute(self, ctx):
+        result = yield from super().execute(ctx)
+        if not ctx.delegated:
+            # Open the review view by its stages: the App looks a view name up in the saved views
+            # it fetched with the page, which do not hold the one this run just saved, so
+            # `set_view(name=...)` would fail there.
+            yield ctx.ops.set_view(view=ctx.dataset.load_saved_view(result["view"]))
         return result
 
 
@@ -502,18 +552,150 @@ class CaptionSamples(EngineOperator):
             inputs,
             "BLIP: caption samples",
             *field_checks(params, CaptionSettings, RunOptions),
-            lambda: check_model(params.get("model"), "caption"),
+            lambda: check_model(params.get("model"), "caption", params.get("revision")),
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             check,
             check_words,
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         return fiftyone_blip.caption(view, settings, options)
 
     def message(self, summary, settings):
         return f"BLIP captions: {summary}; field {settings.field!r} (tick it in the sidebar to see it on the grid)"
+
+
+# ---- caption quality: CapFilt and evaluation against references ----
+
+
+def caption_fields(dataset) -> list[str]:
+    """The fields that can hold captions (strings, lists of strings, Classification(s)), built-ins and an
+    engine run's own `_error` / `_run` fields left out."""
+    from fiftyone_blip import caption_eval
+
+    if dataset is None:
+        return []
+    names = []
+    schema = dataset.get_field_schema()
+    for name in schema:
+        stem, _, suffix = name.rpartition("_")
+        if name in ("filepath", "id", "tags", "split") or (suffix in ("error", "run", "origin") and stem in schema):
+            continue
+        try:
+            caption_eval.check_text_field(dataset, name, "field")
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def _field_dropdown(inputs, name, label, fields, suggested):
+    if not fields:
+        prop = inputs.view(name, types.Warning(label="No caption field", description="The dataset has no text field"))
+        prop.invalid = True
+        return None
+    _dropdown(inputs, name, label, {f: f for f in fields}, default=suggested)
+    return suggested
+
+
+class CleanCaptions(ReviewOperator):
+    settings_class = CapFiltSettings
+
+    @property
+    def config(self):
+        return _engine_config(
+            "clean_captions",
+            "BLIP: clean captions",
+            "CapFilt: sample synthetic captions, score them and the existing ones by ITM, keep the best and "
+            "flag the images whose caption the filter rejects",
+        )
+
+    def resolve_input(self, ctx):
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
+        inputs.view_target(ctx)
+        fields = caption_fields(ctx.dataset)
+        suggested = next((f for f in fields if "caption" in f), fields[0] if fields else None)
+        _field_dropdown(inputs, "caption_field", "Captions to clean", fields, suggested)
+        inputs.str("out_field", label="Field for the kept caption", default="capfilt", required=True)
+        defaults = {"caption_model": default_model(ctx, "caption"), "match_model": default_model(ctx, "match")}
+        settings_inputs(inputs, CapFiltSettings, params, defaults=defaults, advanced=advanced)
+        run_inputs(inputs, CapFiltSettings, advanced)
+        advanced_section(inputs, advanced)
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: clean captions",
+            *field_checks(params, CapFiltSettings, RunOptions),
+            lambda: check_model(params.get("caption_model"), "caption"),
+            lambda: check_model(params.get("match_model"), "match"),
+            lambda: check_nonempty(params, "out_field"),
+            lambda: check_settings(ctx, CapFiltSettings),
+            params=ctx.params,
+        )
+
+    def run(self, ctx, view, settings, options):
+        params = form_params(ctx)
+        return fiftyone_blip.capfilt(
+            view, params["caption_field"], params.get("out_field") or "capfilt", settings, options
+        )
+
+    def message(self, result, settings):
+        return (
+            f"BLIP CapFilt: rejected the original caption of {result['flagged_samples']} of "
+            f"{result['total_samples']} samples (tag {result['tag']!r}); kept captions in {result['field']!r}; "
+            f"review view {result['view']!r}"
+        )
+
+
+class EvaluateCaptions(ReviewOperator):
+    settings_class = CaptionEvalSettings
+
+    @property
+    def config(self):
+        return _engine_config(
+            "evaluate_captions",
+            "BLIP: evaluate captions",
+            "Score captions against reference captions (BLEU-1..4, ROUGE-L, CIDEr-D) and by BLIP's ITM head",
+        )
+
+    def resolve_input(self, ctx):
+        inputs, advanced, params = types.Object(), types.Object(), form_params(ctx)
+        inputs.view_target(ctx)
+        fields = caption_fields(ctx.dataset)
+        predicted = next((f for f in fields if f.startswith("caption")), fields[0] if fields else None)
+        reference = next((f for f in fields if f.startswith("gt")), fields[-1] if fields else None)
+        _field_dropdown(inputs, "pred_field", "Predicted captions", fields, predicted)
+        _field_dropdown(inputs, "gt_field", "Reference captions", fields, reference)
+        inputs.str("eval_key", label="Evaluation key", default="eval", required=True)
+        settings_inputs(
+            inputs, CaptionEvalSettings, params, defaults={"model": default_model(ctx, "match")}, advanced=advanced
+        )
+        run_inputs(inputs, CaptionEvalSettings, advanced)
+        advanced_section(inputs, advanced)
+        schedule_note(inputs)
+        return checked_form(
+            inputs,
+            "BLIP: evaluate captions",
+            *field_checks(params, CaptionEvalSettings, RunOptions),
+            lambda: check_model(params.get("model"), "match"),
+            lambda: check_nonempty(params, "eval_key"),
+            lambda: check_settings(ctx, CaptionEvalSettings),
+            params=ctx.params,
+        )
+
+    def run(self, ctx, view, settings, options):
+        params = form_params(ctx)
+        return fiftyone_blip.evaluate_captions(
+            view, params["pred_field"], params["gt_field"], params.get("eval_key") or "eval", settings, options
+        )
+
+    def message(self, result, settings):
+        from fiftyone_blip.caption_metrics import METRIC_NAMES
+
+        names = {**METRIC_NAMES, "itm": "ITM"}
+        figures = ", ".join(f"{names[k]} {v:.3f}" for k, v in result["corpus"].items() if v is not None)
+        return f"BLIP caption evaluation of {result['samples']} samples: {figures}; review view {result['view']!r}"
 
 
 # ---- heatmaps: where the model looked, per caption word ----
@@ -581,14 +763,14 @@ class ComputeHeatmaps(EngineOperator):
             inputs,
             "BLIP: word heatmaps",
             *field_checks(params, HeatmapSettings, RunOptions),
-            lambda: check_model(params.get("model"), task),
+            lambda: check_model(params.get("model"), task, params.get("revision")),
             lambda: params["text_source"] != "field" or check_text_field(ctx.dataset, "text_field", text_field, True),
             check_layers,
             lambda: check_settings(ctx, HeatmapSettings),
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         return fiftyone_blip.heatmaps(view, settings, options)
 
     def message(self, summary, settings):
@@ -725,7 +907,7 @@ def label_field_default(dataset, compatible):
 _FLAG_BY_LABELS = {"threshold": "Mistakenness threshold", "percentile": "Percentile", "top_k": "Top-k"}
 
 
-class FindMislabels(EngineOperator):
+class FindMislabels(ReviewOperator):
     settings_class = MislabelSettings
 
     @property
@@ -782,14 +964,14 @@ class FindMislabels(EngineOperator):
             inputs,
             "BLIP: find mislabels",
             *field_checks(params, MislabelSettings, RunOptions),
-            lambda: check_model(params.get("model"), "match"),
+            lambda: check_model(params.get("model"), "match", params.get("revision")),
             lambda: check_nonempty(params, "tag"),
             check,
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
-        return fiftyone_blip.find_mislabels(view, form_params(ctx)["label_field"], settings, options)
+    def run(self, params, view, settings, options):
+        return fiftyone_blip.find_mislabels(view, params["label_field"], settings, options)
 
     def message(self, result, settings):
         unscored = result["total_samples"] - result["scored_samples"]
@@ -798,15 +980,6 @@ class FindMislabels(EngineOperator):
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
             f"(tag {result['tag']!r}){without}; review view {result['view']!r}"
         )
-
-    def execute(self, ctx):
-        result = yield from super().execute(ctx)
-        if not ctx.delegated:
-            # Open the review view (flagged samples, most suspicious first) by its stages: the App
-            # looks a view name up in the saved views it fetched with the page, which do not
-            # hold the one this run just saved, so `set_view(name=...)` would fail there.
-            review = ctx.dataset.load_saved_view(result["view"])
-            yield ctx.ops.set_view(view=review)
 
 
 class ComputeEmbeddings(EngineOperator):
@@ -833,7 +1006,7 @@ class ComputeEmbeddings(EngineOperator):
             inputs,
             "BLIP: compute embeddings and similarity index",
             *field_checks(params, EmbedSettings, RunOptions),
-            lambda: check_model(params.get("model"), "match"),
+            lambda: check_model(params.get("model"), "match", params.get("revision")),
             lambda: check_nonempty(params, "brain_key"),
             lambda: check_settings(ctx, EmbedSettings),
             lambda: check_brain_key(
@@ -842,7 +1015,7 @@ class ComputeEmbeddings(EngineOperator):
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         return fiftyone_blip.embed(view, settings, options)
 
     def message(self, summary, settings):
@@ -938,7 +1111,7 @@ class SearchByText(foo.Operator):
         )
 
     def execute(self, ctx):
-        params, view = ctx.params, ctx.view
+        params, view = declared_params(self, ctx), ctx.view
         query, brain_key = params["query"], params.get("brain_key") or SearchSettings.defaults()["brain_key"]
         k, rerank = params.get("k") or SearchSettings.defaults()["k"], params.get("rerank", True)
         results = fiftyone_blip.search(view, query, k=k, brain_key=brain_key, rerank=rerank)
@@ -1039,7 +1212,7 @@ class AskQuestion(EngineOperator):
             if ctx.dataset is not None:
                 result_fields.check(ctx.dataset, vqa.wanted_fields(checked), "questions")
 
-        def check_lengths():
+        def check_text_fits():
             # the question must fit the model's text positions; known without loading the model
             # when its tokenizer is on disk (a hub model is checked when the run starts, before any work)
             if not params.get("question") or not str(params["question"]).strip():
@@ -1053,7 +1226,7 @@ class AskQuestion(EngineOperator):
                 return
             tokenizer, positions = local_tokenizer(local)
             try:
-                vqa.check_lengths(checked, tokenizer, positions)
+                vqa.check_text_fits(checked, tokenizer, positions)
             except ValueError as error:
                 raise ValueError(_as_question_param(str(error))) from None
 
@@ -1062,18 +1235,17 @@ class AskQuestion(EngineOperator):
             inputs,
             label,
             *field_checks(params, VqaSettings, RunOptions),
-            lambda: check_model(params.get("model"), "vqa"),
+            lambda: check_model(params.get("model"), "vqa", params.get("revision")),
             lambda: params.get("question") is None or check_nonempty(params, "question"),
             check_questions,
-            check_lengths,
+            check_text_fits,
             lambda: check_settings(ctx, VqaSettings),
             params=ctx.params,
         )
 
-    def run(self, ctx, view, settings, options):
+    def run(self, params, view, settings, options):
         from fiftyone_blip import vqa
 
-        params = ctx.params
         question = params["question"]
         return fiftyone_blip.ask(
             view,
@@ -1135,12 +1307,12 @@ class TrainLanguageAdapter(foo.Operator):
         return checked_form(inputs, "BLIP: train a language adapter", check, params=ctx.params)
 
     def execute(self, ctx):
-        params = form_params(ctx)
+        params = declared_params(self, ctx)
         manifest = fiftyone_blip.train_adapter(
             params["language"],
             samples=ctx.target_view(),
             settings=AdapterTrainingSettings.from_params(params),
-            job=AdapterJobSettings.from_params(app_params(params)),
+            job=AdapterJobSettings.from_params(params),
             progress=lambda done, total: ctx.set_progress(done / max(total, 1), f"step {done}/{total}"),
             log=lambda line: None,
         )
@@ -1154,6 +1326,8 @@ class TrainLanguageAdapter(foo.Operator):
 
 def register(p):
     p.register(CaptionSamples)
+    p.register(CleanCaptions)
+    p.register(EvaluateCaptions)
     p.register(ComputeHeatmaps)
     p.register(WordHeatmapsPanel)
     p.register(FindMislabels)

@@ -68,6 +68,7 @@ os.environ["FIFTYONE_MODEL_ZOO_DIR"] = str(_HOME / "models")
 os.environ["FIFTYONE_BRAIN_SIMILARITY_LANCEDB_URI"] = str(_HOME / "lancedb")
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ["FIFTYONE_BLIP_CACHE_DIR"] = str(_HOME / "cache")  # the bundled adapters' copy
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_HOME / "hf")
 

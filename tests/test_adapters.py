@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -286,7 +287,9 @@ def test_outside_a_language_run_the_model_is_the_base_model():
 
 
 @pytest.mark.parametrize("language", ["de", "ru"])
-def test_plain_peft_loads_a_bundled_adapter_and_captions_as_the_library_does(fresh_dataset, language, monkeypatch):
+def test_plain_peft_loads_a_bundled_adapter_and_captions_as_the_library_does(
+    fresh_dataset, language, monkeypatch, tmp_path
+):
     """The two documented lines, with no fiftyone-blip code, give the library's own captions."""
     import torch
     from peft import AutoPeftModel, PeftModel
@@ -296,10 +299,13 @@ def test_plain_peft_loads_a_bundled_adapter_and_captions_as_the_library_does(fre
 
     view = fresh_dataset.limit(8)
     fiftyone_blip.caption(view, model="shapes-tiny", language=language, field="library", progress=False)
-    folder = str(adapters.BUNDLED_ADAPTERS_DIR / language)
+    # the folder the registry lists (a copy of the package's, naming the base by its absolute path)
+    (folder,) = [m["path"] for m in fiftyone_blip.list_adapters("shapes-tiny") if m["language"] == language]
     base_dir = str(models.BUNDLED["shapes-tiny"]["caption"])
     config = json.loads((adapters.BUNDLED_ADAPTERS_DIR / language / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "fiftyone_blip/shapes/models/captioner"  # not the alias
+    listed = json.loads((Path(folder) / "adapter_config.json").read_text())
+    assert listed["base_model_name_or_path"] == str(models.BUNDLED["shapes-tiny"]["caption"].resolve())
 
     base = BlipForConditionalGeneration.from_pretrained(base_dir)
     with pytest.raises(IndexError):  # why the resize line is needed: the new tokens' rows
@@ -307,8 +313,9 @@ def test_plain_peft_loads_a_bundled_adapter_and_captions_as_the_library_does(fre
     base.resize_token_embeddings(len(AutoTokenizer.from_pretrained(folder)))
     model = PeftModel.from_pretrained(base, folder).eval()
 
-    # the one-line form resolves the base named in adapter_config.json from the package's parent folder
-    monkeypatch.chdir(models.BUNDLED_DIR.parent.parent.parent)
+    # the one-line form resolves the base named in adapter_config.json from any working directory
+    # (issue 24, part 2, item 14: the package-relative path resolved only from the package's parent)
+    monkeypatch.chdir(tmp_path)
     auto = AutoPeftModel.from_pretrained(folder).eval()
 
     processor = BlipProcessor.from_pretrained(base_dir)
@@ -335,3 +342,46 @@ def test_bundled_adapter_folders_carry_a_model_card():
         assert f"{manifest['data']['train_pairs']} image-caption pairs" in card
         assert f"| greedy exact match | {manifest['metrics']['held_out_exact_match']} |" in card
         assert "AutoPeftModel.from_pretrained(" in card and "PeftModel.from_pretrained(base" in card
+
+
+def test_overwrite_replaces_only_an_adapter_folder(image_folder, tmp_path, tiny_random_captioner):
+    """Issue 24, part 2, item 2: `adapters train -o DIR --overwrite` refuses any DIR that is not an
+    adapter folder (a folder of other files, a file) in one line and leaves it as it was."""
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.txt").write_text("mine")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine too")
+    for out in (precious, a_file):
+        result = CliRunner().invoke(
+            main,
+            ["adapters", "train", "-l", "de", "--images", str(image_folder / "images"), "--captions",
+             str(image_folder / "captions.jsonl"), "-m", str(tiny_random_captioner), "-o", str(out),
+             "--overwrite", "-q"],
+        )  # fmt: skip
+        assert result.exit_code == 1 and "left as it is" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert (precious / "holiday.txt").read_text() == "mine" and a_file.read_text() == "mine too"
+    # an adapter folder is replaced when asked
+    data = dict(images_dir=str(image_folder / "images"), captions_file=str(image_folder / "captions.jsonl"))
+    out = tmp_path / "adapter"
+    fiftyone_blip.train_adapter("de", model=str(tiny_random_captioner), rank=1, out=str(out), **data, **TINY)
+    (out / "stray.txt").write_text("x")
+    fiftyone_blip.train_adapter(
+        "de", model=str(tiny_random_captioner), rank=1, out=str(out), overwrite=True, **data, **TINY
+    )
+    assert adapters.read_manifest(out)["language"] == "de" and not (out / "stray.txt").exists()
+
+
+def test_an_adapter_names_a_bundled_base_by_a_path_that_resolves_anywhere(tmp_path):
+    """Issue 24, part 2, item 14: adapters trained on shapes-tiny outside the package name its
+    captioner by its absolute path; the package's own adapters folder keeps the package-relative one."""
+    from fiftyone_blip.adapters.training import peft_base_reference
+
+    outside = peft_base_reference({"name": "shapes-tiny"}, tmp_path / "de")
+    assert outside == str(models.BUNDLED["shapes-tiny"]["caption"].resolve()) and Path(outside).is_absolute()
+    inside = peft_base_reference({"name": "shapes-tiny"}, adapters.BUNDLED_ADAPTERS_DIR / "de")
+    assert inside == "fiftyone_blip/shapes/models/captioner"
+    assert peft_base_reference({"name": "Salesforce/blip-image-captioning-base"}, tmp_path) == (
+        "Salesforce/blip-image-captioning-base"
+    )

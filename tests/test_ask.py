@@ -267,3 +267,25 @@ def test_a_view_that_hides_the_answer_fields_still_refuses_and_resumes(fresh_dat
         progress=False,
     )
     assert (again.done, again.skipped, again.total) == (2, 8, 10)
+
+
+def test_answers_the_model_cannot_write_are_refused_and_empty_answers_fail(fresh_dataset, monkeypatch):
+    """Issue 24, part 2, item 8: a candidate answer outside the model's vocabulary would be ranked as
+    [UNK] (every sample got the first candidate at 0.5): refused before any work, as caption
+    constraints are. A free answer that normalises to nothing is an error entry, not a label."""
+    before = set(fresh_dataset.get_field_schema())
+    with pytest.raises(ValueError, match=r"`answers`: 'giraffe' is not in the model's vocabulary"):
+        fiftyone_blip.ask(
+            fresh_dataset, "what shape is it?", "kind", answers=["circle", "giraffe"], model="shapes-tiny"
+        )
+    assert set(fresh_dataset.get_field_schema()) == before
+    assert not [r for r in fiftyone_blip.runs(fresh_dataset) if r["capability"] == "vqa"]
+    result = invoke("ask", fresh_dataset.name, "what shape?", "-f", "kind", "-a", "circle,giraffe", "-m", "shapes-tiny")
+    assert result.exit_code == 1 and "not in the model's vocabulary" in result.output
+
+    # the model writes only words the normalisation drops ("the", "."): no answer
+    monkeypatch.setattr(vqa.Answerer, "generate_answers", lambda self, states, mask: [("", 0.9)] * len(states))
+    view = fresh_dataset.limit(4)
+    summary = fiftyone_blip.ask(view, "what shape is it?", "free", model="shapes-tiny", progress=False)
+    assert (summary.done, summary.failed) == (0, 4)
+    assert view.values("free") == [None] * 4 and view.values("free_error") == ["empty output"] * 4

@@ -132,6 +132,9 @@ def test_stop_strings_cut(loaded, pixels, unconstrained, strategy):
         (dict(stop_strings="and|"), "`stop_strings` must not hold an empty text"),
         (dict(ban_words="red", force_words="Red"), "`force_words` and `ban_words` both hold 'red'"),
         (dict(force_words="star", stop_strings="and"), "`stop_strings` cannot be combined with `force_words`"),
+        # issue 24, part 2, item 9: a forced phrase holding a banned word (every caption held the banned word)
+        (dict(force_words="red circle", ban_words="circle"), "`force_words`: 'red circle' holds the banned 'circle'"),
+        (dict(force_words="a big Red Circle", ban_words="red circle"), "holds the banned 'red circle'"),
         (dict(ban_words=3), "`ban_words` must be a list of texts"),
     ],
 )
@@ -227,3 +230,9 @@ def test_form_offers_constraints_as_advanced_and_flags_them_at_their_inputs(fres
     }
     errors = errors_of({"ban_words": "star", "force_words": "star"})
     assert "force_words" in errors and "both hold 'star'" in errors["force_words"]
+
+
+def test_a_banned_phrase_may_hold_a_forced_word():
+    # the reverse is fine: a caption can hold "circle" without "red circle"; no word is a prefix match
+    CaptionSettings(force_words="circle", ban_words="red circle")
+    CaptionSettings(force_words="reddish circle", ban_words="red")

@@ -26,6 +26,10 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     fob.heatmaps(view, field="gc", mode="gradcam", text="a red circle", maps_dir=str(tmp_path), **run)
     fob.find_mislabels(view, "gt_objects", level="label", itc=True, **run)
     fob.find_mislabels(view, "gt_label", **run)
+    fob.caption(view, field="cand", strategy="beam", num_captions=2, **run)
+    both = dict(caption_model="shapes-tiny", match_model="shapes-tiny", device="cpu", progress=False)
+    fob.capfilt(view, "gt_caption", "clean", **both)
+    fob.evaluate_captions(view, "caption", "gt_caption", eval_key="ev", **run)
     vqa.ask(
         view,
         ["is there a circle?", "what colour is the shape?"],
@@ -41,7 +45,8 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     for name in ("caption", "caption_confidence", "caption_run", "caption_error", "caption_de", "blip_embedding",
                  "heatmap", "heatmap_words", "heatmap_probs", "gc_word_maps", "gc_match", "has_circle", "colour",
                  "gt_objects_match", "gt_objects.detections.gt_objects_match_itm",
-                 "gt_objects.detections.gt_objects_match_flagged", "gt_label_match_mistakenness"):  # fmt: skip
+                 "gt_objects.detections.gt_objects_match_flagged", "gt_label_match_mistakenness",
+                 "cand_candidates", "clean", "clean_candidates", "clean_gain", "ev_cider", "ev_itm"):  # fmt: skip
         assert name in written, name
     undescribed = [name for name, field in written.items() if not field.description]
     assert not undescribed, undescribed
@@ -58,11 +63,12 @@ def test_every_written_field_is_described(fresh_dataset, tmp_path):
     flagged = dataset.get_field("gt_objects.detections.gt_objects_match_flagged")
     assert flagged.info["capability"] == "flag" and flagged.info["model"] == "shapes-tiny"
     # a refused run changes nothing; the info follows the latest run that wrote the field
+    first = dataset.get_field("caption").info["fingerprint"]
     with pytest.raises(ValueError, match="not written by fiftyone-blip with this model"):
-        fob.caption(view, revision="rev-x", **run)
-    assert dataset.get_field("caption").info["revision"] is None
-    fob.caption(view, overwrite=True, revision="rev-x", **run)
-    assert dataset.get_field("caption").info["revision"] == "rev-x"
+        fob.caption(view, max_new_tokens=7, **run)
+    assert dataset.get_field("caption").info["fingerprint"] == first
+    fob.caption(view, overwrite=True, max_new_tokens=7, **run)
+    assert dataset.get_field("caption").info["fingerprint"] != first
     assert dataset.get_field("caption").info["fingerprint"] == fob.runs(dataset)[-1]["fingerprint"]
     # the info names the FiftyOne run holding the run's record
     assert dataset.get_field("caption").info["run_key"] == fob.runs(dataset)[-1]["run_key"]

@@ -310,3 +310,32 @@ def test_png_maps_travel_with_a_fiftyone_export(fo, heatmapped, plugin_installed
         for dataset_name in ("t-heatmaps-export-source", name):
             if fo.dataset_exists(dataset_name):
                 fo.delete_dataset(dataset_name)
+
+
+def test_panel_overlay_of_a_strip_image_is_bounded_by_pixels(fo, tmp_path, plugin_installed):
+    """Issue 24, part 2, item 11: a 1000x10 strip scaled to a 384 px short side was drawn at
+    38400x384 (1.6 GB of work, a 15 MB overlay). The panel draws at most MAX_OVERLAY_PIXELS,
+    aspect kept; small square images are still scaled up to 384 px."""
+    import base64
+    import io
+
+    import fiftyone_blip
+    from fiftyone_blip import word_heatmaps
+
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (1000, 10), (200, 30, 30)).save(path)
+    dataset = fo.Dataset()
+    dataset.add_sample(fo.Sample(filepath=str(path)))
+    fiftyone_blip.heatmaps(dataset, model="shapes-tiny", text="a red circle", progress=False)
+    panel = importlib_plugin().WordHeatmapsPanel()
+    ctx = _Ctx(dataset, dataset.first().id)
+    panel.on_load(ctx)
+    assert ctx.panel.state.message is None
+    url = ctx.panel.data.overlay
+    shown = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert shown.width * shown.height <= 1 << 20
+    assert abs(shown.width / shown.height - 100) < 1 and len(url) < 2_000_000
+    dataset.delete()
+    assert word_heatmaps.MAX_OVERLAY_PIXELS == 1 << 20
+    assert word_heatmaps.display_size(96, 96) == (384, 384)
+    assert word_heatmaps.display_size(20000, 15000) == (1182, 886)  # large photos are drawn smaller too

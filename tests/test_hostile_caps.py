@@ -609,3 +609,93 @@ def test_app_models_are_bundled_hub_ids_or_folders_under_the_root(
     assert "must be" in (_heatmaps_error(view, model=str(tmp_path / "missing"), field="hm_model") or "")
     _heatmaps_operator(view, model="matcher", field="hm_root").raise_exceptions()
     assert view.first().hm_root is not None
+
+
+def test_app_hub_ids_never_load_a_server_folder_of_that_name(fresh_dataset, plugin_installed, tmp_path, monkeypatch):
+    """Issue 24, part 2, item 4: a hub-shaped App model name (`private/model`) that names a folder
+    relative to the server's working directory loads from the hub (here: its offline cache), never
+    from that folder; the error of one that is not cached is the same whether the folder exists."""
+    import shutil
+
+    import huggingface_hub.constants as hub
+
+    from fiftyone_blip import models
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.delenv("FIFTYONE_BLIP_APP_ROOT", raising=False)
+    server_cwd = tmp_path / "server"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["match"], server_cwd / "private" / "model")
+    (server_cwd / "private" / "other").mkdir()
+    monkeypatch.chdir(server_cwd)
+    view = fresh_dataset.limit(1)
+    messages = []
+    for name in ("private/model", "private/other", "private/missing"):
+        message = _heatmaps_error(view, model=name, field="hm_hub") or ""
+        assert "not in the local Hugging Face cache" in message, message
+        assert str(tmp_path) not in message
+        messages.append(message.replace(name, "NAME"))
+    assert len(set(messages)) == 1
+    assert "hm_hub" not in fresh_dataset.get_field_schema()
+
+    # the hub's own files, cached: they load, not the server folder of the same name
+    commit = "0" * 40
+    repo = tmp_path / "hub-cache" / "models--private--model"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["match"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (server_cwd / "private" / "model" / "config.json").write_text('{"model_type": "bert"}')
+    _heatmaps_operator(view, model="private/model", field="hm_hub").raise_exceptions()
+    assert view.first().hm_hub is not None
+
+    # under an App root, a folder of that name inside the root is the model
+    root = tmp_path / "app-root"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["match"], root / "private" / "model")
+    shutil.rmtree(repo)
+    monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
+    _heatmaps_operator(view, model="private/model", field="hm_root").raise_exceptions()
+    fresh_dataset.reload()
+    assert fresh_dataset.count("hm_root") == 1
+
+
+def test_app_operators_read_only_the_inputs_their_forms_declare(fresh_dataset, plugin_installed, tmp_path, monkeypatch):
+    """Issue 24, part 2, item 3: params a form never shows (`out`, `images_dir`, `captions_file`)
+    sent through FiftyOne's operator execution reach nothing: no folder outside the App root is
+    written or deleted, and the adapter is trained from the view into the registry."""
+    import fiftyone.operators as foo
+
+    from fiftyone_blip import adapters
+
+    root, outside, registry = tmp_path / "app-root", tmp_path / "outside", tmp_path / "registry"
+    root.mkdir()
+    (outside / "photos").mkdir(parents=True)
+    (outside / "photos" / "holiday.txt").write_text("mine")
+    monkeypatch.setenv("FIFTYONE_BLIP_APP_ROOT", str(root))
+    monkeypatch.setenv(adapters.REGISTRY_ENV, str(registry))
+    view = fresh_dataset.limit(8)
+    params = dict(
+        language="de",
+        caption_field="gt_caption_de",
+        model="shapes-tiny",
+        epochs=1,
+        batch_size=8,
+        view_target="CURRENT_VIEW",
+        # never on the form:
+        out=str(outside / "photos"),
+        images_dir=str(outside / "no-such-images"),
+        captions_file=str(outside / "no-such.jsonl"),
+        overwrite=True,
+    )
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    uri = "@fiftyone-blip/blip/train_language_adapter"
+    foo.execute_operator(uri, ctx=dict(view=view, params=params), request_delegation=True).raise_exceptions()
+    service = DelegatedOperationService()
+    (queued,) = service.list_operations(dataset_name=fresh_dataset.name, run_state="queued", operator=uri)
+    service.execute_queued_operations(dataset_name=fresh_dataset.name)
+    done = service.get(queued.id)
+    assert done.run_state == "completed", done.result
+    assert done.result.result["path"] == str(registry / "de")
+    assert sorted(p.name for p in outside.rglob("*")) == ["holiday.txt", "photos"]
+    assert (outside / "photos" / "holiday.txt").read_text() == "mine"
+    assert sum(adapters.read_manifest(registry / "de")["data"].values()) == 8  # the view's pairs

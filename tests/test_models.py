@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -76,3 +78,58 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     assert models.keep_freed_memory() is False
     monkeypatch.delenv("FIFTYONE_BLIP_KEEP_FREED_MEMORY")
     assert models.keep_freed_memory() is (sys.platform == "linux")
+
+
+_OFFLINE_PROBE = """
+import json, sys, time
+from fiftyone_blip import models
+# imported before the clock starts: only the load is timed, not the imports
+import huggingface_hub, safetensors, torch
+from transformers import BlipForConditionalGeneration, BlipProcessor
+result = {}
+for name in sys.argv[1:]:
+    started = time.time()
+    try:
+        loaded = models.load_model(name, task="caption", device="cpu")
+        result[name] = {"loaded": [loaded.path, loaded.revision]}
+    except Exception as error:
+        result[name] = {"error": f"{type(error).__name__}: {error}"}
+    result[name]["seconds"] = time.time() - started
+print(json.dumps(result))
+"""
+
+
+def test_a_hub_model_fails_fast_without_network_and_loads_from_the_cache(tmp_path):
+    """Issue 24, part 2, item 15: with no network and no HF_HUB_OFFLINE, a hub model took 33-40 s and a
+    dozen "Retrying" lines before its one-line error. A short probe of the endpoint finds the hub
+    unreachable: an uncached model fails at once with advice, a cached one loads from the cache."""
+    import os
+    import socket
+
+    with socket.socket() as s:  # a local port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "hf-home"
+    commit = "1" * 40
+    repo = home / "hub" / "models--someorg--cached-captioner"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["caption"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HTTP", "http", "ALL_PROXY", "all_proxy"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(home))
+    done = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_PROBE, "someorg/not-cached", "someorg/cached-captioner"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    missing, cached = result["someorg/not-cached"], result["someorg/cached-captioner"]
+    assert "not in the local Hugging Face cache and the hub cannot be reached" in missing["error"]
+    assert "HF_HUB_OFFLINE=1" in missing["error"] and "hf download someorg/not-cached" in missing["error"]
+    assert missing["seconds"] < 5, missing
+    # named by its hub id and commit, as when it loads online: its results stay its own
+    assert cached.get("loaded") == ["someorg/cached-captioner", commit] and cached["seconds"] < 30, cached
+    assert "Retrying" not in done.stderr

@@ -214,3 +214,46 @@ def test_a_killed_workers_entry_becomes_interrupted_and_a_finished_one_stays(fre
     statuses = {r["run_id"]: r["status"] for r in fiftyone_blip.runs(fresh_dataset)}
     assert statuses.pop("killed-run") == "interrupted"
     assert list(statuses.values()) == ["completed"]
+
+
+def test_an_old_record_that_cannot_move_blocks_nothing(fresh_dataset):
+    """Issue 24, part 2, item 12: an old record whose run key is a user's own run (`blip_...`, another
+    method) stayed unmovable, and every run into any field failed on it; `fiftyone-blip runs`
+    printed a traceback. It stays where it is; runs into other fields go on; every command is one line."""
+    import fiftyone.core.odm as foo
+    from click.testing import CliRunner
+
+    from fiftyone_blip.cli import main
+
+    fresh_dataset.register_run("blip_caption_caption", fresh_dataset.init_run(method="my-own"))
+    legacy = foo.get_db_conn()[run_records.LEGACY_COLLECTION]
+    old = {"run_id": "cannot-move", "dataset_id": str(fresh_dataset._doc.id), "capability": "caption"}
+    old_id = legacy.insert_one({**old, "field": "caption", "started": datetime.datetime(2026, 1, 2)}).inserted_id
+    no_field = legacy.insert_one({**old, "run_id": "no-field"}).inserted_id
+    try:
+        summary = fiftyone_blip.caption(fresh_dataset.limit(2), model="shapes-tiny", field="cap2", progress=False)
+        assert summary.done == 2
+        assert [r["field"] for r in fiftyone_blip.runs(fresh_dataset)] == ["cap2"]
+        result = CliRunner().invoke(main, ["runs", fresh_dataset.name])
+        assert result.exit_code == 0 and "cap2" in result.output, result.output
+        result = CliRunner().invoke(main, ["caption", fresh_dataset.name, "-m", "shapes-tiny", "-q"])
+        assert result.exit_code == 1 and "belongs to another run" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert legacy.count_documents({"_id": {"$in": [old_id, no_field]}}) == 2  # left as they were
+        assert fresh_dataset.get_run_info("blip_caption_caption").config.method == "my-own"
+    finally:
+        legacy.delete_many({"_id": {"$in": [old_id, no_field]}})
+
+
+def test_every_command_ends_a_library_error_in_one_line(fresh_dataset, monkeypatch):
+    """`runs`, `adapters list` and `app` are not decorated one by one: the group translates errors."""
+    from click.testing import CliRunner
+
+    from fiftyone_blip.cli import main
+
+    def broken(*args, **kwargs):
+        raise ValueError("the database says no\nsecond line")
+
+    monkeypatch.setattr(run_records, "list_runs", broken)
+    result = CliRunner().invoke(main, ["runs", fresh_dataset.name])
+    assert result.exit_code == 1 and result.output.strip() == "Error: the database says no"

@@ -16,6 +16,8 @@ import fiftyone_blip
 from fiftyone_blip import (
     AdapterJobSettings,
     AdapterTrainingSettings,
+    CapFiltSettings,
+    CaptionEvalSettings,
     CaptionSettings,
     EmbedSettings,
     FlagSettings,
@@ -35,9 +37,16 @@ ENGINE = [
     (MislabelSettings, "find_mislabels", ["mislabels", "--label-field", "gt_label"], "find_mislabels"),
     (EmbedSettings, "embed", ["embed"], "compute_embeddings"),
     (VqaSettings, "ask", ["ask", "how many shapes are there?", "-f", "n"], "ask_question"),
+    (CapFiltSettings, "capfilt", ["capfilt", "gt_caption"], "clean_captions"),
+    (CaptionEvalSettings, "evaluate_captions", ["evaluate-captions", "caption", "gt_caption"], "evaluate_captions"),
 ]
 # the arguments before the settings of each engine SDK function
-SDK_ARGS = {"find_mislabels": ("gt_label",), "ask": ("how many shapes are there?", "n")}
+SDK_ARGS = {
+    "find_mislabels": ("gt_label",),
+    "ask": ("how many shapes are there?", "n"),
+    "capfilt": ("gt_caption",),
+    "evaluate_captions": ("caption", "gt_caption"),
+}
 ALL_CLASSES = [
     RunOptions,
     CaptionSettings,
@@ -49,11 +58,13 @@ ALL_CLASSES = [
     AdapterTrainingSettings,
     AdapterJobSettings,
     VqaSettings,
+    CapFiltSettings,
+    CaptionEvalSettings,
 ]
 # The form suggests a value that depends on the dataset (the model a shapes dataset needs, the
 # prompt that model was trained with, the score field named after the label field); the SDK's
 # None means the same choice made at run time. These are checked separately below.
-DATASET_DEPENDENT = {"model", "template", "caption_field"}
+DATASET_DEPENDENT = {"model", "template", "caption_field", "caption_model", "match_model"}
 
 
 def _expected(cls, params=None):
@@ -95,10 +106,12 @@ def _settings_in(call, cls):
 
 @pytest.mark.parametrize("cls, sdk, _cli, _op", ENGINE, ids=lambda v: getattr(v, "__name__", None))
 def test_sdk_defaults_and_keywords(monkeypatch, cls, sdk, _cli, _op):
-    from fiftyone_blip import captions, embeddings, mislabels, vqa, word_heatmaps
+    from fiftyone_blip import caption_eval, caption_filter, captions, embeddings, mislabels, vqa, word_heatmaps
 
     module = {
         "caption": captions,
+        "capfilt": caption_filter,
+        "evaluate_captions": caption_eval,
         "heatmaps": word_heatmaps,
         "find_mislabels": mislabels,
         "embed": embeddings,
@@ -177,9 +190,12 @@ def cli_calls(monkeypatch):
             "metrics": {"held_out_exact_match": 0.0},
             "parameters": {"trainable": 0, "ratio": 0.0},
             "training": {"wall_seconds": 0, "cpu_seconds": 0},
+            "total_samples": 0,
+            "corpus": {"cider": 0.0},
+            "samples": 0,
         }
 
-    for sdk in ("find_mislabels", "flag_mislabels", "train_adapter"):
+    for sdk in ("find_mislabels", "flag_mislabels", "train_adapter", "capfilt", "evaluate_captions"):
         monkeypatch.setattr(fiftyone_blip, sdk, record)
     for sdk in ("caption", "heatmaps", "embed", "ask"):  # these return the engine run's summary
         monkeypatch.setattr(fiftyone_blip, sdk, lambda *args, **kwargs: calls.append(kwargs) or run)
@@ -307,6 +323,14 @@ def test_form_defaults_mislabels(fresh_dataset, plugin_installed):
     # the score field the form suggests is the one the SDK picks for None
     assert MislabelSettings(field=shown["field"]).score_field("gt_label") == MislabelSettings().score_field("gt_label")
     assert shown["template"] == mislabels.default_template(shown["model"])
+
+
+def test_form_defaults_caption_quality(fresh_dataset, plugin_installed):
+    _check_form(fresh_dataset, CapFiltSettings, "clean_captions", base={"caption_field": "gt_caption"})
+    _check_form(fresh_dataset, CaptionEvalSettings, "evaluate_captions", base={"pred_field": "gt_caption"})
+    shown = _form(fresh_dataset, "clean_captions", {})
+    assert shown["caption_model"] == shown["match_model"] == "shapes-tiny"
+    assert shown["caption_field"] == "gt_caption" and shown["out_field"] == "capfilt"
 
 
 def test_form_defaults_ask(fresh_dataset, plugin_installed):

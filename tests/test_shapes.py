@@ -1,5 +1,7 @@
 """Shapes data: deterministic scenes, unambiguous captions in three languages, a FiftyOne loader."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,64 @@ def test_bad_arguments():
         data.make_scene(0, "holdout")
     with pytest.raises(ValueError, match="count"):
         data.make_scenes(-1)
+
+
+def test_load_dataset_never_replaces_a_dataset_it_did_not_build(fo, tmp_path):
+    """Issue 24, part 2, item 1: a user's dataset of that name is refused, with or without
+    overwrite; a built one with other settings is rebuilt only when asked."""
+    import fiftyone_blip
+
+    name = "shapes-not-mine"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    mine = fo.Dataset(name, persistent=True)
+    mine.add_sample(fo.Sample(filepath=str(tmp_path / "x.png"), caption="my own words"))
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="not built by") as error:
+            fiftyone_blip.load_shapes_dataset(name, count=3, images_dir=tmp_path, overwrite=overwrite)
+        assert "\n" not in str(error.value)
+        assert fo.load_dataset(name).first()["caption"] == "my own words"
+    mine.delete()
+
+    built = fiftyone_blip.load_shapes_dataset(name, count=3, images_dir=tmp_path)
+    built.save_view("two", built.limit(2))
+    with pytest.raises(ValueError, match="overwrite"):
+        fiftyone_blip.load_shapes_dataset(name, count=4, images_dir=tmp_path)
+    assert len(fo.load_dataset(name)) == 3 and fo.load_dataset(name).has_saved_view("two")
+    # its images gone: rendered again, the dataset and its saved view kept
+    for path in built.values("filepath"):
+        os.remove(path)
+    again = fiftyone_blip.load_shapes_dataset(name, count=3, images_dir=tmp_path)
+    assert again.has_saved_view("two") and all(os.path.exists(p) for p in again.values("filepath"))
+    rebuilt = fiftyone_blip.load_shapes_dataset(name, count=4, images_dir=tmp_path, overwrite=True)
+    assert len(rebuilt) == 4
+    rebuilt.delete()
+
+
+def test_shapes_and_demo_commands_leave_other_datasets_alone(fo, tmp_path, plugin_installed):
+    """Item 1 through the CLI: `shapes NAME` refuses a user's dataset in one line; `demo` reuses
+    a dataset it built (saved views kept) and refuses anyone else's."""
+    from click.testing import CliRunner
+
+    import fiftyone_blip
+    from fiftyone_blip.cli import main
+
+    name = "shapes-cli-not-mine"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    mine = fo.Dataset(name, persistent=True)
+    mine.add_sample(fo.Sample(filepath=str(tmp_path / "x.png"), caption="my own words"))
+    for command in (["shapes", name, "-n", "3", "--overwrite"], ["demo", "--name", name, "-n", "3"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and "not built by" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert fo.load_dataset(name).first()["caption"] == "my own words"
+    mine.delete()
+
+    built = fiftyone_blip.load_shapes_dataset(name, count=3, images_dir=tmp_path)
+    built.save_view("two", built.limit(2))
+    result = CliRunner().invoke(main, ["demo", "--name", name, "-n", "5"])
+    assert result.exit_code == 0, result.output
+    kept = fo.load_dataset(name)
+    assert len(kept) == 3 and kept.has_saved_view("two") and kept.count("caption") == 3
+    kept.delete()

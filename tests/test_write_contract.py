@@ -56,6 +56,20 @@ def test_a_type_clash_is_refused_before_any_weights_load(fresh_dataset, monkeypa
         fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", field="gt_caption", **QUIET)
 
 
+def test_words_the_model_cannot_write_are_refused_before_any_weights_load(fresh_dataset, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(models, "load_model", no_weights)
+    with pytest.raises(ValueError, match=r"`answers`: 'zqxj' is not in the model's vocabulary"):
+        fiftyone_blip.ask(
+            fresh_dataset, "what shape is it?", "shape", answers=["circle", "zqxj"], model="shapes-tiny", **QUIET
+        )
+    with pytest.raises(ValueError, match=r"`ban_words`: 'zqxj' is not in the model's vocabulary"):
+        fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", ban_words=["zqxj"], **QUIET)
+    assert "shape" not in fresh_dataset.get_field_schema() and "caption" not in fresh_dataset.get_field_schema()
+
+
 # ---------------------------------------------------------------- 2. a refused run changes nothing
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 BASE_LANGUAGE = "en"
@@ -39,7 +43,59 @@ def registry_dir() -> Path:
 
 def search_dirs() -> list[Path]:
     """Where adapters are looked for, first match wins: the registry, then the bundled ones."""
-    return [registry_dir(), BUNDLED_ADAPTERS_DIR]
+    return [registry_dir(), bundled_dir()]
+
+
+CACHE_ENV = "FIFTYONE_BLIP_CACHE_DIR"
+
+
+@functools.cache
+def bundled_dir() -> Path:
+    """The bundled adapters as they are listed and loaded: a copy of the package's folder whose
+    `adapter_config.json` files name the bundled base model by its absolute path, so that plain
+    peft (`AutoPeftModel.from_pretrained(folder)`) finds the base from any working directory.
+
+    The package's own files name the base relative to the folder that holds `fiftyone_blip`
+    (the install location is not known when they are made). The copy is made once per install
+    and content, in `$FIFTYONE_BLIP_CACHE_DIR` (default `~/.cache/fiftyone-blip`); where it cannot
+    be written, the package's folder is used as it is.
+    """
+    try:
+        digest = hashlib.sha256(str(BUNDLED_ADAPTERS_DIR.resolve()).encode())
+        for path in sorted(BUNDLED_ADAPTERS_DIR.rglob("*")):
+            if path.is_file():
+                digest.update(path.relative_to(BUNDLED_ADAPTERS_DIR).as_posix().encode() + path.read_bytes())
+        cache = Path(
+            os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "fiftyone-blip"
+        )
+        target = cache.expanduser() / f"bundled-adapters-{digest.hexdigest()[:16]}"
+        if not (target / ".complete").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".bundled-adapters-", dir=target.parent))
+            for folder in sorted(BUNDLED_ADAPTERS_DIR.iterdir()):
+                if folder.is_dir() and LANGUAGE_PATTERN.match(folder.name):
+                    shutil.copytree(folder, staging / folder.name)
+                    _name_base_absolutely(staging / folder.name)
+            (staging / ".complete").touch()
+            try:
+                os.replace(staging, target)
+            except OSError:  # another process made it first
+                shutil.rmtree(staging, ignore_errors=True)
+        return target
+    except OSError as error:
+        _logger().warning("bundled adapters used from the package folder (copy not made: %s)", error)
+        return BUNDLED_ADAPTERS_DIR
+
+
+def _name_base_absolutely(directory: Path) -> None:
+    from fiftyone_blip import models
+
+    config_path = directory / "adapter_config.json"
+    base = json.loads((directory / MANIFEST_FILE).read_text()).get("base_model", {}).get("name")
+    if base in models.BUNDLED and config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = str(models.BUNDLED[base]["caption"].resolve())
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def adapter_dir(root: Path, language: str) -> Path:

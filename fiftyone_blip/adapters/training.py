@@ -14,6 +14,7 @@ from pathlib import Path
 from fiftyone_blip.adapters.data import pairs_from_dataset, pairs_from_folder
 from fiftyone_blip.adapters.registry import (
     BASE_LANGUAGE,
+    BUNDLED_ADAPTERS_DIR,
     FORMAT_VERSION,
     MANIFEST_FILE,
     MAX_SIZE_RATIO,
@@ -22,6 +23,7 @@ from fiftyone_blip.adapters.registry import (
     adapter_dir,
     base_identity,
     check_language,
+    read_manifest,
     registry_dir,
 )
 from fiftyone_blip.adapters.tokenizer import build_tokenizer, roundtrip_rate
@@ -310,9 +312,25 @@ def _check_request(pairs, language: str, out, overwrite: bool) -> Path:
     if len(pairs) < 2:
         raise AdapterError(f"training needs at least 2 image-caption pairs, got {len(pairs)}")
     target = Path(out).expanduser() if out is not None else adapter_dir(registry_dir(), language)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise AdapterError(f"adapter folder {str(target)!r} exists; pass overwrite to replace it")
+    check_replaceable(target, overwrite)
     return target
+
+
+def check_replaceable(target: Path, overwrite: bool) -> None:
+    """Refuses an adapter folder that may not be written: anything but a new or empty folder, or,
+    with `overwrite`, an adapter folder (its manifest reads). Nothing else is ever deleted."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise AdapterError(f"{str(target)!r} is not a folder; it is left as it is: pick a new or empty folder")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    if not (target / MANIFEST_FILE).is_file():
+        raise AdapterError(
+            f"folder {str(target)!r} is not an adapter folder (no {MANIFEST_FILE}); it is left as it is: "
+            "pick a new or empty folder"
+        )
+    if not overwrite:
+        raise AdapterError(f"adapter folder {str(target)!r} exists; pass overwrite to replace it")
+    read_manifest(target)  # a folder whose manifest does not read is no adapter to replace either
 
 
 @dataclasses.dataclass
@@ -550,6 +568,7 @@ def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         write_load_files(staging, manifest)
         if target.exists():
+            check_replaceable(target, overwrite=True)  # again: the folder may have changed during training
             shutil.rmtree(target)
         os.replace(staging, target)
     except BaseException:
@@ -557,19 +576,23 @@ def _save(peft_model, tokenizer, manifest: dict, target: Path) -> None:
         raise
 
 
-def peft_base_reference(base: dict) -> str:
-    """What `adapter_config.json` names as the base: the hub id or local folder the adapter was trained on.
+def peft_base_reference(base: dict, directory: Path) -> str:
+    """What `adapter_config.json` in `directory` names as the base: the hub id or local folder the
+    adapter was trained on.
 
-    A bundled base ("shapes-tiny") is named by its folder inside the package,
-    relative to the folder that holds `fiftyone_blip` (the repository root or
-    site-packages): `AutoPeftModel` resolves it from there.
+    A bundled base ("shapes-tiny") is named by its absolute path, so plain peft finds it from any
+    working directory; inside the package's own adapters folder (the bundled adapters), by its
+    path relative to the folder that holds `fiftyone_blip`, as the install location is not known
+    there (`registry.bundled_dir` lists a copy that names it absolutely).
     """
     from fiftyone_blip import models
 
     name = base["name"]
     if name in models.BUNDLED:
-        package_root = Path(models.__file__).resolve().parent.parent
-        return models.BUNDLED[name]["caption"].resolve().relative_to(package_root).as_posix()
+        folder = models.BUNDLED[name]["caption"].resolve()
+        if Path(directory).resolve().is_relative_to(BUNDLED_ADAPTERS_DIR.resolve()):
+            return folder.relative_to(Path(models.__file__).resolve().parent.parent).as_posix()
+        return str(folder)
     return name
 
 
@@ -581,7 +604,7 @@ def write_load_files(directory: Path, manifest: dict) -> None:
     """
     config_path = directory / "adapter_config.json"
     config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = peft_base_reference(manifest["base_model"])
+    config["base_model_name_or_path"] = peft_base_reference(manifest["base_model"], directory)
     config["revision"] = manifest["base_model"].get("revision")
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (directory / "README.md").write_text(model_card(manifest, config))
@@ -593,8 +616,6 @@ def refresh_adapter_folder(directory) -> None:
     For folders saved by an earlier version (base named by alias, no card);
     the weights, tokenizer and manifest are left as they are.
     """
-    from fiftyone_blip.adapters.registry import read_manifest
-
     directory = Path(directory)
     manifest = read_manifest(directory)
     manifest.pop("path", None)

@@ -29,12 +29,20 @@ def write_images(scenes, images_dir: Path) -> list[str]:
     images_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for scene in scenes:
-        path = images_dir / f"{scene.split}-{scene.index:06d}.png"
-        tmp = path.with_suffix(".tmp.png")
-        scene.render().save(tmp)
-        os.replace(tmp, path)  # never leave a half-written image behind
+        path = images_dir / image_name(scene)
+        render_to(scene, path)
         paths.append(str(path))
     return paths
+
+
+def image_name(scene) -> str:
+    return f"{scene.split}-{scene.index:06d}.png"
+
+
+def render_to(scene, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.png")
+    scene.render().save(tmp)
+    os.replace(tmp, path)  # never leave a half-written image behind
 
 
 def to_sample(scene, filepath: str):
@@ -65,6 +73,32 @@ def to_sample(scene, filepath: str):
     return sample
 
 
+BUILT_BY = "fiftyone_blip.shapes"  # `dataset.info["built_by"]` of every dataset built here
+
+
+def built_here(dataset) -> bool:
+    """Whether `dataset` was built by `load_dataset` (only such a dataset may ever be replaced)."""
+    info = dataset.info or {}
+    if info.get("built_by") == BUILT_BY:
+        return True
+    # datasets built before the mark: their identity is exactly the four generator settings
+    shapes = info.get("shapes")
+    return isinstance(shapes, dict) and set(shapes) == {"count", "split", "seed", "size"}
+
+
+def open_built(name: str):
+    """The existing dataset `name` if `load_dataset` built it; a one-line ValueError otherwise."""
+    import fiftyone as fo
+
+    dataset = fo.load_dataset(name)
+    if not built_here(dataset):
+        raise ValueError(
+            f"dataset {name!r} exists and was not built by fiftyone-blip's shapes loader; "
+            "it is left as it is: pick another name"
+        )
+    return dataset
+
+
 def load_dataset(
     name: str = "shapes-demo",
     count: int = 200,
@@ -76,6 +110,11 @@ def load_dataset(
 ):
     """Builds (or loads) a persistent dataset of `count` shapes images.
 
+    An existing dataset of that name is reused when this function built it with
+    the same settings (images missing from disk are rendered again at their
+    paths). It is replaced only with `overwrite=True`, and only if this function
+    built it: any other dataset of that name is refused and left untouched.
+
     Args:
         name: the dataset name ("shapes-demo").
         count: number of images (200).
@@ -83,13 +122,17 @@ def load_dataset(
         seed: generator seed (0).
         size: image side in pixels (96).
         images_dir: where PNG files go (None: FiftyOne's zoo folder).
-        overwrite: rebuild the dataset even if it exists with these settings.
+        overwrite: rebuild a dataset this function built, even with these settings (False).
 
     Returns:
         the `fiftyone.Dataset`. Fields: `gt_caption`, `gt_caption_de`,
         `gt_caption_ru` (strings), `gt_label` (Classification: the largest
         shape's kind), `gt_objects` (Detections with `colour`, `position` and
         the caption `words` that name each object), `split`.
+
+    Raises:
+        ValueError: a dataset of that name that this function did not build, or
+            one built with other settings and `overwrite=False`.
     """
     import fiftyone as fo
 
@@ -97,11 +140,15 @@ def load_dataset(
         raise ValueError(f"`count` must be >= 1, got {count}")
     identity = {"count": count, "split": split, "seed": seed, "size": size}
     if fo.dataset_exists(name):
-        dataset = fo.load_dataset(name)
-        if not overwrite and dataset.info.get("shapes") == identity and len(dataset) == count:
-            # its images may be gone (a cleaned zoo folder, another temporary home): rebuild then
-            if all(os.path.exists(path) for path in dataset.values("filepath")):
-                return dataset
+        dataset = open_built(name)  # refuses anyone else's dataset, with or without overwrite
+        if not overwrite:
+            if dataset.info.get("shapes") != identity or len(dataset) != count:
+                raise ValueError(
+                    f"dataset {name!r} holds shapes built with other settings ({dataset.info.get('shapes')}); "
+                    "pass overwrite=True (--overwrite) to rebuild it, or pick another name"
+                )
+            _render_missing(dataset, identity)
+            return dataset
         dataset.delete()
     scenes = make_scenes(count, split=split, seed=seed, size=size)
     folder = Path(images_dir) if images_dir else default_images_dir() / f"seed{seed}-{size}px"
@@ -109,6 +156,23 @@ def load_dataset(
     dataset = fo.Dataset(name)
     dataset.add_samples([to_sample(s, p) for s, p in zip(scenes, paths)], progress=False)
     dataset.info["shapes"] = identity
+    dataset.info["built_by"] = BUILT_BY
     dataset.persistent = True
     dataset.save()
     return dataset
+
+
+def _render_missing(dataset, identity: dict) -> None:
+    """Renders again the images of a built dataset that are gone from disk (a cleaned zoo folder,
+    another temporary home), at their stored paths; the dataset, its fields and runs stay."""
+    paths = dataset.values("filepath")
+    missing = [path for path in paths if not os.path.exists(path)]
+    if not missing:
+        return
+    settings = {key: identity[key] for key in ("split", "seed", "size")}
+    scenes = {image_name(scene): scene for scene in make_scenes(identity["count"], **settings)}
+    for path in map(Path, missing):
+        if path.name not in scenes:
+            raise ValueError(f"dataset {dataset.name!r}: image {path.name!r} is missing and is no shapes image")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_to(scenes[path.name], path)

@@ -1,0 +1,233 @@
+"""Caption evaluation against references: COCO-toolkit metrics and BLIP's ITM score side by side.
+
+`run` reads the predictions and references of the collection, computes the
+corpus and per-sample BLEU-1..4, ROUGE-L and CIDEr-D (`caption_metrics`:
+CIDEr-D's document frequencies need every reference first), then one engine
+`Task` writes each sample's scores under the eval key, with the matcher's
+ITM probability of its prediction(s) computed in the same pass (the
+reference-free score). The corpus figures go into the run's record.
+
+Fields, for eval key `eval`: `eval_bleu1` .. `eval_bleu4`, `eval_rouge_l`,
+`eval_cider` (the run's main field: `eval_cider_error` / `eval_cider_run`
+are the engine's), `eval_itm`. With several predictions per sample, each
+field holds the mean over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fiftyone_blip.caption_metrics import METRIC_NAMES, METRICS, score_captions
+from fiftyone_blip.fields import check_field_name
+from fiftyone_blip.settings import Settings, setting
+
+CAPABILITY = "caption_eval"
+
+
+@dataclasses.dataclass
+class CaptionEvalSettings(Settings):
+    """How `evaluate_captions` scores: the matcher for the reference-free ITM score, the review view."""
+
+    model: str | None = setting(
+        None,
+        "the matcher for the ITM score: a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' "
+        "(None: Salesforce/blip-itm-base-coco)",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_MATCH_MODEL",
+    )
+    itm: bool = setting(
+        True,
+        "also score each prediction with BLIP's ITM head (reference-free; needs the images and the model)",
+        label="Also score by ITM (reference-free)",
+        cli_flags=("--no-itm",),
+        cli_help="Skip the reference-free ITM score (no model, no images read).",
+    )
+    view_name: str | None = setting(
+        None, "the saved review view, worst CIDEr-D first (None: '{eval_key}-review')", advanced=True
+    )
+
+
+def field_names(eval_key: str) -> dict[str, str]:
+    """metric -> the sample field that holds it ("cider" -> "eval_cider")."""
+    return {name: f"{eval_key}_{name}" for name in (*METRICS, "itm")}
+
+
+def texts_of(value) -> list[str]:
+    """The captions a field value holds: a string, a list of strings, or labels (Classification(s))."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        values = [value]
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+    elif hasattr(value, "classifications"):
+        values = [c.label for c in value.classifications or []]
+    elif hasattr(value, "label"):
+        values = [value.label]
+    else:
+        raise ValueError(f"a caption must be text, a list of texts or labels, got {type(value).__name__}")
+    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+
+
+def check_text_field(samples, name: str, what: str) -> None:
+    import fiftyone as fo
+
+    field = samples.get_field_schema().get(name)
+    if field is None:
+        raise ValueError(f"`{what}` {name!r} is not a field of the dataset")
+    ok = (
+        isinstance(field, fo.StringField)
+        or (isinstance(field, fo.ListField) and isinstance(field.field, (fo.StringField, type(None))))
+        or (
+            isinstance(field, fo.EmbeddedDocumentField)
+            and issubclass(field.document_type, (fo.Classification, fo.Classifications))
+        )
+    )
+    if not ok:
+        raise ValueError(
+            f"`{what}` {name!r} holds {type(field).__name__}; captions are a string, a list of strings "
+            "or Classification(s) labels"
+        )
+
+
+def eval_task(model, pred_field: str, gt_field: str, eval_key: str, scores: dict, corpus_digest: str, resize: str):
+    """An engine `Task` that writes each sample's precomputed metrics (`scores`, by id) and, with a matcher
+    (`model`: a `models.ModelReference` or `LoadedModel`, loaded once the engine's checks pass), the ITM
+    probability of its predictions."""
+    import fiftyone as fo
+
+    from fiftyone_blip import engine
+
+    names = field_names(eval_key)
+
+    def bind():
+        matcher = preprocess = loaded = None
+        if model is not None:
+            from fiftyone_blip.mislabels import Matcher
+
+            loaded = model.load()
+            matcher, preprocess = Matcher(loaded), loaded.preprocessor(resize)
+
+        def prepare(path, predictions, _references, sample_id):
+            texts = texts_of(predictions)
+            pixels = preprocess.pixels(path)[0] if matcher is not None and texts else None
+            return pixels, texts, sample_id
+
+        def step(inputs):
+            itm = {}
+            scored = [n for n, (pixels, texts, _) in enumerate(inputs) if pixels is not None]
+            if scored:
+                import torch
+
+                with torch.inference_mode(), loaded.autocast():
+                    pixels = preprocess.to_pixel_values([inputs[n][0] for n in scored], loaded.device)
+                    embeds = loaded.image_embeds(pixels)
+                    pairs = [(i, text) for i, n in enumerate(scored) for text in inputs[n][1]]
+                    probs = matcher.itm(embeds, [i for i, _ in pairs], [t for _, t in pairs]).tolist()
+                for i, n in enumerate(scored):
+                    mine = [p for (j, _), p in zip(pairs, probs) if j == i]
+                    itm[n] = sum(mine) / len(mine)
+            rows = []
+            for n, (_, _, sample_id) in enumerate(inputs):
+                values = scores.get(sample_id) or {}
+                row = {names[m]: values.get(m) for m in METRICS}
+                if matcher is not None:
+                    row[names["itm"]] = itm.get(n)
+                rows.append(row)
+            return rows
+
+        return prepare, step
+
+    fields = {names[m]: fo.FloatField for m in METRICS}
+    descriptions = {
+        names[m]: f"{METRIC_NAMES[m]} of {pred_field!r} against {gt_field!r} (COCO caption toolkit definition; "
+        "the mean over several predictions)"
+        for m in METRICS
+    }
+    if model is not None:
+        fields[names["itm"]] = fo.FloatField
+        descriptions[names["itm"]] = f"BLIP ITM probability of {pred_field!r} (reference-free; mean over predictions)"
+    identity = model.identity if model is not None else {"model": None, "revision": None, "dtype": None}
+    return engine.Task(
+        capability=CAPABILITY,
+        field=names["cider"],
+        fields=fields,
+        # the per-sample CIDEr-D depends on every reference evaluated: another corpus is another result
+        settings={"pred_field": pred_field, "gt_field": gt_field, "itm": model is not None, "corpus": corpus_digest},
+        identity=identity,
+        bind=bind,
+        reads=(pred_field, gt_field, "id"),
+        descriptions=descriptions,
+    )
+
+
+def corpus_scores(samples, pred_field: str, gt_field: str) -> tuple[dict, dict, str, int]:
+    """(corpus metrics, per-sample mean metrics by id, a digest of the evaluated texts, samples scored)."""
+    from fiftyone_blip import engine
+
+    ids, preds, refs = [], [], []
+    for sample_id, pred, ref in zip(*samples.values(["id", pred_field, gt_field])):
+        p, r = texts_of(pred), texts_of(ref)
+        if p and r:
+            ids.append(sample_id)
+            preds.append(p)
+            refs.append(r)
+    if not ids:
+        raise ValueError(f"no sample has both a prediction in {pred_field!r} and a reference in {gt_field!r}")
+    corpus, rows = score_captions(preds, refs)
+    per_sample = {
+        sample_id: {m: sum(row[m] for row in image) / len(image) for m in METRICS}
+        for sample_id, image in zip(ids, rows)
+    }
+    return corpus, per_sample, engine.input_digest([ids, preds, refs]), len(ids)
+
+
+def run(samples, pred_field: str, gt_field: str, eval_key: str, settings: CaptionEvalSettings, options) -> dict:
+    """Evaluates `samples`; see `fiftyone_blip.evaluate_captions`."""
+    from fiftyone_blip import engine, models
+    from fiftyone_blip import run_records as runs
+
+    names = field_names(eval_key)
+    for name in names.values():
+        check_field_name(name)
+    check_text_field(samples, pred_field, "pred_field")
+    check_text_field(samples, gt_field, "gt_field")
+    if pred_field == gt_field:
+        raise ValueError(f"`pred_field` and `gt_field` are both {pred_field!r}")
+    corpus, per_sample, digest, count = corpus_scores(samples, pred_field, gt_field)
+    model = models.reference_for(settings.model, "match", options) if settings.itm else None
+    task = eval_task(model, pred_field, gt_field, eval_key, per_sample, digest, options.resize)
+    summary = engine.run(samples, task, options)
+    if settings.itm:
+        values = [v for v in samples.values(names["itm"]) if v is not None]
+        corpus["itm"] = sum(values) / len(values) if values else None
+    runs.entry(samples._dataset, CAPABILITY, task.field, summary.run_id).update(
+        corpus=corpus, samples_scored=count, pred_field=pred_field, gt_field=gt_field
+    )
+    from fiftyone import ViewField as F
+
+    view_name = settings.view_name or f"{eval_key.replace('_', '-')}-review"
+    review = samples.match(F(names["cider"]) != None).sort_by(names["cider"])  # noqa: E711
+    samples._dataset.save_view(view_name, review, overwrite=True)
+    return {"run": summary, "corpus": corpus, "samples": count, "view": view_name, "eval_key": eval_key}
+
+
+def delete(samples, eval_key: str) -> list[str]:
+    """Deletes an evaluation's fields, run record and review view (`view_name` other than the default stays)."""
+    from fiftyone_blip import run_records as runs
+
+    dataset = samples._dataset
+    names = field_names(eval_key)
+    main = names["cider"]
+    wanted = [*names.values(), f"{main}_error", f"{main}_run"]
+    present = [name for name in wanted if name in dataset.get_field_schema()]
+    if not present:
+        raise ValueError(f"no caption evaluation {eval_key!r} on dataset {dataset.name!r}")
+    dataset.delete_sample_fields(present)
+    key = runs.run_key(CAPABILITY, main)
+    if key in dataset.list_runs():
+        dataset.delete_run(key)
+    view_name = f"{eval_key.replace('_', '-')}-review"
+    if dataset.has_saved_view(view_name):
+        dataset.delete_saved_view(view_name)
+    return present
