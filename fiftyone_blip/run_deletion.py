@@ -30,7 +30,7 @@ import dataclasses
 import uuid
 from pathlib import Path
 
-from fiftyone_blip import app_config, run_records
+from fiftyone_blip import app_config, mislabels, run_records
 
 
 @dataclasses.dataclass
@@ -191,8 +191,6 @@ def deletion_plan(samples, key: str) -> RunDeletion:
         shared = mine & _paths_referenced_elsewhere(dataset, fields)
         map_files, kept = sorted(mine - shared), sorted(shared)
     brain_keys = _own_indexes(dataset, field) if capability == "embed" else []
-    from fiftyone_blip import mislabels
-
     tags = {}
     for name, tag in _flag_fields(dataset, fields).items():
         released = set(_flagged(dataset, name)) - mislabels.held_by_others(dataset, name, tag)
@@ -229,10 +227,9 @@ def delete(samples, key: str, dry_run: bool = False) -> RunDeletion:
     lease = run_records.Lease(dataset, top_level or [plan.field], None, f"delete-{uuid.uuid4().hex}")
     lease.take()
     try:
+        plan = deletion_plan(samples, key)  # again, now that no run can write the fields
         for brain_key in plan.brain_keys:
             dataset.delete_brain_run(brain_key)
-        from fiftyone_blip import mislabels
-
         for name, tag in _flag_fields(dataset, plan.fields).items():
             # as a re-flag that flags nothing: the tag leaves the samples only these flags held
             mislabels.retag(dataset, tag, _flagged(dataset, name), (), mislabels.held_by_others(dataset, name, tag))
