@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
             elif mode == "app itc+itm":
                 found = search_operator(dataset, text, args.k)
             else:
-                hits = fiftyone_blip.search(dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=args.shortlist)
-                found = [hit.id for hit in hits]
+                view = fiftyone_blip.search(dataset, text, k=args.k, rerank=mode == "itc+itm", shortlist=args.shortlist)
+                found = view.values("id")
             precision = sum(i in ids for i in found) / args.k
             per_query[mode].append((set_name, text, precision))
         seconds[mode] = time.time() - t0

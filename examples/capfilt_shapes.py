@@ -11,10 +11,10 @@ matcher believes and replaces the others by the best of 5 sampled captions;
 
 import random
 
-import fiftyone_blip as fob
+import fiftyone_blip as fb
 from fiftyone_blip.shapes.data import COLOURS
 
-dataset = fob.load_shapes_dataset("shapes-capfilt", count=200, overwrite=True)
+dataset = fb.load_shapes_dataset("shapes-capfilt", count=200, overwrite=True)
 
 # 1. a noisy copy of the captions (gt_caption stays as the reference)
 captions = dataset.values("gt_caption")
@@ -30,10 +30,10 @@ for k, i in enumerate(rng.sample(range(len(captions)), 60)):
 dataset.set_values("noisy_caption", noisy)
 
 quiet = dict(progress=False)
-before = fob.evaluate_captions(dataset, "noisy_caption", "gt_caption", eval_key="before", model="shapes-tiny", **quiet)
+before = fb.evaluate_captions(dataset, "noisy_caption", "gt_caption", eval_key="before", model="shapes-tiny", **quiet)
 
 # 2. CapFilt: 5 synthetic captions per image, everything scored by ITM
-result = fob.capfilt(
+result = fb.capfilt(
     dataset, "noisy_caption", "clean_caption", caption_model="shapes-tiny", match_model="shapes-tiny", **quiet
 )
 print(result["run"])
@@ -44,7 +44,7 @@ print(f"rejected {result['flagged_samples']} originals, {hits} of them among the
 print(f"review them in the App: saved view {result['view']!r} (tag {result['tag']!r}), largest ITM gain first")
 
 # 3. evaluate after
-after = fob.evaluate_captions(dataset, "clean_caption", "gt_caption", eval_key="after", model="shapes-tiny", **quiet)
+after = fb.evaluate_captions(dataset, "clean_caption", "gt_caption", eval_key="after", model="shapes-tiny", **quiet)
 right = sum(a == b for a, b in zip(dataset.values("clean_caption"), captions))
 print(f"correct captions: before {sum(a == b for a, b in zip(noisy, captions))}, after {right} of {len(captions)}")
 for name, result in (("before", before), ("after", after)):

@@ -5,17 +5,17 @@
 Runs offline with the bundled shapes-tiny model.
 """
 
-import fiftyone_blip as fob
+import fiftyone_blip as fb
 from fiftyone_blip.demo import exact_match
 
-dataset = fob.load_shapes_dataset("shapes-example", count=100)
+dataset = fb.load_shapes_dataset("shapes-example", count=100)
 
 for field, options in {
     "caption_greedy": dict(strategy="greedy"),
     "caption_beam": dict(strategy="beam", num_beams=4),
     "caption_sampled": dict(strategy="sample", top_p=0.9, temperature=0.7, seed=0),
 }.items():
-    summary = fob.caption(dataset, model="shapes-tiny", field=field, progress=False, **options)
+    summary = fb.caption(dataset, model="shapes-tiny", field=field, progress=False, **options)
     print(f"{field:16} exact match {exact_match(dataset, field):.2f}   {summary}")
 
 # The least confident captions first: where a reviewer should look.

@@ -11,9 +11,9 @@ see BENCHMARKS.md), so this example checks captions.
 
 import random
 
-import fiftyone_blip as fob
+import fiftyone_blip as fb
 
-dataset = fob.load_shapes_dataset("shapes-mislabels", count=200, overwrite=True)
+dataset = fb.load_shapes_dataset("shapes-mislabels", count=200, overwrite=True)
 
 ids, captions = dataset.values(["id", "gt_caption"])
 rng = random.Random(0)
@@ -24,7 +24,7 @@ swapped = {
 }
 dataset.set_values("gt_caption", swapped, key_field="id")
 
-result = fob.find_mislabels(dataset, "gt_caption", model="shapes-tiny", top_k=20, progress=False)
+result = fb.find_mislabels(dataset, "gt_caption", model="shapes-tiny", top_k=20, progress=False)
 flagged = set(dataset.match_tags("mislabel").values("id"))
 hits = len(flagged & {ids[i] for i in wrong})
 print(f"{result['run']}")
@@ -32,5 +32,5 @@ print(f"flagged {result['flagged_samples']}: {hits} of them are the 20 injected 
 print(f"review them in the App: saved view {result['view']!r} of dataset {dataset.name!r}")
 
 # Re-flag from the stored scores, no model: everything the model gives under 50%.
-again = fob.flag_mislabels(dataset, "gt_caption", threshold=0.5)
+again = fb.flag_mislabels(dataset, "gt_caption", threshold=0.5)
 print(f"ITM < 0.5: {again['flagged_samples']} samples flagged")

@@ -1,18 +1,19 @@
 """BLIP for FiftyOne datasets: captions, search, label QA and heatmaps, all on one engine.
 
     import fiftyone as fo
-    import fiftyone_blip as fob
+    import fiftyone_blip as fb
 
     dataset = fo.load_dataset("my-images")
-    summary = fob.caption(dataset, model="Salesforce/blip-image-captioning-base", strategy="beam")
+    summary = fb.caption(dataset, model="Salesforce/blip-image-captioning-base", strategy="beam")
     print(summary)                       # counts and time
-    fob.caption(dataset, language="de", field="caption_de")     # with a language adapter
-    fob.embed(dataset)                                          # embeddings + similarity index
-    fob.search(dataset, "a dog on a beach", k=20)
-    fob.find_mislabels(dataset, label_field="ground_truth")     # label QA
-    fob.heatmaps(dataset)                                       # where it looked, per word
-    fob.ask(dataset, "is it night?", "night", answers=["yes", "no"])   # a question per image
-    print(fob.runs(dataset)[-1])         # the run record
+    fb.caption(dataset, language="de", field="caption_de")     # with a language adapter
+    fb.embed(dataset)                                          # embeddings + similarity index
+    fb.search(dataset, "a dog on a beach", k=20)
+    fb.find_mislabels(dataset, label_field="ground_truth")     # label QA
+    fb.heatmaps(dataset)                                       # where it looked, per word
+    fb.ask(dataset, "is it night?", "night", answers=["yes", "no"])   # a question per image
+    print(fb.runs(dataset)[-1])         # the run record
+    fb.delete_run(dataset, "blip_caption_caption_de")          # its fields, record, files, index
 
 Importing this package is cheap: torch and transformers load on first use.
 """
@@ -60,6 +61,7 @@ __all__ = [
     "heatmaps",
     "write_heatmap_overlays",
     "runs",
+    "delete_run",
     "load_model",
     "load_shapes_dataset",
     "ModelLoadError",
@@ -77,8 +79,8 @@ def caption(samples, settings=None, options=None, **overrides):
     already hold a caption from the same model and settings are skipped unless
     `overwrite` is set, so an interrupted run resumes where it stopped.
 
-        fob.caption(dataset, model="shapes-tiny", strategy="beam", num_beams=5)
-        fob.caption(dataset, CaptionSettings(strategy="sample", seed=1), batch_size=32)
+        fb.caption(dataset, model="shapes-tiny", strategy="beam", num_beams=5)
+        fb.caption(dataset, CaptionSettings(strategy="sample", seed=1), batch_size=32)
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -116,7 +118,7 @@ def capfilt(samples, caption_field: str, out_field: str = "capfilt", settings=No
     (every scored caption, best first), then tags the samples whose original
     was rejected and saves a review view sorted by gain, largest first.
 
-        fob.capfilt(dataset, "caption", "caption_clean", num_candidates=5)
+        fb.capfilt(dataset, "caption", "caption_clean", num_candidates=5)
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -158,14 +160,14 @@ def evaluate_captions(
     predictions, a sample's scores are their means. Per sample, writes
     `{eval_key}_bleu1` .. `{eval_key}_bleu4`, `{eval_key}_rouge_l`,
     `{eval_key}_cider`, `{eval_key}_itm`; the corpus figures go into the run
-    record (`fob.runs(dataset)`) and the returned dict; a review view
+    record (`fb.runs(dataset)`) and the returned dict; a review view
     `{eval_key}-review` lists the samples worst CIDEr-D first. Remove all of
     it with `delete_caption_evaluation`. A sample's CIDEr-D depends on every
     reference evaluated, so a run over other samples, predictions or
     references is another result: refused on the same eval key without
     `overwrite`.
 
-        fob.evaluate_captions(dataset, "caption", "gt_caption", eval_key="eval")
+        fb.evaluate_captions(dataset, "caption", "gt_caption", eval_key="eval")
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -217,8 +219,8 @@ def ask(samples, questions, fields, answers=None, boolean=False, settings=None, 
     all questions. Samples answered by the same model, questions, answers and
     settings are skipped unless `overwrite` is set, so a run resumes.
 
-        fob.ask(dataset, "how many people are there?", "people", model="Salesforce/blip-vqa-base")
-        fob.ask(dataset, ["is it night?", "what colour is the car?"], ["night", "car_colour"],
+        fb.ask(dataset, "how many people are there?", "people", model="Salesforce/blip-vqa-base")
+        fb.ask(dataset, ["is it night?", "what colour is the car?"], ["night", "car_colour"],
                 answers=[["yes", "no"], None], boolean=[True, False])
 
     Args:
@@ -330,6 +332,46 @@ def runs(dataset) -> list[dict]:
     from fiftyone_blip import engine
 
     return engine.list_runs(dataset)
+
+
+def delete_run(samples, key: str, dry_run: bool = False):
+    """Deletes a fiftyone-blip run with everything it made: fields, record, map files, index.
+
+    `key` is the run's FiftyOne run key, as `runs()` gives it (`run_key`,
+    "blip_{capability}_{field}"). What goes:
+
+    - every field, and every per-label attribute, whose `info` says
+      fiftyone-blip wrote it for that capability and main field (the result,
+      its companions, `_error` and `_run`); for label QA also the flags
+      made from its scores, and their tag where only they had set it; a
+      field of the same name that fiftyone-blip did not write stays;
+    - heatmap PNGs those fields refer to under a `maps_dir` the run recorded,
+      unless another run (on this dataset, a clone or another dataset) refers
+      to them too; nothing else on disk;
+    - for an embed run, the similarity indexes `embed` built over its
+      embeddings (an index built with `compute_similarity` stays);
+    - the run record (FiftyOne's `dataset.delete_run(key)`, which alone
+      removes only the record).
+
+        fb.delete_run(dataset, "blip_heatmaps_heatmap", dry_run=True).lines()   # what would go
+        fb.delete_run(dataset, "blip_heatmaps_heatmap")
+
+    Args:
+        samples: a FiftyOne dataset or view (the run of its dataset is deleted).
+        key: the run key.
+        dry_run: only say what would be deleted (False).
+
+    Returns:
+        a `run_deletion.RunDeletion`: fields, map_files, kept_map_files,
+        brain_keys; `lines()` for people.
+
+    Raises:
+        ValueError: the dataset has no fiftyone-blip run `key`, or a run is
+            writing its fields: nothing is deleted.
+    """
+    from fiftyone_blip import run_deletion
+
+    return run_deletion.delete(samples, key, dry_run=dry_run)
 
 
 def load_model(
@@ -453,40 +495,46 @@ def embed(samples, settings=None, options=None, **overrides):
 
 
 @documented(SearchSettings)
-def search(samples, query: str, settings=None, **overrides):
-    """The k samples most like a text query (or like a sample, given its id), best first.
+def search(samples, query: str, settings=None, score_field: str | None = None, **overrides):
+    """The k samples most like a text query (or like a sample, given its id), as a view, best first.
 
     Text queries are embedded by the index's own model (BLIP's unimodal text
     encoder) and ranked by cosine similarity with the image embeddings. With
     `rerank`, the top `shortlist` are re-scored by BLIP's ITM head, BLIP's own
     retrieval recipe (ITC shortlist, ITM re-score): each is ranked by the ITM
-    match logit plus the ITC cosine.
+    match logit plus the ITC cosine. The index is one `embed` built, or one
+    FiftyOne's `compute_similarity(model="blip-itc-...")` built with a
+    fiftyone-blip zoo model.
 
-        hits = fob.search(dataset, "a red circle", k=20)
-        hits = fob.search(dataset, "a blue square on the left", k=10, rerank=True)
-        view = dataset.select([h.id for h in hits], ordered=True)
+        view = fb.search(dataset, "a red circle", k=20)                # like sort_by_similarity
+        view = fb.search(dataset, "a blue square on the left", k=10, rerank=True, score_field="score")
+        view.values("score")                                           # best first
 
     Args:
         samples: a FiftyOne dataset or view (a view limits the results to it).
         query: a text, or the id of a sample for image-to-image search.
         settings: a `SearchSettings` (None: its defaults).
+        score_field: a float field of the dataset that receives each result's
+            score, as the brain's `dist_field` (None: no field is written).
+            The ITC cosine, or with `rerank` the ITM logit + ITC cosine;
+            earlier scores in it are cleared. Only a field that this search
+            made can be reused.
         **overrides: any of its fields, by name:
         {settings}
 
     Returns:
-        a list of `Hit(id, filepath, score, itc, itm)`: `score` orders them
-        (the ITC cosine, or with `rerank` the ITM logit + ITC cosine); `itm`
-        is the ITM match probability when re-ranked.
+        a `DatasetView` of `samples`: the results, best first.
 
     Raises:
-        ValueError: an empty query, `k` outside 1 .. the number of samples, a
-            brain key that does not exist or is not a fiftyone-blip index, or
-            an index built with another model.
+        ValueError: an empty query, a brain key that does not exist or is
+            not an index of a fiftyone-blip model, `k` outside 1 .. the
+            number of samples, an index built with another model, or a
+            `score_field` this search did not make.
     """
     from fiftyone_blip import embeddings
 
     settings = SearchSettings.resolve(settings, None, overrides, run_options=False)
-    return embeddings.search(samples, query, **settings.as_dict())
+    return embeddings.search_view(samples, query, score_field=score_field, **settings.as_dict())
 
 
 def __getattr__(name):

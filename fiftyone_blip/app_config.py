@@ -87,6 +87,22 @@ def group_fields(dataset, capability: str, results, bookkeeping=()) -> bool:
     return changed
 
 
+def drop_empty_groups(dataset) -> bool:
+    """Removes the sidebar groups fiftyone-blip made that no longer hold a field (after a run is deleted).
+
+    Returns:
+        whether the dataset's App config changed (and was saved).
+    """
+    config = dataset.app_config
+    groups = config.sidebar_groups
+    ours = {*GROUPS.values(), RUN_RECORDS}
+    if groups is None or not any(g.name in ours and not g.paths for g in groups):
+        return False
+    config.sidebar_groups = [g for g in groups if g.name not in ours or g.paths]
+    dataset.save()
+    return True
+
+
 def _index_before(groups, names) -> int:
     return next((i for i, g in enumerate(groups) if g.name in names), len(groups))
 

@@ -213,21 +213,17 @@ def run(samples, pred_field: str, gt_field: str, eval_key: str, settings: Captio
 
 
 def delete(samples, eval_key: str) -> list[str]:
-    """Deletes an evaluation's fields, run record and review view (`view_name` other than the default stays)."""
+    """Deletes an evaluation's run (`run_deletion.delete`: its fields and record) and its default review view
+    (a `view_name` other than the default stays); returns the fields deleted."""
+    from fiftyone_blip import run_deletion
     from fiftyone_blip import run_records as runs
 
     dataset = samples._dataset
-    names = field_names(eval_key)
-    main = names["cider"]
-    wanted = [*names.values(), f"{main}_error", f"{main}_run"]
-    present = [name for name in wanted if name in dataset.get_field_schema()]
-    if not present:
+    key = runs.run_key(CAPABILITY, field_names(eval_key)["cider"])
+    if key not in dataset.list_runs():
         raise ValueError(f"no caption evaluation {eval_key!r} on dataset {dataset.name!r}")
-    dataset.delete_sample_fields(present)
-    key = runs.run_key(CAPABILITY, main)
-    if key in dataset.list_runs():
-        dataset.delete_run(key)
+    deleted = run_deletion.delete(dataset, key).fields
     view_name = f"{eval_key.replace('_', '-')}-review"
     if dataset.has_saved_view(view_name):
         dataset.delete_saved_view(view_name)
-    return present
+    return deleted

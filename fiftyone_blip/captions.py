@@ -89,7 +89,6 @@ class CaptionSettings(Settings):
         label="Beams",
         min=1,
         max=MAX_BEAMS,
-        cli_flags=("-b",),
         form_when={"strategy": BEAM_STRATEGIES},
     )
     num_beam_groups: int = setting(

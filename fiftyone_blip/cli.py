@@ -6,6 +6,7 @@ one-line click errors. Heavy imports happen inside commands, so `--help` is fast
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -46,6 +47,17 @@ def translate_errors(function):
     return wrapper
 
 
+# Names a "not found" error lists at most: a shared database can hold thousands of datasets.
+LISTED_NAMES = 5
+
+
+def some_names(names: list[str]) -> str:
+    """At most `LISTED_NAMES` names, then how many more ("a, b, c, d, e and 12 more"), or "none"."""
+    shown = ", ".join(names[:LISTED_NAMES]) or "none"
+    more = len(names) - LISTED_NAMES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 class OneLineErrors(click.Group):
     """The command group: every command under it, nested groups included, ends a library error
     as a one-line click error (`translate_errors`), whether or not it is decorated itself."""
@@ -58,13 +70,13 @@ def load_samples(dataset_name: str, view_name: str | None = None):
     import fiftyone as fo
 
     if not fo.dataset_exists(dataset_name):
-        names = ", ".join(fo.list_datasets()) or "none"
+        names = some_names(fo.list_datasets())
         raise click.ClickException(f"dataset {dataset_name!r} not found (datasets: {names})")
     dataset = fo.load_dataset(dataset_name)
     if view_name is None:
         return dataset
     if not dataset.has_saved_view(view_name):
-        names = ", ".join(dataset.list_saved_views()) or "none"
+        names = some_names(dataset.list_saved_views())
         raise click.ClickException(f"dataset {dataset_name!r} has no saved view {view_name!r} (views: {names})")
     return dataset.load_saved_view(view_name)
 
@@ -165,7 +177,13 @@ def prints_summary(function):
     )
     @functools.wraps(function)
     def wrapper(*args, as_json, fail_on_error, **kwargs):
-        summary = function(*args, **kwargs)
+        if kwargs.get("progress") is False or kwargs.get("quiet"):  # -q: no loading bars either
+            from fiftyone_blip.models import quiet_loading
+
+            with quiet_loading():
+                summary = function(*args, **kwargs)
+        else:
+            summary = function(*args, **kwargs)
         if as_json:
             click.echo(json.dumps(summary.data, default=str, ensure_ascii=False))
         else:
@@ -213,12 +231,12 @@ def caption(dataset, saved_view, **values):
     \b
     Examples:
         fiftyone-blip caption my-dataset
-        fiftyone-blip caption my-dataset -s beam -b 5 --max-new-tokens 40
+        fiftyone-blip caption my-dataset -s beam --num-beams 5 --max-new-tokens 40
         fiftyone-blip caption my-dataset -s sample --top-p 0.9 --seed 1 -f caption_sampled
         fiftyone-blip caption my-dataset -p "a picture of" --resize letterbox
         fiftyone-blip caption my-dataset --shard 0/2   # and --shard 1/2 elsewhere
         fiftyone-blip caption my-dataset --language de -f caption_de
-        fiftyone-blip caption my-dataset -s beam -b 5 --num-captions 5   # and FIELD_candidates
+        fiftyone-blip caption my-dataset -s beam --num-beams 5 --num-captions 5   # and FIELD_candidates
     """
     import fiftyone_blip
 
@@ -264,7 +282,7 @@ def capfilt_command(dataset, caption_field, out_field, saved_view, **values):
 @click.argument("dataset")
 @click.argument("pred_field")
 @click.argument("gt_field")
-@click.option("-k", "--eval-key", default="eval", show_default=True, help="The prefix of the fields written.")
+@click.option("--eval-key", default="eval", show_default=True, help="The prefix of the fields written.")
 @settings_options(CaptionEvalSettings, RunOptions)
 @VIEW_OPTION
 @prints_summary
@@ -280,7 +298,7 @@ def evaluate_captions_command(dataset, pred_field, gt_field, eval_key, saved_vie
 
     \b
     Examples:
-        fiftyone-blip evaluate-captions my-dataset caption gt_caption -k eval
+        fiftyone-blip evaluate-captions my-dataset caption gt_caption --eval-key eval
         fiftyone-blip evaluate-captions shapes-demo caption gt_caption -m shapes-tiny
         fiftyone-blip evaluate-captions my-dataset caption references --no-itm
     """
@@ -372,10 +390,24 @@ def ask(dataset, questions, fields, answers, boolean, saved_view, **values):
     return Summary([str(run)], {"dataset": dataset, "fields": list(fields), **run_data(run)}, run)
 
 
-@main.command()
+class _ListByDefault(click.Group):
+    """A group whose first argument, when it names no subcommand, goes to `list` (`runs DATASET`)."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_ListByDefault)
+def runs():
+    """List the runs recorded on a dataset (`runs DATASET`), or delete one (`runs delete DATASET KEY`)."""
+
+
+@runs.command("list")
 @click.argument("dataset")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
-def runs(dataset, as_json):
+def runs_list(dataset, as_json):
     """List the runs recorded on DATASET, oldest first."""
     import json
 
@@ -393,10 +425,44 @@ def runs(dataset, as_json):
         started = r["started"].strftime("%Y-%m-%d %H:%M:%S")
         shard = f" shard {r['shard']}" if r.get("shard") else ""
         click.echo(
-            f"{started}  {r['capability']:<8} {r['field']:<16} {r['status']:<9} "
+            f"{started}  {r['run_key']:<28} {r['status']:<9} "
             f"done {r['done']} failed {r['failed']} skipped {r['skipped']} of {r['total']}{shard}  "
             f"model {r['model']} ({r['dtype']})  settings {r['fingerprint']}"
         )
+
+
+@runs.command("delete")
+@click.argument("dataset")
+@click.argument("key")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Delete without asking.")
+@prints_summary
+@translate_errors
+def runs_delete(dataset, key, dry_run, yes):
+    """Delete the run KEY of DATASET: its fields, its record, the map files it owns and its index.
+
+    KEY is a run key as `fiftyone-blip runs DATASET` shows it (blip_CAPABILITY_FIELD).
+    Only what the run wrote goes: the fields whose info names this run, map
+    files under the maps folder it recorded that no other run refers to, and
+    the similarity index `embed` built over its embeddings. Refused while a
+    run writes those fields.
+
+    \b
+    Examples:
+        fiftyone-blip runs delete my-dataset blip_caption_caption --dry-run
+        fiftyone-blip runs delete my-dataset blip_heatmaps_heatmap --yes
+    """
+    import fiftyone_blip
+
+    samples = load_samples(dataset)
+    plan = fiftyone_blip.delete_run(samples, key, dry_run=True)
+    if not dry_run:
+        if not yes:
+            for line in plan.lines()[:-1]:
+                click.echo(line, err=True)
+            click.confirm(f"Delete run {key!r} of dataset {dataset!r}?", abort=True, err=True)
+        plan = fiftyone_blip.delete_run(samples, key)
+    return Summary(plan.lines(), dataclasses.asdict(plan))
 
 
 @main.command()
@@ -569,7 +635,7 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
 
 @main.command()
 @click.argument("dataset")
-@click.option("-l", "--label-field", required=True, help="Classification, Classifications, Detections or text field.")
+@click.option("--label-field", required=True, help="Classification, Classifications, Detections or text field.")
 @settings_options(MislabelSettings, RunOptions)
 @click.option("--rescore/--flag-only", default=True, help="--flag-only re-flags stored scores without a model.")
 @VIEW_OPTION
@@ -586,10 +652,10 @@ def mislabels(dataset, label_field, rescore, saved_view, **values):
     \b
     Examples:
         fiftyone-blip mislabels my-dataset --label-field ground_truth --top-k 100
-        fiftyone-blip mislabels my-dataset -l ground_truth -t "a photo of a {label}" --percentile 95
-        fiftyone-blip mislabels my-dataset -l detections --level label --threshold 0.7
-        fiftyone-blip mislabels my-dataset -l caption --itc            # caption self-check
-        fiftyone-blip mislabels my-dataset -l ground_truth --flag-only --top-k 20
+        fiftyone-blip mislabels my-dataset --label-field ground_truth --template "a photo of a {label}" --percentile 95
+        fiftyone-blip mislabels my-dataset --label-field detections --level label --threshold 0.7
+        fiftyone-blip mislabels my-dataset --label-field caption --itc            # caption self-check
+        fiftyone-blip mislabels my-dataset --label-field ground_truth --flag-only --top-k 20
     """
     import fiftyone_blip
 
@@ -649,8 +715,9 @@ def embed(dataset, saved_view, no_index, **values):
 @settings_options(SearchSettings)
 @click.option("--view", "saved_view", default=None, help="Search only this saved view of the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No model loading bars.")
 @translate_errors
-def search(dataset, query, saved_view, as_json, **values):
+def search(dataset, query, saved_view, as_json, quiet, **values):
     """Find the images of DATASET that best match QUERY (a text, or a sample id).
 
     Prints one line per result, best first: sample id, file path and score
@@ -666,9 +733,14 @@ def search(dataset, query, saved_view, as_json, **values):
     import dataclasses
     import json
 
-    import fiftyone_blip
+    from fiftyone_blip import embeddings
 
-    hits = fiftyone_blip.search(load_samples(dataset, saved_view), query, **values)
+    # the hits themselves (the SDK's `search` gives them as a view): each line shows its scores
+    from fiftyone_blip.models import quiet_loading
+
+    settings = SearchSettings.resolve(None, None, values, run_options=False)
+    with quiet_loading() if quiet else contextlib.nullcontext():
+        hits = embeddings.search(load_samples(dataset, saved_view), query, **settings.as_dict())
     for hit in hits:
         click.echo(json.dumps(dataclasses.asdict(hit)) if as_json else str(hit))
 

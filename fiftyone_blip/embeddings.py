@@ -319,15 +319,15 @@ def search(
     """
     from fiftyone_blip import models
 
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be a positive integer, got {k!r}")
     if not isinstance(query, str) or not query.strip():
         raise ValueError(f"`query` must be a non-empty text or a sample id, got {query!r}")
+    model_name = check_same_model(samples, brain_key, model)  # a missing index first: no `k` fits it
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be a positive integer, got {k!r}")
     count = len(samples)
     if k > count:
         raise ValueError(f"`k` must be at most the number of samples searched ({count}), got {k}")
     query = query.strip()
-    model_name = check_same_model(samples, brain_key, model)
     dataset = samples._root_dataset
     info = dataset.get_brain_info(brain_key)
     field = field or info.config.embeddings_field
@@ -345,9 +345,9 @@ def search(
     if by_id:
         if len(dataset.select(query)) == 0:
             raise ValueError(f"no sample with id {query!r} in dataset {dataset.name!r}")
-        vector = dataset[query][field]
+        vector = dataset[query][field] if field else _index_vectors(results, [query]).get(query)
         if vector is None:
-            raise ValueError(f"sample {query!r} has no embedding in {field!r}")
+            raise ValueError(f"sample {query!r} has no embedding in {field or brain_key!r}")
         query_vector = np.asarray(vector, dtype=np.float32)
     else:
         revision = (info.config.model_kwargs or {}).get("revision")
@@ -359,7 +359,12 @@ def search(
         results.use_view(samples)
     try:
         view = nearest_in_view(results, query_vector, depth)
-        ids, paths, vectors = view.values(["id", "filepath", field])
+        if field:
+            ids, paths, vectors = view.values(["id", "filepath", field])
+        else:  # an index that holds its embeddings itself (`compute_similarity(model=...)`)
+            ids, paths = view.values(["id", "filepath"])
+            by_id = _index_vectors(results, ids)
+            vectors = [by_id.get(sample_id) for sample_id in ids]
     finally:
         if samples is not dataset:
             results.clear_view()
@@ -376,6 +381,49 @@ def search(
     score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
     order = np.argsort(-score, kind="stable")
     return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]
+
+
+def _index_vectors(results, sample_ids: list[str]) -> dict:
+    """Sample id -> embedding, read from a similarity index (for indexes without an embeddings field)."""
+    vectors, ids, _ = results.get_embeddings(sample_ids=list(sample_ids), allow_missing=True)
+    return {sample_id: np.asarray(vector, dtype=np.float32) for sample_id, vector in zip(ids, vectors)}
+
+
+def search_view(samples, query: str, score_field: str | None = None, **settings):
+    """`search`'s results as a view of `samples`, best first; see `fiftyone_blip.search`.
+
+    With `score_field`, each result's score is stored there (a float field of
+    the dataset, as the brain's `dist_field`); the field's earlier scores,
+    on samples that are not results now, are cleared. A field that this
+    search did not make is refused before any search.
+    """
+    import fiftyone as fo
+
+    from fiftyone_blip import fields
+
+    dataset = samples._root_dataset
+    if score_field is not None:
+        fields.check(dataset, {score_field: fo.FloatField}, "search")
+        existing = dataset.get_field(score_field)
+        if existing is not None and (existing.info or {}).get("capability") != "search":
+            raise ValueError(
+                f"field {score_field!r} already exists and fiftyone-blip's search did not make it: "
+                f"choose another `score_field`"
+            )
+    hits = search(samples, query, **settings)
+    ids = [hit.id for hit in hits]
+    if score_field is not None:
+        fields.declare(dataset, {score_field: fo.FloatField}, "search")
+        brain_key = settings.get("brain_key", DEFAULT_BRAIN_KEY)
+        fields.describe(
+            dataset,
+            {score_field: f"the score of fiftyone-blip's latest search of {brain_key!r} (higher: a better match)"},
+            fields.writer_info("search", score_field, {"model": index_model_name(dataset, brain_key)}, query=query),
+        )
+        stale = dataset.exists(score_field).values("id")
+        dataset.set_values(score_field, {sample_id: None for sample_id in stale}, key_field="id")
+        dataset.set_values(score_field, {hit.id: hit.score for hit in hits}, key_field="id")
+    return samples.select(ids, ordered=True)
 
 
 def _itm_logits(loaded, query: str, paths: list[str], batch_size: int) -> np.ndarray:

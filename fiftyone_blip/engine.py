@@ -863,7 +863,7 @@ def lease_fields(task: Task) -> list[str]:
 def _run_claimed(samples, task: Task, options, snapshot, clears, lease, record_id: str, started: float) -> RunSummary:
     dataset = samples._dataset
     total = len(snapshot)
-    record = runs.start(dataset, task, options.shard_spec, options.batch_size, record_id, total)
+    record = runs.start(samples, task, options.shard_spec, options.batch_size, record_id, total)
     writer = _Writer(dataset, task, record, lease, options.chunk_size, options.chunk_seconds, clears)
     progress = Progress(options.progress, total, task.capability)
     selection = _Selection(samples, task, snapshot, options.overwrite, on_skip=progress.advance)

@@ -217,7 +217,6 @@ class FlagSettings(Settings):
         "flag the k most suspicious",
         label="Flag the k most suspicious",
         min=1,
-        cli_flags=("-k",),
         form_default=10,
         form_when={"flag_by": ("top_k",)},
     )
@@ -266,7 +265,6 @@ class MislabelSettings(FlagSettings):
         None,
         "the label prompt; must contain {label} (None: 'a photo of a {label}'; 'a {label}' for shapes-tiny)",
         label="Prompt template",
-        cli_flags=("-t",),
         form_when={"kind": ("classification", "classifications", "detections")},
     )
     classes: list[str] | None = setting(
@@ -813,17 +811,25 @@ def _write_sample_flags(samples, label_field, score_field, flag_field, sample_sc
     samples.set_values(score_field, dict(zip(ids, _floats(sample_scores))), key_field="id")
     samples.set_values(flag_field, dict(zip(ids, sample_flags.tolist())), key_field="id")
     flagged = {i for i, f in zip(ids, sample_flags) if f}
+    retag(samples, tag, before, flagged, held_by_others(samples, flag_field, tag))
+    return ids
+
+
+def held_by_others(samples, flag_field: str, tag: str) -> set[str]:
+    """The samples that a label-QA flag field other than `flag_field`, with the same tag, flags:
+    they keep the tag whatever `flag_field` says."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
     others = [
         name
-        for name, field in schema.items()
+        for name, field in samples._dataset.get_field_schema().items()
         if name != flag_field
         and isinstance(field, fo.BooleanField)
         and (field.info or {}).get("capability") == "flag"
         and (field.info or {}).get("tag", "mislabel") == tag
     ]
-    held = set(samples.match(F.any([F(name) == True for name in others])).values("id")) if others else set()  # noqa: E712
-    retag(samples, tag, before, flagged, held)
-    return ids
+    return set(samples.match(F.any([F(name) == True for name in others])).values("id")) if others else set()  # noqa: E712
 
 
 def retag(samples, tag: str, before, now, held=()) -> None:

@@ -411,6 +411,23 @@ def weights_version(local: Path) -> str:
     return ",".join(f"{stat.st_size}-{stat.st_mtime_ns}" for stat in stats)
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """Silences transformers' and the Hugging Face hub's loading bars and warnings, restoring them after
+    (the CLI's `-q`: with `--json`, stdout and stderr then hold nothing but the JSON)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     name: str | None = None,
     task: str = "caption",

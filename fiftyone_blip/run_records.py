@@ -177,10 +177,27 @@ class Record:
         )
 
 
-def start(dataset, task, shard, batch_size: int, run_id: str, total: int) -> Record:
-    """Adds a "running" entry for a new engine run to its field's run (registered if new)."""
+def view_stages(samples) -> list[str] | None:
+    """The view's stages as FiftyOne's runs store them (`view_stages`), None for a whole dataset."""
+    import fiftyone.core.view as fov
+    from bson import json_util
+
+    if not isinstance(samples, fov.DatasetView):
+        return None
+    return [json_util.dumps(stage) for stage in samples._serialize(include_uuids=False)]
+
+
+def start(samples, task, shard, batch_size: int, run_id: str, total: int) -> Record:
+    """Adds a "running" entry for a new engine run to its field's run (registered if new).
+
+    The run's `view_stages` become those of `samples`, so FiftyOne's
+    `dataset.load_run_view(key)` gives the view of the field's latest run.
+    """
+    dataset = samples._root_dataset
     migrate(dataset)
     run_doc_id = _register(dataset, task.capability, task.field)
+    stages = view_stages(samples)
+    with_retry(lambda: _db().runs.update_one({"_id": run_doc_id}, {"$set": {"view_stages": stages}}))
     entry = {
         "run_id": run_id,
         "fingerprint": task.fingerprint,

@@ -145,11 +145,17 @@ def index_reference(model: str, revision: str | None = None) -> tuple[str, dict]
 
 
 def index_checkpoint(model, model_kwargs) -> str | None:
-    """The checkpoint of a brain run's model if fiftyone-blip built it, else None."""
+    """The BLIP checkpoint of a brain run's model if it is one of this source's ITC models, else None.
+
+    Both ways a similarity index names it count: `fiftyone_blip.embed` stores the
+    source URL with `model_kwargs={"model_name": ..., "model": ...}`
+    (`index_reference`); FiftyOne's own `compute_similarity(model="blip-itc-base-coco")`
+    stores the zoo name as `model` (and the `load_zoo_model` keywords, if any).
+    """
     kwargs = model_kwargs or {}
     if model == LEGACY_ITC_NAME:
         return kwargs.get("model")
-    name = kwargs.get("model_name")
+    name = kwargs.get("model_name", model)
     if isinstance(model, str) and name in model_entries():
         deployment = _deployment(name)
         if deployment["type"].endswith(".BlipItcModel"):
@@ -157,6 +163,13 @@ def index_checkpoint(model, model_kwargs) -> str | None:
 
             return kwargs.get("model") or deployment["config"].get("model") or DEFAULT_MODELS["match"]
     return None
+
+
+def built_by_embed(model, model_kwargs) -> bool:
+    """Whether `fiftyone_blip.embed` built a similarity index (it stores `index_reference`), not a user."""
+    return model == LEGACY_ITC_NAME or (
+        "model_name" in (model_kwargs or {}) and index_checkpoint(model, model_kwargs) is not None
+    )
 
 
 # --- the models -------------------------------------------------------------------------------------------

@@ -1112,9 +1112,9 @@ class SearchByText(foo.Operator):
         params, view = declared_params(self, ctx), ctx.view
         query, brain_key = params["query"], params.get("brain_key") or SearchSettings.defaults()["brain_key"]
         k, rerank = params.get("k") or SearchSettings.defaults()["k"], params.get("rerank", True)
-        hits = fiftyone_blip.search(view, query, k=k, brain_key=brain_key, rerank=rerank)
-        ids = [hit.id for hit in hits]
-        ctx.ops.set_view(view=view.select(ids, ordered=True))
+        results = fiftyone_blip.search(view, query, k=k, brain_key=brain_key, rerank=rerank)
+        ids = results.values("id")
+        ctx.ops.set_view(view=results)
         ranking = "ITC shortlist re-scored by ITM" if rerank else "ITC cosine"
         ctx.ops.notify(
             f"BLIP search: the {len(ids)} best matches of {query!r}, best first ({ranking}; index {brain_key!r})",

@@ -225,7 +225,7 @@ def test_cli(fresh_dataset):
     assert out.exit_code == 0, out.output
     assert "rejected the original caption of" in out.output and fresh_dataset.count("clean") == len(fresh_dataset)
     out = runner.invoke(
-        main, ["evaluate-captions", fresh_dataset.name, "clean", "gt_caption", "-k", "ev", "--no-itm", "-q"]
+        main, ["evaluate-captions", fresh_dataset.name, "clean", "gt_caption", "--eval-key", "ev", "--no-itm", "-q"]
     )
     assert out.exit_code == 0, out.output
     assert "CIDEr-D" in out.output and fresh_dataset.count("ev_cider") == len(fresh_dataset)

@@ -21,7 +21,7 @@ def test_caption_then_runs(fresh_dataset):
         "shapes-tiny",
         "-s",
         "beam",
-        "-b",
+        "--num-beams",
         "2",
         "--max-new-tokens",
         "30",
@@ -47,7 +47,7 @@ def test_caption_a_saved_view_with_a_shard(fresh_dataset):
 def test_errors_are_one_line(fresh_dataset):
     result = invoke("caption", "no-such-dataset", "-m", "shapes-tiny")
     assert result.exit_code == 1 and "dataset 'no-such-dataset' not found" in result.output
-    result = invoke("caption", fresh_dataset.name, "-m", "shapes-tiny", "-s", "beam", "-b", "20")
+    result = invoke("caption", fresh_dataset.name, "-m", "shapes-tiny", "-s", "beam", "--num-beams", "20")
     assert result.exit_code == 1
     assert result.output.strip() == "Error: `num_beams` must be in 1..10, got 20"
     result = invoke("caption", fresh_dataset.name, "-m", "./missing-model-dir")
@@ -141,11 +141,13 @@ def test_every_summary_command_prints_one_json_object_with_its_counts(fresh_data
     embedded = _json(invoke("embed", name, "--view", "six", "-m", "shapes-tiny", "-q", "--json", "--no-index"))
     assert (embedded["done"], embedded["brain_key"]) == (6, None)
 
-    mislabels = invoke("mislabels", name, "--view", "six", "-l", "gt_label", "-m", "shapes-tiny", "-q", "--json")
+    mislabels = invoke(
+        "mislabels", name, "--view", "six", "--label-field", "gt_label", "-m", "shapes-tiny", "-q", "--json"
+    )
     found = _json(mislabels)
     assert found["done"] == 6 and found["scored_samples"] == 6 and "flagged_samples" in found
     flagged = _json(
-        invoke("mislabels", name, "--view", "six", "-l", "gt_label", "--flag-only", "--top-k", "2", "--json")
+        invoke("mislabels", name, "--view", "six", "--label-field", "gt_label", "--flag-only", "--top-k", "2", "--json")
     )
     assert flagged["flagged_samples"] == 2 and "done" not in flagged
 
@@ -189,3 +191,75 @@ def test_some_samples_failed_exits_zero_unless_fail_on_error(fresh_dataset):
     fresh_dataset.save_view("good", fresh_dataset.skip(2).limit(4))
     good = invoke("caption", fresh_dataset.name, "--view", "good", "-m", "shapes-tiny", "-q", "--fail-on-error")
     assert good.exit_code == 0 and "4 done, 0 failed" in good.stdout
+
+
+# ---------------------------------------------------------------- small frictions
+
+
+def _short_flags(command, path=""):
+    """(command path, short flag, its first long flag) of every option under `command`."""
+    import click
+
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _short_flags(sub, f"{path} {name}".strip())
+        return
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        flags = [*param.opts, *param.secondary_opts]
+        long = next((f for f in flags if f.startswith("--")), None)
+        for flag in flags:
+            if len(flag) == 2 and flag.startswith("-"):
+                yield path, flag, long
+
+
+# flags whose long names differ by what they name, not by what they mean
+SAME_MEANING = {"--caption-model": "--model", "--out-field": "--out"}  # capfilt's captioner; an output
+
+
+def test_a_short_flag_means_one_thing_in_every_command():
+    meanings = {}
+    for path, flag, long in _short_flags(main):
+        meanings.setdefault(flag, {}).setdefault(SAME_MEANING.get(long, long), []).append(path)
+    clashes = {flag: longs for flag, longs in meanings.items() if len(longs) > 1}
+    assert not clashes
+    assert meanings["-b"] == {"--brain-key": ["embed", "search"]}
+    assert set(meanings["-l"]) == {"--language"} and set(meanings["-t"]) == {"--text"}
+    assert meanings["-k"] == {"--top-k": ["search"]}
+
+
+def test_quiet_json_prints_nothing_but_json(fresh_dataset):
+    fresh_dataset.save_view("two", fresh_dataset.limit(2))
+    cli = [sys.executable, "-m", "fiftyone_blip.cli"]
+    done = subprocess.run(
+        [*cli, "caption", fresh_dataset.name, "--view", "two", "-m", "shapes-tiny", "-q", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["done"] == 2
+    assert done.stderr == ""  # no loading bars of transformers
+    fb_embed = [*cli, "embed", fresh_dataset.name, "--view", "two", "-m", "shapes-tiny", "-q", "--json"]
+    assert subprocess.run(fb_embed, capture_output=True, text=True).stderr == ""
+    found = subprocess.run(
+        [*cli, "search", fresh_dataset.name, "a red circle", "-k", "1", "-q", "--json"], capture_output=True, text=True
+    )
+    assert found.returncode == 0 and found.stderr == "", found.stderr
+    assert json.loads(found.stdout)["id"] in fresh_dataset.limit(2).values("id")
+
+
+def test_a_missing_dataset_lists_a_few_names(fo):
+    made = [f"cli-few-{i}" for i in range(8)]
+    for name in made:
+        if not fo.dataset_exists(name):
+            fo.Dataset(name)
+    try:
+        result = invoke("caption", "no-such-dataset")
+        assert result.exit_code == 1
+        (line,) = result.output.strip().splitlines()
+        listed = line.split("(datasets: ")[1].rstrip(")")
+        assert len(listed.split(", ")) <= 5 and listed.endswith("more")
+    finally:
+        for name in made:
+            fo.delete_dataset(name)

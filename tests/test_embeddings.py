@@ -108,7 +108,7 @@ def test_embeddings_are_unit_vectors_in_the_models_itc_space(embedded):
 def test_a_fresh_process_searches_by_text_and_by_image_without_a_model(embedded):
     """Built in this process; queried in another one that never passes or imports a model."""
     expected = {
-        key: [h.id for h in fiftyone_blip.search(embedded, "a red circle", k=5, brain_key=key)]
+        key: fiftyone_blip.search(embedded, "a red circle", k=5, brain_key=key).values("id")
         for key in ("blip_sim", "blip_lance")
     }
     sample_id = embedded.first().id
@@ -137,16 +137,19 @@ print(json.dumps(out))
 
 
 def test_image_search_and_rerank(embedded):
+    from fiftyone_blip import embeddings
+
     sample_id = embedded.first().id
-    hits = fiftyone_blip.search(embedded, sample_id, k=3)
+    hits = embeddings.search(embedded, sample_id, k=3)
     assert len(hits) == 3 and sample_id not in [h.id for h in hits]
     assert all(-1.0 <= h.score <= 1.0 for h in hits)
-    reranked = fiftyone_blip.search(embedded, "a red circle", k=5, rerank=True, shortlist=20)
+    assert fiftyone_blip.search(embedded, sample_id, k=3).values("id") == [h.id for h in hits]
+    reranked = embeddings.search(embedded, "a red circle", k=5, rerank=True, shortlist=20)
     assert len(reranked) == 5
     assert all(0.0 <= h.itm <= 1.0 for h in reranked), reranked
     assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
     view = embedded.match_tags("test").limit(10)
-    assert {h.id for h in fiftyone_blip.search(view, "a red circle", k=5)} <= set(view.values("id"))
+    assert set(fiftyone_blip.search(view, "a red circle", k=5).values("id")) <= set(view.values("id"))
     assert len(fiftyone_blip.search(embedded, "a red circle", k=20)) == 20  # the view does not stick
 
 
@@ -161,10 +164,10 @@ def test_attribute_queries_find_the_images_that_hold_the_object(embedded):
         if len(relevant) < 2:
             continue
         k = min(len(relevant), 4)
-        itc = {h.id for h in fiftyone_blip.search(embedded, f"a {colour} {kind}", k=k)}
+        itc = set(fiftyone_blip.search(embedded, f"a {colour} {kind}", k=k).values("id"))
         assert len(itc & relevant) >= k / 2, (colour, kind)  # chance: about 0.1 of k
         reranked = fiftyone_blip.search(embedded, f"a {colour} {kind}", k=k, rerank=True)
-        assert {h.id for h in reranked} <= relevant, (colour, kind)
+        assert set(reranked.values("id")) <= relevant, (colour, kind)
         checked += 1
     assert checked >= 2
 
@@ -210,6 +213,8 @@ def test_bad_input_is_a_one_line_error(embedded, other_matcher, fo):
     embedded.delete_brain_run("plain")
     with pytest.raises(ValueError, match="`k` must be a positive integer"):
         fiftyone_blip.search(embedded, "a red circle", k=0)
+    with pytest.raises(ValueError, match=r"`k` must be at most the number of samples searched \(49\), got 50"):
+        fiftyone_blip.search(embedded, "a red circle", k=50)
 
 
 def test_operator_builds_an_index_the_app_can_search(clone, plugin_installed):
@@ -236,3 +241,48 @@ def test_a_shard_builds_no_index(clone):
     summary = fiftyone_blip.embed(clone, model="shapes-tiny", shard="0/2", progress=False)
     assert 0 < summary.done < 48
     assert clone.list_brain_runs() == []
+
+
+def test_search_returns_a_view_best_first_with_scores_in_a_field_it_made(embedded, fo):
+    from fiftyone_blip import embeddings
+
+    hits = embeddings.search(embedded, "a red circle", k=5, rerank=True, shortlist=20)
+    view = fiftyone_blip.search(embedded, "a red circle", k=5, rerank=True, shortlist=20, score_field="red_score")
+    assert isinstance(view, fo.DatasetView)
+    assert view.values("id") == [h.id for h in hits]
+    assert view.values("red_score") == pytest.approx([h.score for h in hits])
+    assert embedded.get_field("red_score").info["capability"] == "search"
+    again = fiftyone_blip.search(embedded, "a blue square", k=3, score_field="red_score")
+    assert embedded.count("red_score") == 3 and again.values("red_score") == sorted(again.values("red_score"))[::-1]
+    embedded.add_sample_field("users_score", fo.FloatField)
+    with pytest.raises(ValueError, match="field 'users_score' already exists and fiftyone-blip's search did not"):
+        fiftyone_blip.search(embedded, "a red circle", k=3, score_field="users_score")
+    assert embedded.count("users_score") == 0
+    embedded.delete_sample_fields(["red_score", "users_score"])
+
+
+def test_an_index_built_by_compute_similarity_with_the_zoo_model_is_searched_and_embedded(clone):
+    import fiftyone.brain as fob
+
+    from fiftyone_blip import zoo
+
+    zoo.register_source()
+    fob.compute_similarity(clone, model="blip-itc-shapes-tiny", brain_key="native", progress=False)
+    found = fiftyone_blip.search(clone, "a red circle", k=5, brain_key="native")
+    assert len(found) == 5
+    assert len(fiftyone_blip.search(clone, clone.first().id, k=3, brain_key="native")) == 3
+    result = CliRunner().invoke(main, ["search", clone.name, "a red circle", "-k", "3", "-b", "native"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 3
+    summary = fiftyone_blip.embed(clone, model="shapes-tiny", brain_key="native", progress=False)
+    assert summary.done == len(clone)
+    # embed's embeddings rank as the zoo model's did: the same model, one ranking
+    assert (
+        fiftyone_blip.search(clone, "a red circle", k=5, brain_key="native").values("id")[:3] == found.values("id")[:3]
+    )
+
+
+def test_search_names_a_missing_index_before_complaining_about_k(embedded):
+    result = CliRunner().invoke(main, ["search", embedded.name, "a red circle", "-b", "nope", "-k", "1000"])
+    assert result.exit_code == 1
+    assert "has no similarity index 'nope'" in result.stderr

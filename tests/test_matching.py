@@ -150,15 +150,18 @@ def test_cli_scores_then_reflags_without_a_model(fresh_dataset):
     swap_captions(fresh_dataset, 4, seed=1)
     runner = CliRunner()
     result = runner.invoke(
-        main, ["mislabels", fresh_dataset.name, "--label-field", "gt_caption", "-m", "shapes-tiny", "-k", "4", "-q"]
+        main,
+        ["mislabels", fresh_dataset.name, "--label-field", "gt_caption", "-m", "shapes-tiny", "--top-k", "4", "-q"],
     )
     assert result.exit_code == 0, result.output
     assert "48 done" in result.output and "flagged 4 of 48" in result.output
     result = runner.invoke(
-        main, ["mislabels", fresh_dataset.name, "-l", "gt_caption", "--flag-only", "--threshold", "0.99"]
+        main, ["mislabels", fresh_dataset.name, "--label-field", "gt_caption", "--flag-only", "--threshold", "0.99"]
     )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["mislabels", fresh_dataset.name, "-l", "gt_label", "-m", "shapes-tiny", "-t", "oops"])
+    result = runner.invoke(
+        main, ["mislabels", fresh_dataset.name, "--label-field", "gt_label", "-m", "shapes-tiny", "--template", "oops"]
+    )
     assert result.exit_code == 1 and result.output.startswith("Error: `template` must contain {label}")
 
 

@@ -186,7 +186,7 @@ def test_search_by_text_sets_the_view_to_the_reranked_results_in_order(fresh_dat
     import fiftyone_blip
 
     fiftyone_blip.embed(fresh_dataset, model="shapes-tiny", progress=False, num_workers=0)
-    expected = [h.id for h in fiftyone_blip.search(fresh_dataset, "a red circle", k=5, rerank=True)]
+    expected = fiftyone_blip.search(fresh_dataset, "a red circle", k=5, rerank=True).values("id")
     result = foo.execute_operator(
         "@fiftyone-blip/blip/search_by_text",
         ctx=dict(dataset=fresh_dataset, params=dict(query="a red circle", k=5, brain_key="blip_sim", rerank=True)),

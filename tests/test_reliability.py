@@ -137,8 +137,8 @@ def _run_bounds(cli_field: str = "-f") -> tuple[BadSetting, ...]:
 
 
 CAPTION_BOUNDS = (
-    BadSetting("beams-over-10", ("-s", "beam", "-b", "11"), dict(strategy="beam", num_beams=11), "num_beams"),
-    BadSetting("beams-0", ("-s", "beam", "-b", "0"), dict(strategy="beam", num_beams=0), "num_beams"),
+    BadSetting("beams-over-10", ("-s", "beam", "--num-beams", "11"), dict(strategy="beam", num_beams=11), "num_beams"),
+    BadSetting("beams-0", ("-s", "beam", "--num-beams", "0"), dict(strategy="beam", num_beams=0), "num_beams"),
     BadSetting("new-tokens-over-128", ("--max-new-tokens", "129"), dict(max_new_tokens=129), "max_new_tokens"),
     BadSetting("new-tokens-0", ("--max-new-tokens", "0"), dict(max_new_tokens=0), "max_new_tokens"),
     # adapter names are language codes, never paths (more in the adapter security tests below)
@@ -152,10 +152,10 @@ CAPTION_BOUNDS = (
 EMBED_BOUNDS = _run_bounds()
 
 MATCH_BOUNDS = (
-    BadSetting("template-without-label", ("-t", "a photo of"), dict(template="a photo of"), "must contain"),
+    BadSetting("template-without-label", ("--template", "a photo of"), dict(template="a photo of"), "must contain"),
     BadSetting(
         "unsupported-field-type",
-        ("-l", "tags"),
+        ("--label-field", "tags"),
         dict(label_field="tags"),
         "label QA scores",
         _NOT_OFFERED % "label_field",
@@ -255,7 +255,17 @@ CAPABILITIES = [
         is_result=_is_probability,
         make_task=None,
         sdk=_match_sdk,
-        cli=lambda dataset: ["mislabels", dataset, "-l", "gt_label", "-m", "shapes-tiny", "--device", "cpu", "-q"],
+        cli=lambda dataset: [
+            "mislabels",
+            dataset,
+            "--label-field",
+            "gt_label",
+            "-m",
+            "shapes-tiny",
+            "--device",
+            "cpu",
+            "-q",
+        ],
         operator=(
             URI_MISLABELS,
             dict(label_field="gt_label", model="shapes-tiny", device="cpu", view_target="DATASET"),
@@ -1058,10 +1068,13 @@ def _cli_error(args: list[str], message: str) -> None:
     assert result.output.count("\n") == 1, result.output
 
 
-SEARCH_BOUNDS = [  # (label, query, k, message); `untouched` holds 3 samples
-    ("k-0", "a red circle", 0, "`k` must be a positive integer"),
-    ("k-negative", "a red circle", -3, "`k` must be a positive integer"),
-    ("k-over-dataset-size", "a red circle", 4, "`k` must be at most the number of samples searched (3)"),
+# `untouched` holds 3 samples and no index: the missing index is named first, whatever `k`
+# (test_embeddings checks `k` against an index)
+NO_INDEX = "has no similarity index 'blip_sim' (indexes: none)"
+SEARCH_BOUNDS = [  # (label, query, k, message)
+    ("k-0", "a red circle", 0, NO_INDEX),
+    ("k-negative", "a red circle", -3, NO_INDEX),
+    ("k-over-dataset-size", "a red circle", 4, NO_INDEX),
     ("empty-query", "", 1, "`query` must be a non-empty text"),
     ("blank-query", "  ", 1, "`query` must be a non-empty text"),
 ]

@@ -34,7 +34,7 @@ from fiftyone_blip.settings import Settings, form_default
 ENGINE = [
     (CaptionSettings, "caption", ["caption"], "caption_samples"),
     (HeatmapSettings, "heatmaps", ["heatmaps"], "compute_heatmaps"),
-    (MislabelSettings, "find_mislabels", ["mislabels", "-l", "gt_label"], "find_mislabels"),
+    (MislabelSettings, "find_mislabels", ["mislabels", "--label-field", "gt_label"], "find_mislabels"),
     (EmbedSettings, "embed", ["embed"], "compute_embeddings"),
     (VqaSettings, "ask", ["ask", "how many shapes are there?", "-f", "n"], "ask_question"),
     (CapFiltSettings, "capfilt", ["capfilt", "gt_caption"], "clean_captions"),
@@ -143,9 +143,9 @@ def test_sdk_flag_search_and_adapter_defaults(monkeypatch):
     for field in FlagSettings.fields("sdk"):
         fiftyone_blip.flag_mislabels(None, "gt_label", **{field.name: FlagSettings.defaults()[field.name]})
 
-    searches = _capture(monkeypatch, embeddings, "search")
+    searches = _capture(monkeypatch, embeddings, "search_view")
     fiftyone_blip.search(None, "a red circle")
-    assert searches[-1][1] == SearchSettings.defaults()
+    assert searches[-1][1] == {**SearchSettings.defaults(), "score_field": None}
 
     trains = _capture(monkeypatch, adapters, "train")
     fiftyone_blip.train_adapter("de")
@@ -167,7 +167,7 @@ def test_sdk_flag_search_and_adapter_defaults(monkeypatch):
 @pytest.fixture
 def cli_calls(monkeypatch):
     """Runs a CLI command with the SDK call recorded instead of run; returns its keyword arguments."""
-    from fiftyone_blip import cli
+    from fiftyone_blip import cli, embeddings
 
     for name in ("FIFTYONE_BLIP_DEVICE", "FIFTYONE_BLIP_CAPTION_MODEL", "FIFTYONE_BLIP_MATCH_MODEL"):
         monkeypatch.delenv(name, raising=False)
@@ -199,7 +199,8 @@ def cli_calls(monkeypatch):
         monkeypatch.setattr(fiftyone_blip, sdk, record)
     for sdk in ("caption", "heatmaps", "embed", "ask"):  # these return the engine run's summary
         monkeypatch.setattr(fiftyone_blip, sdk, lambda *args, **kwargs: calls.append(kwargs) or run)
-    monkeypatch.setattr(fiftyone_blip, "search", lambda *args, **kwargs: calls.append(kwargs) or [])
+    # the CLI prints the hits themselves (the SDK's `search` gives a view of them)
+    monkeypatch.setattr(embeddings, "search", lambda *args, **kwargs: calls.append(kwargs) or [])
 
     def invoke(*argv):
         result = CliRunner().invoke(cli.main, list(argv))
@@ -226,7 +227,7 @@ def test_cli_defaults(cli_calls, cls, _sdk, argv, _op):
 
 
 def test_cli_defaults_of_flag_search_and_adapters(cli_calls):
-    _check_cli(cli_calls("mislabels", "dataset", "-l", "gt_label", "--flag-only"), FlagSettings)
+    _check_cli(cli_calls("mislabels", "dataset", "--label-field", "gt_label", "--flag-only"), FlagSettings)
     _check_cli(cli_calls("search", "dataset", "a red circle"), SearchSettings)
     kwargs = cli_calls("adapters", "train", "-l", "de", "--images", "x", "--captions", "y")
     kwargs.update(images_dir=None, captions_file=None)  # given above: the command needs a data source

@@ -676,8 +676,8 @@ def model_card(manifest: dict, config: dict) -> str:
         "caption = tokenizer.decode(ids[0], skip_special_tokens=True)",
         "```",
         "",
-        "With fiftyone-blip: `fob.caption(dataset, model=..., language=...)` after installing the folder in the"
-        " adapter registry.",
+        "With fiftyone-blip (`import fiftyone_blip as fb`): `fb.caption(dataset, model=..., language=...)`"
+        " after installing the folder in the adapter registry.",
         "",
         "## Training data",
         "",

@@ -71,8 +71,7 @@ RERANKED = 8
 def test_search_by_text_operator_shows_the_reranked_order(app, app_dataset):
     dataset = app_dataset("app-rerank", count=24)
     fiftyone_blip.embed(dataset, model="shapes-tiny", brain_key=BRAIN_KEY, progress=False, num_workers=0)
-    hits = fiftyone_blip.search(dataset, QUERY, k=RERANKED, brain_key=BRAIN_KEY, rerank=True)
-    expected_ids = [hit.id for hit in hits]
+    expected_ids = fiftyone_blip.search(dataset, QUERY, k=RERANKED, brain_key=BRAIN_KEY, rerank=True).values("id")
     captions = dict(zip(*dataset.values(["id", "gt_caption"])))
     expected = [captions[i] for i in expected_ids]
 
