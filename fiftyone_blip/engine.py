@@ -94,6 +94,8 @@ class Task:
     def __post_init__(self):
         if self.field not in self.fields:
             raise ValueError(f"a task's `fields` must hold its main field {self.field!r}")
+        if (self.bind is None) == (self.step is None):
+            raise ValueError("a task gives either `bind` or its `prepare` and `step`")
 
     @property
     def error_field(self) -> str:

@@ -597,7 +597,8 @@ def _zygote_main() -> None:
 
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
-    tasks = {capability.name: capability.make_task() for capability in CRASH_CAPABILITIES}
+    # bound: the model loads here, before forking, and the workers wrap its step
+    tasks = {capability.name: capability.make_task().bound() for capability in CRASH_CAPABILITIES}
     if threading.active_count() != 1:
         print(f"warning: {threading.active_count()} threads before forking", file=sys.stderr, flush=True)
     print("ready", flush=True)
