@@ -709,7 +709,12 @@ def _cat_padded(torch, earlier, generated, pad: int):
 
 
 def caption_task(
-    loaded, settings: CaptionSettings, field: str = "caption", resize: str = "squash", language: str | None = None
+    loaded,
+    settings: CaptionSettings,
+    field: str = "caption",
+    resize: str = "squash",
+    language: str | None = None,
+    fast_decode: bool = False,
 ):
     """An engine `Task` that captions images into `field` and `{field}_confidence`.
 
@@ -721,7 +726,7 @@ def caption_task(
     from fiftyone_blip import adapters, engine
 
     tokenizer, adapter_identity, activate = adapters.prepare(loaded, language)
-    preprocess = loaded.preprocessor(resize)
+    preprocess = loaded.preprocessor(resize, fast_decode)
     captioner = Captioner(loaded, settings, tokenizer=tokenizer)
     confidence_field = f"{field}_confidence"
 
@@ -737,7 +742,7 @@ def caption_task(
         capability="caption",
         field=field,
         fields={field: fo.StringField, confidence_field: fo.FloatField},
-        settings={**settings.as_dict(), "resize": resize},
+        settings={**settings.as_dict(), "resize": resize, "fast_decode": fast_decode},
         identity={**loaded.identity, **adapter_identity},
         prepare=prepare,
         step=step,
@@ -759,5 +764,7 @@ def run(samples, settings: CaptionSettings, options):
     loaded = models.load_model(
         settings.model, task="caption", device=options.device, dtype=options.dtype, revision=options.revision
     )
-    task = caption_task(loaded, settings, field=settings.field, resize=options.resize, language=settings.language)
+    task = caption_task(
+        loaded, settings, settings.field, options.resize, settings.language, fast_decode=options.fast_decode
+    )
     return engine.run(samples, task, options)

@@ -95,7 +95,7 @@ def serialize(vector: np.ndarray) -> bytes:
     return fou.serialize_numpy_array(vector)
 
 
-def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
+def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash", fast_decode: bool = False):
     """An engine `Task` that writes each image's ITC embedding (a unit vector) into `field`."""
     import fiftyone as fo
 
@@ -103,7 +103,7 @@ def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
 
     if loaded.task != "match":
         raise ValueError(f"embeddings need a BlipForImageTextRetrieval model (task 'match'), got task {loaded.task!r}")
-    preprocess = loaded.preprocessor(resize)
+    preprocess = loaded.preprocessor(resize, fast_decode)
     embedder = Embedder(loaded)
 
     def prepare(path):
@@ -117,7 +117,7 @@ def embedding_task(loaded, field: str = DEFAULT_FIELD, resize: str = "squash"):
         capability="embed",
         field=field,
         fields={field: fo.VectorField},
-        settings={"resize": resize, "normalize": True, "dim": embedder.dim},
+        settings={"resize": resize, "fast_decode": fast_decode, "normalize": True, "dim": embedder.dim},
         identity=loaded.identity,
         prepare=prepare,
         step=step,
@@ -416,7 +416,7 @@ def run(samples, settings, options, **backend_kwargs):
     loaded = models.load_model(
         settings.model, task="match", device=options.device, dtype=options.dtype, revision=options.revision
     )
-    task = embedding_task(loaded, field=settings.field, resize=options.resize)
+    task = embedding_task(loaded, field=settings.field, resize=options.resize, fast_decode=options.fast_decode)
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:
         embedded = dataset.match(F(task.run_field) == task.run_stamp)

@@ -309,6 +309,7 @@ class MatchSettings:
         crop_padding: detections: grow each box by this factor around its
             center before cropping, >= 1.
         resize: how images reach the model's square input ("squash").
+        fast_decode: decode large JPEGs at a reduced scale (False).
     """
 
     kind: str
@@ -318,6 +319,7 @@ class MatchSettings:
     itc: bool = False
     crop_padding: float = DEFAULT_CROP_PADDING
     resize: str = "squash"
+    fast_decode: bool = False
 
     def __post_init__(self):
         from fiftyone_blip.images import RESIZE_MODES
@@ -340,7 +342,7 @@ class MatchSettings:
         return label if self.kind == "text" else self.template.format(label=label)
 
     def as_dict(self) -> dict:
-        settings = {"kind": self.kind, "itc": self.itc, "resize": self.resize}
+        settings = {"kind": self.kind, "itc": self.itc, "resize": self.resize, "fast_decode": self.fast_decode}
         if self.kind != "text":
             settings.update(template=self.template, margin=self.margin, classes=self.classes)
         if self.kind == "detections":
@@ -504,7 +506,7 @@ def match_task(loaded, settings: MatchSettings, label_field: str, field: str, da
 
     from fiftyone_blip import engine
 
-    preprocess = loaded.preprocessor(settings.resize)
+    preprocess = loaded.preprocessor(settings.resize, settings.fast_decode)
     matcher = Matcher(loaded)
     classes = settings.classes if settings.margin else []
     class_index = {c: i for i, c in enumerate(classes)}
@@ -875,6 +877,7 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
         itc=settings.itc,
         crop_padding=default_crop_padding(name) if settings.crop_padding is None else settings.crop_padding,
         resize=options.resize,
+        fast_decode=options.fast_decode,
     )
     resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
     loaded = models.load_model(

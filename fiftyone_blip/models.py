@@ -73,11 +73,11 @@ class LoadedModel:
 
     # ---- the BLIP steps every capability shares
 
-    def preprocessor(self, resize: str = "squash"):
+    def preprocessor(self, resize: str = "squash", fast_decode: bool = False):
         """An `images.Preprocessor` for this model's processor and input size."""
         from fiftyone_blip.images import Preprocessor
 
-        return Preprocessor(self.processor.image_processor, self.image_size, resize)
+        return Preprocessor(self.processor.image_processor, self.image_size, resize, fast_decode)
 
     def autocast(self):
         """bf16/fp16 on CPU runs as autocast over fp32 weights; GPUs hold weights in that dtype."""

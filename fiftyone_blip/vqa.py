@@ -508,7 +508,13 @@ def question_descriptions(questions: list[Question]) -> dict[str, str]:
     return out
 
 
-def vqa_task(loaded, questions: list[Question], settings: VqaSettings | None = None, resize: str = "squash"):
+def vqa_task(
+    loaded,
+    questions: list[Question],
+    settings: VqaSettings | None = None,
+    resize: str = "squash",
+    fast_decode: bool = False,
+):
     """An engine `Task` that answers `questions` about each image, one field per question.
 
     The engine's done check, error and run fields follow the first question's
@@ -517,10 +523,9 @@ def vqa_task(loaded, questions: list[Question], settings: VqaSettings | None = N
     import fiftyone as fo
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import Preprocessor
 
     settings = settings or VqaSettings()
-    preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+    preprocess = loaded.preprocessor(resize, fast_decode)
     answerer = Answerer(loaded, questions, settings)
 
     def prepare(path):
@@ -543,7 +548,12 @@ def vqa_task(loaded, questions: list[Question], settings: VqaSettings | None = N
         capability="vqa",
         field=questions[0].field,
         fields={},  # declared with their exact types by `declare_fields`
-        settings={**settings.as_dict(), "resize": resize, "questions": [q.as_dict() for q in questions]},
+        settings={
+            **settings.as_dict(),
+            "resize": resize,
+            "fast_decode": fast_decode,
+            "questions": [q.as_dict() for q in questions],
+        },
         identity=loaded.identity,
         prepare=prepare,
         step=step,
@@ -608,7 +618,7 @@ def run(samples, questions: list[Question], settings: VqaSettings, options):
     loaded = load_model(
         settings.model, task="vqa", device=options.device, dtype=options.dtype, revision=options.revision
     )
-    task = vqa_task(loaded, questions, settings, resize=options.resize)  # checks lengths
+    task = vqa_task(loaded, questions, settings, options.resize, options.fast_decode)  # checks lengths
     # The engine claims the first question's field; the others are claimed here, before any check,
     # so that two runs sharing a later field cannot both pass the checks and mix their answers in it.
     leases = []

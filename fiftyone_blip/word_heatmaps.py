@@ -506,6 +506,7 @@ def heatmap_task(
     text: str | None = None,
     resize: str = "squash",
     maps_dir: str | None = None,
+    fast_decode: bool = False,
 ):
     """An engine `Task` that writes a caption heatmap and per-word maps into `field` and its siblings.
 
@@ -522,7 +523,7 @@ def heatmap_task(
     if text is None and text_field is None and settings.mode == "gradcam":
         raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
     names = field_names(field, settings.mode, maps_dir)
-    preprocess = loaded.preprocessor(resize)
+    preprocess = loaded.preprocessor(resize, fast_decode)
     maker = HeatmapMaker(loaded, settings)
     reads = (text_field,) if text is None and text_field else ()
     folder = writable_folder(maps_dir) if maps_dir else None
@@ -568,6 +569,7 @@ def heatmap_task(
         settings={
             **settings.as_dict(),
             "resize": resize,
+            "fast_decode": fast_decode,
             "text": text,
             "text_field": None if text is not None else text_field,
             "maps_dir": str(folder) if folder else None,
@@ -813,6 +815,7 @@ def run(samples, settings: HeatmapSettings, options):
         text=settings.text,
         resize=options.resize,
         maps_dir=settings.maps_dir,
+        fast_decode=options.fast_decode,
     )
     declare_fields(samples._dataset, settings.field, settings.mode, settings.maps_dir)
     return engine.run(samples, task, options)
