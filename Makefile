@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # The browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
 export FIFTYONE_BLIP_CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install chromium demo test test-browser screenshots lint bench clean
+.PHONY: install chromium demo test test-browser parity screenshots lint bench clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ test: $(STAMP) chromium
 # Only the App tests in a real browser; screenshots land in build/screenshots.
 test-browser: $(STAMP) chromium
 	$(PY) -m pytest -q tests/browser
+
+# Parity with transformers used directly on BLIP-base-sized random models (several minutes on a CPU).
+parity: $(STAMP)
+	$(PY) -m pytest -q -m parity tests/test_parity.py
 
 # Refreshes the README's screenshots (the files in docs/screenshots) from a run of the browser
 # tests; to show another one, copy it once from build/screenshots.
