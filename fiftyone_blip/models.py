@@ -263,7 +263,7 @@ def _load(
         "match": BlipForImageTextRetrieval,
         "vqa": BlipForQuestionAnswering,
     }[task]
-    # On CPU, weights stay fp32: bf16/fp16 there run as autocast, int8 as dynamic quantization.
+    # On CPU, weights stay fp32: bf16/fp16 there run as autocast, int8 as int8 Linear layers.
     weight_dtype = torch.float32 if device == "cpu" else getattr(torch, dtype)
     try:
         model = cls.from_pretrained(
@@ -280,13 +280,11 @@ def _load(
     if device == "cpu":
         keep_freed_memory()
     if dtype == "int8":
-        # Linear layers as int8 GEMMs with per-batch activation scales: about 2x the
-        # fp32 matmul rate on CPUs with VNNI (see BENCHMARKS.md for speed and agreement).
-        import warnings
+        # Linear layers as int8 GEMMs with one activation scale per token, so that a result does
+        # not depend on its batch (see `fiftyone_blip.int8`; speed and agreement in BENCHMARKS.md).
+        from fiftyone_blip.int8 import quantize_linear_layers
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's deprecation notice, once per load
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        quantize_linear_layers(model)
     if attention == "sdpa":
         from fiftyone_blip.sdpa import use_sdpa
 
