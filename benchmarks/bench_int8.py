@@ -1,0 +1,91 @@
+"""int8 on the CPU: per-token activation scales (the library's) against torch.ao's per-tensor ones.
+
+    .venv/bin/python benchmarks/bench_int8.py               # BLIP-base sized, 1 thread
+    .venv/bin/python benchmarks/bench_int8.py --size small  # a quick run
+
+Builds a BLIP-base-sized captioner with random but informative weights
+(`fiftyone_blip.random_models`) and captions the same images with fp32,
+int8 with one activation scale per tensor (`torch.ao` dynamic quantization,
+what the library used before) and int8 with one scale per token (the
+library's `fiftyone_blip.int8`). Prints, per precision: seconds per image of
+a batch (every caption exactly `--tokens` new tokens), greedy captions equal
+to fp32's, and captions equal alone (batch 1) and in the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fiftyone_blip.random_models import build_random_blip
+
+
+def images(count: int, size: int) -> list[np.ndarray]:
+    """`count` different smooth random uint8 images at the model's input size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        out.append(np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("base", "small"), default="base")
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption in the timed runs")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import torch
+
+    from fiftyone_blip import models
+    from fiftyone_blip.captions import Captioner, CaptionSettings
+    from fiftyone_blip.images import to_pixel_values
+
+    torch.set_num_threads(args.threads)
+    folder = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    directory = build_random_blip(folder / "caption", "caption", args.size)
+    fp32 = models.load_model(str(directory), "caption", device="cpu", dtype="float32", cached=False)
+    per_token = models.load_model(str(directory), "caption", device="cpu", dtype="int8", cached=False)
+    per_tensor = models.load_model(str(directory), "caption", device="cpu", dtype="float32", cached=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ao_model = torch.ao.quantization.quantize_dynamic(per_tensor.model, {torch.nn.Linear}, dtype=torch.qint8)
+    per_tensor = dataclasses.replace(per_tensor, model=ao_model, dtype="int8")
+    pixels = to_pixel_values(images(args.images, fp32.image_size))
+
+    greedy = CaptionSettings()
+    timed = CaptionSettings(min_new_tokens=args.tokens, max_new_tokens=args.tokens)
+    rows, reference = [], None
+    for name, loaded in (("fp32", fp32), ("int8 per-tensor (torch.ao)", per_tensor), ("int8 per-token", per_token)):
+        captioner = Captioner(loaded, greedy)
+        batch = [row["caption"] for row in captioner(pixels)]
+        alone = [captioner(pixels[i : i + 1])[0]["caption"] for i in range(len(pixels))]
+        reference = reference or alone
+        Captioner(loaded, timed)(pixels[:1])  # warm-up
+        start = time.perf_counter()
+        Captioner(loaded, timed)(pixels)
+        seconds = (time.perf_counter() - start) / len(pixels)
+        same_as_fp32 = sum(a == b for a, b in zip(alone, reference))
+        batch_free = sum(a == b for a, b in zip(alone, batch))
+        lengths = sorted(len(c.split()) for c in alone)
+        rows.append((name, seconds, same_as_fp32, batch_free, lengths))
+    n = len(pixels)
+    print(f"BLIP {args.size}, {n} images, batch {n}, {args.threads} thread(s), {args.tokens} new tokens timed")
+    print(f"{'precision':28s} {'s/image':>8s} {'= fp32 (alone)':>15s} {'alone = batch':>14s}  caption lengths")
+    for name, seconds, same, free, lengths in rows:
+        print(f"{name:28s} {seconds:8.2f} {f'{same}/{n}':>15s} {f'{free}/{n}':>14s}  {lengths}")
+
+
+if __name__ == "__main__":
+    main()
