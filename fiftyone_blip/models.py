@@ -329,8 +329,9 @@ def load_model(
         device: "auto", "cpu", "cuda" or "mps" ("auto").
         dtype: "auto", "float32", "bfloat16", "float16" or "int8" ("auto":
             float32 on CPU, bfloat16 on GPUs). On CPU, bf16/fp16 run as autocast
-            over fp32 weights; "int8" (CPU only) quantizes Linear layers
-            dynamically, the fastest CPU setting.
+            over fp32 weights; "int8" (CPU only) runs Linear layers as int8
+            GEMMs with one activation scale per token (`fiftyone_blip.int8`),
+            so a result does not depend on the batch it runs in.
         revision: a hub revision (branch, tag or commit); None for the default.
         attention: "sdpa" (fused scaled-dot-product attention, see
             `fiftyone_blip.sdpa`) or "eager" (transformers' own, which
