@@ -289,7 +289,8 @@ class RunOptions(Settings):
     `fast_decode` to the decoding of images, the rest to the engine. The
     revision and dtype are part of the model's identity, and `resize` and
     `fast_decode` change the model's input: all four are in every result's
-    fingerprint. The rest do not change a result's value.
+    fingerprint. The rest do not change a result's value (the batch size: checked
+    in float32 and int8 by the parity and int8 tests).
     """
 
     resize: str = setting(
@@ -313,7 +314,8 @@ class RunOptions(Settings):
     device: str = setting("auto", "where the model runs", choices=DEVICES, advanced=True, envvar="FIFTYONE_BLIP_DEVICE")
     dtype: str = setting(
         "auto",
-        "weights and activations (auto: float32 on CPU, bfloat16 on GPUs; int8: dynamic quantization, fastest on CPU)",
+        "weights and activations (auto: float32 on CPU, bfloat16 on GPUs; int8: CPU only, fastest there, "
+        "one activation scale per token, so a result does not depend on its batch)",
         label="Precision",
         choices=DTYPES,
         advanced=True,
