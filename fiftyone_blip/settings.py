@@ -306,8 +306,9 @@ class RunOptions(Settings):
     )
     fast_decode: bool = setting(
         False,
-        "decode large JPEGs at 1/2, 1/4 or 1/8 scale: 2-3x less decode time for 2000 px and larger, but the model's input pixels "
-        "differ slightly from BLIP's own processor's, and so may results (off: every pixel decoded)",
+        "decode large JPEGs at 1/2, 1/4 or 1/8 scale: 2-3x less decode time for 2000 px and larger, "
+        "but the model's input pixels differ slightly from BLIP's own processor's, and so may results "
+        "(off: every pixel decoded)",
         advanced=True,
     )
     batch_size: int = setting(16, "images per model step", min=1, max=MAX_BATCH_SIZE, advanced=True)
