@@ -49,7 +49,7 @@ test-browser: $(STAMP) chromium
 
 # Parity with transformers used directly on BLIP-base-sized random models (several minutes on a CPU).
 parity: $(STAMP)
-	$(PY) -m pytest -q -m parity tests/test_parity.py
+	$(PY) -m pytest -q -rP -m parity tests/test_parity.py
 
 # Refreshes the README's screenshots (the files in docs/screenshots) from a run of the browser
 # tests; to show another one, copy it once from build/screenshots.
