@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # The browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
 export FIFTYONE_BLIP_CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install chromium demo test test-browser test-matrix screenshots lint bench clean
+.PHONY: install chromium demo test test-browser test-matrix parity screenshots lint bench clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ test-matrix: $(STAMP)
 # Only the App tests in a real browser; screenshots land in build/screenshots.
 test-browser: $(STAMP) chromium
 	$(PY) -m pytest -q tests/browser
+
+# Parity with transformers used directly on BLIP-base-sized random models (several minutes on a CPU).
+parity: $(STAMP)
+	$(PY) -m pytest -q -rP -m parity tests/test_parity.py
 
 # Refreshes the README's screenshots (the files in docs/screenshots) from a run of the browser
 # tests; to show another one, copy it once from build/screenshots.

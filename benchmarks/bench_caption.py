@@ -47,32 +47,10 @@ def peak_rss_mb() -> float:
 
 
 def build_blip_base(directory: Path) -> Path:
-    """A BLIP-base-sized captioner with random weights and a full-size vocabulary."""
-    import torch
-    from transformers import (
-        BertTokenizerFast,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
+    """A BLIP-base-sized captioner with random but informative weights and a full-size vocabulary."""
+    from fiftyone_blip.random_models import build_random_blip
 
-    from fiftyone_blip.shapes.data import english_vocabulary
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + english_vocabulary()
-    words += [f"w{i}" for i in range(30522 - len(words))] + ["[DEC]", "[ENC]"]
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, bos_token="[DEC]")
-    processor = BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer)
-    config = BlipConfig()  # transformers' default: the BLIP-base architecture
-    config.text_config.bos_token_id = tokenizer.convert_tokens_to_ids("[DEC]")
-    config.text_config.sep_token_id = tokenizer.sep_token_id
-    config.text_config.pad_token_id = tokenizer.pad_token_id
-    config.architectures = ["BlipForConditionalGeneration"]
-    torch.manual_seed(0)
-    model = BlipForConditionalGeneration(config)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return build_random_blip(directory, "caption", "base")
 
 
 def make_dataset(name: str, count: int, folder: Path, size: int = 480):

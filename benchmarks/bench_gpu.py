@@ -88,7 +88,8 @@ class Budget:
 
 
 def build_models(directory: Path, smoke: bool) -> dict[str, Path]:
-    """A captioner and a retrieval model with random weights: BLIP-base sized, or tiny with --smoke."""
+    """A captioner and a retrieval model with random but informative weights (see
+    `fiftyone_blip.random_models`): BLIP-base sized, or tiny with --smoke."""
     import torch
     from transformers import (
         BertTokenizerFast,
@@ -99,23 +100,19 @@ def build_models(directory: Path, smoke: bool) -> dict[str, Path]:
         BlipProcessor,
     )
 
+    from fiftyone_blip.random_models import build_random_blip
     from fiftyone_blip.shapes.data import english_vocabulary
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + english_vocabulary()
     if not smoke:
-        words += [f"w{i}" for i in range(30522 - len(words))]  # BERT-base's vocabulary size
-    words += ["[DEC]", "[ENC]"]
+        return {task: build_random_blip(directory / task, task, "base") for task in ("caption", "match")}
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + english_vocabulary() + ["[DEC]", "[ENC]"]
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, bos_token="[DEC]")
-    if smoke:
-        size = 64
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-        vision.update(image_size=size, patch_size=16)
-        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-        text.update(vocab_size=len(words), max_position_embeddings=64, encoder_hidden_size=32)
-        config = BlipConfig(vision_config=vision, text_config=text, projection_dim=16, image_text_hidden_size=16)
-    else:
-        size = 384
-        config = BlipConfig()  # transformers' default: the BLIP-base architecture
+    size = 64
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    vision.update(image_size=size, patch_size=16, initializer_range=0.02)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    text.update(vocab_size=len(words), max_position_embeddings=64, encoder_hidden_size=32)
+    config = BlipConfig(vision_config=vision, text_config=text, projection_dim=16, image_text_hidden_size=16)
     config.text_config.bos_token_id = tokenizer.convert_tokens_to_ids("[DEC]")
     config.text_config.sep_token_id = tokenizer.sep_token_id
     config.text_config.pad_token_id = tokenizer.pad_token_id
@@ -610,7 +607,7 @@ def main(argv=None) -> dict:
         "smoke": smoke,
         "models": "tiny random BLIP (smoke)"
         if smoke
-        else "BLIP-base-sized random weights (transformers' BlipConfig())",
+        else "BLIP-base-sized random weights (transformers' BlipConfig(), informative init: random_models.py)",
         "new_tokens": NEW_TOKENS,
         "environment": environment(device),
     }

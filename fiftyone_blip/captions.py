@@ -790,7 +790,12 @@ def candidate_labels(candidates):
 
 
 def caption_task(
-    model, settings: CaptionSettings, field: str = "caption", resize: str = "squash", language: str | None = None
+    model,
+    settings: CaptionSettings,
+    field: str = "caption",
+    resize: str = "squash",
+    language: str | None = None,
+    fast_decode: bool = False,
 ):
     """An engine `Task` that captions images into `field` and `{field}_confidence`.
 
@@ -813,7 +818,7 @@ def caption_task(
     def bind():
         loaded = model.load()
         tokenizer, _identity, activate = adapters.prepare(loaded, language)
-        preprocess = loaded.preprocessor(resize)
+        preprocess = loaded.preprocessor(resize, fast_decode)
         captioner = Captioner(loaded, settings, tokenizer=tokenizer)
 
         def prepare(path):
@@ -842,7 +847,7 @@ def caption_task(
         capability="caption",
         field=field,
         fields=fields,
-        settings={**settings.as_dict(), "resize": resize},
+        settings={**settings.as_dict(), "resize": resize, "fast_decode": fast_decode},
         identity={**model.identity, **adapter_identity},
         bind=bind,
         siblings=() if several else (candidates_field,),  # an earlier run's candidates go with its captions
@@ -859,5 +864,5 @@ def run(samples, settings: CaptionSettings, options):
     from fiftyone_blip import engine, models
 
     model = models.reference_for(settings.model, "caption", options)
-    task = caption_task(model, settings, field=settings.field, resize=options.resize, language=settings.language)
+    task = caption_task(model, settings, settings.field, options.resize, settings.language, options.fast_decode)
     return engine.run(samples, task, options)

@@ -95,7 +95,7 @@ def serialize(vector: np.ndarray) -> bytes:
     return fou.serialize_numpy_array(vector)
 
 
-def embedding_task(model, field: str = DEFAULT_FIELD, resize: str = "squash"):
+def embedding_task(model, field: str = DEFAULT_FIELD, resize: str = "squash", fast_decode: bool = False):
     """An engine `Task` that writes each image's ITC embedding (a unit vector) into `field`.
 
     `model`: a `models.ModelReference` (loaded once the engine's checks pass) or a `LoadedModel`.
@@ -110,7 +110,7 @@ def embedding_task(model, field: str = DEFAULT_FIELD, resize: str = "squash"):
 
     def bind():
         loaded = model.load()
-        preprocess = loaded.preprocessor(resize)
+        preprocess = loaded.preprocessor(resize, fast_decode)
         embedder = Embedder(loaded)
 
         def prepare(path):
@@ -126,7 +126,7 @@ def embedding_task(model, field: str = DEFAULT_FIELD, resize: str = "squash"):
         capability="embed",
         field=field,
         fields={field: fo.VectorField},
-        settings={"resize": resize, "normalize": True, "dim": dim},
+        settings={"resize": resize, "fast_decode": fast_decode, "normalize": True, "dim": dim},
         identity=model.identity,
         bind=bind,
         descriptions={field: f"BLIP image embedding in the ITC space ({dim} values, unit length)"},
@@ -470,7 +470,7 @@ def run(samples, settings, options, **backend_kwargs):
                 f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
             )
     model = models.reference_for(settings.model, "match", options)
-    task = embedding_task(model, field=settings.field, resize=options.resize)
+    task = embedding_task(model, field=settings.field, resize=options.resize, fast_decode=options.fast_decode)
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:
         embedded = dataset.match(F(task.run_field) == task.run_stamp)

@@ -65,9 +65,10 @@ def load_image(path: str, min_size: int | None = None) -> Image.Image:
     `MAX_PIXELS` are refused from their header, and anything that is not a
     regular file (a named pipe would block forever) is refused unopened.
 
-    With `min_size`, large JPEGs decode at a reduced scale that still leaves
-    both sides at least `min_size` pixels: several times faster, same result
-    after resizing.
+    With `min_size`, a large JPEG decodes at a reduced scale (libjpeg's 1/2,
+    1/4 or 1/8) that still leaves both sides at least `min_size` pixels:
+    several times faster, but not the same pixels after resizing as a full
+    decode (BENCHMARKS.md, "Fast JPEG decoding"). None decodes every pixel.
 
     Raises:
         ImageDecodeError: with a one-line reason a user can act on.
@@ -179,7 +180,8 @@ class Preprocessor:
     """Turns a file path into the model's input; safe to call from worker threads.
 
     Built from a BLIP image processor so that "squash" matches the processor's
-    own output. Two outputs:
+    own output. `fast_decode` decodes large JPEGs at a reduced scale (see
+    `load_image`): faster, but no longer the processor's pixels. Two outputs:
 
     - `pixels(path)`: the fitted image as a uint8 (size, size, 3) array, the
       cheap form for decode threads (4x smaller than floats, no float work on
@@ -189,11 +191,12 @@ class Preprocessor:
       float32 array itself, computed here on the CPU (the same values).
     """
 
-    def __init__(self, image_processor, size: int, mode: str = "squash"):
+    def __init__(self, image_processor, size: int, mode: str = "squash", fast_decode: bool = False):
         if mode not in RESIZE_MODES:
             raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {mode!r}")
         self.size = size
         self.mode = mode
+        self.fast_decode = fast_decode
         self.mean = tuple(float(m) for m in image_processor.image_mean)
         self.std = tuple(float(s) for s in image_processor.image_std)
         mean = np.asarray(self.mean, dtype=np.float32)
@@ -210,7 +213,8 @@ class Preprocessor:
 
     def pixels(self, path: str) -> tuple[np.ndarray, Geometry]:
         """Decodes and fits a file: a uint8 (size, size, 3) RGB array and its geometry."""
-        return self.pixels_from_image(load_image(path, min_size=self.size), upright=True)
+        image = load_image(path, min_size=self.size if self.fast_decode else None)
+        return self.pixels_from_image(image, upright=True)
 
     def pixels_from_image(self, image: Image.Image, upright: bool = False) -> tuple[np.ndarray, Geometry]:
         """Fits a PIL image: a uint8 (size, size, 3) RGB array and its geometry.

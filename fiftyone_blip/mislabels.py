@@ -307,6 +307,7 @@ class MatchSettings:
         crop_padding: detections: grow each box by this factor around its
             center before cropping, >= 1.
         resize: how images reach the model's square input ("squash").
+        fast_decode: decode large JPEGs at a reduced scale (False).
     """
 
     kind: str
@@ -316,6 +317,7 @@ class MatchSettings:
     itc: bool = False
     crop_padding: float = DEFAULT_CROP_PADDING
     resize: str = "squash"
+    fast_decode: bool = False
 
     def __post_init__(self):
         from fiftyone_blip.images import RESIZE_MODES
@@ -338,7 +340,7 @@ class MatchSettings:
         return label if self.kind == "text" else self.template.format(label=label)
 
     def as_dict(self) -> dict:
-        settings = {"kind": self.kind, "itc": self.itc, "resize": self.resize}
+        settings = {"kind": self.kind, "itc": self.itc, "resize": self.resize, "fast_decode": self.fast_decode}
         if self.kind != "text":
             settings.update(template=self.template, margin=self.margin, classes=self.classes)
         if self.kind == "detections":
@@ -528,7 +530,7 @@ def _match_step(loaded, settings: MatchSettings, label_field: str, field: str, d
     """(prepare, step) of `match_task` on a loaded model."""
     from fiftyone_blip import engine
 
-    preprocess = loaded.preprocessor(settings.resize)
+    preprocess = loaded.preprocessor(settings.resize, settings.fast_decode)
     matcher = Matcher(loaded)
     classes = settings.classes if settings.margin else []
     class_index = {c: i for i, c in enumerate(classes)}
@@ -922,6 +924,7 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
         itc=settings.itc,
         crop_padding=default_crop_padding(name) if settings.crop_padding is None else settings.crop_padding,
         resize=options.resize,
+        fast_decode=options.fast_decode,
     )
     resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
     task = match_task(

@@ -92,11 +92,11 @@ class LoadedModel:
 
     # ---- the BLIP steps every capability shares
 
-    def preprocessor(self, resize: str = "squash"):
+    def preprocessor(self, resize: str = "squash", fast_decode: bool = False):
         """An `images.Preprocessor` for this model's processor and input size."""
         from fiftyone_blip.images import Preprocessor
 
-        return Preprocessor(self.processor.image_processor, self.image_size, resize)
+        return Preprocessor(self.processor.image_processor, self.image_size, resize, fast_decode)
 
     def autocast(self):
         """bf16/fp16 on CPU runs as autocast over fp32 weights; GPUs hold weights in that dtype."""
@@ -363,7 +363,7 @@ def _load(
         "match": BlipForImageTextRetrieval,
         "vqa": BlipForQuestionAnswering,
     }[task]
-    # On CPU, weights stay fp32: bf16/fp16 there run as autocast, int8 as dynamic quantization.
+    # On CPU, weights stay fp32: bf16/fp16 there run as autocast, int8 as int8 Linear layers.
     weight_dtype = torch.float32 if device == "cpu" else getattr(torch, dtype)
     try:
         model = cls.from_pretrained(
@@ -380,13 +380,11 @@ def _load(
     if device == "cpu":
         keep_freed_memory()
     if dtype == "int8":
-        # Linear layers as int8 GEMMs with per-batch activation scales: about 2x the
-        # fp32 matmul rate on CPUs with VNNI (see BENCHMARKS.md for speed and agreement).
-        import warnings
+        # Linear layers as int8 GEMMs with one activation scale per token, so that a result does
+        # not depend on its batch (see `fiftyone_blip.int8`; speed and agreement in BENCHMARKS.md).
+        from fiftyone_blip.int8 import quantize_linear_layers
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's deprecation notice, once per load
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        quantize_linear_layers(model)
     if attention == "sdpa":
         from fiftyone_blip.sdpa import use_sdpa
 
@@ -448,8 +446,9 @@ def load_model(
         device: "auto", "cpu", "cuda" or "mps" ("auto").
         dtype: "auto", "float32", "bfloat16", "float16" or "int8" ("auto":
             float32 on CPU, bfloat16 on GPUs). On CPU, bf16/fp16 run as autocast
-            over fp32 weights; "int8" (CPU only) quantizes Linear layers
-            dynamically, the fastest CPU setting.
+            over fp32 weights; "int8" (CPU only) runs Linear layers as int8
+            GEMMs with one activation scale per token (`fiftyone_blip.int8`),
+            so a result does not depend on the batch it runs in.
         revision: a hub revision (branch, tag or commit); None for the default.
         attention: "sdpa" (fused scaled-dot-product attention, see
             `fiftyone_blip.sdpa`) or "eager" (transformers' own, which

@@ -462,7 +462,13 @@ def question_descriptions(questions: list[Question]) -> dict[str, str]:
     return out
 
 
-def vqa_task(model, questions: list[Question], settings: VqaSettings | None = None, resize: str = "squash"):
+def vqa_task(
+    model,
+    questions: list[Question],
+    settings: VqaSettings | None = None,
+    resize: str = "squash",
+    fast_decode: bool = False,
+):
     """An engine `Task` that answers `questions` about each image, one field per question.
 
     `model`: a `models.ModelReference` (loaded once the engine's checks pass)
@@ -473,7 +479,6 @@ def vqa_task(model, questions: list[Question], settings: VqaSettings | None = No
     import fiftyone as fo
 
     from fiftyone_blip import engine
-    from fiftyone_blip.images import Preprocessor
 
     settings = settings or VqaSettings()
     # questions and answers the model cannot read or write: refused before the weights load
@@ -481,7 +486,7 @@ def vqa_task(model, questions: list[Question], settings: VqaSettings | None = No
 
     def bind():
         loaded = model.load()
-        preprocess = Preprocessor(loaded.processor.image_processor, loaded.image_size, resize)
+        preprocess = loaded.preprocessor(resize, fast_decode)
         answerer = Answerer(loaded, questions, settings)  # checks lengths against the model's positions
 
         def prepare(path):
@@ -511,7 +516,12 @@ def vqa_task(model, questions: list[Question], settings: VqaSettings | None = No
         capability="vqa",
         field=questions[0].field,
         fields=wanted_fields(questions),
-        settings={**settings.as_dict(), "resize": resize, "questions": [q.as_dict() for q in questions]},
+        settings={
+            **settings.as_dict(),
+            "resize": resize,
+            "fast_decode": fast_decode,
+            "questions": [q.as_dict() for q in questions],
+        },
         identity=model.identity,
         bind=bind,
         descriptions=question_descriptions(questions),
@@ -567,5 +577,6 @@ def run(samples, questions: list[Question], settings: VqaSettings, options):
     """Answers checked `questions` (see `make_questions`) on the engine; see `fiftyone_blip.ask`."""
     from fiftyone_blip import engine, models
 
-    task = vqa_task(models.reference_for(settings.model, "vqa", options), questions, settings, resize=options.resize)
+    model = models.reference_for(settings.model, "vqa", options)
+    task = vqa_task(model, questions, settings, options.resize, options.fast_decode)
     return engine.run(samples, task, options)

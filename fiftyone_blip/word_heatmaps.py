@@ -513,6 +513,7 @@ def heatmap_task(
     text: str | None = None,
     resize: str = "squash",
     maps_dir: str | None = None,
+    fast_decode: bool = False,
 ):
     """An engine `Task` that writes a caption heatmap and per-word maps into `field` and its siblings.
 
@@ -539,7 +540,7 @@ def heatmap_task(
 
     def bind():
         loaded = model.load()
-        preprocess = loaded.preprocessor(resize)
+        preprocess = loaded.preprocessor(resize, fast_decode)
         maker = HeatmapMaker(loaded, settings)
         if folder is not None:
             writable_folder(folder)  # made once every check passed and the model loaded
@@ -586,6 +587,7 @@ def heatmap_task(
         settings={
             **settings.as_dict(),
             "resize": resize,
+            "fast_decode": fast_decode,
             "text": text,
             "text_field": None if text is not None else text_field,
             "maps_dir": str(folder) if folder else None,
@@ -859,5 +861,6 @@ def run(samples, settings: HeatmapSettings, options):
         text=settings.text,
         resize=options.resize,
         maps_dir=settings.maps_dir,
+        fast_decode=options.fast_decode,
     )
     return engine.run(samples, task, options)

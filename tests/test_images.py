@@ -228,3 +228,26 @@ def test_to_pixel_values_casts_and_checks_its_input():
         images.to_pixel_values([np.zeros((8, 8, 3), dtype=np.float32)])
     with pytest.raises(ValueError, match="at least one image"):
         images.to_pixel_values([])
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth random image with some edges, JPEG-friendly like a photo."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 50 + 2, width // 50 + 2, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    return Image.fromarray(np.asarray(image) ^ (rng.random((height, width, 1)) < 0.01).astype(np.uint8) * 255)
+
+
+def test_large_jpeg_gives_the_blip_processor_pixels_by_default(tmp_path):
+    """Every pixel is decoded unless `fast_decode` asks for libjpeg's reduced scale."""
+    processor = pil_blip_processor(384)
+    path = save(photo_like(2000, 1500), tmp_path / "photo.jpg", quality=90)
+    theirs = processor(images=Image.open(path), return_tensors="np")["pixel_values"][0]
+
+    exact, _ = images.Preprocessor(processor, 384, "squash")(path)
+    assert np.abs(exact - theirs).max() < 1e-5
+
+    fast = images.Preprocessor(processor, 384, "squash", fast_decode=True)
+    assert images.load_image(path, min_size=384).size == (1000, 750)
+    floats, _ = fast(path)
+    assert np.abs(floats - theirs).max() > 1e-2  # a real difference: the reason it is opt-in
