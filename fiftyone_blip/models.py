@@ -67,10 +67,7 @@ class LoadedModel:
     @property
     def identity(self) -> dict:
         """What a run record stores to say which weights produced a result."""
-        identity = {"model": self.name, "path": self.path, "revision": self.revision, "dtype": self.dtype}
-        if self.weights is not None:
-            identity["weights"] = self.weights
-        return identity
+        return model_identity(self.name, self.path, self.revision, self.dtype, self.weights)
 
     def load(self) -> LoadedModel:
         """This model (a `ModelReference` loads it): task builders take either."""
@@ -403,6 +400,21 @@ def _load(
     )
 
 
+# int8 results of the per-token quantization (`int8.py`) differ from those of torch.ao's per-tensor
+# one that came before: its identity says which, so earlier int8 results are not taken for these.
+INT8_SCHEME = "per-token activations, per-channel weights"
+
+
+def model_identity(name: str, path: str, revision: str | None, dtype: str, weights: str | None) -> dict:
+    """Which weights (and which int8 quantization) produce a result: the model part of a fingerprint."""
+    identity = {"model": name, "path": path, "revision": revision, "dtype": dtype}
+    if dtype == "int8":
+        identity["quantization"] = INT8_SCHEME
+    if weights is not None:
+        identity["weights"] = weights
+    return identity
+
+
 def weights_version(local: Path) -> str:
     """Size and mtime of a local folder's weight files: new weights saved over old ones change it."""
     stats = [path.stat() for path in sorted(local.glob("*.safetensors"))]
@@ -500,10 +512,8 @@ class ModelReference:
 
     @property
     def identity(self) -> dict:
-        identity = {"model": self.name, "path": self.path, "revision": self.revision, "dtype": self.dtype}
-        if self.local is not None:
-            identity["weights"] = weights_version(self.local)
-        return identity
+        weights = weights_version(self.local) if self.local is not None else None
+        return model_identity(self.name, self.path, self.revision, self.dtype, weights)
 
     @functools.cached_property
     def processor(self):

@@ -31,3 +31,21 @@ def test_int8_embedding_is_the_same_alone_and_in_a_batch(fresh_dataset, random_m
     fiftyone_blip.embed(view, field="together", batch_size=8, **common)
     for a, b in zip(view.values("alone"), view.values("together")):
         assert np.dot(a, b) >= 0.99999
+
+
+def test_int8_results_of_the_earlier_quantization_are_not_taken_for_these(fresh_dataset):
+    """Captions stamped by the per-tensor int8 of before (an identity without the scheme) are another
+    result: a run without overwrite refuses them rather than skipping them as done."""
+    from fiftyone_blip import captions, engine, models
+    from fiftyone_blip.settings import RunOptions
+
+    view = fresh_dataset.limit(4)
+    reference = models.reference("shapes-tiny", task="caption", device="cpu", dtype="int8")
+    assert reference.identity["quantization"] == models.INT8_SCHEME
+    earlier = captions.caption_task(reference, captions.CaptionSettings())
+    earlier = engine.dataclasses.replace(
+        earlier, identity={k: v for k, v in earlier.identity.items() if k != "quantization"}
+    )
+    engine.run(view, earlier, RunOptions(progress=False))
+    with pytest.raises(ValueError, match=r"'caption' already holds values on 4 samples"):
+        fiftyone_blip.caption(view, model="shapes-tiny", dtype="int8", device="cpu", progress=False)
