@@ -173,22 +173,6 @@ class RunSummary:
         )
 
 
-def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """Parses a shard spec "I/N" into (I, N), checking 0 <= I < N."""
-    if shard is None or shard == "":
-        return None
-    if isinstance(shard, str):
-        try:
-            index, count = (int(part) for part in shard.split("/"))
-        except ValueError:
-            raise ValueError(f"`shard` must look like 'I/N' (e.g. '0/4'), got {shard!r}") from None
-    else:
-        index, count = shard
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"`shard` must be I/N with 0 <= I < N, got {index}/{count}")
-    return index, count
-
-
 def shard_of(sample_id: str, count: int) -> int:
     """The shard a sample belongs to: a pure function of its id, so workers agree."""
     return int(sample_id, 16) % count

@@ -281,6 +281,22 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
 
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """Parses a shard spec "I/N" into (I, N), checking 0 <= I < N."""
+    if shard is None or shard == "":
+        return None
+    if isinstance(shard, str):
+        try:
+            index, count = (int(part) for part in shard.split("/"))
+        except ValueError:
+            raise ValueError(f"`shard` must look like 'I/N' (e.g. '0/4'), got {shard!r}") from None
+    else:
+        index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"`shard` must be I/N with 0 <= I < N, got {index}/{count}")
+    return index, count
+
+
 @dataclasses.dataclass
 class RunOptions(Settings):
     """How a run goes over a collection and which model revision it loads.
@@ -350,15 +366,11 @@ class RunOptions(Settings):
         super().__post_init__()
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
             raise ValueError(f"`batch_size` must be in 1..{MAX_BATCH_SIZE}, got {self.batch_size!r}")
-        from fiftyone_blip.engine import parse_shard
-
         parse_shard(self.shard)
         check_revision(self.revision)
 
     @property
     def shard_spec(self) -> tuple[int, int] | None:
-        from fiftyone_blip.engine import parse_shard
-
         return parse_shard(self.shard)
 
 
