@@ -73,7 +73,11 @@ def main() -> None:
         same = dataset.values("eval_en") == dataset.values("eval_en_after")
         results["english_unchanged"] = same
         print(f"English captions identical before and after the adapters loaded: {same}")
-    print(json.dumps({"count": len(dataset), "seed": args.seed, "split": args.split, "model": args.model, "results": results}))
+    print(
+        json.dumps(
+            {"count": len(dataset), "seed": args.seed, "split": args.split, "model": args.model, "results": results}
+        )
+    )
 
 
 if __name__ == "__main__":
