@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/eval_adapters.py                  # 1000 test-split images
     .venv/bin/python benchmarks/eval_adapters.py --count 200 --languages en de
     .venv/bin/python benchmarks/eval_adapters.py --seed 7          # shapes of a generator seed no model saw
+    .venv/bin/python benchmarks/eval_adapters.py --seed 5 --split validation   # for choices: never `test`
 
 Builds (or reuses) a dataset of `--count` shapes images from the `test`
 split, which no model or adapter saw in training, captions it in every
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--languages", nargs="+", default=["en", "de", "ru"])
     parser.add_argument("--model", default="shapes-tiny")
     parser.add_argument("--seed", type=int, default=0, help="shapes generator seed; 0 is the training seed (0)")
+    parser.add_argument("--split", default="test", choices=["test", "validation", "train"])
     args = parser.parse_args()
 
     import fiftyone_blip
@@ -39,7 +41,9 @@ def main() -> None:
     from fiftyone_blip.shapes import GT_CAPTION_FIELDS
 
     name = args.dataset if args.seed == 0 else f"{args.dataset}-seed{args.seed}"
-    dataset = fiftyone_blip.load_shapes_dataset(name, count=args.count, split="test", seed=args.seed)
+    if args.split != "test":
+        name = f"{name}-{args.split}"
+    dataset = fiftyone_blip.load_shapes_dataset(name, count=args.count, split=args.split, seed=args.seed)
     manifests = {m["language"]: m for m in fiftyone_blip.list_adapters(args.model)}
     results = {}
     order = list(args.languages) + (["en"] if "en" in args.languages else [])
@@ -63,13 +67,17 @@ def main() -> None:
             row.update(trainable_parameters=p["trainable"], base_parameters=p["base"], size_ratio=p["ratio"])
         results[field.removeprefix("eval_")] = row
         print(
-            f"{field.removeprefix('eval_'):<10} exact match {score:.4f} on {len(dataset)} test images ({seconds:.1f} s)"
+            f"{field.removeprefix('eval_'):<10} exact match {score:.4f} on {len(dataset)} {args.split} images ({seconds:.1f} s)"
         )
     if "en" in args.languages:
         same = dataset.values("eval_en") == dataset.values("eval_en_after")
         results["english_unchanged"] = same
         print(f"English captions identical before and after the adapters loaded: {same}")
-    print(json.dumps({"count": len(dataset), "seed": args.seed, "model": args.model, "results": results}))
+    print(
+        json.dumps(
+            {"count": len(dataset), "seed": args.seed, "split": args.split, "model": args.model, "results": results}
+        )
+    )
 
 
 if __name__ == "__main__":
