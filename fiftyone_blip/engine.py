@@ -500,8 +500,10 @@ def count_foreign_values(samples, task: Task, names=None, snapshot=None) -> int:
         return 0
     own = re.compile(f"^{task.fingerprint}(:|$)")
     foreign = {"$or": [{name: {"$ne": None}} for name in names], task.run_field: {"$not": own}}
-    snapshot = snapshot if snapshot is not None else Snapshot.of(samples, None)
     collection = samples._dataset._sample_collection
+    if snapshot is None and samples is samples._dataset:  # a whole dataset: one count, no ids
+        return collection.count_documents(foreign)
+    snapshot = snapshot if snapshot is not None else Snapshot.of(samples, None)
     return sum(collection.count_documents({"_id": {"$in": ids}, **foreign}) for ids in snapshot.chunks(_IDS_PER_QUERY))
 
 
@@ -515,13 +517,16 @@ def foreign_values_message(names, count: int, what: str = "this model and these 
     )
 
 
-def _check_no_foreign_values(samples, task: Task, snapshot, clears) -> None:
-    """Refuses a result set whose fields hold values fiftyone-blip did not write with this model and these settings."""
+def _check_no_foreign_values(samples, task: Task, snapshot, clears, whole: bool) -> None:
+    """Refuses a result set whose fields hold values fiftyone-blip did not write with this model and these settings.
+
+    `whole`: the snapshot is the whole dataset (counted in one query each, not by ids).
+    """
     schema = samples._dataset.get_field_schema()
     for name in [*task.fields, *clears]:
         if name not in schema:
             continue
-        count = count_foreign_values(samples, task, [name], snapshot)
+        count = count_foreign_values(samples, task, [name], None if whole else snapshot)
         if count:
             raise ValueError(foreign_values_message([name], count))
 
@@ -546,7 +551,8 @@ def preflight(samples, task: Task, options) -> tuple:
     snapshot = Snapshot.of(samples, options.shard_spec)
     clears = _siblings_present(dataset, task)
     if not options.overwrite:
-        _check_no_foreign_values(samples, task, snapshot, clears)
+        whole = samples is dataset and options.shard_spec is None
+        _check_no_foreign_values(samples, task, snapshot, clears, whole)
     return samples, snapshot, clears
 
 
@@ -612,8 +618,8 @@ def _read_page(samples, task: Task, ids: list) -> list[_Row]:
         missing = [oid for oid in ids if oid not in docs]
         if missing:
             # what the view no longer yields (its result changed as the run wrote) is read as stored
-            stages[0] = {"$match": {"_id": {"$in": missing}}}
-            docs.update({doc["_id"]: doc for doc in dataset._sample_collection.aggregate(stages)})
+            stored_stages = [{"$match": {"_id": {"$in": missing}}}, {"$project": project}]
+            docs.update({doc["_id"]: doc for doc in dataset._sample_collection.aggregate(stored_stages)})
         return docs, stored_results(samples, ids, task)
 
     docs, stored = runs.with_retry(read)
