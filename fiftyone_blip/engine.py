@@ -528,7 +528,44 @@ def _check_no_foreign_values(samples, task: Task, snapshot, clears, whole: bool)
             continue
         count = count_foreign_values(samples, task, [name], None if whole else snapshot)
         if count:
-            raise ValueError(foreign_values_message([name], count))
+            message = foreign_values_message([name], count)
+            raise ValueError(
+                message.replace("; pass overwrite=True", f"{_earlier_run(samples, task, name)}; pass overwrite=True")
+            )
+
+
+# identity keys a reader can tell apart (the weights' version is left out, as from the fingerprint)
+_IDENTITY_KEYS = ("model", "revision", "dtype", "language", "quantization")
+
+
+def _earlier_run(samples, task: Task, name: str) -> str:
+    """How the run that wrote a value of others in `name` differs from `task`, as " (...)"; "" when
+    no fiftyone-blip record names it (a user's own values). Reads only."""
+    own = re.compile(f"^{task.fingerprint}(:|$)")
+    doc = samples._dataset._sample_collection.find_one(
+        {name: {"$ne": None}, task.run_field: {"$not": own}}, {task.run_field: 1}
+    )
+    fingerprint = ((doc or {}).get(task.run_field) or "").split(":")[0]
+    if not fingerprint:
+        return ""
+    entries = [
+        entry
+        for run in runs._own_runs(samples._dataset)
+        for entry in run["config"].get("history", [])
+        if entry.get("fingerprint") == fingerprint
+    ]
+    if not entries:
+        return ""
+    earlier = entries[-1]
+    before, now = dict(earlier.get("settings") or {}), dict(task.settings)
+    before.update({k: earlier.get(k) for k in _IDENTITY_KEYS if earlier.get(k) is not None})
+    now.update({k: task.identity.get(k) for k in _IDENTITY_KEYS if task.identity.get(k) is not None})
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))[:5]
+
+    def listed(values):
+        return ", ".join(f"{k}={values.get(k)!r}" for k in changed)
+
+    return f" (they came from {earlier.get('model')!r} with {listed(before)}; this run: {listed(now)})"
 
 
 def preflight(samples, task: Task, options) -> tuple:

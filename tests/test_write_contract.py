@@ -70,6 +70,28 @@ def test_words_the_model_cannot_write_are_refused_before_any_weights_load(fresh_
     assert "shape" not in fresh_dataset.get_field_schema() and "caption" not in fresh_dataset.get_field_schema()
 
 
+def test_a_refusal_names_the_settings_that_differ_from_the_run_that_wrote_the_field(fresh_dataset):
+    view = fresh_dataset.limit(3)
+    fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
+    with pytest.raises(ValueError) as refused:
+        fiftyone_blip.caption(view, model="shapes-tiny", strategy="beam", num_beams=3, **QUIET)
+    message = str(refused.value)
+    assert "'caption' already holds values on 3 samples" in message
+    assert (
+        "they came from 'shapes-tiny' with num_beams=None, strategy='greedy'; this run: num_beams=3, strategy='beam'"
+        in (message)
+    )
+    # values a user wrote: no run to name
+    fresh_dataset.add_sample_field("notes", __import__("fiftyone").StringField)
+    view.set_values("notes", ["a", "b", "c"])
+    with pytest.raises(
+        ValueError,
+        match=r"'notes' already holds values on 3 samples that were not written by "
+        r"fiftyone-blip with this model and these settings; pass overwrite",
+    ):
+        fiftyone_blip.caption(view, model="shapes-tiny", field="notes", **QUIET)
+
+
 # ---------------------------------------------------------------- 2. a refused run changes nothing
 
 
