@@ -859,10 +859,16 @@ def caption_task(
     )
 
 
-def run(samples, settings: CaptionSettings, options):
-    """Captions `samples` on the engine; see `fiftyone_blip.caption`."""
-    from fiftyone_blip import engine, models
+def task_for(settings: CaptionSettings, options):
+    """The engine `Task` a caption run with these settings and options would run (its model not loaded)."""
+    from fiftyone_blip import models
 
     model = models.reference_for(settings.model, "caption", options)
-    task = caption_task(model, settings, settings.field, options.resize, settings.language, options.fast_decode)
-    return engine.run(samples, task, options)
+    return caption_task(model, settings, settings.field, options.resize, settings.language, options.fast_decode)
+
+
+def run(samples, settings: CaptionSettings, options):
+    """Captions `samples` on the engine; see `fiftyone_blip.caption`."""
+    from fiftyone_blip import engine
+
+    return engine.run(samples, task_for(settings, options), options)

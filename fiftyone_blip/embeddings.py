@@ -447,6 +447,14 @@ def _itm_logits(loaded, query: str, paths: list[str], batch_size: int) -> np.nda
     return logits
 
 
+def task_for(settings, options):
+    """The engine `Task` an embed run with these settings and options would run (its model not loaded)."""
+    from fiftyone_blip import models
+
+    model = models.reference_for(settings.model, "match", options)
+    return embedding_task(model, field=settings.field, resize=options.resize, fast_decode=options.fast_decode)
+
+
 def run(samples, settings, options, **backend_kwargs):
     """Embeds `samples` on the engine, then builds the similarity index; see `fiftyone_blip.embed`.
 
@@ -455,7 +463,7 @@ def run(samples, settings, options, **backend_kwargs):
     """
     from fiftyone import ViewField as F
 
-    from fiftyone_blip import engine, models
+    from fiftyone_blip import engine
 
     stored_name = stored_model_name(settings.model)
     dataset = samples._root_dataset
@@ -469,8 +477,7 @@ def run(samples, settings, options, **backend_kwargs):
                 f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
                 f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
             )
-    model = models.reference_for(settings.model, "match", options)
-    task = embedding_task(model, field=settings.field, resize=options.resize, fast_decode=options.fast_decode)
+    task = task_for(settings, options)
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:
         embedded = dataset.match(F(task.run_field) == task.run_stamp)

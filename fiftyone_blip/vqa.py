@@ -575,8 +575,14 @@ def ask(
 
 def run(samples, questions: list[Question], settings: VqaSettings, options):
     """Answers checked `questions` (see `make_questions`) on the engine; see `fiftyone_blip.ask`."""
-    from fiftyone_blip import engine, models
+    from fiftyone_blip import engine
+
+    return engine.run(samples, task_for(questions, settings, options), options)
+
+
+def task_for(questions: list[Question], settings: VqaSettings, options):
+    """The engine `Task` an ask run with these questions, settings and options would run (model not loaded)."""
+    from fiftyone_blip import models
 
     model = models.reference_for(settings.model, "vqa", options)
-    task = vqa_task(model, questions, settings, options.resize, options.fast_decode)
-    return engine.run(samples, task, options)
+    return vqa_task(model, questions, settings, options.resize, options.fast_decode)

@@ -846,14 +846,21 @@ def word_view(sample, field: str = "heatmap", word_index: int = 0, min_side: int
 
 def run(samples, settings: HeatmapSettings, options):
     """Computes heatmaps of `samples` on the engine; see `fiftyone_blip.heatmaps`."""
-    from fiftyone_blip import engine, models
+    from fiftyone_blip import engine
 
     text_field = settings.text_field if settings.text is None else None
     if text_field is not None:
         if text_field not in samples._dataset.get_field_schema():
             raise ValueError(f"`text_field` {text_field!r} is not a field of the dataset: caption the samples first")
         samples = samples.exists(text_field)
-    task = heatmap_task(
+    return engine.run(samples, task_for(settings, options), options)
+
+
+def task_for(settings: HeatmapSettings, options):
+    """The engine `Task` a heatmap run with these settings and options would run (its model not loaded)."""
+    from fiftyone_blip import models
+
+    return heatmap_task(
         models.reference_for(settings.model, MODE_TASKS[settings.mode], options, attention="eager"),
         settings,
         field=settings.field,
@@ -863,4 +870,3 @@ def run(samples, settings: HeatmapSettings, options):
         maps_dir=settings.maps_dir,
         fast_decode=options.fast_decode,
     )
-    return engine.run(samples, task, options)

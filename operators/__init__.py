@@ -454,6 +454,34 @@ class EngineOperator(foo.Operator):
         """The SDK call; `params` are the form's declared params (`declared_params`)."""
         raise NotImplementedError
 
+    def planned_task(self, params, settings, options):
+        """The engine `Task` the run would start (see `check_run`); None: the form checks no run ahead."""
+        return None
+
+    def check_run(self, ctx, params, model_param="model", task="caption"):
+        """The engine's own preflight of the run this form would start, before Execute: a field that holds
+        values of others (a user's, or a run with other settings: which ones differ), a field of another
+        type. Shown at the input it names, so Execute stays disabled until "Recompute" or another field
+        is chosen. Only for models on this server (bundled or a folder): a hub model would be fetched at
+        every keystroke, and is checked when the run starts."""
+        from fiftyone_blip import engine
+
+        name = params.get(model_param) or default_model(ctx, task)
+        try:
+            if ctx.dataset is None or not check_model(name, task):
+                return
+        except (ValueError, models.ModelLoadError):
+            return  # flagged at the model input
+        params = {**params, model_param: name}
+        try:
+            settings = self.settings_class.from_params(app_params(params))
+            options = run_options(params, self.settings_class, None)
+            planned = self.planned_task(params, settings, options)
+        except (ValueError, models.ModelLoadError):
+            return  # flagged by the form's other checks
+        if planned is not None:
+            engine.preflight(ctx.target_view(), planned, options)
+
     def message(self, result, settings) -> str:
         raise NotImplementedError
 
@@ -556,8 +584,14 @@ class CaptionSamples(EngineOperator):
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             check,
             check_words,
+            lambda: self.check_run(ctx, params),
             params=ctx.params,
         )
+
+    def planned_task(self, params, settings, options):
+        from fiftyone_blip import captions
+
+        return captions.task_for(settings, options)
 
     def run(self, params, view, settings, options):
         return fiftyone_blip.caption(view, settings, options)
@@ -765,8 +799,14 @@ class ComputeHeatmaps(EngineOperator):
             lambda: params["text_source"] != "field" or check_text_field(ctx.dataset, "text_field", text_field, True),
             check_layers,
             lambda: check_settings(ctx, HeatmapSettings),
+            lambda: self.check_run(ctx, params, task=task),
             params=ctx.params,
         )
+
+    def planned_task(self, params, settings, options):
+        from fiftyone_blip import word_heatmaps
+
+        return word_heatmaps.task_for(settings, options)
 
     def run(self, params, view, settings, options):
         return fiftyone_blip.heatmaps(view, settings, options)
@@ -1007,11 +1047,17 @@ class ComputeEmbeddings(EngineOperator):
             lambda: check_model(params.get("model"), "match", params.get("revision")),
             lambda: check_nonempty(params, "brain_key"),
             lambda: check_settings(ctx, EmbedSettings),
+            lambda: self.check_run(ctx, params, task="match"),
             lambda: check_brain_key(
                 ctx.dataset, params.get("brain_key"), params.get("model") or default_model(ctx, "match")
             ),
             params=ctx.params,
         )
+
+    def planned_task(self, params, settings, options):
+        from fiftyone_blip import embeddings
+
+        return embeddings.task_for(settings, options)
 
     def run(self, params, view, settings, options):
         return fiftyone_blip.embed(view, settings, options)
@@ -1238,8 +1284,23 @@ class AskQuestion(EngineOperator):
             check_questions,
             check_text_fits,
             lambda: check_settings(ctx, VqaSettings),
+            lambda: self.check_run(ctx, params, task="vqa"),
             params=ctx.params,
         )
+
+    def planned_task(self, params, settings, options):
+        from fiftyone_blip import vqa
+
+        question = params.get("question")
+        if not question or not str(question).strip():
+            return None
+        questions = vqa.make_questions(
+            question,
+            params.get("field") or vqa.default_field(question),
+            vqa.parse_answers(params.get("answers")),
+            bool(params.get("boolean")),
+        )
+        return vqa.task_for(questions, settings, options)
 
     def run(self, params, view, settings, options):
         from fiftyone_blip import vqa

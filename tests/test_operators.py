@@ -264,3 +264,28 @@ def test_a_failed_scheduled_run_is_recorded_with_its_reason(fresh_dataset):
     assert failed.run_state == "failed"
     assert "cannot load 'Salesforce/not-cached-here'" in str(failed.result.error)
     assert "caption" not in fresh_dataset.get_field_schema()
+
+
+def test_a_run_into_a_field_of_another_run_is_flagged_in_the_form_before_execute(fresh_dataset):
+    """The form runs the engine's own preflight: the field's input is invalid (Execute disabled) and says
+    which settings differ, until "Recompute" is ticked or another field is chosen."""
+    import fiftyone_blip
+
+    fiftyone_blip.caption(fresh_dataset.limit(5), model="shapes-tiny", progress=False)
+    beam = dict(model="shapes-tiny", field="caption", strategy="beam", num_beams=3)
+    errors = _form_errors(URI, fresh_dataset, beam)
+    assert set(errors) == {"field"}, errors
+    assert "already holds values on 5 samples" in errors["field"]
+    assert "they came from 'shapes-tiny' with num_beams=None, strategy='greedy'" in errors["field"]
+    assert "this run: num_beams=3, strategy='beam'" in errors["field"]
+    assert _form_errors(URI, fresh_dataset, {**beam, "overwrite": True}) == {}
+    assert _form_errors(URI, fresh_dataset, {**beam, "field": "caption_beam"}) == {}
+    # the same greedy settings: those samples are resumed, nothing to flag
+    assert _form_errors(URI, fresh_dataset, dict(model="shapes-tiny", field="caption")) == {}
+    # answers into the labels a user wrote (the same type: only the preflight sees them)
+    asked = _form_errors(
+        "@fiftyone-blip/blip/ask_question",
+        fresh_dataset,
+        dict(model="shapes-tiny", question="what shape is it?", field="gt_label"),
+    )
+    assert "'gt_label' already holds values on 48 samples that were not written by fiftyone-blip" in asked["field"]
