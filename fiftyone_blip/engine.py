@@ -489,30 +489,29 @@ def stored_results(samples, ids: list, task: Task) -> dict:
 _IDS_PER_QUERY = 20_000
 
 
-def count_foreign_values(samples, task: Task, names=None, snapshot=None) -> int:
-    """How many samples of the collection hold a value in any field of `names` (None: the task's
-    result set) that this task would not own: their `{field}_run` is not its fingerprint.
-
-    Values are read as the dataset stores them (see `stored_results`).
-    """
-    names = list(task.fields) if names is None else list(names)
-    if not names:
-        return 0
+def _foreign(task: Task, name: str) -> dict:
+    """The query of samples whose `name` holds a value this task would not own: their `{field}_run`
+    is not its fingerprint."""
     own = re.compile(f"^{task.fingerprint}(:|$)")
-    foreign = {"$or": [{name: {"$ne": None}} for name in names], task.run_field: {"$not": own}}
+    return {name: {"$ne": None}, task.run_field: {"$not": own}}
+
+
+def count_foreign_values(samples, task: Task, name: str, snapshot: Snapshot | None = None) -> int:
+    """How many samples of `snapshot` (None: the whole dataset, in one query) hold a value in `name`
+    that `task` would not own, as the dataset stores them (see `stored_results`)."""
     collection = samples._dataset._sample_collection
-    if snapshot is None and samples is samples._dataset:  # a whole dataset: one count, no ids
-        return collection.count_documents(foreign)
-    snapshot = snapshot if snapshot is not None else Snapshot.of(samples, None)
-    return sum(collection.count_documents({"_id": {"$in": ids}, **foreign}) for ids in snapshot.chunks(_IDS_PER_QUERY))
+    if snapshot is None:
+        return collection.count_documents(_foreign(task, name))
+    chunks = snapshot.chunks(_IDS_PER_QUERY)
+    return sum(collection.count_documents({"_id": {"$in": ids}, **_foreign(task, name)}) for ids in chunks)
 
 
-def foreign_values_message(names, count: int, what: str = "this model and these settings") -> str:
-    """The one refusal of values a run would not own (the SDK, the CLI and the forms say it alike)."""
-    fields_text = ", ".join(repr(name) for name in names)
+def foreign_values_message(name: str, count: int, earlier: str = "") -> str:
+    """The one refusal of values a run would not own (the SDK, the CLI and the forms say it alike);
+    `earlier` says how the run that wrote them differs, where one did."""
     return (
-        f"field {fields_text} already holds values on {count} samples that were not written by "
-        f"fiftyone-blip with {what}; pass overwrite=True "
+        f"field {name!r} already holds values on {count} samples that were not written by "
+        f"fiftyone-blip with this model and these settings{earlier}; pass overwrite=True "
         f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another field'
     )
 
@@ -526,12 +525,9 @@ def _check_no_foreign_values(samples, task: Task, snapshot, clears, whole: bool)
     for name in [*task.fields, *clears]:
         if name not in schema:
             continue
-        count = count_foreign_values(samples, task, [name], None if whole else snapshot)
+        count = count_foreign_values(samples, task, name, None if whole else snapshot)
         if count:
-            message = foreign_values_message([name], count)
-            raise ValueError(
-                message.replace("; pass overwrite=True", f"{_earlier_run(samples, task, name)}; pass overwrite=True")
-            )
+            raise ValueError(foreign_values_message(name, count, _earlier_run(samples, task, name)))
 
 
 # identity keys a reader can tell apart (the weights' version is left out, as from the fingerprint)
@@ -541,10 +537,7 @@ _IDENTITY_KEYS = ("model", "revision", "dtype", "language", "quantization")
 def _earlier_run(samples, task: Task, name: str) -> str:
     """How the run that wrote a value of others in `name` differs from `task`, as " (...)"; "" when
     no fiftyone-blip record names it (a user's own values). Reads only."""
-    own = re.compile(f"^{task.fingerprint}(:|$)")
-    doc = samples._dataset._sample_collection.find_one(
-        {name: {"$ne": None}, task.run_field: {"$not": own}}, {task.run_field: 1}
-    )
+    doc = samples._dataset._sample_collection.find_one(_foreign(task, name), {task.run_field: 1})
     fingerprint = ((doc or {}).get(task.run_field) or "").split(":")[0]
     if not fingerprint:
         return ""

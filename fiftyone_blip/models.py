@@ -273,6 +273,22 @@ def _hub_lookup(name: str, revision: str | None) -> tuple[dict, str, bool]:
     return config, resolved, unreachable
 
 
+def _checked_config(name: str, local: Path | None, task: str, revision: str | None) -> tuple[dict, str, bool]:
+    """(config, resolved revision, whether the hub is unreachable) of a model folder or hub id, checked to
+    be the BLIP architecture `task` needs; a folder must hold config.json and .safetensors weights."""
+    if local is not None:
+        config_file = local / "config.json"
+        if not config_file.exists():
+            raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
+        config, resolved_revision, unreachable = json.loads(config_file.read_text()), revision, False
+        if not any(local.glob("*.safetensors")):
+            raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
+    else:
+        config, resolved_revision, unreachable = _hub_lookup(name, revision)
+    check_blip_config(config, repr(str(local) if local is not None else name), task)
+    return config, resolved_revision, unreachable
+
+
 def _hub_snapshot(name: str, revision: str, local_only: bool = False) -> str:
     from huggingface_hub import snapshot_download
 
@@ -336,24 +352,13 @@ def _load(
         BlipProcessor,
     )
 
-    if local is not None:
-        config_file = local / "config.json"
-        if not config_file.exists():
-            raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
-        config = json.loads(config_file.read_text())
-        source = load_from = str(local)
-        resolved_revision = revision
-        if not any(local.glob("*.safetensors")):
-            raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
-    else:
-        config, resolved_revision, unreachable = _hub_lookup(name, revision)
-        source = load_from = name
-        if unreachable or Path(name).expanduser().exists():
-            # no hub: the cached files, from their folder (transformers would try the hub first);
-            # a hub id that also names a local path (`HubId`): transformers would read that folder.
-            # The model is still named by its hub id (its identity in run records and fingerprints).
-            load_from = _hub_snapshot(name, resolved_revision, local_only=unreachable)
-    check_blip_config(config, repr(source), task)
+    _, resolved_revision, unreachable = _checked_config(name, local, task, revision)
+    source = load_from = str(local) if local is not None else name
+    if local is None and (unreachable or Path(name).expanduser().exists()):
+        # no hub: the cached files, from their folder (transformers would try the hub first);
+        # a hub id that also names a local path (`HubId`): transformers would read that folder.
+        # The model is still named by its hub id (its identity in run records and fingerprints).
+        load_from = _hub_snapshot(name, resolved_revision, local_only=unreachable)
 
     cls = {
         "caption": BlipForConditionalGeneration,
@@ -578,17 +583,7 @@ def reference(
     resolved, local = resolve_name(name, task)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    if local is not None:
-        config_file = local / "config.json"
-        if not config_file.exists():
-            raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
-        if not any(local.glob("*.safetensors")):
-            raise ModelLoadError(f"model directory {str(local)!r} has no .safetensors weights")
-        config, resolved_revision = json.loads(config_file.read_text()), revision
-        check_blip_config(config, repr(str(local)), task)
-    else:
-        config, resolved_revision, _ = _hub_lookup(resolved, revision)
-        check_blip_config(config, repr(resolved), task)
+    config, resolved_revision, _ = _checked_config(resolved, local, task, revision)
     return ModelReference(
         resolved, task, device, dtype, revision, attention, local, resolved_revision, BlipConfig.from_dict(config)
     )
