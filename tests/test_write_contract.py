@@ -30,6 +30,12 @@ def toy_task(field="size", step=None, settings=None, fields=None):
     )
 
 
+def ask_shape_and_circle(samples):
+    """Two questions into `shape` (free answer) and `circle` (yes/no, with `circle_confidence`)."""
+    questions, fields = ["what shape is it?", "is there a circle?"], ["shape", "circle"]
+    return fiftyone_blip.ask(samples, questions, fields, boolean=[False, True], model="shapes-tiny", **QUIET)
+
+
 def _state(dataset):
     """What a refused run must leave as it was: schema, App config, runs, field infos."""
     dataset.reload()
@@ -113,14 +119,7 @@ def test_a_refused_run_changes_nothing(fresh_dataset, tmp_path):
             fresh_dataset, model="shapes-tiny", field="hm", text="a shape", maps_dir=str(maps_dir), **QUIET
         )
     with pytest.raises(ValueError, match=r"'circle_confidence' already holds values on 1 samples"):
-        fiftyone_blip.ask(
-            fresh_dataset,
-            ["what shape is it?", "is there a circle?"],
-            ["shape", "circle"],
-            boolean=[False, True],
-            model="shapes-tiny",
-            **QUIET,
-        )
+        ask_shape_and_circle(fresh_dataset)
     assert _state(fresh_dataset) == before
     assert not maps_dir.exists()
     assert fresh_dataset.limit(3).values("cap") == ["mine", "mine too", "and mine"]
@@ -172,15 +171,14 @@ def test_a_run_whose_claim_was_taken_over_writes_nothing_more(fresh_dataset, mon
 
 def test_a_sample_is_done_only_when_every_field_of_the_set_holds_its_result(fresh_dataset):
     view = fresh_dataset.limit(6)
-    args = (["what shape is it?", "is there a circle?"], ["shape", "circle"])
-    first = fiftyone_blip.ask(view, *args, boolean=[False, True], model="shapes-tiny", **QUIET)
+    first = ask_shape_and_circle(view)
     assert first.done == 6
     answers = view.values("circle")
     view.set_values("circle", [None] * 6)
-    again = fiftyone_blip.ask(view, *args, boolean=[False, True], model="shapes-tiny", **QUIET)
+    again = ask_shape_and_circle(view)
     assert (again.done, again.skipped) == (6, 0)
     assert view.values("circle") == answers
-    assert fiftyone_blip.ask(view, *args, boolean=[False, True], model="shapes-tiny", **QUIET).skipped == 6
+    assert ask_shape_and_circle(view).skipped == 6
 
 
 # ---------------------------------------------------------------- 5. overwrite replaces the whole set
@@ -239,14 +237,7 @@ def test_a_group_by_view_runs_on_its_samples(fresh_dataset):
 
 def test_answers_and_heatmaps_have_their_sidebar_groups(fresh_dataset):
     view = fresh_dataset.limit(2)
-    fiftyone_blip.ask(
-        view,
-        ["what shape is it?", "is there a circle?"],
-        ["shape", "circle"],
-        boolean=[False, True],
-        model="shapes-tiny",
-        **QUIET,
-    )
+    ask_shape_and_circle(view)
     fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
     fiftyone_blip.heatmaps(view, model="shapes-tiny", **QUIET)
     fresh_dataset.reload()
