@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -601,18 +602,25 @@ class Snapshot:
     held at the start (of its shard).
     """
 
-    def __init__(self, ids: np.ndarray):
-        self.ids = ids
+    def __init__(self, samples, shard):
+        self.samples = samples
+        self.shard = shard
 
     @classmethod
     def of(cls, samples, shard) -> Snapshot:
-        cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1}}])
+        """The snapshot of `samples` (its shard); read on first use, before the run writes anything,
+        and not at all by a preflight that counts a whole dataset in one query (a form's check)."""
+        return cls(samples, shard)
+
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        cursor = self.samples._aggregate(pipeline=[{"$project": {"_id": 1}}])
         blob = bytearray()
         for doc in cursor:
-            if shard is None or shard_of(str(doc["_id"]), shard[1]) == shard[0]:
+            if self.shard is None or shard_of(str(doc["_id"]), self.shard[1]) == self.shard[0]:
                 blob += doc["_id"].binary
         ids = np.frombuffer(bytes(blob), dtype=np.uint8).reshape(-1, 12)
-        return cls(np.unique(ids, axis=0))  # rows sorted: ObjectIds order as their bytes
+        return np.unique(ids, axis=0)  # rows sorted: ObjectIds order as their bytes
 
     def __len__(self) -> int:
         return len(self.ids)
