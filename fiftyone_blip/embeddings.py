@@ -50,15 +50,14 @@ class Embedder:
     def dim(self) -> int:
         return self.model.config.image_text_hidden_size
 
-    def _normalized(self, features) -> np.ndarray:
-        features = self.torch.nn.functional.normalize(features.float(), dim=-1)
+    def _array(self, features) -> np.ndarray:
         return features.cpu().numpy().astype(np.float32)
 
     def embed_images(self, pixel_values) -> np.ndarray:
         """(N, 3, S, S) preprocessed pixels -> (N, D) unit vectors."""
         with self.torch.inference_mode(), self.loaded.autocast():
             image_embeds = self.loaded.image_embeds(pixel_values)
-            return self._normalized(self.model.vision_proj(image_embeds[:, 0]))
+            return self._array(self.loaded.heads.image_features(image_embeds))
 
     def _tokens(self, texts: list[str]):
         return self.loaded.text_tokens(texts, self.max_tokens)
@@ -68,8 +67,7 @@ class Embedder:
         texts = [check_query(text) for text in texts]
         input_ids, attention_mask = self._tokens(texts)
         with self.torch.inference_mode(), self.loaded.autocast():
-            out = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self._normalized(self.model.text_proj(out[:, 0]))
+            return self._array(self.loaded.heads.text_features(input_ids, attention_mask))
 
     def itm_logits(self, pixel_values, text: str) -> np.ndarray:
         """ITM "match" logits of N images against one text (the ITM head's class 1)."""

@@ -383,15 +383,12 @@ class Matcher:
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
     def image_features(self, image_embeds):
-        """Normalized ITC image embeddings."""
-        features = self.model.vision_proj(image_embeds[:, 0]).float()
-        return self.torch.nn.functional.normalize(features, dim=-1)
+        """Normalized ITC image embeddings (the model's retrieval heads)."""
+        return self.loaded.heads.image_features(image_embeds)
 
     def text_features(self, texts: list[str]):
         """Normalized ITC text embeddings (unimodal text encoder)."""
-        ids, mask = self.tokens(texts)
-        hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.torch.nn.functional.normalize(self.model.text_proj(hidden[:, 0]).float(), dim=-1)
+        return self.loaded.heads.text_features(*self.tokens(texts))
 
     def score(
         self,
