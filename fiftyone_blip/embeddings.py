@@ -24,8 +24,9 @@ import dataclasses
 
 import numpy as np
 
-DEFAULT_FIELD = "blip_embedding"
-DEFAULT_BRAIN_KEY = "blip_sim"
+from fiftyone_blip.settings import DEFAULT_BRAIN_KEY
+from fiftyone_blip.settings import DEFAULT_EMBEDDING_FIELD as DEFAULT_FIELD
+
 # ITC results the ITM head re-scores unless told (at least 4k): BLIP's own
 # retrieval evaluation re-ranks the top 128 (Flickr30k) or 256 (COCO).
 DEFAULT_SHORTLIST = 128

@@ -320,7 +320,7 @@ class MatchSettings:
     fast_decode: bool = False
 
     def __post_init__(self):
-        from fiftyone_blip.images import RESIZE_MODES
+        from fiftyone_blip.images import check_resize
 
         if self.kind not in ("classification", "classifications", "detections", "text"):
             raise ValueError(f"unsupported label kind {self.kind!r}")
@@ -333,8 +333,7 @@ class MatchSettings:
             self.classes, self.margin = [], False
         if not isinstance(self.crop_padding, (int, float)) or self.crop_padding < 1:
             raise ValueError(f"`crop_padding` must be >= 1, got {self.crop_padding!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {self.resize!r}")
+        check_resize(self.resize)
 
     def prompt(self, label: str) -> str:
         return label if self.kind == "text" else self.template.format(label=label)

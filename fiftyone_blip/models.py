@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from fiftyone_blip.settings import DEVICES, DTYPES
+
 BUNDLED_DIR = Path(__file__).parent / "shapes" / "models"
 BUNDLED = {
     "shapes-tiny": {"caption": BUNDLED_DIR / "captioner", "match": BUNDLED_DIR / "matcher", "vqa": BUNDLED_DIR / "vqa"}
@@ -29,8 +31,6 @@ DEFAULT_MODELS = {
     "vqa": "Salesforce/blip-vqa-base",
 }
 TASKS = tuple(DEFAULT_MODELS)
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ATTENTIONS = ("sdpa", "eager")
 
 
