@@ -35,8 +35,9 @@ import string
 
 import numpy as np
 
-from fiftyone_blip import app_config
+from fiftyone_blip import app_config, review_views
 from fiftyone_blip import fields as schema_fields
+from fiftyone_blip import run_records as runs
 from fiftyone_blip.settings import Settings, setting
 
 METHODS = ("auto", "itm", "itc", "itm+margin")
@@ -731,6 +732,7 @@ def flag(
         samples = samples._dataset.select(samples.values("id"), ordered=True)
     method = resolve_method(method, kind, _last_settings(samples, field))
     select_flags(np.zeros(1), threshold, percentile, top_k)  # argument checks before any write
+    review_views.check(samples._dataset, view_name or review_views.default_name(field), runs.run_key("match", field))
     score_field, flag_field = f"{field}_mistakenness", f"{field}_flagged"
 
     sample_scores, label_scores = _scores(samples, label_field, kind, field, method)
@@ -755,8 +757,8 @@ def flag(
     review = samples.match(F(flag_field) == True).sort_by(score_field, reverse=True)  # noqa: E712
     if level == "label" and _list_path(kind) is not None:
         review = review.filter_labels(label_field, F(f"{field}_flagged") == True)  # noqa: E712
-    view_name = view_name or f"{field.replace('_', '-')}-review"
-    samples._dataset.save_view(view_name, review, overwrite=True)
+    view_name = view_name or review_views.default_name(field)
+    review_views.save(samples._dataset, view_name, review, runs.run_key("match", field))
     return {
         "method": method,
         "flagged_samples": int(sample_flags.sum()),
@@ -923,6 +925,9 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
         fast_decode=options.fast_decode,
     )
     resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
+    review_views.check(
+        samples._dataset, settings.view_name or review_views.default_name(field), runs.run_key("match", field)
+    )
     task = match_task(
         models.reference_for(settings.model, "match", options), scoring, label_field, field, samples._dataset
     )
