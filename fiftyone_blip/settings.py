@@ -397,14 +397,15 @@ class EmbedSettings(Settings):
         cli_flags=("-b",),
     )
     backend: str | None = setting(
-        None,
-        "the similarity backend: None for FiftyOne's default (sklearn), or e.g. 'lancedb'",
+        "blip",
+        "the similarity backend: 'blip' (FiftyOne's sklearn storage; text queries re-ranked by BLIP's ITM "
+        "head, in the App too), 'sklearn' or None (FiftyOne's default, ITC only), or e.g. 'lancedb'",
         label="Similarity backend",
         choice_labels={
-            "sklearn": "FiftyOne default (in the database)",
-            "lancedb": "LanceDB (embedded vector database)",
+            "blip": "fiftyone-blip: ITC + ITM re-rank (in the database)",
+            "sklearn": "FiftyOne default, ITC only (in the database)",
+            "lancedb": "LanceDB, ITC only (embedded vector database)",
         },
-        form_default="sklearn",
     )
 
     def __post_init__(self):
