@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/eval_retrieval.py                     # 1000 test images, shapes-tiny
     .venv/bin/python benchmarks/eval_retrieval.py --count 500 --rerank-only
     .venv/bin/python benchmarks/eval_retrieval.py --seed 7 --app      # an unseen seed, through the App's paths
+    .venv/bin/python benchmarks/eval_retrieval.py --app --no-rerank --no-operator   # the App's search only
 
 Builds (or reuses) a FiftyOne dataset of `--count` images of the shapes
 `test` split (never seen in training), embeds it and builds the similarity
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--app", action="store_true", help="also rank through the App's search and the search-by-text operator"
     )
+    parser.add_argument("--no-operator", action="store_true", help="with --app, skip the search-by-text operator")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     queries = attribute_queries(dataset, args.min_relevant)
     modes = [m for m, skip in (("itc", args.rerank_only), ("itc+itm", args.no_rerank)) if not skip]
     if args.app:
-        modes += ["app itc", "app search", "app itc+itm"]
-        search_operator = app_search_operator()
+        modes += ["app itc", "app search"] + ([] if args.no_operator else ["app itc+itm"])
+        search_operator = None if args.no_operator else app_search_operator()
     per_query = {mode: [] for mode in modes}
     seconds = {}
     for mode in modes:
