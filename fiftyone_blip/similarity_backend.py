@@ -154,15 +154,24 @@ class BlipSimilarityIndex(SklearnSimilarityIndex):
         return (ranked[:k], dists[:k]) if k is not None else (ranked, dists)
 
     def _itm_model(self):
-        """The index model's loaded BLIP checkpoint (its ITM head re-ranks), or None with a warning."""
-        model = self.get_model()
-        loaded = getattr(model, "loaded", None)
-        if loaded is None or getattr(loaded, "task", "match") != "match":
+        """The index model's BLIP checkpoint, loaded (its ITM head re-ranks), or None with a warning.
+
+        The prompt model's own loaded copy when it has one, else the checkpoint
+        the index names (`zoo.index_checkpoint`), through the library's loader.
+        """
+        from fiftyone_blip import models, zoo
+
+        loaded = getattr(self.get_model(), "loaded", None)
+        if getattr(loaded, "task", None) == "match":
+            return loaded
+        checkpoint = zoo.index_checkpoint(self.config.model, self.config.model_kwargs)
+        if checkpoint is None:
             logger.warning(
-                "similarity index %r: its model (%s) is not a fiftyone-blip ITC model, so text queries "
+                "similarity index %r: its model (%r) is not a fiftyone-blip ITC model, so text queries "
                 "are ranked by ITC alone",
                 self.key,
-                type(model).__name__,
+                self.config.model,
             )
             return None
-        return loaded
+        revision = (self.config.model_kwargs or {}).get("revision")
+        return models.load_model(checkpoint, task="match", revision=revision)

@@ -190,14 +190,21 @@ def test_an_index_of_another_model_is_ranked_by_itc_with_a_warning(indexed, capl
         def embed_prompts(self, prompts):
             return model.embed_prompts(prompts)
 
+    stored = results.config.model, results.config.model_kwargs
     results._model = NotBlip()
     try:
+        # with fiftyone-blip's model named in the config, the checkpoint loads by the library's loader
+        assert results.sort_by_similarity(QUERY, k=5).values("id") == fiftyone_blip.search(
+            indexed, QUERY, k=5, rerank=True
+        ).values("id")
+        results.config.model, results.config.model_kwargs = "clip-vit-base32-torch", None
         with caplog.at_level("WARNING", logger="fiftyone_blip.similarity_backend"):
             ids = results.sort_by_similarity(QUERY, k=5).values("id")
         assert ids == itc
         assert "not a fiftyone-blip ITC model, so text queries are ranked by ITC alone" in caplog.text
     finally:
         results._model = model
+        results.config.model, results.config.model_kwargs = stored
 
 
 def test_cli_and_operator_embed_build_the_backend(fo, plugin_installed):
