@@ -42,7 +42,7 @@ STRATEGY_LABELS = {
     "greedy": "Greedy",
     "beam": "Beam search",
     "diverse-beam": "Diverse beam search",
-    "sample": "Sampling (top-k / top-p)",
+    "sample": "Sampling (random, from a seed)",
 }
 BEAM_STRATEGIES = ("beam", "diverse-beam")
 DEFAULT_BEAMS = {"beam": 3, "diverse-beam": 4}
@@ -65,13 +65,13 @@ class CaptionSettings(Settings):
 
     model: str | None = setting(
         None,
-        "a hub id, a local directory or 'shapes-tiny' (None: Salesforce/blip-image-captioning-base)",
+        "a Hugging Face hub id, a model folder or 'shapes-tiny' (default: Salesforce/blip-image-captioning-base)",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_CAPTION_MODEL",
     )
     field: str | None = setting(
         None,
-        "the field the caption is written to (None: 'caption', or 'caption_{language}' for another language)",
+        "the field the caption is written to (default: 'caption', or 'caption_de' and so on for another language)",
         label="Caption field",
         cli_flags=("-f",),
     )
@@ -85,7 +85,8 @@ class CaptionSettings(Settings):
     )
     num_beams: int | None = setting(
         None,
-        "beams for beam strategies, 1..10; 1 for greedy and sample (None: 3 for beam, 4 for diverse-beam)",
+        "how many captions beam search keeps growing side by side, from 1 to 10; more is slower and often better "
+        "(default: 3 for beam search, 4 for diverse beam search)",
         label="Beams",
         min=1,
         max=MAX_BEAMS,
@@ -93,27 +94,28 @@ class CaptionSettings(Settings):
     )
     num_beam_groups: int = setting(
         2,
-        "diverse-beam groups; must divide num_beams",
+        "diverse beam search: groups of beams pushed apart from each other; the beams must split evenly into them",
         label="Beam groups",
         min=2,
         form_when={"strategy": ("diverse-beam",)},
     )
     diversity_penalty: float = setting(
         1.0,
-        "diverse-beam penalty on tokens earlier groups chose at the same step",
+        "diverse beam search: how strongly a group avoids the words earlier groups chose at the same place",
         min=0,
         form_when={"strategy": ("diverse-beam",)},
     )
     top_k: int = setting(
         50,
-        "sampling: keep the k most likely tokens; 0 keeps all",
+        "sampling: pick each word among this many of the likeliest; 0 allows every word",
         label="Top-k",
         min=0,
         form_when={"strategy": ("sample",)},
     )
     top_p: float = setting(
         1.0,
-        "sampling: nucleus probability mass, in (0, 1]",
+        "sampling: pick each word among the likeliest words that together hold this share of the probability "
+        "(above 0, at most 1; 1 allows every word)",
         label="Top-p",
         min=0,
         max=1,
@@ -121,7 +123,11 @@ class CaptionSettings(Settings):
         form_when={"strategy": ("sample",)},
     )
     temperature: float = setting(
-        1.0, "sampling: softmax temperature", min=0, min_exclusive=True, form_when={"strategy": ("sample",)}
+        1.0,
+        "sampling: above 1 picks unlikely words more often, below 1 less often",
+        min=0,
+        min_exclusive=True,
+        form_when={"strategy": ("sample",)},
     )
     seed: int = setting(
         0,
@@ -130,9 +136,9 @@ class CaptionSettings(Settings):
     )
     num_captions: int = setting(
         1,
-        "candidate captions per image, 1..10: the N best beams (beam; at most num_beams), N samples (sample) "
-        "or the N best groups (diverse-beam; at most num_beam_groups); the best goes into the field, all "
-        "into '{field}_candidates'",
+        "candidate captions per image, from 1 to 10: the best beams (beam search; at most the beams), samples "
+        "(sampling) or the best groups (diverse beam search; at most the groups); the best goes into the caption "
+        "field, all of them into the field of the same name ending in '_candidates'",
         label="Captions per image",
         min=1,
         max=MAX_CAPTIONS,
@@ -140,36 +146,41 @@ class CaptionSettings(Settings):
     )
     min_new_tokens: int = setting(1, "at least this many generated tokens", min=0, max=MAX_NEW_TOKENS, advanced=True)
     max_new_tokens: int = setting(30, "at most this many generated tokens", min=1, max=MAX_NEW_TOKENS, advanced=True)
-    repetition_penalty: float = setting(1.0, "above 1 discourages repeats", min=0, min_exclusive=True, advanced=True)
+    repetition_penalty: float = setting(
+        1.0, "above 1 makes repeated words less likely", min=0, min_exclusive=True, advanced=True
+    )
     no_repeat_ngram_size: int = setting(
-        0, "forbid repeating n-grams of this size; 0 is off", label="No-repeat n-gram size", min=0, advanced=True
+        0,
+        "no run of this many words appears twice in a caption; 0 is off",
+        label="No-repeat n-gram size",
+        min=0,
+        advanced=True,
     )
     prompt: str | None = setting(
         None, "text the caption continues, e.g. 'a picture of'; not repeated in the stored caption", cli_flags=("-p",)
     )
     language: str | None = setting(
         None,
-        "caption language: None or 'en' for the model's own English, else an installed adapter's code "
-        "(see `fiftyone-blip adapters list`)",
+        "caption language: 'en' (or empty) for the model's own English, else the code of an installed language "
+        "adapter (`fiftyone-blip adapters list` lists them)",
         cli_flags=("-l",),
     )
     ban_words: tuple[str, ...] | None = setting(
         None,
-        "words or phrases a caption never holds, comma-separated, e.g. 'arafed, araffe' (None: none)",
+        "words or phrases a caption never holds, comma-separated, e.g. 'arafed, araffe'",
         label="Words to ban",
         advanced=True,
     )
     force_words: tuple[str, ...] | None = setting(
         None,
         "words or phrases every caption holds, comma-separated; a caption without them is written again "
-        "with each where the model finds it likeliest (None: none)",
+        "with each where the model finds it likeliest, which takes longer",
         label="Words that must appear",
         advanced=True,
     )
     stop_strings: tuple[str, ...] | None = setting(
         None,
-        "texts that end a caption, separated by '|', e.g. ', | and'; the caption is cut before the first "
-        "one it holds (None: none)",
+        "texts that end a caption, separated by '|', e.g. ', | and'; the caption is cut before the first one it holds",
         label="Stop strings",
         advanced=True,
     )
@@ -182,7 +193,7 @@ class CaptionSettings(Settings):
         if self.num_beams is None:
             self.num_beams = DEFAULT_BEAMS.get(self.strategy, 1)
         if not isinstance(self.num_beams, int) or not 1 <= self.num_beams <= MAX_BEAMS:
-            raise ValueError(f"`num_beams` must be in 1..{MAX_BEAMS}, got {self.num_beams!r}")
+            raise ValueError(f"`num_beams` must be from 1 to {MAX_BEAMS}, got {self.num_beams!r}")
         if self.strategy in ("greedy", "sample") and self.num_beams != 1:
             raise ValueError(f"`num_beams` must be 1 with strategy {self.strategy!r}, got {self.num_beams}")
         if self.strategy == "diverse-beam":
@@ -192,7 +203,7 @@ class CaptionSettings(Settings):
                     f"got {self.num_beam_groups}"
                 )
             if self.diversity_penalty < 0:
-                raise ValueError(f"`diversity_penalty` must be >= 0, got {self.diversity_penalty}")
+                raise ValueError(f"`diversity_penalty` must be at least 0, got {self.diversity_penalty}")
         for f in dataclasses.fields(self):
             if f.name not in ("num_beam_groups", "diversity_penalty", "min_new_tokens"):
                 check_value(f.name, getattr(self, f.name), f.metadata)
@@ -203,7 +214,7 @@ class CaptionSettings(Settings):
         if isinstance(self.seed, float) and self.seed.is_integer():
             self.seed = int(self.seed)  # a form's number field
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"`seed` must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
+            raise ValueError(f"`seed` must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
         if not math.isfinite(self.repetition_penalty):
             raise ValueError(f"`repetition_penalty` must be a finite number > 0, got {self.repetition_penalty}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -227,7 +238,7 @@ class CaptionSettings(Settings):
         if isinstance(n, float) and n.is_integer():
             self.num_captions = n = int(n)  # a form's number field
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CAPTIONS:
-            raise ValueError(f"`num_captions` must be an integer in 1..{MAX_CAPTIONS}, got {n!r}")
+            raise ValueError(f"`num_captions` must be a whole number from 1 to {MAX_CAPTIONS}, got {n!r}")
         limit = {"greedy": 1, "beam": self.num_beams, "diverse-beam": self.num_beam_groups}.get(self.strategy)
         if limit is not None and n > limit:
             what = {"greedy": "greedy decoding writes one", "beam": "num_beams", "diverse-beam": "num_beam_groups"}

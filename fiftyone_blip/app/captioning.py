@@ -111,8 +111,8 @@ class CleanCaptions(ReviewOperator):
         return engine_config(
             "clean_captions",
             "BLIP: clean captions",
-            "CapFilt: sample synthetic captions, score them and the existing ones by ITM, keep the best and "
-            "flag the images whose caption the filter rejects",
+            "CapFilt: write new captions, score them and the existing ones by how well they match the image, keep "
+            "the best and flag the images whose caption the filter rejects",
         )
 
     def form(self, ctx, inputs, params):
@@ -147,7 +147,7 @@ class EvaluateCaptions(ReviewOperator):
         return engine_config(
             "evaluate_captions",
             "BLIP: evaluate captions",
-            "Score captions against reference captions (BLEU-1..4, ROUGE-L, CIDEr-D) and by BLIP's ITM head",
+            "Score captions against reference captions (BLEU, ROUGE-L, CIDEr-D) and by how well they match their images",
         )
 
     def form(self, ctx, inputs, params):
@@ -171,6 +171,6 @@ class EvaluateCaptions(ReviewOperator):
     def message(self, result, settings):
         from fiftyone_blip.caption_metrics import METRIC_NAMES
 
-        names = {**METRIC_NAMES, "itm": "ITM"}
+        names = {**METRIC_NAMES, "itm": "match"}
         figures = ", ".join(f"{names[k]} {v:.3f}" for k, v in result["corpus"].items() if v is not None)
         return f"BLIP caption evaluation of {result['samples']} samples: {figures}; review view {result['view']!r}"
