@@ -10,6 +10,9 @@ and settings into an engine `Task` that writes, per sample:
   `Classification` per distinct candidate caption, best first, its
   confidence the candidate's sequence score (see `Captioner`); the best one
   is also `{field}`;
+- `{field}_forced` (with `force_words`): True where the forced words
+  rewrote the caption (the model's own caption lacked one of them), else
+  False; `run` counts them in its summary and run record;
 - `{field}_error` / `{field}_run`: written by the engine.
 
 Word constraints steer every decoding strategy: `ban_words` (never written),
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from fiftyone_blip.engine import RunSummary
 from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.settings import Settings, check_value, setting
 
@@ -528,8 +532,9 @@ class Captioner:
             )
 
     def __call__(self, pixel_values) -> list[dict]:
-        """One row per image: its best caption and confidence, and with `num_captions` > 1 its distinct
-        candidates best first, (caption, confidence) pairs."""
+        """One row per image: its best caption and confidence, whether forced words rewrote that caption
+        (`forced`), and with `num_captions` > 1 its distinct candidates best first, (caption, confidence)
+        pairs."""
         torch = self.torch
         count = self.settings.num_captions
         with torch.inference_mode(), self.loaded.autocast():
@@ -541,10 +546,11 @@ class Captioner:
                 if count > 1:
                     kwargs["num_return_sequences"] = count
                 sequences, confidences = self._generate(image_embeds, kwargs)
+            rewritten = [False] * len(sequences)
             if self.force_ids:
                 # a candidate row per (image, candidate): each row reads its own image
                 rows_embeds = image_embeds.repeat_interleave(count, dim=0) if count > 1 else image_embeds
-                sequences, confidences = self._place_forced_words(rows_embeds, sequences, confidences)
+                sequences, confidences, rewritten = self._place_forced_words(rows_embeds, sequences, confidences)
         prompt_length = self.prompt_ids.shape[1]
         captions = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
         captions = [cut_at_stop(text.strip(), self.settings.stop_strings) for text in captions]
@@ -552,11 +558,12 @@ class Captioner:
         out = []
         for start in range(0, len(captions), count):
             # the model's best first (sampled candidates come unordered); a repeated text counts once
-            ranked = sorted(
-                zip(captions[start : start + count], confidences[start : start + count]), key=lambda c: -c[1]
-            )
+            rows = zip(captions[start : start + count], confidences[start : start + count])
+            ranked = sorted(zip(rows, rewritten[start : start + count]), key=lambda c: -c[0][1])
+            forced = ranked[0][1]
+            ranked = [pair for pair, _ in ranked]
             distinct = list({text: (text, conf) for text, conf in reversed(ranked)}.values())[::-1]
-            row = {"caption": ranked[0][0], "confidence": ranked[0][1]}
+            row = {"caption": ranked[0][0], "confidence": ranked[0][1], "forced": forced}
             if count > 1:
                 row["candidates"] = distinct
             out.append(row)
@@ -681,7 +688,8 @@ class Captioner:
         and the rest are skipped once none can beat the best candidate (the
         same choice as trying them all, for greedy and beam decoding; sampled
         continuations depend on the batch they are drawn in). Captions that
-        hold the words stay as written.
+        hold the words stay as written. Returns the sequences, their
+        confidences and, per row, whether it was written again.
         """
         torch = self.torch
         room = min(self.settings.max_new_tokens, self.room)
@@ -690,6 +698,7 @@ class Captioner:
             kwargs["num_beams"] = self.settings.num_beams // self.settings.num_beam_groups
         rows = [self._caption_tokens(sequence) for sequence in sequences]
         confidences = [float(c) for c in confidences]
+        rewritten = [False] * len(rows)
         for word in self.force_ids:
             others = sum(len(w) for w in self.force_ids if w is not word)
             missing = [i for i, tokens in enumerate(rows) if not _holds(tokens, word)]
@@ -723,8 +732,8 @@ class Captioner:
                         if logprob > best[i][0]:
                             best[i] = (logprob, self._caption_tokens(candidate), conf)
             for i, (_, tokens, conf) in best.items():
-                rows[i], confidences[i] = tokens, conf
-        return self._sequences(rows, self.eos), confidences
+                rows[i], confidences[i], rewritten[i] = tokens, conf, True
+        return self._sequences(rows, self.eos), confidences, rewritten
 
     def _sequences(self, rows: list, end: int):
         """The prompt, then each row's caption tokens, then `end`, padded into one tensor."""
@@ -821,7 +830,8 @@ def caption_task(
 
     confidence_field = f"{field}_confidence"
     candidates_field = f"{field}_candidates"
-    several = settings.num_captions > 1
+    forced_field = forced_field_of(field)
+    several, forcing = settings.num_captions > 1, bool(settings.force_words)
     adapter_identity = adapters.identity(model, language)  # no adapter fits: refused before the model loads
     if not adapter_identity and (settings.ban_words or settings.force_words):
         constraint_token_ids(settings, model.processor.tokenizer)  # words it cannot write: refused before loading
@@ -839,6 +849,9 @@ def caption_task(
             with activate():
                 rows = captioner(preprocess.to_pixel_values(inputs, loaded.device))
             out = [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
+            if forcing:
+                for values, row in zip(out, rows):
+                    values[forced_field] = row["forced"]
             if several:
                 for values, row in zip(out, rows):
                     values[candidates_field] = candidate_labels(row["candidates"]).to_mongo()
@@ -848,6 +861,11 @@ def caption_task(
 
     fields = {field: fo.StringField, confidence_field: fo.FloatField}
     descriptions = {}
+    if forcing:
+        fields[forced_field] = fo.BooleanField
+        descriptions[forced_field] = (
+            f"True where the forced words rewrote {field!r}: the model's own caption lacked one of them"
+        )
     if several:
         fields[candidates_field] = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classifications})
         descriptions[candidates_field] = (
@@ -861,7 +879,8 @@ def caption_task(
         settings={**settings.as_dict(), "resize": resize, "fast_decode": fast_decode},
         identity={**model.identity, **adapter_identity},
         bind=bind,
-        siblings=() if several else (candidates_field,),  # an earlier run's candidates go with its captions
+        # an earlier run's candidates and forced-word marks go with its captions
+        siblings=(() if several else (candidates_field,)) + (() if forcing else (forced_field,)),
         descriptions={
             field: f"caption of the image by BLIP ({language or 'en'}), {settings.strategy} decoding",
             confidence_field: f"confidence of {field!r}: geometric mean of its token probabilities under the model",
@@ -878,8 +897,62 @@ def task_for(settings: CaptionSettings, options):
     return caption_task(model, settings, settings.field, options.resize, settings.language, options.fast_decode)
 
 
-def run(samples, settings: CaptionSettings, options):
-    """Captions `samples` on the engine; see `fiftyone_blip.caption`."""
-    from fiftyone_blip import engine
+def forced_field_of(field: str) -> str:
+    """The field that marks the captions of `field` that forced words rewrote."""
+    return f"{field}_forced"
 
-    return engine.run(samples, task_for(settings, options), options)
+
+@dataclasses.dataclass
+class CaptionSummary(RunSummary):
+    """A caption run's `engine.RunSummary`, with what forced words did.
+
+    rewritten: with `force_words`, the captions in the view, stored with this
+        run's model and settings, that the forced words rewrote (their
+        `{field}_forced` is True); None without forced words.
+    off_form: for a bundled shapes model in English, those of the same
+        captions that are not in the shapes caption form ("a COLOUR KIND
+        POSITION" phrases, `shapes.is_english_caption`); None otherwise.
+    """
+
+    rewritten: int | None = None
+    off_form: int | None = None
+
+    def __str__(self) -> str:
+        notes = []
+        if self.rewritten is not None:
+            notes.append(f"{self.rewritten} rewritten by the forced words")
+        if self.off_form is not None:
+            notes.append(f"{self.off_form} not in the shapes caption form")
+        return super().__str__() + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def forced_counts(samples, task, settings: CaptionSettings) -> tuple[int, int | None]:
+    """(rewritten, off_form) of `CaptionSummary`, counted from what is stored in `samples`."""
+    from fiftyone import ViewField as F
+
+    from fiftyone_blip import models
+    from fiftyone_blip.shapes.data import is_english_caption
+
+    stored = samples.match(F(task.run_field) == task.run_stamp)
+    rewritten = stored.match(F(forced_field_of(task.field)) == True).count()  # noqa: E712
+    if settings.model not in models.BUNDLED or settings.language not in (None, BASE_LANGUAGE):
+        return rewritten, None
+    texts = stored.values(task.field)
+    return rewritten, sum(1 for text in texts if text is not None and not is_english_caption(text))
+
+
+def run(samples, settings: CaptionSettings, options):
+    """Captions `samples` on the engine; see `fiftyone_blip.caption`. With forced words, the summary and
+    the run's record count the captions they rewrote (and, for a shapes model, those out of form)."""
+    from fiftyone_blip import engine
+    from fiftyone_blip import run_records as runs
+
+    task = task_for(settings, options)
+    summary = engine.run(samples, task, options)
+    if not settings.force_words:
+        return summary
+    rewritten, off_form = forced_counts(samples, task, settings)
+    runs.entry(samples._dataset, task.capability, task.field, summary.run_id).update(
+        forced_rewritten=rewritten, off_form=off_form
+    )
+    return CaptionSummary(**dataclasses.asdict(summary), rewritten=rewritten, off_form=off_form)

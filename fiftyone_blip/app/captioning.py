@@ -29,6 +29,26 @@ def _default_caption_field(language):
         return captions.default_field(None)
 
 
+def forced_words_notice(inputs, field):
+    """What forcing words costs, shown once the form has any (figures: BENCHMARKS.md, "Forced words")."""
+    import fiftyone.operators.types as types
+
+    from fiftyone_blip.captions import forced_field_of
+
+    inputs.view(
+        "force_words_notice",
+        types.Notice(
+            label=(
+                "Forced words rewrite captions: every caption without them is written again around them, "
+                "which takes about 3 to 4 times as long (measured on the shapes test images). Force a word "
+                "the captions rarely hold and most captions are rewritten, some of them oddly (about 1 in 10 "
+                'on the shapes test images, e.g. "a red square triangle"). The run counts the captions it '
+                f"rewrote and marks them in {forced_field_of(field)!r}."
+            )
+        ),
+    )
+
+
 class CaptionSamples(EngineOperator):
     settings_class = CaptionSettings
     skip = ("language",)
@@ -56,6 +76,8 @@ class CaptionSamples(EngineOperator):
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             lambda: params.get("language") is None or adapters.check_language(params["language"]),
         ]
+        if params.get("force_words"):
+            forced_words_notice(inputs, params.get("field") or defaults["field"])
         return Form(defaults=defaults, checks=checks)
 
     def planned_task(self, params, settings, options):
