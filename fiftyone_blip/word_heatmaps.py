@@ -770,6 +770,15 @@ def overlay(image, map2d: np.ndarray, alpha: float = 0.5, colormap: str = "jet")
     return Image.fromarray(np.rint(blended * 255).astype(np.uint8), mode="RGB")
 
 
+def colour_scale(colormap: str = "jet", width: int = 256, height: int = 12):
+    """The colours `overlay` draws a map in, lowest (left) to highest (right): an RGB PIL image, a legend."""
+    import matplotlib
+    from PIL import Image
+
+    row = matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, width))[:, :3]
+    return Image.fromarray(np.rint(np.repeat(row[None], height, axis=0) * 255).astype(np.uint8), mode="RGB")
+
+
 def write_overlays(sample, output_dir, field: str = "heatmap", alpha: float = 0.5) -> list[Path]:
     """Writes one PNG per word (and `caption.png`) of a sample's image with the map over it."""
     from PIL import Image

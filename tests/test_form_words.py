@@ -131,3 +131,43 @@ def test_the_walk_reaches_every_form_and_its_errors(forms):
     assert {"top_p", "num_beam_groups", "batch_size", "force_words"} <= shown
     errors = form_errors(caption[-1])
     assert {"model", "num_beams", "max_new_tokens", "shard", "batch_size"} <= set(errors), errors
+
+
+def _resolve(dataset, operator, params):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params=params))
+    return ctx, foo.get_operator(PLUGIN + operator).resolve_input(ctx)
+
+
+def test_an_error_in_the_collapsed_section_opens_it_and_marks_its_input(plugin_installed, shapes_dataset):
+    """As the App sends a form's values (the advanced ones nested in their section): the section opens,
+    the input itself is invalid with its message (the App's red border), and FiftyOne's own validation
+    reports it at the input's path."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ValidationContext
+
+    _, calm = _resolve(shapes_dataset, "caption_samples", {"advanced": {"max_new_tokens": 40}})
+    assert calm.type.properties["advanced"].view.to_json()["default_expanded"] is False
+
+    ctx, form = _resolve(shapes_dataset, "caption_samples", {"advanced": {"max_new_tokens": 500}})
+    section = form.type.properties["advanced"]
+    assert section.view.to_json()["default_expanded"] is True and not section.invalid
+    field = section.type.properties["max_new_tokens"]
+    assert field.invalid and field.error_message == "Max new tokens must be from 1 to 128, got 500"
+    validation = ValidationContext(ctx, form, foo.get_operator(PLUGIN + "caption_samples"))
+    reported = {error.path.strip("."): error.reason for error in validation.errors}
+    assert reported == {"advanced.max_new_tokens": "Max new tokens must be from 1 to 128, got 500"}
+
+
+def test_a_model_error_suggests_a_model_of_the_forms_kind(plugin_installed, shapes_dataset):
+    expected = {
+        "caption_samples": "Salesforce/blip-image-captioning-base",
+        "ask_question": "Salesforce/blip-vqa-base",
+        "find_mislabels": "Salesforce/blip-itm-base-coco",
+    }
+    for operator, example in expected.items():
+        params = {"model": "no-such-model", "question": "what shape is it?", "label_field": "gt_label"}
+        message = form_errors(_resolve(shapes_dataset, operator, params)[1])["model"]
+        assert message == f"Model must be shapes-tiny or a hub id like {example}; got 'no-such-model'"
