@@ -89,7 +89,7 @@ class CaptionSettings(Settings):
     )
     num_beams: int | None = setting(
         None,
-        "how many captions beam search keeps growing side by side, from 1 to 10; more is slower and often better "
+        "how many captions beam search keeps growing side by side; more is slower and often better "
         "(default: 3 for beam search, 4 for diverse beam search)",
         label="Beams",
         min=1,

@@ -202,9 +202,12 @@ class WordHeatmapsPanel(foo.Panel):
         if state.caption:
             panel.md(f"*{state.caption}*", name="caption")
         panel.md(state.score or "", name="score")
-        panel.img("overlay", alt_text="the word's map over the image", width="100%")
+        # the legend above the map, so it is in sight whatever the map's size
         panel.img("legend", alt_text="colour scale: blue for the least, red for the most", width="100%", height="12px")
         panel.md(LEGEND_NOTE, name="legend_note")
+        # the map as wide as the pane, and no taller than most of the window (its shape kept)
+        fit = {"image": {"style": {"maxHeight": "60vh", "objectFit": "contain"}}}
+        panel.img("overlay", alt_text="the word's map over the image", width="100%", componentsProps=fit)
         # "stretch": the App's vertical grid otherwise sizes its column to the widest content (the image's
         # own width), so the map would not fill the pane
         return types.Property(panel, view=types.GridView(orientation="vertical", align_x="stretch"))
