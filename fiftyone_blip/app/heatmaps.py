@@ -101,8 +101,8 @@ def first_content_word(words) -> int:
     return next((i for i, word in enumerate(words) if word.lower().strip(".,") not in FUNCTION_WORDS), 0)
 
 
-# What the panel says under its colour legend: how to read the colours, and what the sidebar's overlay
-# shows (the App draws a field's stored heatmap; a panel cannot change which map that is).
+# What the panel says with its colour legend: how to read the colours, and what the sidebar's overlay
+# shows (the App draws the `heatmap` field's stored map, whichever word the panel shows).
 LEGEND_NOTE = (
     "Blue: where BLIP looked least for the word; red: where it looked most (each map is scaled to its own "
     "range). The heatmap overlay you tick in the sidebar shows the whole caption's map: it does not follow "
