@@ -686,9 +686,9 @@ def labels():
 
     \b
     Examples:
-        fiftyone-blip labels apply my-dataset -l ground_truth --view ground-truth-match-review
-        fiftyone-blip labels undo my-dataset -l ground_truth
-        fiftyone-blip labels clear my-dataset -l ground_truth --view ground-truth-match-review
+        fiftyone-blip labels apply my-dataset --label-field ground_truth --view ground-truth-match-review
+        fiftyone-blip labels undo my-dataset --label-field ground_truth
+        fiftyone-blip labels clear my-dataset --label-field ground_truth --view ground-truth-match-review
     """
 
 
@@ -696,7 +696,7 @@ def _labels_options(command):
     for option in reversed(
         [
             click.argument("dataset"),
-            click.option("-l", "--label-field", required=True, help="The class-label field that was scored."),
+            click.option("--label-field", required=True, help="The class-label field that was scored."),
             click.option("-f", "--field", default=None, help="Where the scores are (default: LABEL_FIELD_match)."),
             VIEW_OPTION,
             prints_summary,
