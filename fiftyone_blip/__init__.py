@@ -575,6 +575,12 @@ def find_mislabels(samples, label_field: str, settings=None, options=None, **ove
     - a string field (free-text captions, including ones `caption()` wrote:
       a caption self-check): the ITM probability of the text.
 
+    For class labels (with margins, the default) the class of the label set
+    that matches best is stored as the suggested label, with its ITM
+    probability (`{field}_suggested`, `{field}_suggested_p`, per label and, for
+    the sample's least believed label, per sample); `apply_suggestions`
+    applies it to flagged labels.
+
     Stored, so that `flag_mislabels` can re-flag without the model: per label,
     attributes `{field}_itm`, `{field}_margin`, `{field}_itc`; per sample,
     `{field}` (the lowest ITM probability of its labels), `{field}_margin`,
@@ -630,7 +636,10 @@ def flag_mislabels(samples, label_field: str, settings=None, **overrides) -> dic
 
     Returns:
         a dict: method, flagged_samples, flagged_labels, scored_samples,
-        total_samples, tag, view, score_field, flag_field.
+        total_samples, tag, view, score_field, flag_field, suggested_labels
+        (flagged labels whose suggested class differs: what
+        `apply_suggestions` would change) and suggested_field (None for a
+        free-text field or scores without margins).
     """
     from fiftyone_blip import mislabels
 

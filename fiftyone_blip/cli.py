@@ -672,6 +672,11 @@ def mislabels(dataset, label_field, rescore, saved_view, **values):
         f"(method {result['method']}); tag {result['tag']!r}, field {result['flag_field']!r}, "
         f"review view {result['view']!r}"
     )
+    if result.get("suggested_labels"):
+        flagged += (
+            f"; {result['suggested_labels']} flagged labels have a suggested class ({result['suggested_field']!r}): "
+            f"fiftyone-blip labels apply {dataset} --label-field {label_field}"
+        )
     lines = [str(run), flagged] if run is not None else [flagged]
     return Summary(lines, {"dataset": dataset, **(run_data(run) if run else {}), **result}, run)
 

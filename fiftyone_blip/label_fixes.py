@@ -42,13 +42,49 @@ def _checked(samples, label_field: str, field: str | None) -> tuple[str, str, st
     if kind == "text":
         raise ValueError(f"`label_field` {label_field!r} holds free text: suggested labels are for class labels")
     field = schema_fields.check_field_name(field or f"{label_field}_match")
-    (path,) = mislabels.label_attribute_paths(label_field, kind, field, ["suggested"])
-    if path not in samples._dataset.get_field_schema(flat=True):
+    base = _base(label_field, kind)
+    if f"{base}.{field}_suggested" not in samples._dataset.get_field_schema(flat=True):
         raise ValueError(
             f"no suggested labels in {label_field!r} for scores {field!r}: run find_mislabels on it first "
             "(with margins, the default)"
         )
-    return kind, field, path.rsplit(".", 1)[0]
+    return kind, field, base
+
+
+def _base(label_field: str, kind: str) -> str:
+    """Where a field's labels are: "gt" for a Classification, "gt.detections" for a list."""
+    (path,) = mislabels.label_attribute_paths(label_field, kind, "x", ["y"])
+    return path.rsplit(".", 1)[0]
+
+
+def suggestion_fields(samples) -> dict[str, list[str]]:
+    """Class-label field -> the score fields that hold suggestions for it (`{field}_suggested` on its labels)."""
+    found: dict[str, list[str]] = {}
+    schema = samples._dataset.get_field_schema(flat=True)
+    for label_field in mislabels.compatible_fields(samples):
+        kind = mislabels.label_kind(samples, label_field)
+        if kind == "text":
+            continue
+        prefix = _base(label_field, kind) + "."
+        for path in schema:
+            name = path[len(prefix) :] if path.startswith(prefix) else ""
+            if "." not in name and name.endswith("_suggested") and name != "_suggested":
+                found.setdefault(label_field, []).append(name[: -len("_suggested")])
+    return found
+
+
+def count_suggestions(samples, label_field: str, kind: str, field: str) -> int:
+    """How many flagged labels of `samples` have a suggested class other than their own (what `apply` would
+    change, labels edited since the run included)."""
+    from fiftyone import ViewField as F
+
+    if kind == "text" or f"{_base(label_field, kind)}.{field}_suggested" not in samples._dataset.get_field_schema(
+        flat=True
+    ):
+        return 0
+    suggested = F(f"{field}_suggested")
+    differs = (F(f"{field}_flagged") == True) & (suggested != None) & (suggested != F("label"))  # noqa: E711,E712
+    return samples.filter_labels(label_field, differs).count(_base(label_field, kind))
 
 
 def _labels(sample, label_field: str, kind: str) -> list:

@@ -806,6 +806,9 @@ def flag(
             labels_view.tag_labels(tag, label_fields=[label_field])
     _describe_flags(samples._dataset, label_field, kind, field, method, tag)
 
+    from fiftyone_blip import label_fixes
+
+    suggested = label_fixes.count_suggestions(samples, label_field, kind, field)
     review = samples.match(F(flag_field) == True).sort_by(score_field, reverse=True)  # noqa: E712
     if level == "label" and _list_path(kind) is not None:
         review = review.filter_labels(label_field, F(f"{field}_flagged") == True)  # noqa: E712
@@ -821,6 +824,10 @@ def flag(
         "view": view_name,
         "score_field": score_field,
         "flag_field": flag_field,
+        "suggested_labels": suggested,
+        "suggested_field": f"{field}_suggested"
+        if f"{field}_suggested" in samples._dataset.get_field_schema()
+        else None,
     }
 
 
