@@ -36,6 +36,8 @@ from fiftyone_blip import (
 from fiftyone_blip import fields as result_fields
 from fiftyone_blip.settings import check_value, form_default, form_shows, label_of
 
+from . import label_fixes
+
 
 def default_model(ctx, task):
     """The form's model: the bundled one on a shapes dataset (it knows only shapes), else Salesforce's."""
@@ -1014,9 +1016,15 @@ class FindMislabels(ReviewOperator):
     def message(self, result, settings):
         unscored = result["total_samples"] - result["scored_samples"]
         without = f"; {unscored} samples without a label were not scored" if unscored else ""
+        suggested = (
+            f"; {result['suggested_labels']} flagged labels have a suggested class (sidebar field "
+            f"{result['suggested_field']!r}): apply it with BLIP: fix flagged labels"
+            if result.get("suggested_labels")
+            else ""
+        )
         return (
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
-            f"(tag {result['tag']!r}){without}; review view {result['view']!r}"
+            f"(tag {result['tag']!r}){without}; review view {result['view']!r}{suggested}"
         )
 
 
@@ -1390,6 +1398,7 @@ def register(p):
     p.register(ComputeHeatmaps)
     p.register(WordHeatmapsPanel)
     p.register(FindMislabels)
+    p.register(label_fixes.FixMislabels)
     p.register(ComputeEmbeddings)
     p.register(SearchByText)
     p.register(AskQuestion)
