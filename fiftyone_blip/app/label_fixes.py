@@ -9,6 +9,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_blip
+from fiftyone_blip.app.base import declared_params
+from fiftyone_blip.forms import checked_form, dropdown, form_params
 
 MODES = {
     "apply": "Apply the suggested class to the flagged labels",
@@ -48,8 +50,6 @@ class FixMislabels(foo.Operator):
     def resolve_input(self, ctx):
         from fiftyone_blip import label_fixes
 
-        from . import _dropdown, checked_form, form_params
-
         inputs = types.Object()
         inputs.view_target(ctx)
         found = label_fixes.suggestion_fields(ctx.dataset) if ctx.dataset is not None else {}
@@ -65,10 +65,10 @@ class FixMislabels(foo.Operator):
             return types.Property(inputs, view=types.View(label="BLIP: fix flagged labels"))
         raw = form_params(ctx)
         label_field = raw.get("label_field") if raw.get("label_field") in found else next(iter(found))
-        _dropdown(inputs, "label_field", "Label field", {f: f for f in found}, default=label_field)
+        dropdown(inputs, "label_field", "Label field", {f: f for f in found}, default=label_field)
         scores = found[label_field]
-        _dropdown(inputs, "field", "Scores", {f: f for f in scores}, default=scores[0])
-        _dropdown(inputs, "mode", "Action", MODES, default="apply")
+        dropdown(inputs, "field", "Scores", {f: f for f in scores}, default=scores[0])
+        dropdown(inputs, "mode", "Action", MODES, default="apply")
 
         def check():
             if raw.get("field") not in (None, *scores):
@@ -77,8 +77,6 @@ class FixMislabels(foo.Operator):
         return checked_form(inputs, "BLIP: fix flagged labels", check, params=ctx.params)
 
     def execute(self, ctx):
-        from . import declared_params
-
         params = declared_params(self, ctx)
         mode = params.get("mode") or "apply"
         try:
