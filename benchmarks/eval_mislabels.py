@@ -148,6 +148,19 @@ def evaluate(name, truth, corrupt, score, n_items, rates, seed, rows):
                 )
 
 
+def object_crops(scenes, images, kinds, padding):
+    """Every object's crop (box grown by `padding`), its kind's index and its scene's index."""
+    crops, truth, scene_of = [], [], []
+    for s, (scene, image) in enumerate(zip(scenes, images)):
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
+            crops.append(mislabels.crop(image, box, padding))
+            truth.append(kinds.index(obj.kind))
+            scene_of.append(s)
+    return crops, truth, scene_of
+
+
 def suggestion_figures(itm_matrix, truth, kinds, present, draws: int, name: str) -> dict:
     """Of the mislabels the default rule flags (10% random noise): the share whose suggested class is the
     true one, and the share naming a kind present in the image, means over `draws` noise draws."""
@@ -197,14 +210,8 @@ def suggest_report(args, matcher, preprocess, scenes, images, pixels, kinds, tem
         args.draws,
         "class-single",
     )
-    crops, det_truth, det_present = [], [], []
-    for scene, image in zip(scenes, images):
-        for obj in scene.objects:
-            x0, y0, x1, y1 = obj.box
-            box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(mislabels.crop(image, box, padding))
-            det_truth.append(kinds.index(obj.kind))
-            det_present.append({o.kind for o in scene.objects})
+    crops, det_truth, det_scene = object_crops(scenes, images, kinds, padding)
+    det_present = [present[i] for i in det_scene]
     ditm, _ = class_scores(matcher, pixels_of(preprocess, crops), kinds, template)
     report["detection"] = suggestion_figures(ditm, det_truth, kinds, det_present, args.draws, "detection")
     print(json.dumps(report))
@@ -318,14 +325,7 @@ def main(argv=None):
     evaluate("colour class (30)", colour_truth, corrupt_colour, score_colour, args.count, rates, args.noise_seed, rows)
 
     # detections: each object's kind on its crop
-    crops, det_truth, det_scene = [], [], []
-    for s, (scene, image) in enumerate(zip(scenes, images)):
-        for obj in scene.objects:
-            x0, y0, x1, y1 = obj.box
-            box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(mislabels.crop(image, box, padding))
-            det_truth.append(kind_index[obj.kind])
-            det_scene.append(s)
+    crops, det_truth, det_scene = object_crops(scenes, images, kinds, padding)
     crop_pixels = pixels_of(preprocess, crops)
     ditm, ditc = class_scores(matcher, crop_pixels, kinds, template)
 
