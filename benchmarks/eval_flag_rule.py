@@ -130,13 +130,7 @@ def main(argv=None):
     report["class"] = measure("class", clean, wrong_kind(class_truth), len(scenes), args.draws)
 
     padding = mislabels.default_crop_padding(args.model)
-    crops, det_truth = [], []
-    for scene, image in zip(scenes, images):
-        for obj in scene.objects:
-            x0, y0, x1, y1 = obj.box
-            box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(mislabels.crop(image, box, padding))
-            det_truth.append(kinds.index(obj.kind))
+    crops, det_truth, _ = E.object_crops(scenes, images, kinds, padding)
     itm, _ = E.class_scores(matcher, E.pixels_of(preprocess, crops), kinds, template)
     det_truth = np.array(det_truth)
     clean = rule_flags(itm, det_truth, method, threshold)

@@ -2,6 +2,7 @@
 
     python benchmarks/eval_mislabels.py                      # 1000 test-split images, shapes-tiny
     python benchmarks/eval_mislabels.py --templates          # compare label prompt templates
+    python benchmarks/eval_mislabels.py --suggest --count 1000 --split test --seed 0   # suggested classes
 
 Held-out data: the shapes `test` split (never seen in training). For each
 target, a share of the items (10% or 40%) gets a wrong value, either at random
@@ -16,6 +17,13 @@ or by a hard swap that shares attributes with the truth:
   hard: the kind of another object in the same image (random for single-object images);
 - caption: the ground-truth caption; random: another image's caption; hard:
   one object's colour changed (same shape, other colour).
+
+`--suggest`: with 10% of the class labels (and, separately, of the object
+kinds) replaced at random by another kind, the labels the default rule flags
+(`mislabels.DEFAULT_THRESHOLD`) and, of the flagged mislabels, the share whose
+suggested class (`mislabels.suggestion`, the class `find_mislabels` stores)
+is the true one, and the share naming a kind present in the image, averaged
+over `--draws` noise draws.
 
 Scores: ITM (1 - p), ITC cosine ((1 - cos) / 2) and ITM + margin
 ((2 - p - margin) / 3), the same functions `fiftyone_blip.find_mislabels`
@@ -140,6 +148,76 @@ def evaluate(name, truth, corrupt, score, n_items, rates, seed, rows):
                 )
 
 
+def object_crops(scenes, images, kinds, padding):
+    """Every object's crop (box grown by `padding`), its kind's index and its scene's index."""
+    crops, truth, scene_of = [], [], []
+    for s, (scene, image) in enumerate(zip(scenes, images)):
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
+            crops.append(mislabels.crop(image, box, padding))
+            truth.append(kinds.index(obj.kind))
+            scene_of.append(s)
+    return crops, truth, scene_of
+
+
+def suggestion_figures(itm_matrix, truth, kinds, present, draws: int, name: str) -> dict:
+    """Of the mislabels the default rule flags (10% random noise): the share whose suggested class is the
+    true one, and the share naming a kind present in the image, means over `draws` noise draws."""
+    n, flagged, right, in_image = len(truth), [], [], []
+    for draw in range(draws):
+        rng = random.Random(f"suggest/{name}/{draw}")
+        noisy = noisy_indices(n, 0.1, rng)
+        assigned = [
+            rng.choice([j for j in range(len(kinds)) if j != t]) if wrong else t for t, wrong in zip(truth, noisy)
+        ]
+        p = itm_matrix[np.arange(n), assigned]
+        flags = mislabels.select_flags(
+            mislabels.mistakenness(itm=p, method="itm"), threshold=mislabels.DEFAULT_THRESHOLD
+        )
+        found = np.flatnonzero(flags & noisy)
+        suggested = [
+            kinds.index(mislabels.suggestion(itm_matrix[i], kinds, kinds[assigned[i]], {kinds[assigned[i]]})[0])
+            for i in found
+        ]
+        flagged.append(len(found))
+        right.append(np.mean([s == truth[i] for s, i in zip(suggested, found)]) if len(found) else np.nan)
+        in_image.append(np.mean([kinds[s] in present[i] for s, i in zip(suggested, found)]) if len(found) else np.nan)
+    return {
+        "items": n,
+        "injected": round(0.1 * n),
+        "flagged_mislabels": round(float(np.mean(flagged)), 1),
+        "suggested_is_true": round(float(np.nanmean(right)), 3),
+        "suggested_in_image": round(float(np.nanmean(in_image)), 3),
+    }
+
+
+def suggest_report(args, matcher, preprocess, scenes, images, pixels, kinds, template, padding) -> dict:
+    """`--suggest`: suggested-class figures for the class label (largest shape) and for object kinds (crops)."""
+    import json
+
+    class_truth = [kinds.index(largest(s).kind) for s in scenes]
+    itm, _ = class_scores(matcher, pixels, kinds, template)
+    present = [{o.kind for o in s.objects} for s in scenes]
+    single = np.array([len(s.objects) == 1 for s in scenes])
+    report = {"split": args.split, "seed": args.seed, "count": args.count, "model": args.model, "draws": args.draws}
+    report["class"] = suggestion_figures(itm, class_truth, kinds, present, args.draws, "class")
+    report["class, one-shape images"] = suggestion_figures(
+        itm[single],
+        [t for t, one in zip(class_truth, single) if one],
+        kinds,
+        [k for k, one in zip(present, single) if one],
+        args.draws,
+        "class-single",
+    )
+    crops, det_truth, det_scene = object_crops(scenes, images, kinds, padding)
+    det_present = [present[i] for i in det_scene]
+    ditm, _ = class_scores(matcher, pixels_of(preprocess, crops), kinds, template)
+    report["detection"] = suggestion_figures(ditm, det_truth, kinds, det_present, args.draws, "detection")
+    print(json.dumps(report))
+    return report
+
+
 def format_table(rows) -> str:
     """One line per target, noise and rate; AUROC / AUPRC / P@k per score (markdown)."""
     methods = ["ITM", "ITC cosine", "ITM + margin"]
@@ -168,6 +246,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="shapes generator seed; 0 is the training seed (0)")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise (0)")
     parser.add_argument("--templates", action="store_true", help="compare templates on the class label only")
+    parser.add_argument("--suggest", action="store_true", help="suggested-class figures on flagged mislabels")
+    parser.add_argument("--draws", type=int, default=20, help="--suggest: noise draws averaged (20)")
     args = parser.parse_args(argv)
 
     import torch
@@ -206,6 +286,9 @@ def main(argv=None):
     template = args.template or mislabels.default_template(args.model)
     padding = args.crop_padding or mislabels.default_crop_padding(args.model)
     mislabels.check_template(template)
+    if args.suggest:
+        suggest_report(args, matcher, preprocess, scenes, images, pixels, kinds, template, padding)
+        return
     rows: list[tuple] = []
     rates = [0.1, 0.4]
 
@@ -242,14 +325,7 @@ def main(argv=None):
     evaluate("colour class (30)", colour_truth, corrupt_colour, score_colour, args.count, rates, args.noise_seed, rows)
 
     # detections: each object's kind on its crop
-    crops, det_truth, det_scene = [], [], []
-    for s, (scene, image) in enumerate(zip(scenes, images)):
-        for obj in scene.objects:
-            x0, y0, x1, y1 = obj.box
-            box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(mislabels.crop(image, box, padding))
-            det_truth.append(kind_index[obj.kind])
-            det_scene.append(s)
+    crops, det_truth, det_scene = object_crops(scenes, images, kinds, padding)
     crop_pixels = pixels_of(preprocess, crops)
     ditm, ditc = class_scores(matcher, crop_pixels, kinds, template)
 

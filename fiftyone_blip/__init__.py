@@ -58,6 +58,9 @@ __all__ = [
     "search",
     "find_mislabels",
     "flag_mislabels",
+    "apply_suggestions",
+    "undo_suggestions",
+    "clear_flags",
     "heatmaps",
     "write_heatmap_overlays",
     "runs",
@@ -576,6 +579,12 @@ def find_mislabels(samples, label_field: str, settings=None, options=None, **ove
     - a string field (free-text captions, including ones `caption()` wrote:
       a caption self-check): the ITM probability of the text.
 
+    For class labels (with margins, the default) the class of the label set
+    that matches best is stored as the suggested label, with its ITM
+    probability (`{field}_suggested`, `{field}_suggested_p`, per label and, for
+    the sample's least believed label, per sample); `apply_suggestions`
+    applies it to flagged labels.
+
     Stored, so that `flag_mislabels` can re-flag without the model: per label,
     attributes `{field}_itm`, `{field}_margin`, `{field}_itc`; per sample,
     `{field}` (the lowest ITM probability of its labels), `{field}_margin`,
@@ -631,8 +640,93 @@ def flag_mislabels(samples, label_field: str, settings=None, **overrides) -> dic
 
     Returns:
         a dict: method, flagged_samples, flagged_labels, scored_samples,
-        total_samples, tag, view, score_field, flag_field.
+        total_samples, tag, view, score_field, flag_field, suggested_labels
+        (flagged labels whose suggested class differs: what
+        `apply_suggestions` would change) and suggested_field (None for a
+        free-text field or scores without margins).
     """
     from fiftyone_blip import mislabels
 
     return mislabels.flag_with(samples, label_field, FlagSettings.resolve(settings, None, overrides, run_options=False))
+
+
+def apply_suggestions(samples, label_field: str, field: str | None = None) -> dict:
+    """Applies the suggested class to the flagged labels of `samples`, keeping the old class on the label.
+
+    `find_mislabels` stores, for class labels (`Classification`,
+    `Classifications`, `Detections`), the class of the label set that BLIP's
+    ITM head matches best (`{field}_suggested`, with its ITM probability
+    `{field}_suggested_p`). Each label of `samples` that was flagged and whose
+    suggestion differs takes the suggested class; its old class goes in the
+    label's `label_before_suggestion` attribute and the time in
+    `suggestion_applied_at` (`undo_suggestions` restores it). A label edited
+    since it was scored (it no longer reads as `{field}_scored_label`) is left
+    as it is and counted; only the labels of `samples` change (a view of
+    selected samples, or the review view `find_mislabels` saved).
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        label_field: the class-label field that was scored.
+        field: where the scores are (None: "{label_field}_match").
+
+    Returns:
+        a dict: label_field, field, applied, edited (left alone: changed since
+        the run), already_applied.
+
+    Raises:
+        ValueError: a free-text field, no suggestions stored (run
+            `find_mislabels` first), or a run writing the scores now.
+    """
+    from fiftyone_blip import label_fixes
+
+    return label_fixes.apply(samples, label_field, field)
+
+
+def undo_suggestions(samples, label_field: str, field: str | None = None) -> dict:
+    """Restores the labels of `samples` that `apply_suggestions` changed, exactly as they were.
+
+    A label that still holds the suggested class gets its old class back from
+    `label_before_suggestion`, and that attribute and `suggestion_applied_at`
+    are removed. A label changed again since is left as it is and counted.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        label_field: the class-label field the suggestions were applied to.
+        field: where the scores are (None: "{label_field}_match").
+
+    Returns:
+        a dict: label_field, field, restored, edited (left alone: changed
+        since the suggestion was applied).
+
+    Raises:
+        ValueError: a free-text field, no suggestions stored, or a run
+            writing the scores now.
+    """
+    from fiftyone_blip import label_fixes
+
+    return label_fixes.undo(samples, label_field, field)
+
+
+def clear_flags(samples, label_field: str, field: str | None = None) -> dict:
+    """Removes the mislabel tag from the flagged samples (and labels) of `samples`; nothing else changes.
+
+    Scores, flags (`{field}_flagged`) and labels stay, so the review's
+    decision is only the tag's: a sample another label field's flags hold
+    with the same tag keeps it, and a tag on a sample these flags did not
+    flag (a user's own) is never removed.
+
+    Args:
+        samples: a FiftyOne dataset or view (e.g. the selected samples).
+        label_field: the field that was scored.
+        field: where the scores are (None: "{label_field}_match").
+
+    Returns:
+        a dict: label_field, tag, cleared_samples, cleared_labels, kept_samples.
+
+    Raises:
+        ValueError: no flags stored (run `find_mislabels` first), or a run
+            writing the scores now.
+    """
+    from fiftyone_blip import label_fixes
+
+    return label_fixes.clear(samples, label_field, field)

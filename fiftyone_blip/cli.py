@@ -675,8 +675,90 @@ def mislabels(dataset, label_field, rescore, saved_view, **values):
         f"(method {result['method']}); tag {result['tag']!r}, field {result['flag_field']!r}, "
         f"review view {result['view']!r}"
     )
+    if result.get("suggested_labels"):
+        flagged += (
+            f"; {result['suggested_labels']} flagged labels have a suggested class ({result['suggested_field']!r}): "
+            f"fiftyone-blip labels apply {dataset} --label-field {label_field}"
+        )
     lines = [str(run), flagged] if run is not None else [flagged]
     return Summary(lines, {"dataset": dataset, **(run_data(run) if run else {}), **result}, run)
+
+
+@main.group()
+def labels():
+    """Act on label QA: apply the suggested classes, undo them, or clear the flag tag.
+
+    `fiftyone-blip mislabels` stores, for class labels, the class BLIP matches
+    best (the suggested label) beside the scores. These commands act on the
+    flagged labels of DATASET (or of a saved view, e.g. the review view).
+
+    \b
+    Examples:
+        fiftyone-blip labels apply my-dataset --label-field ground_truth --view ground-truth-match-review
+        fiftyone-blip labels undo my-dataset --label-field ground_truth
+        fiftyone-blip labels clear my-dataset --label-field ground_truth --view ground-truth-match-review
+    """
+
+
+def _labels_options(command):
+    for option in reversed(
+        [
+            click.argument("dataset"),
+            click.option("--label-field", required=True, help="The class-label field that was scored."),
+            click.option("-f", "--field", default=None, help="Where the scores are (default: LABEL_FIELD_match)."),
+            VIEW_OPTION,
+            prints_summary(runs_samples=False),
+            translate_errors,
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@labels.command("apply")
+@_labels_options
+def labels_apply(dataset, label_field, field, saved_view):
+    """Give the flagged labels of DATASET their suggested class; the old class stays on each label.
+
+    A label edited since it was scored is left as it is (and counted).
+    """
+    import fiftyone_blip
+
+    result = fiftyone_blip.apply_suggestions(load_samples(dataset, saved_view), label_field, field)
+    line = (
+        f"applied the suggested class to {result['applied']} labels of {label_field!r}; "
+        f"{result['edited']} edited since the run left as they are, {result['already_applied']} applied before"
+    )
+    return Summary([line], {"dataset": dataset, **result})
+
+
+@labels.command("undo")
+@_labels_options
+def labels_undo(dataset, label_field, field, saved_view):
+    """Restore the labels of DATASET that `labels apply` changed, exactly as they were."""
+    import fiftyone_blip
+
+    result = fiftyone_blip.undo_suggestions(load_samples(dataset, saved_view), label_field, field)
+    line = (
+        f"restored {result['restored']} labels of {label_field!r}; "
+        f"{result['edited']} changed since the suggestion was applied left as they are"
+    )
+    return Summary([line], {"dataset": dataset, **result})
+
+
+@labels.command("clear")
+@_labels_options
+def labels_clear(dataset, label_field, field, saved_view):
+    """Remove the flag tag from the flagged samples (and labels) of DATASET; scores and flags stay."""
+    import fiftyone_blip
+
+    result = fiftyone_blip.clear_flags(load_samples(dataset, saved_view), label_field, field)
+    kept = f"; {result['kept_samples']} kept it (flagged in another field)" if result["kept_samples"] else ""
+    line = (
+        f"removed tag {result['tag']!r} from {result['cleared_samples']} samples "
+        f"and {result['cleared_labels']} labels{kept}"
+    )
+    return Summary([line], {"dataset": dataset, **result})
 
 
 @main.command()

@@ -527,6 +527,16 @@ def match_task(model, settings: MatchSettings, label_field: str, field: str, dat
 
     names = ["itm"] + (["margin"] if settings.margin else []) + (["itc"] if settings.itc else [])
     fields = {field: fo.FloatField, **{f"{field}_{name}": fo.FloatField for name in names[1:]}}
+    attributes = dict.fromkeys(label_attribute_paths(label_field, settings.kind, field, names), fo.FloatField)
+    suggests = suggests_classes(settings)
+    if suggests:
+        fields.update({f"{field}_suggested": fo.StringField, f"{field}_suggested_p": fo.FloatField})
+        attributes.update(
+            zip(
+                label_attribute_paths(label_field, settings.kind, field, SUGGESTION_ATTRIBUTES),
+                (fo.StringField, fo.FloatField, fo.StringField),
+            )
+        )
     return engine.Task(
         capability="match",
         field=field,
@@ -535,11 +545,35 @@ def match_task(model, settings: MatchSettings, label_field: str, field: str, dat
         identity=model.identity,
         bind=bind,
         reads=(label_field, "id"),
-        required=(field,),  # a margin or cosine can be missing where a label has none
-        label_attributes=dict.fromkeys(label_attribute_paths(label_field, settings.kind, field, names), fo.FloatField),
-        siblings=tuple(f"{field}_{name}" for name in ("margin", "itc") if name not in names),
+        # a margin or cosine can be missing where a label has none; a suggestion is there wherever a score
+        # is (results scored before suggestions existed are completed by a re-run)
+        required=(field, f"{field}_suggested") if suggests else (field,),
+        label_attributes=attributes,
+        siblings=tuple(f"{field}_{name}" for name in ("margin", "itc") if name not in names)
+        + (() if suggests else (f"{field}_suggested", f"{field}_suggested_p")),
         descriptions=score_descriptions(label_field, settings.kind, field, settings.margin, settings.itc),
     )
+
+
+# Per-label attributes of a suggestion: the best-matching class, its ITM probability, and the label as
+# scored (`label_fixes` applies a suggestion only to a label that still reads so).
+SUGGESTION_ATTRIBUTES = ("suggested", "suggested_p", "scored_label")
+
+
+def suggests_classes(settings: MatchSettings) -> bool:
+    """Whether a run stores suggested classes: class labels scored against every class (margins on)."""
+    return settings.kind != "text" and settings.margin
+
+
+def suggestion(row: np.ndarray, classes: list[str], label: str, siblings: set) -> tuple[str, float]:
+    """The best-matching class of one label and its ITM probability, from its ITM row over `classes`.
+
+    The sample's other labels (`siblings`, multi-label classifications) are not candidates: applying
+    one would repeat a label the sample already holds.
+    """
+    candidates = [i for i, c in enumerate(classes) if c == label or c not in siblings]
+    best = max(candidates, key=lambda i: row[i])
+    return classes[best], float(row[best])
 
 
 def _match_step(loaded, settings: MatchSettings, label_field: str, field: str, dataset):
@@ -565,6 +599,7 @@ def _match_step(loaded, settings: MatchSettings, label_field: str, field: str, d
         own_itm = not classes or any(inputs[n].labels[k] not in class_index for n, k in views)
         scores = matcher.score(pixels, texts, classes, settings.template, itc=settings.itc, own_itm=own_itm)
         per_sample: dict[int, dict[str, list]] = {n: {"itm": [], "margin": [], "itc": []} for n in range(len(inputs))}
+        suggested: dict[int, list[tuple]] = {n: [] for n in range(len(inputs))}  # (itm, class, p) per label
         if _list_path(settings.kind):
             inputs = stored_label_paths(dataset, label_field, _list_path(settings.kind), inputs)
         for v, (n, k) in enumerate(views):
@@ -584,9 +619,17 @@ def _match_step(loaded, settings: MatchSettings, label_field: str, field: str, d
                 per_sample[n][name].append(value)
                 if item.paths[k] is not None:
                     rows[n][f"{item.paths[k]}.{field}_{name}"] = value
+            if classes:
+                suggested[n].append((values["itm"], *suggestion(row, classes, item.labels[k], item.siblings[k])))
+                if item.paths[k] is not None:
+                    named = zip(SUGGESTION_ATTRIBUTES, (*suggested[n][-1][1:], item.labels[k]))
+                    rows[n].update({f"{item.paths[k]}.{field}_{name}": value for name, value in named})
         for n, row in enumerate(rows):
             gathered = per_sample[n]
             row[field] = min(gathered["itm"]) if gathered["itm"] else None
+            if classes:  # the sample's: that of its least believed label, whose ITM probability `field` holds
+                worst = min(suggested[n], key=lambda s: s[0]) if suggested[n] else (None, None, None)
+                row[f"{field}_suggested"], row[f"{field}_suggested_p"] = worst[1:]
             if settings.margin:
                 row[f"{field}_margin"] = min(gathered["margin"]) if gathered["margin"] else None
             if settings.itc:
@@ -602,6 +645,9 @@ SCORE_MEANINGS = {
     "itc": "BLIP ITC cosine similarity of image and label text",
     "mistakenness": "likelihood that the label is wrong, from the BLIP scores (higher: more likely)",
     "flagged": "flagged as a likely mislabel",
+    "suggested": "the class of the label set that BLIP's ITM head matches best (the suggested label)",
+    "suggested_p": "ITM probability of the suggested class",
+    "scored_label": "the label as it was scored (a suggestion applies only while the label still reads so)",
 }
 
 
@@ -611,6 +657,10 @@ def score_descriptions(label_field: str, kind: str, field: str, margin: bool, it
     sample = {field: f"lowest {SCORE_MEANINGS['itm']}, over the sample's {label_field!r} labels"}
     for name in names[1:]:
         sample[f"{field}_{name}"] = f"lowest {SCORE_MEANINGS[name]}, over the sample's {label_field!r} labels"
+    if kind != "text" and margin:
+        names += list(SUGGESTION_ATTRIBUTES)
+        sample[f"{field}_suggested"] = f"{SCORE_MEANINGS['suggested']}, for the sample's least believed label"
+        sample[f"{field}_suggested_p"] = f"{SCORE_MEANINGS['suggested_p']}, for the sample's least believed label"
     paths = label_attribute_paths(label_field, kind, field, names)
     return {**sample, **{path: f"{SCORE_MEANINGS[name]} (this label)" for path, name in zip(paths, names)}}
 
@@ -773,6 +823,9 @@ def flag(
             labels_view.tag_labels(tag, label_fields=[label_field])
     _describe_flags(samples._dataset, label_field, kind, field, method, tag)
 
+    from fiftyone_blip import label_fixes
+
+    suggested = label_fixes.count_suggestions(samples, label_field, kind, field)
     review = samples.match(F(flag_field) == True).sort_by(score_field, reverse=True)  # noqa: E712
     if level == "label" and _list_path(kind) is not None:
         review = review.filter_labels(label_field, F(f"{field}_flagged") == True)  # noqa: E712
@@ -788,6 +841,10 @@ def flag(
         "view": view_name,
         "score_field": score_field,
         "flag_field": flag_field,
+        "suggested_labels": suggested,
+        "suggested_field": f"{field}_suggested"
+        if f"{field}_suggested" in samples._dataset.get_field_schema()
+        else None,
     }
 
 

@@ -8,6 +8,7 @@ checks it with the library's own checks and the engine's preflight, and its
 from fiftyone_blip.app.adapters import TrainLanguageAdapter
 from fiftyone_blip.app.captioning import CaptionSamples, CleanCaptions, EvaluateCaptions
 from fiftyone_blip.app.heatmaps import ComputeHeatmaps, WordHeatmapsPanel
+from fiftyone_blip.app.label_fixes import FixMislabels
 from fiftyone_blip.app.label_qa import FindMislabels
 from fiftyone_blip.app.questions import AskQuestion
 from fiftyone_blip.app.search import ComputeEmbeddings, SearchByText
@@ -20,6 +21,7 @@ OPERATORS = (
     ComputeHeatmaps,
     WordHeatmapsPanel,
     FindMislabels,
+    FixMislabels,
     ComputeEmbeddings,
     SearchByText,
     AskQuestion,

@@ -80,7 +80,13 @@ class FindMislabels(ReviewOperator):
     def message(self, result, settings):
         unscored = result["total_samples"] - result["scored_samples"]
         without = f"; {unscored} samples without a label were not scored" if unscored else ""
+        suggested = (
+            f"; {result['suggested_labels']} flagged labels have a suggested class (sidebar field "
+            f"{result['suggested_field']!r}): apply it with BLIP: fix flagged labels"
+            if result.get("suggested_labels")
+            else ""
+        )
         return (
             f"BLIP label QA: flagged {result['flagged_samples']} of {result['scored_samples']} samples "
-            f"(tag {result['tag']!r}){without}; review view {result['view']!r}"
+            f"(tag {result['tag']!r}){without}; review view {result['view']!r}{suggested}"
         )

@@ -133,3 +133,46 @@ def test_label_qa_defaults_flag_in_the_app_what_the_sdk_flags(app, fo):
         for name in names.values():
             if fo.dataset_exists(name):
                 fo.delete_dataset(name)
+
+
+FIX_NAME = "fix_mislabels"
+FIX_LABEL = "BLIP: fix flagged labels"
+
+
+def test_a_suggested_label_applied_and_undone(app, app_dataset, fo):
+    """The review view of swapped class labels: the suggested classes applied from the App, then undone."""
+    from label_noise import swap_class_labels
+
+    dataset = app_dataset("app-fix-labels", count=24)
+    swap_class_labels(dataset, 3, seed=3)
+    fiftyone_blip.find_mislabels(dataset, "gt_label", model="shapes-tiny", progress=False, num_workers=0)
+    before = {i: label.to_dict() for i, label in zip(*dataset.values(["id", "gt_label"]))}
+    review = dataset.load_saved_view("gt-label-match-review")
+    current, suggested = review.values(["gt_label.label", "gt_label.gt_label_match_suggested"])
+    expected = sum(c != s for c, s in zip(current, suggested))
+    assert expected >= 2
+
+    app.open("app-fix-labels", view="gt-label-match-review")
+    app.expect(app.cy("looker")).to_have_count(len(review))
+    # the suggestion beside the label on each tile of the review view
+    app.show_field("gt_label_match_suggested")
+    shown = app.grid_tags("gt_label_match_suggested")
+    app.expect(shown).to_have_count(len(review))
+    titles = sorted(tag.get_attribute("title").removeprefix("gt_label_match_suggested: ") for tag in shown.all())
+    assert titles == sorted(suggested)
+
+    form = app.open_operator(FIX_NAME, FIX_LABEL)
+    app.expect(app.execute_button()).to_be_enabled()
+    app.execute(re.compile(rf"applied the suggested class to {expected} labels of 'gt_label'"))
+    app.close_notifications()
+    dataset.reload()
+    after = dict(zip(*dataset.values(["id", "gt_label.label"])))
+    assert sorted(after[i] for i in review.values("id")) == sorted(suggested)
+    app.screenshot("mislabels-applied")
+
+    form = app.open_operator(FIX_NAME, FIX_LABEL)
+    form.get_by_text("Action", exact=True).locator("xpath=following::*[@role='combobox'][1]").click()
+    app.page.get_by_role("listbox").get_by_role("option", name=re.compile("^Undo")).click()
+    app.execute(re.compile(rf"restored {expected} labels of 'gt_label'"))
+    dataset.reload()
+    assert {i: label.to_dict() for i, label in zip(*dataset.values(["id", "gt_label"]))} == before
