@@ -10,6 +10,7 @@ from fiftyone_blip.app.captioning import CaptionSamples, CleanCaptions, Evaluate
 from fiftyone_blip.app.heatmaps import ComputeHeatmaps, WordHeatmapsPanel
 from fiftyone_blip.app.label_qa import FindMislabels
 from fiftyone_blip.app.questions import AskQuestion
+from fiftyone_blip.app.runs import ManageRuns, ShowFailedSamples
 from fiftyone_blip.app.search import ComputeEmbeddings, SearchByText
 
 # in the order the App's operator browser lists them
@@ -24,4 +25,6 @@ OPERATORS = (
     SearchByText,
     AskQuestion,
     TrainLanguageAdapter,
+    ShowFailedSamples,
+    ManageRuns,
 )
