@@ -345,12 +345,15 @@ def test_failures_are_counted_and_their_samples_offered_in_one_click(fresh_datas
     broken = _break_images(fresh_dataset, 3)
     messages = _run_in_app(URI, fresh_dataset, dict(model="shapes-tiny", field="caption", view_target="DATASET"))
     uris = [m.operator_uri for m in messages]
-    assert uris[-3:] == ["reload_dataset", "notify", "prompt_user_for_operation"], uris
+    assert uris[-3:] == ["reload_dataset", "notify", "show_output"], uris
     notice = messages[-2].params
     assert notice["variant"] == "warning" and "3 samples failed (3: " in notice["message"]
-    prompt = messages[-1].params
-    assert prompt["operator_uri"] == "@fiftyone-blip/blip/show_failed_samples"
-    assert prompt["params"] == {"error_field": "caption_error"}
+    # the run's dialog shows the outcome with one button: the failed samples' view
+    shown = messages[-1].params["outputs"]["type"]["properties"]
+    button = shown["show_failed"]["view"]
+    assert button["operator"] == "@fiftyone-blip/blip/show_failed_samples"
+    assert button["params"] == {"error_field": "caption_error"}
+    prompt = {"params": button["params"]}
 
     show = "@fiftyone-blip/blip/show_failed_samples"
     form = foo.get_operator(show).resolve_input(

@@ -190,11 +190,22 @@ SHOW_FAILURES = "@fiftyone-blip/blip/show_failed_samples"
 
 def _notify(ctx, outcome):
     """The end of an immediate run: say what was done with the failures counted and, where samples
-    failed, offer their view with the reasons (`runs.ShowFailedSamples`, one click)."""
+    failed, show the outcome in the run's dialog with a button to their view and reasons
+    (`runs.ShowFailedSamples`: one click)."""
     failed = outcome.get("failed") or 0
     yield ctx.trigger("notify", dict(message=outcome["summary"], variant="warning" if failed else "success"))
     if failed:
-        yield ctx.prompt(SHOW_FAILURES, params={"error_field": outcome["error_field"]})
+        outputs = types.Object()
+        outputs.md(outcome["summary"], name="summary")
+        outputs.btn(
+            "show_failed",
+            label=f"Show the {failed} failed samples",
+            on_click=SHOW_FAILURES,
+            params={"error_field": outcome["error_field"]},
+            variant="contained",
+        )
+        shown = types.Property(outputs, view=types.View(label="Some samples failed"))
+        yield ctx.ops.show_output(shown.to_json(), {"summary": outcome["summary"]})
 
 
 def run_summary(result):
