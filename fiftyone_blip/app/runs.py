@@ -81,7 +81,7 @@ def _run_choices(records) -> dict[str, str]:
         runs.setdefault(record["run_key"], []).append(record)
     return {
         key: f"{entries[-1]['capability']} into {entries[-1]['field']!r} "
-        f"({len(entries)} runs, last {entries[-1]['status']})"
+        f"({len(entries)} run{'s' if len(entries) > 1 else ''}, last {entries[-1]['status']})"
         for key, entries in runs.items()
     }
 
@@ -137,7 +137,7 @@ class ManageRuns(foo.Operator):
             plan = fiftyone_blip.delete_run(ctx.dataset, key, dry_run=True)
             inputs.view(
                 "warning",
-                types.Warning(label=f"Deleting run {key!r} removes", description="\n".join(plan.lines()[:-1])),
+                types.Warning(label=f"Deleting run {key!r} removes", description="; ".join(plan.lines()[:-1])),
             )
             inputs.bool("confirm", label="Yes, delete these", default=False)
             if not ctx.params.get("confirm"):

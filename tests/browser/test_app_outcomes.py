@@ -41,3 +41,32 @@ def test_new_fields_and_groups_show_and_failed_samples_are_one_click_away(app, a
     app.screenshot("failed-samples")
     dataset.reload()
     assert set(dataset.exists("caption_error").values("id")) == broken_ids
+
+
+def test_a_run_is_listed_and_deleted_from_the_app(app, app_dataset):
+    import fiftyone_blip
+
+    dataset = app_dataset("app-runs", count=6)
+    fiftyone_blip.caption(dataset, model="shapes-tiny", progress=False)
+    app.open("app-runs")
+    app.sidebar_field("caption").wait_for()
+
+    form = app.open_operator("manage_runs", "BLIP: runs")
+    # the run's record: status, counts and settings; nothing to execute until an action is chosen
+    app.expect(form.get_by_text(re.compile(r"completed: 6 done, 0 failed, 0 skipped of 6"))).to_be_visible()
+    app.expect(form.get_by_text(re.compile(r"strategy='greedy'"))).to_be_visible()
+    execute = app.execute_button()
+    app.expect(execute).to_be_disabled()
+
+    # deleting: the warning lists what goes; Execute waits for the confirmation
+    form.get_by_text("Delete it and what it wrote", exact=True).click()
+    warning = form.get_by_text(re.compile(r"fields: caption, caption_confidence, caption_error, caption_run"))
+    app.expect(warning).to_be_visible()
+    app.expect(execute).to_be_disabled()
+    app.screenshot("runs-delete-form")
+    form.get_by_text("Yes, delete these", exact=True).click()
+    app.execute(re.compile(r"deleted run 'blip_caption_caption' of dataset 'app-runs': 4 fields"))
+    app.expect(app.sidebar_field("caption")).to_have_count(0)
+    dataset.reload()
+    assert "caption" not in dataset.get_field_schema()
+    assert "blip_caption_caption" not in dataset.list_runs()
