@@ -419,3 +419,51 @@ def test_runs_are_listed_opened_and_deleted_from_the_app(fresh_dataset):
     fresh_dataset.reload()
     assert not {"caption", "caption_run"} & set(fresh_dataset.get_field_schema())
     assert key not in fresh_dataset.list_runs()
+
+
+def test_label_qa_capfilt_and_evaluation_forms_flag_a_field_of_another_run_before_execute(fresh_dataset):
+    """The same engine preflight in the label QA, CapFilt and evaluation forms (their capability's own
+    `task_for`): a field holding another run's values is flagged, and "Recompute" clears it."""
+    import fiftyone_blip
+
+    part = fresh_dataset.limit(4)
+    # (over the whole dataset: a part may hold fewer classes, and other classes are other settings)
+    fiftyone_blip.find_mislabels(fresh_dataset, "gt_label", model="shapes-tiny", margin=False, progress=False)
+    qa = dict(label_field="gt_label", model="shapes-tiny", margin=True, view_target="DATASET")
+    errors = _form_errors("@fiftyone-blip/blip/find_mislabels", fresh_dataset, qa)
+    assert set(errors) == {"field"}, errors
+    assert "'gt_label_match' already holds values on 48 samples" in errors["field"]
+    assert "margin=False" in errors["field"] and "margin=True" in errors["field"]
+    assert _form_errors("@fiftyone-blip/blip/find_mislabels", fresh_dataset, {**qa, "overwrite": True}) == {}
+    assert _form_errors("@fiftyone-blip/blip/find_mislabels", fresh_dataset, {**qa, "margin": False}) == {}
+
+    fiftyone_blip.capfilt(
+        part,
+        "gt_caption",
+        "kept",
+        caption_model="shapes-tiny",
+        match_model="shapes-tiny",
+        threshold=0.5,
+        progress=False,
+    )
+    capfilt = dict(
+        caption_field="gt_caption",
+        out_field="kept",
+        caption_model="shapes-tiny",
+        match_model="shapes-tiny",
+        threshold=0.9,
+        view_target="DATASET",
+    )
+    errors = _form_errors("@fiftyone-blip/blip/clean_captions", fresh_dataset, capfilt)
+    assert len(errors) == 1 and "'kept' already holds values on 4 samples" in next(iter(errors.values())), errors
+    assert "threshold=0.5" in next(iter(errors.values()))
+    assert _form_errors("@fiftyone-blip/blip/clean_captions", fresh_dataset, {**capfilt, "overwrite": True}) == {}
+    assert _form_errors("@fiftyone-blip/blip/clean_captions", fresh_dataset, {**capfilt, "out_field": "k2"}) == {}
+
+    fresh_dataset.set_values("pred", fresh_dataset.values("gt_caption"))
+    fiftyone_blip.evaluate_captions(part, "pred", "gt_caption", "ev", itm=False, progress=False)
+    evaluation = dict(pred_field="pred", gt_field="gt_caption", eval_key="ev", itm=False, view_target="DATASET")
+    # the whole dataset is another corpus than the 4 samples evaluated: another result in the same fields
+    errors = _form_errors("@fiftyone-blip/blip/evaluate_captions", fresh_dataset, evaluation)
+    assert len(errors) == 1 and "already holds values on 4 samples" in next(iter(errors.values())), errors
+    assert _form_errors("@fiftyone-blip/blip/evaluate_captions", fresh_dataset, {**evaluation, "overwrite": True}) == {}

@@ -377,6 +377,11 @@ class EngineOperator(foo.Operator):
         """The engine `Task` the run would start (see `check_run`); None: the form checks no run ahead."""
         return None
 
+    def planned_task_on(self, samples, params, settings, options):
+        """The engine `Task` the run would start on `samples` (the form's target): `planned_task`, unless
+        the capability's task depends on the samples (the label classes, the evaluated captions)."""
+        return self.planned_task(params, settings, options)
+
     def check_run(self, ctx, params, model_param="model", task="caption"):
         """The capability's own checks of the run this form would start, then the engine's preflight,
         before Execute: words the model cannot write, layers it does not have, a field that holds
@@ -398,9 +403,10 @@ class EngineOperator(foo.Operator):
             options = run_options(params, self.settings_class, None)
         except (ValueError, models.ModelLoadError):
             return  # flagged by the form's other checks
-        planned = self.planned_task(params, settings, options)  # the capability's checks before loading
+        view = ctx.target_view()
+        planned = self.planned_task_on(view, params, settings, options)  # the capability's checks before loading
         if planned is not None:
-            engine.preflight(ctx.target_view(), planned, options)
+            engine.preflight(view, planned, options)
 
     def message(self, result, settings) -> str:
         raise NotImplementedError
