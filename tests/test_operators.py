@@ -284,6 +284,9 @@ def test_a_run_into_a_field_of_another_run_is_flagged_in_the_form_before_execute
     assert _form_errors(URI, fresh_dataset, {**beam, "field": "caption_beam"}) == {}
     # the same greedy settings: those samples are resumed, nothing to flag
     assert _form_errors(URI, fresh_dataset, dict(model="shapes-tiny", field="caption")) == {}
+    # as the App sends them: JSON has one number type, the float setting 1.0 arrives as 1
+    sent = dict(model="shapes-tiny", field="caption", repetition_penalty=1, temperature=1, top_p=1)
+    assert _form_errors(URI, fresh_dataset, sent) == {}
     # answers into the labels a user wrote (the same type: only the preflight sees them)
     asked = _form_errors(
         "@fiftyone-blip/blip/ask_question",
