@@ -247,22 +247,23 @@ def test_large_targets_are_offered_for_scheduling_first(fresh_dataset, monkeypat
     assert options.allow_immediate_execution and options.default_choice_to_delegated
 
 
-def test_a_failed_scheduled_run_is_recorded_with_its_reason(fresh_dataset):
+def _scheduled(dataset, params):
+    """Schedules a caption run on the whole dataset, runs the queue as a launcher does: the operation."""
     import fiftyone.operators as foo
     from fiftyone.operators.delegated import DelegatedOperationService
 
     foo.execute_operator(
-        URI,
-        ctx=dict(
-            dataset=fresh_dataset,
-            params=dict(model="Salesforce/not-cached-here", field="caption", view_target="DATASET"),
-        ),
-        request_delegation=True,
+        URI, ctx=dict(dataset=dataset, params={**params, "view_target": "DATASET"}), request_delegation=True
     ).raise_exceptions()
     service = DelegatedOperationService()
-    queued = service.list_operations(dataset_name=fresh_dataset.name, run_state="queued")
-    service.execute_queued_operations(dataset_name=fresh_dataset.name)
-    failed = service.get(queued[0].id)
+    queued = service.list_operations(dataset_name=dataset.name, run_state="queued")
+    service.execute_queued_operations(dataset_name=dataset.name)
+    return service.get(queued[0].id)
+
+
+def test_a_failed_scheduled_run_is_recorded_with_its_reason(fresh_dataset):
+
+    failed = _scheduled(fresh_dataset, dict(model="Salesforce/not-cached-here", field="caption"))
     assert failed.run_state == "failed"
     assert "cannot load 'Salesforce/not-cached-here'" in str(failed.result.error)
     assert "caption" not in fresh_dataset.get_field_schema()
@@ -317,19 +318,8 @@ def test_a_scheduled_run_returns_its_outcome_as_the_operations_result(fresh_data
     its counts and the reasons of the samples that failed."""
     import json
 
-    import fiftyone.operators as foo
-    from fiftyone.operators.delegated import DelegatedOperationService
-
     _break_images(fresh_dataset, 2)
-    foo.execute_operator(
-        URI,
-        ctx=dict(dataset=fresh_dataset, params=dict(model="shapes-tiny", field="caption", view_target="DATASET")),
-        request_delegation=True,
-    ).raise_exceptions()
-    service = DelegatedOperationService()
-    queued = service.list_operations(dataset_name=fresh_dataset.name, run_state="queued")
-    service.execute_queued_operations(dataset_name=fresh_dataset.name)
-    done = service.get(queued[0].id)
+    done = _scheduled(fresh_dataset, dict(model="shapes-tiny", field="caption"))
     assert done.run_state == "completed", done.result
     outcome = done.result.result
     json.dumps(outcome)  # stored as the operation's JSON record
