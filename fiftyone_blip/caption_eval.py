@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from fiftyone_blip import review_views
 from fiftyone_blip.caption_metrics import METRIC_NAMES, METRICS, score_captions
 from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.settings import Settings, setting
@@ -90,7 +91,16 @@ def check_text_field(samples, name: str, what: str) -> None:
         )
 
 
-def eval_task(model, pred_field: str, gt_field: str, eval_key: str, scores: dict, corpus_digest: str, resize: str):
+def eval_task(
+    model,
+    pred_field: str,
+    gt_field: str,
+    eval_key: str,
+    scores: dict,
+    corpus_digest: str,
+    resize: str,
+    fast_decode: bool = False,
+):
     """An engine `Task` that writes each sample's precomputed metrics (`scores`, by id) and, with a matcher
     (`model`: a `models.ModelReference` or `LoadedModel`, loaded once the engine's checks pass), the ITM
     probability of its predictions."""
@@ -106,7 +116,7 @@ def eval_task(model, pred_field: str, gt_field: str, eval_key: str, scores: dict
             from fiftyone_blip.mislabels import Matcher
 
             loaded = model.load()
-            matcher, preprocess = Matcher(loaded), loaded.preprocessor(resize)
+            matcher, preprocess = Matcher(loaded), loaded.preprocessor(resize, fast_decode)
 
         def prepare(path, predictions, _references, sample_id):
             texts = texts_of(predictions)
@@ -153,7 +163,13 @@ def eval_task(model, pred_field: str, gt_field: str, eval_key: str, scores: dict
         field=names["cider"],
         fields=fields,
         # the per-sample CIDEr-D depends on every reference evaluated: another corpus is another result
-        settings={"pred_field": pred_field, "gt_field": gt_field, "itm": model is not None, "corpus": corpus_digest},
+        settings={
+            "pred_field": pred_field,
+            "gt_field": gt_field,
+            "itm": model is not None,
+            "corpus": corpus_digest,
+            **({"resize": resize, "fast_decode": fast_decode} if model is not None else {}),
+        },
         identity=identity,
         bind=bind,
         reads=(pred_field, gt_field, "id"),
@@ -208,7 +224,7 @@ def task_for(samples, pred_field: str, gt_field: str, eval_key: str, settings, o
     texts = corpus_texts(samples, pred_field, gt_field) if texts is None else texts
     model = models.reference_for(settings.model, "match", options) if settings.itm else None
     digest = engine.input_digest(list(texts))
-    return eval_task(model, pred_field, gt_field, eval_key, scores or {}, digest, options.resize)
+    return eval_task(model, pred_field, gt_field, eval_key, scores or {}, digest, options.resize, options.fast_decode)
 
 
 def run(samples, pred_field: str, gt_field: str, eval_key: str, settings: CaptionEvalSettings, options) -> dict:
@@ -222,6 +238,8 @@ def run(samples, pred_field: str, gt_field: str, eval_key: str, settings: Captio
     corpus, per_sample = corpus_scores(texts)
     task = task_for(samples, pred_field, gt_field, eval_key, settings, options, texts, per_sample)
     count = len(texts[0])
+    view_name = settings.view_name or review_views.default_name(eval_key)
+    review_views.check(samples._dataset, view_name, runs.run_key(CAPABILITY, task.field))
     summary = engine.run(samples, task, options)
     if settings.itm:
         values = [v for v in samples.values(names["itm"]) if v is not None]
@@ -231,15 +249,14 @@ def run(samples, pred_field: str, gt_field: str, eval_key: str, settings: Captio
     )
     from fiftyone import ViewField as F
 
-    view_name = settings.view_name or f"{eval_key.replace('_', '-')}-review"
     review = samples.match(F(names["cider"]) != None).sort_by(names["cider"])  # noqa: E711
-    samples._dataset.save_view(view_name, review, overwrite=True)
+    review_views.save(samples._dataset, view_name, review, runs.run_key(CAPABILITY, task.field))
     return {"run": summary, "corpus": corpus, "samples": count, "view": view_name, "eval_key": eval_key}
 
 
 def delete(samples, eval_key: str) -> list[str]:
-    """Deletes an evaluation's run (`run_deletion.delete`: its fields and record) and its default review view
-    (a `view_name` other than the default stays); returns the fields deleted."""
+    """Deletes an evaluation's run (`run_deletion.delete`: its fields, record and the review views it saved);
+    returns the fields deleted."""
     from fiftyone_blip import run_deletion
     from fiftyone_blip import run_records as runs
 
@@ -247,8 +264,4 @@ def delete(samples, eval_key: str) -> list[str]:
     key = runs.run_key(CAPABILITY, field_names(eval_key)["cider"])
     if key not in dataset.list_runs():
         raise ValueError(f"no caption evaluation {eval_key!r} on dataset {dataset.name!r}")
-    deleted = run_deletion.delete(dataset, key).fields
-    view_name = f"{eval_key.replace('_', '-')}-review"
-    if dataset.has_saved_view(view_name):
-        dataset.delete_saved_view(view_name)
-    return deleted
+    return run_deletion.delete(dataset, key).fields

@@ -37,7 +37,9 @@ from __future__ import annotations
 import dataclasses
 
 from fiftyone_blip import fields as schema_fields
+from fiftyone_blip import review_views
 from fiftyone_blip.captions import MAX_CAPTIONS, MAX_NEW_TOKENS, CaptionSettings
+from fiftyone_blip.run_records import run_key
 from fiftyone_blip.settings import Settings, setting
 
 # An original caption whose ITM probability is below this is rejected when a synthetic caption
@@ -164,7 +166,15 @@ def choose(originals: list[tuple[str, float]], synthetic: list[tuple[str, float]
     }
 
 
-def capfilt_task(captioning, matching, settings: CapFiltSettings, caption_field: str, out_field: str, resize: str):
+def capfilt_task(
+    captioning,
+    matching,
+    settings: CapFiltSettings,
+    caption_field: str,
+    out_field: str,
+    resize: str,
+    fast_decode: bool = False,
+):
     """An engine `Task` that writes synthetic captions, scores them and the originals by ITM, and keeps the best."""
     import fiftyone as fo
 
@@ -173,7 +183,7 @@ def capfilt_task(captioning, matching, settings: CapFiltSettings, caption_field:
     names = {key: f"{out_field}_{key}" for key in ("itm", "origin", "original_itm", "gain", "rejected", "candidates")}
 
     def bind():
-        return _capfilt_step(captioning.load(), matching.load(), settings, out_field, resize, names)
+        return _capfilt_step(captioning.load(), matching.load(), settings, out_field, (resize, fast_decode), names)
 
     weights = [loaded.identity.get("weights") for loaded in (captioning, matching)]
     same = captioning.name == matching.name  # a bundled name ("shapes-tiny") names both models
@@ -198,7 +208,7 @@ def capfilt_task(captioning, matching, settings: CapFiltSettings, caption_field:
             names["rejected"]: fo.BooleanField,
             names["candidates"]: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classifications}),
         },
-        settings={**settings.as_dict(), "caption_field": caption_field, "resize": resize},
+        settings={**settings.as_dict(), "caption_field": caption_field, "resize": resize, "fast_decode": fast_decode},
         identity=identity,
         bind=bind,
         reads=(caption_field,),
@@ -217,8 +227,8 @@ def capfilt_task(captioning, matching, settings: CapFiltSettings, caption_field:
     )
 
 
-def _capfilt_step(captioning, matching, settings: CapFiltSettings, out_field: str, resize: str, names: dict):
-    """(prepare, step) of `capfilt_task` on the loaded captioner and matcher."""
+def _capfilt_step(captioning, matching, settings: CapFiltSettings, out_field: str, decoding: tuple, names: dict):
+    """(prepare, step) of `capfilt_task` on the loaded captioner and matcher; `decoding`: (resize, fast_decode)."""
     import fiftyone as fo
     import torch
 
@@ -226,12 +236,15 @@ def _capfilt_step(captioning, matching, settings: CapFiltSettings, out_field: st
     from fiftyone_blip.images import load_image
     from fiftyone_blip.mislabels import Matcher
 
+    resize, fast_decode = decoding
     caption_pre, match_pre = captioning.preprocessor(resize), matching.preprocessor(resize)
+    # one decode serves both models: at a reduced JPEG scale only with fast_decode, as `Preprocessor.pixels`
+    min_size = max(caption_pre.size, match_pre.size) if fast_decode else None
     captioner = Captioner(captioning, settings.sampling())
     matcher = Matcher(matching)
 
     def prepare(path, value):
-        image = load_image(path, min_size=max(caption_pre.size, match_pre.size))
+        image = load_image(path, min_size=min_size)
         return (
             caption_pre.pixels_from_image(image, upright=True)[0],
             match_pre.pixels_from_image(image, upright=True)[0],
@@ -295,8 +308,8 @@ def flag(samples, out_field: str, tag: str, view_name: str | None, before=()) ->
     now = rejected_ids(samples, out_field)
     retag(samples, tag, before, now)
     review = samples._dataset.select(sorted(now)).sort_by(f"{out_field}_gain", reverse=True)
-    view_name = view_name or f"{out_field.replace('_', '-')}-review"
-    samples._dataset.save_view(view_name, review, overwrite=True)
+    view_name = view_name or review_views.default_name(out_field)
+    review_views.save(samples._dataset, view_name, review, run_key("capfilt", out_field))
     return {
         "flagged_samples": len(review),
         "synthetic_samples": len(samples.match(F(f"{out_field}_origin") == "synthetic")),
@@ -317,7 +330,7 @@ def task_for(samples, caption_field: str, out_field: str, settings: CapFiltSetti
         raise ValueError(f"`out_field` must differ from `caption_field` ({caption_field!r}): originals are kept")
     captioning = models.reference_for(settings.caption_model, "caption", options)
     matching = models.reference_for(settings.match_model, "match", options)
-    return capfilt_task(captioning, matching, settings, caption_field, out_field, options.resize)
+    return capfilt_task(captioning, matching, settings, caption_field, out_field, options.resize, options.fast_decode)
 
 
 def run(samples, caption_field: str, out_field: str, settings: CapFiltSettings, options) -> dict:
@@ -326,5 +339,7 @@ def run(samples, caption_field: str, out_field: str, settings: CapFiltSettings, 
 
     task = task_for(samples, caption_field, out_field, settings, options)
     before = rejected_ids(samples, out_field)
+    view_name = settings.view_name or review_views.default_name(out_field)
+    review_views.check(samples._dataset, view_name, run_key(task.capability, task.field))
     summary = engine.run(samples, task, options)
     return {"run": summary, **flag(samples, out_field, settings.tag, settings.view_name, before)}

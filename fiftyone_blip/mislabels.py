@@ -35,8 +35,9 @@ import string
 
 import numpy as np
 
-from fiftyone_blip import app_config
+from fiftyone_blip import app_config, review_views
 from fiftyone_blip import fields as schema_fields
+from fiftyone_blip import run_records as runs
 from fiftyone_blip.settings import Settings, setting
 
 METHODS = ("auto", "itm", "itc", "itm+margin")
@@ -320,7 +321,7 @@ class MatchSettings:
     fast_decode: bool = False
 
     def __post_init__(self):
-        from fiftyone_blip.images import RESIZE_MODES
+        from fiftyone_blip.images import check_resize
 
         if self.kind not in ("classification", "classifications", "detections", "text"):
             raise ValueError(f"unsupported label kind {self.kind!r}")
@@ -333,8 +334,7 @@ class MatchSettings:
             self.classes, self.margin = [], False
         if not isinstance(self.crop_padding, (int, float)) or self.crop_padding < 1:
             raise ValueError(f"`crop_padding` must be >= 1, got {self.crop_padding!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {self.resize!r}")
+        check_resize(self.resize)
 
     def prompt(self, label: str) -> str:
         return label if self.kind == "text" else self.template.format(label=label)
@@ -383,15 +383,12 @@ class Matcher:
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
     def image_features(self, image_embeds):
-        """Normalized ITC image embeddings."""
-        features = self.model.vision_proj(image_embeds[:, 0]).float()
-        return self.torch.nn.functional.normalize(features, dim=-1)
+        """Normalized ITC image embeddings (the model's retrieval heads)."""
+        return self.loaded.heads.image_features(image_embeds)
 
     def text_features(self, texts: list[str]):
         """Normalized ITC text embeddings (unimodal text encoder)."""
-        ids, mask = self.tokens(texts)
-        hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.torch.nn.functional.normalize(self.model.text_proj(hidden[:, 0]).float(), dim=-1)
+        return self.loaded.heads.text_features(*self.tokens(texts))
 
     def score(
         self,
@@ -735,6 +732,7 @@ def flag(
         samples = samples._dataset.select(samples.values("id"), ordered=True)
     method = resolve_method(method, kind, _last_settings(samples, field))
     select_flags(np.zeros(1), threshold, percentile, top_k)  # argument checks before any write
+    review_views.check(samples._dataset, view_name or review_views.default_name(field), runs.run_key("match", field))
     score_field, flag_field = f"{field}_mistakenness", f"{field}_flagged"
 
     sample_scores, label_scores = _scores(samples, label_field, kind, field, method)
@@ -759,8 +757,8 @@ def flag(
     review = samples.match(F(flag_field) == True).sort_by(score_field, reverse=True)  # noqa: E712
     if level == "label" and _list_path(kind) is not None:
         review = review.filter_labels(label_field, F(f"{field}_flagged") == True)  # noqa: E712
-    view_name = view_name or f"{field.replace('_', '-')}-review"
-    samples._dataset.save_view(view_name, review, overwrite=True)
+    view_name = view_name or review_views.default_name(field)
+    review_views.save(samples._dataset, view_name, review, runs.run_key("match", field))
     return {
         "method": method,
         "flagged_samples": int(sample_flags.sum()),
@@ -935,6 +933,9 @@ def task_for(samples, label_field: str, settings: MislabelSettings, options):
         fast_decode=options.fast_decode,
     )
     resolve_method(settings.method, kind, {"margin": scoring.margin, "itc": scoring.itc})
+    review_views.check(
+        samples._dataset, settings.view_name or review_views.default_name(field), runs.run_key("match", field)
+    )
     return match_task(
         models.reference_for(settings.model, "match", options), scoring, label_field, field, samples._dataset
     )

@@ -17,6 +17,8 @@ wrote, never from names alone:
 - the similarity index (embed): the brain runs over the run's embeddings field
   that `fiftyone_blip.embed` built (they store the zoo model name in
   `model_kwargs`; an index a user built with `compute_similarity` is not one);
+- the review views the run saved (label QA, CapFilt, caption evaluation: their
+  description names the run; a user's saved view stays);
 - the run record itself, removed with FiftyOne's `dataset.delete_run`.
 
 A run that is writing any of those fields holds its claim on them: deletion
@@ -30,7 +32,7 @@ import dataclasses
 import uuid
 from pathlib import Path
 
-from fiftyone_blip import app_config, mislabels, run_records
+from fiftyone_blip import app_config, mislabels, review_views, run_records
 
 
 @dataclasses.dataclass
@@ -47,6 +49,7 @@ class RunDeletion:
     brain_keys: list[str]
     tags: dict[str, int] = dataclasses.field(default_factory=dict)  # tag -> samples only these flags tagged
     maps_dirs: list[str] = dataclasses.field(default_factory=list)  # the folders the run's history recorded
+    views: list[str] = dataclasses.field(default_factory=list)  # the review views the run saved
     dry_run: bool = False
 
     def lines(self) -> list[str]:
@@ -62,6 +65,8 @@ class RunDeletion:
             out.append(f"tag {tag!r}: removed from {count} samples (where only these flags set it)")
         if self.capability == "embed":
             out.append(f"similarity indexes: {', '.join(self.brain_keys) or 'none'}")
+        if self.views:
+            out.append(f"saved review views: {', '.join(self.views)}")
         out.append(f"run record: {self.run_key}")
         out.append(
             f"{verb} run {self.run_key!r} of dataset {self.dataset!r}: {len(self.fields)} fields, "
@@ -196,7 +201,17 @@ def deletion_plan(samples, key: str) -> RunDeletion:
         released = set(_flagged(dataset, name)) - mislabels.held_by_others(dataset, name, tag)
         tags[tag] = tags.get(tag, 0) + len(dataset.select(sorted(released)).match_tags(tag))
     return RunDeletion(
-        dataset.name, key, capability, field, fields, map_files, kept, brain_keys, tags, sorted(map(str, folders))
+        dataset.name,
+        key,
+        capability,
+        field,
+        fields,
+        map_files,
+        kept,
+        brain_keys,
+        tags,
+        sorted(map(str, folders)),
+        review_views.of_run(dataset, key),
     )
 
 
@@ -230,6 +245,8 @@ def delete(samples, key: str, dry_run: bool = False) -> RunDeletion:
         plan = deletion_plan(samples, key)  # again, now that no run can write the fields
         for brain_key in plan.brain_keys:
             dataset.delete_brain_run(brain_key)
+        for name in plan.views:
+            dataset.delete_saved_view(name)
         for name, tag in _flag_fields(dataset, plan.fields).items():
             # as a re-flag that flags nothing: the tag leaves the samples only these flags held
             mislabels.retag(dataset, tag, _flagged(dataset, name), (), mislabels.held_by_others(dataset, name, tag))

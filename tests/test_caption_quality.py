@@ -266,3 +266,33 @@ def test_operators(fresh_dataset, plugin_installed):
     )
     result.raise_exceptions()
     assert fresh_dataset.count("ev_itm") == len(fresh_dataset)
+
+
+def test_capfilt_and_caption_evaluation_decode_as_fast_decode_says(fresh_dataset, monkeypatch):
+    # CapFilt decoded every JPEG at a reduced scale whatever `fast_decode` said, and caption evaluation
+    # decoded every pixel; neither put the option in its results' settings
+    from fiftyone_blip import images
+
+    small = fresh_dataset.limit(4)
+    small.set_values("noisy", small.values("gt_caption"))
+    decoded = []
+    load_image = images.load_image
+
+    def recording(path, min_size=None):
+        decoded.append(min_size)
+        return load_image(path, min_size)
+
+    monkeypatch.setattr(images, "load_image", recording)
+    models = dict(caption_model="shapes-tiny", match_model="shapes-tiny", num_candidates=2, progress=False)
+    fiftyone_blip.capfilt(small, "noisy", "full", **models)
+    assert decoded and set(decoded) == {None}
+    decoded.clear()
+    fiftyone_blip.capfilt(small, "noisy", "fast", fast_decode=True, **models)
+    assert decoded and None not in decoded
+    assert fiftyone_blip.runs(fresh_dataset)[-1]["settings"]["fast_decode"] is True
+    decoded.clear()
+    fiftyone_blip.evaluate_captions(small, "noisy", "gt_caption", eval_key="ev", model="shapes-tiny", fast_decode=True)
+    assert decoded and None not in decoded
+    # another decoding is another result: refused without overwrite
+    with pytest.raises(ValueError, match="fast_decode"):
+        fiftyone_blip.capfilt(small, "noisy", "fast", **models)

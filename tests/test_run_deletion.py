@@ -135,3 +135,29 @@ def test_cli_runs_delete_lists_asks_and_deletes(fresh_dataset):
     assert missing.exit_code == 1 and missing.stderr.startswith(f"Error: dataset {name!r} has no fiftyone-blip run")
     listing = runner.invoke(main, ["runs", name])  # `runs DATASET` lists, as before
     assert listing.exit_code == 0 and "no runs recorded" in listing.output
+
+
+def test_a_users_saved_view_of_the_review_name_is_refused_before_any_work_and_kept(fresh_dataset):
+    # label QA, CapFilt and caption evaluation replaced a saved view of their review name with
+    # overwrite=True, and deleting an evaluation deleted its default name whoever had saved it
+    small = fresh_dataset.limit(6)
+    mine = fresh_dataset.match_tags("never").limit(1)
+    fresh_dataset.save_view("gt-label-match-review", mine, description="my own review")
+    fresh_dataset.save_view("eval-review", mine, description="my own eval view")
+    fields_before = _fields(fresh_dataset)
+    with pytest.raises(ValueError, match="`view_name` 'gt-label-match-review' is a saved view .* did not save"):
+        fb.find_mislabels(small, "gt_label", **QUIET)
+    with pytest.raises(ValueError, match="`view_name` 'eval-review' is a saved view"):
+        fb.evaluate_captions(small, "gt_caption", "gt_caption_de", itm=False, progress=False)
+    assert _fields(fresh_dataset) == fields_before and fresh_dataset.list_runs() == []
+    for name, description in (("gt-label-match-review", "my own review"), ("eval-review", "my own eval view")):
+        assert fresh_dataset.get_saved_view_info(name)["description"] == description
+
+    # under free names the runs save their views; deleting a run removes the views it saved, no other
+    fb.find_mislabels(small, "gt_label", view_name="qa", **QUIET)
+    fb.evaluate_captions(small, "gt_caption", "gt_caption_de", eval_key="ev", itm=False, progress=False)
+    assert {"qa", "ev-review"} <= set(fresh_dataset.list_saved_views())
+    plan = fb.delete_run(fresh_dataset, "blip_match_gt_label_match")
+    assert plan.views == ["qa"] and "saved review views: qa" in plan.lines()
+    fb.delete_caption_evaluation(fresh_dataset, "ev")
+    assert sorted(fresh_dataset.list_saved_views()) == ["eval-review", "gt-label-match-review"]

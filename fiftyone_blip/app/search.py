@@ -50,19 +50,11 @@ class ComputeEmbeddings(EngineOperator):
 
 
 def check_brain_key(dataset, brain_key, model):
-    """A brain key already in use must hold a fiftyone-blip index of the same model (it is then rebuilt)."""
+    """The library's rule for the key an index is built under (`embeddings.check_index_key`)."""
     from fiftyone_blip import embeddings
 
-    if dataset is None or not brain_key or brain_key not in dataset.list_brain_runs():
-        return
-    try:
-        built_with = embeddings.index_model_name(dataset, brain_key)
-    except ValueError:
-        raise ValueError(f"`brain_key` {brain_key!r} holds another kind of brain run: choose another key") from None
-    if built_with != embeddings.stored_model_name(model):
-        raise ValueError(
-            f"`brain_key` {brain_key!r} already holds an index built with model {built_with!r}: choose another key"
-        )
+    if dataset is not None and brain_key:
+        embeddings.check_index_key(dataset, brain_key, embeddings.stored_model_name(model))
 
 
 def blip_indexes(dataset) -> list[str]:
