@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/eval_retrieval.py                     # 1000 test images, shapes-tiny
     .venv/bin/python benchmarks/eval_retrieval.py --count 500 --rerank-only
     .venv/bin/python benchmarks/eval_retrieval.py --seed 7 --app      # an unseen seed, through the App's paths
+    .venv/bin/python benchmarks/eval_retrieval.py --app --no-rerank --no-operator   # the App's search only
 
 Builds (or reuses) a FiftyOne dataset of `--count` images of the shapes
 `test` split (never seen in training), embeds it and builds the similarity
@@ -19,10 +20,13 @@ it is reported for the ITC ranking and for the ITC shortlist re-ranked by
 the ITM head (`rerank=True`, shortlist: `search`'s default unless given).
 
 With `--app` it also asks through the App's own entry points: the App's
-similarity search (`sort_by_similarity` on the index, what the grid's
-sort-by-similarity button runs: "app itc") and the plugin's **BLIP: search by
-text** operator run by FiftyOne's operator executor (the ids it sets the view
-to: "app itc+itm"). Prints a table and one JSON line.
+similarity search (`sort_by_similarity`, what the grid's search box and the
+Similarity Search panel run) on the index `embed` builds by default
+(fiftyone-blip's backend, re-ranked: "app search") and on a FiftyOne sklearn
+index of the same embeddings (`backend="sklearn"`, ITC only: "app itc"), and
+the plugin's **BLIP: search by text** operator run by FiftyOne's operator
+executor (the ids it sets the view to: "app itc+itm"). Prints a table and one
+JSON line.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ import time
 
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+ITC_INDEX = "blip_sim_itc"
 
 
 def relevant_ids(dataset, colour: str, kind: str, position: str | None) -> set[str]:
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--count", type=int, default=1000, help="held-out test images (1000)")
     parser.add_argument("--model", default="shapes-tiny", help="a BlipForImageTextRetrieval model (shapes-tiny)")
     parser.add_argument("--dataset", default="eval-retrieval", help="FiftyOne dataset name (eval-retrieval)")
-    parser.add_argument("--backend", default=None, help="similarity backend (FiftyOne's default)")
+    parser.add_argument("--backend", default="blip", help="similarity backend of `blip_sim` (embed's default, blip)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="shapes generator seed; 0 is the training seed (0)")
     parser.add_argument("--min-relevant", type=int, default=10, help="skip queries with fewer relevant images")
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--app", action="store_true", help="also rank through the App's search and the search-by-text operator"
     )
+    parser.add_argument("--no-operator", action="store_true", help="with --app, skip the search-by-text operator")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -116,19 +124,22 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     summary = fiftyone_blip.embed(dataset, model=args.model, backend=args.backend, progress=False, overwrite=True)
     print(f"embedded and indexed: {summary} (with index: {time.time() - t0:.1f} s)", flush=True)
+    if args.app:  # the same embeddings in FiftyOne's own sklearn index: the App's search without re-ranking
+        fiftyone_blip.embed(dataset, model=args.model, backend="sklearn", brain_key=ITC_INDEX, progress=False)
 
     queries = attribute_queries(dataset, args.min_relevant)
     modes = [m for m, skip in (("itc", args.rerank_only), ("itc+itm", args.no_rerank)) if not skip]
     if args.app:
-        modes += ["app itc", "app itc+itm"]
-        search_operator = app_search_operator()
+        modes += ["app itc", "app search"] + ([] if args.no_operator else ["app itc+itm"])
+        search_operator = None if args.no_operator else app_search_operator()
     per_query = {mode: [] for mode in modes}
     seconds = {}
     for mode in modes:
         t0 = time.time()
         for set_name, text, ids in queries:
-            if mode == "app itc":
-                found = dataset.sort_by_similarity(text, k=args.k, brain_key="blip_sim").values("id")
+            if mode in ("app itc", "app search"):
+                key = ITC_INDEX if mode == "app itc" else "blip_sim"
+                found = dataset.sort_by_similarity(text, k=args.k, brain_key=key).values("id")
             elif mode == "app itc+itm":
                 found = search_operator(dataset, text, args.k)
             else:

@@ -461,7 +461,11 @@ def embed(samples, settings=None, options=None, **overrides):
         dataset.sort_by_similarity("a red circle", k=25, brain_key="blip_sim")
         dataset.sort_by_similarity(sample_id, k=25, brain_key="blip_sim")
 
-    and the App's text and image similarity search uses the index. Re-running
+    and the App's text and image similarity search uses the index. With the
+    default backend "blip" (`fiftyone_blip.similarity_backend`: FiftyOne's
+    sklearn storage) a text query is BLIP's ITC shortlist re-ranked by the ITM
+    head, as `search(..., rerank=True)`, there and in the App; "sklearn" builds
+    FiftyOne's own index (ITC only). Re-running
     resumes the embeddings and rebuilds the index. An existing index of
     `brain_key` built with the same model is replaced; one built with another
     model is an error. No index is built for a shard: when all shards are

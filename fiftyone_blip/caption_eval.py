@@ -31,20 +31,21 @@ class CaptionEvalSettings(Settings):
 
     model: str | None = setting(
         None,
-        "the matcher for the ITM score: a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' "
-        "(None: Salesforce/blip-itm-base-coco)",
+        "the matching model for the match score: a BLIP image-text matching model (BlipForImageTextRetrieval), a "
+        "Hugging Face hub id, a model folder or 'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_MATCH_MODEL",
     )
     itm: bool = setting(
         True,
-        "also score each prediction with BLIP's ITM head (reference-free; needs the images and the model)",
-        label="Also score by ITM (reference-free)",
+        "also score how well each caption matches its image with BLIP's matching model, without the "
+        "references (needs the images and the model)",
+        label="Also score how well captions match their images",
         cli_flags=("--no-itm",),
         cli_help="Skip the reference-free ITM score (no model, no images read).",
     )
     view_name: str | None = setting(
-        None, "the saved review view, worst CIDEr-D first (None: '{eval_key}-review')", advanced=True
+        None, "the saved review view, worst CIDEr-D first (default: the evaluation key, then '-review')", advanced=True
     )
 
 

@@ -57,22 +57,28 @@ class CapFiltSettings(Settings):
 
     caption_model: str | None = setting(
         None,
-        "the captioner: a hub id, a local directory or 'shapes-tiny' (None: Salesforce/blip-image-captioning-base)",
+        "the captioner: a Hugging Face hub id, a model folder or 'shapes-tiny' (default: "
+        "Salesforce/blip-image-captioning-base)",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_CAPTION_MODEL",
     )
     match_model: str | None = setting(
         None,
-        "the filter: a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' "
-        "(None: Salesforce/blip-itm-base-coco)",
+        "the filter: a BLIP image-text matching model (BlipForImageTextRetrieval), a Hugging Face hub id, a "
+        "model folder or 'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
         envvar="FIFTYONE_BLIP_MATCH_MODEL",
     )
     num_candidates: int = setting(
-        5, "synthetic captions sampled per image, 1..10", label="Synthetic captions per image", min=1, max=MAX_CAPTIONS
+        5,
+        "synthetic captions sampled per image, from 1 to 10",
+        label="Synthetic captions per image",
+        min=1,
+        max=MAX_CAPTIONS,
     )
     top_p: float = setting(
         0.9,
-        "nucleus sampling: probability mass of the synthetic captions' tokens, in (0, 1]",
+        "sampling: pick each word among the likeliest words that together hold this share of the probability "
+        "(above 0, at most 1)",
         min=0,
         max=1,
         min_exclusive=True,
@@ -84,14 +90,16 @@ class CapFiltSettings(Settings):
     )
     threshold: float = setting(
         DEFAULT_THRESHOLD,
-        "reject an original caption whose ITM probability is below this when a synthetic caption matches better",
-        label="Reject originals with ITM probability below",
+        "reject an original caption whose match probability is below this when a synthetic caption matches better",
+        label="Reject originals with a match probability below",
         min=0,
         max=1,
     )
     tag: str = setting("capfilt", "the tag of samples whose original caption was rejected")
     view_name: str | None = setting(
-        None, "the saved review view (None: '{out_field}-review', underscores as dashes)", advanced=True
+        None,
+        "the saved review view (default: the kept caption's field name, underscores as dashes, then '-review')",
+        advanced=True,
     )
 
     def __post_init__(self):

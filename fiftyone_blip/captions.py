@@ -10,6 +10,9 @@ and settings into an engine `Task` that writes, per sample:
   `Classification` per distinct candidate caption, best first, its
   confidence the candidate's sequence score (see `Captioner`); the best one
   is also `{field}`;
+- `{field}_forced` (with `force_words`): True where the forced words
+  rewrote the caption (the model's own caption lacked one of them), else
+  False; `run` counts them in its summary and run record;
 - `{field}_error` / `{field}_run`: written by the engine.
 
 Word constraints steer every decoding strategy: `ban_words` (never written),
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from fiftyone_blip.engine import RunSummary
 from fiftyone_blip.fields import check_field_name
 from fiftyone_blip.settings import Settings, check_value, setting
 
@@ -42,7 +46,7 @@ STRATEGY_LABELS = {
     "greedy": "Greedy",
     "beam": "Beam search",
     "diverse-beam": "Diverse beam search",
-    "sample": "Sampling (top-k / top-p)",
+    "sample": "Sampling (random, from a seed)",
 }
 BEAM_STRATEGIES = ("beam", "diverse-beam")
 DEFAULT_BEAMS = {"beam": 3, "diverse-beam": 4}
@@ -65,13 +69,13 @@ class CaptionSettings(Settings):
 
     model: str | None = setting(
         None,
-        "a hub id, a local directory or 'shapes-tiny' (None: Salesforce/blip-image-captioning-base)",
+        "a Hugging Face hub id, a model folder or 'shapes-tiny' (default: Salesforce/blip-image-captioning-base)",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_CAPTION_MODEL",
     )
     field: str | None = setting(
         None,
-        "the field the caption is written to (None: 'caption', or 'caption_{language}' for another language)",
+        "the field the caption is written to (default: 'caption', or 'caption_de' and so on for another language)",
         label="Caption field",
         cli_flags=("-f",),
     )
@@ -85,7 +89,8 @@ class CaptionSettings(Settings):
     )
     num_beams: int | None = setting(
         None,
-        "beams for beam strategies, 1..10; 1 for greedy and sample (None: 3 for beam, 4 for diverse-beam)",
+        "how many captions beam search keeps growing side by side; more is slower and often better "
+        "(default: 3 for beam search, 4 for diverse beam search)",
         label="Beams",
         min=1,
         max=MAX_BEAMS,
@@ -93,27 +98,28 @@ class CaptionSettings(Settings):
     )
     num_beam_groups: int = setting(
         2,
-        "diverse-beam groups; must divide num_beams",
+        "diverse beam search: groups of beams pushed apart from each other; the beams must split evenly into them",
         label="Beam groups",
         min=2,
         form_when={"strategy": ("diverse-beam",)},
     )
     diversity_penalty: float = setting(
         1.0,
-        "diverse-beam penalty on tokens earlier groups chose at the same step",
+        "diverse beam search: how strongly a group avoids the words earlier groups chose at the same place",
         min=0,
         form_when={"strategy": ("diverse-beam",)},
     )
     top_k: int = setting(
         50,
-        "sampling: keep the k most likely tokens; 0 keeps all",
+        "sampling: pick each word among this many of the likeliest; 0 allows every word",
         label="Top-k",
         min=0,
         form_when={"strategy": ("sample",)},
     )
     top_p: float = setting(
         1.0,
-        "sampling: nucleus probability mass, in (0, 1]",
+        "sampling: pick each word among the likeliest words that together hold this share of the probability "
+        "(above 0, at most 1; 1 allows every word)",
         label="Top-p",
         min=0,
         max=1,
@@ -121,7 +127,11 @@ class CaptionSettings(Settings):
         form_when={"strategy": ("sample",)},
     )
     temperature: float = setting(
-        1.0, "sampling: softmax temperature", min=0, min_exclusive=True, form_when={"strategy": ("sample",)}
+        1.0,
+        "sampling: above 1 picks unlikely words more often, below 1 less often",
+        min=0,
+        min_exclusive=True,
+        form_when={"strategy": ("sample",)},
     )
     seed: int = setting(
         0,
@@ -130,9 +140,9 @@ class CaptionSettings(Settings):
     )
     num_captions: int = setting(
         1,
-        "candidate captions per image, 1..10: the N best beams (beam; at most num_beams), N samples (sample) "
-        "or the N best groups (diverse-beam; at most num_beam_groups); the best goes into the field, all "
-        "into '{field}_candidates'",
+        "candidate captions per image, from 1 to 10: the best beams (beam search; at most the beams), samples "
+        "(sampling) or the best groups (diverse beam search; at most the groups); the best goes into the caption "
+        "field, all of them into the field of the same name ending in '_candidates'",
         label="Captions per image",
         min=1,
         max=MAX_CAPTIONS,
@@ -140,36 +150,41 @@ class CaptionSettings(Settings):
     )
     min_new_tokens: int = setting(1, "at least this many generated tokens", min=0, max=MAX_NEW_TOKENS, advanced=True)
     max_new_tokens: int = setting(30, "at most this many generated tokens", min=1, max=MAX_NEW_TOKENS, advanced=True)
-    repetition_penalty: float = setting(1.0, "above 1 discourages repeats", min=0, min_exclusive=True, advanced=True)
+    repetition_penalty: float = setting(
+        1.0, "above 1 makes repeated words less likely", min=0, min_exclusive=True, advanced=True
+    )
     no_repeat_ngram_size: int = setting(
-        0, "forbid repeating n-grams of this size; 0 is off", label="No-repeat n-gram size", min=0, advanced=True
+        0,
+        "no run of this many words appears twice in a caption; 0 is off",
+        label="No-repeat n-gram size",
+        min=0,
+        advanced=True,
     )
     prompt: str | None = setting(
         None, "text the caption continues, e.g. 'a picture of'; not repeated in the stored caption", cli_flags=("-p",)
     )
     language: str | None = setting(
         None,
-        "caption language: None or 'en' for the model's own English, else an installed adapter's code "
-        "(see `fiftyone-blip adapters list`)",
+        "caption language: 'en' (or empty) for the model's own English, else the code of an installed language "
+        "adapter (`fiftyone-blip adapters list` lists them)",
         cli_flags=("-l",),
     )
     ban_words: tuple[str, ...] | None = setting(
         None,
-        "words or phrases a caption never holds, comma-separated, e.g. 'arafed, araffe' (None: none)",
+        "words or phrases a caption never holds, comma-separated, e.g. 'arafed, araffe'",
         label="Words to ban",
         advanced=True,
     )
     force_words: tuple[str, ...] | None = setting(
         None,
         "words or phrases every caption holds, comma-separated; a caption without them is written again "
-        "with each where the model finds it likeliest (None: none)",
+        "with each where the model finds it likeliest, which takes longer",
         label="Words that must appear",
         advanced=True,
     )
     stop_strings: tuple[str, ...] | None = setting(
         None,
-        "texts that end a caption, separated by '|', e.g. ', | and'; the caption is cut before the first "
-        "one it holds (None: none)",
+        "texts that end a caption, separated by '|', e.g. ', | and'; the caption is cut before the first one it holds",
         label="Stop strings",
         advanced=True,
     )
@@ -182,7 +197,7 @@ class CaptionSettings(Settings):
         if self.num_beams is None:
             self.num_beams = DEFAULT_BEAMS.get(self.strategy, 1)
         if not isinstance(self.num_beams, int) or not 1 <= self.num_beams <= MAX_BEAMS:
-            raise ValueError(f"`num_beams` must be in 1..{MAX_BEAMS}, got {self.num_beams!r}")
+            raise ValueError(f"`num_beams` must be from 1 to {MAX_BEAMS}, got {self.num_beams!r}")
         if self.strategy in ("greedy", "sample") and self.num_beams != 1:
             raise ValueError(f"`num_beams` must be 1 with strategy {self.strategy!r}, got {self.num_beams}")
         if self.strategy == "diverse-beam":
@@ -192,7 +207,7 @@ class CaptionSettings(Settings):
                     f"got {self.num_beam_groups}"
                 )
             if self.diversity_penalty < 0:
-                raise ValueError(f"`diversity_penalty` must be >= 0, got {self.diversity_penalty}")
+                raise ValueError(f"`diversity_penalty` must be at least 0, got {self.diversity_penalty}")
         for f in dataclasses.fields(self):
             if f.name not in ("num_beam_groups", "diversity_penalty", "min_new_tokens"):
                 check_value(f.name, getattr(self, f.name), f.metadata)
@@ -203,7 +218,7 @@ class CaptionSettings(Settings):
         if isinstance(self.seed, float) and self.seed.is_integer():
             self.seed = int(self.seed)  # a form's number field
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"`seed` must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
+            raise ValueError(f"`seed` must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
         if not math.isfinite(self.repetition_penalty):
             raise ValueError(f"`repetition_penalty` must be a finite number > 0, got {self.repetition_penalty}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -227,7 +242,7 @@ class CaptionSettings(Settings):
         if isinstance(n, float) and n.is_integer():
             self.num_captions = n = int(n)  # a form's number field
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CAPTIONS:
-            raise ValueError(f"`num_captions` must be an integer in 1..{MAX_CAPTIONS}, got {n!r}")
+            raise ValueError(f"`num_captions` must be a whole number from 1 to {MAX_CAPTIONS}, got {n!r}")
         limit = {"greedy": 1, "beam": self.num_beams, "diverse-beam": self.num_beam_groups}.get(self.strategy)
         if limit is not None and n > limit:
             what = {"greedy": "greedy decoding writes one", "beam": "num_beams", "diverse-beam": "num_beam_groups"}
@@ -517,8 +532,9 @@ class Captioner:
             )
 
     def __call__(self, pixel_values) -> list[dict]:
-        """One row per image: its best caption and confidence, and with `num_captions` > 1 its distinct
-        candidates best first, (caption, confidence) pairs."""
+        """One row per image: its best caption and confidence, whether forced words rewrote that caption
+        (`forced`), and with `num_captions` > 1 its distinct candidates best first, (caption, confidence)
+        pairs."""
         torch = self.torch
         count = self.settings.num_captions
         with torch.inference_mode(), self.loaded.autocast():
@@ -530,10 +546,11 @@ class Captioner:
                 if count > 1:
                     kwargs["num_return_sequences"] = count
                 sequences, confidences = self._generate(image_embeds, kwargs)
+            rewritten = [False] * len(sequences)
             if self.force_ids:
                 # a candidate row per (image, candidate): each row reads its own image
                 rows_embeds = image_embeds.repeat_interleave(count, dim=0) if count > 1 else image_embeds
-                sequences, confidences = self._place_forced_words(rows_embeds, sequences, confidences)
+                sequences, confidences, rewritten = self._place_forced_words(rows_embeds, sequences, confidences)
         prompt_length = self.prompt_ids.shape[1]
         captions = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
         captions = [cut_at_stop(text.strip(), self.settings.stop_strings) for text in captions]
@@ -541,11 +558,12 @@ class Captioner:
         out = []
         for start in range(0, len(captions), count):
             # the model's best first (sampled candidates come unordered); a repeated text counts once
-            ranked = sorted(
-                zip(captions[start : start + count], confidences[start : start + count]), key=lambda c: -c[1]
-            )
+            rows = zip(captions[start : start + count], confidences[start : start + count])
+            ranked = sorted(zip(rows, rewritten[start : start + count]), key=lambda c: -c[0][1])
+            forced = ranked[0][1]
+            ranked = [pair for pair, _ in ranked]
             distinct = list({text: (text, conf) for text, conf in reversed(ranked)}.values())[::-1]
-            row = {"caption": ranked[0][0], "confidence": ranked[0][1]}
+            row = {"caption": ranked[0][0], "confidence": ranked[0][1], "forced": forced}
             if count > 1:
                 row["candidates"] = distinct
             out.append(row)
@@ -670,7 +688,8 @@ class Captioner:
         and the rest are skipped once none can beat the best candidate (the
         same choice as trying them all, for greedy and beam decoding; sampled
         continuations depend on the batch they are drawn in). Captions that
-        hold the words stay as written.
+        hold the words stay as written. Returns the sequences, their
+        confidences and, per row, whether it was written again.
         """
         torch = self.torch
         room = min(self.settings.max_new_tokens, self.room)
@@ -679,6 +698,7 @@ class Captioner:
             kwargs["num_beams"] = self.settings.num_beams // self.settings.num_beam_groups
         rows = [self._caption_tokens(sequence) for sequence in sequences]
         confidences = [float(c) for c in confidences]
+        rewritten = [False] * len(rows)
         for word in self.force_ids:
             others = sum(len(w) for w in self.force_ids if w is not word)
             missing = [i for i, tokens in enumerate(rows) if not _holds(tokens, word)]
@@ -712,8 +732,8 @@ class Captioner:
                         if logprob > best[i][0]:
                             best[i] = (logprob, self._caption_tokens(candidate), conf)
             for i, (_, tokens, conf) in best.items():
-                rows[i], confidences[i] = tokens, conf
-        return self._sequences(rows, self.eos), confidences
+                rows[i], confidences[i], rewritten[i] = tokens, conf, True
+        return self._sequences(rows, self.eos), confidences, rewritten
 
     def _sequences(self, rows: list, end: int):
         """The prompt, then each row's caption tokens, then `end`, padded into one tensor."""
@@ -810,7 +830,8 @@ def caption_task(
 
     confidence_field = f"{field}_confidence"
     candidates_field = f"{field}_candidates"
-    several = settings.num_captions > 1
+    forced_field = forced_field_of(field)
+    several, forcing = settings.num_captions > 1, bool(settings.force_words)
     adapter_identity = adapters.identity(model, language)  # no adapter fits: refused before the model loads
     if not adapter_identity and (settings.ban_words or settings.force_words):
         constraint_token_ids(settings, model.processor.tokenizer)  # words it cannot write: refused before loading
@@ -828,6 +849,9 @@ def caption_task(
             with activate():
                 rows = captioner(preprocess.to_pixel_values(inputs, loaded.device))
             out = [{field: row["caption"], confidence_field: row["confidence"]} for row in rows]
+            if forcing:
+                for values, row in zip(out, rows):
+                    values[forced_field] = row["forced"]
             if several:
                 for values, row in zip(out, rows):
                     values[candidates_field] = candidate_labels(row["candidates"]).to_mongo()
@@ -837,6 +861,11 @@ def caption_task(
 
     fields = {field: fo.StringField, confidence_field: fo.FloatField}
     descriptions = {}
+    if forcing:
+        fields[forced_field] = fo.BooleanField
+        descriptions[forced_field] = (
+            f"True where the forced words rewrote {field!r}: the model's own caption lacked one of them"
+        )
     if several:
         fields[candidates_field] = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classifications})
         descriptions[candidates_field] = (
@@ -850,7 +879,8 @@ def caption_task(
         settings={**settings.as_dict(), "resize": resize, "fast_decode": fast_decode},
         identity={**model.identity, **adapter_identity},
         bind=bind,
-        siblings=() if several else (candidates_field,),  # an earlier run's candidates go with its captions
+        # an earlier run's candidates and forced-word marks go with its captions
+        siblings=(() if several else (candidates_field,)) + (() if forcing else (forced_field,)),
         descriptions={
             field: f"caption of the image by BLIP ({language or 'en'}), {settings.strategy} decoding",
             confidence_field: f"confidence of {field!r}: geometric mean of its token probabilities under the model",
@@ -867,8 +897,62 @@ def task_for(settings: CaptionSettings, options):
     return caption_task(model, settings, settings.field, options.resize, settings.language, options.fast_decode)
 
 
-def run(samples, settings: CaptionSettings, options):
-    """Captions `samples` on the engine; see `fiftyone_blip.caption`."""
-    from fiftyone_blip import engine
+def forced_field_of(field: str) -> str:
+    """The field that marks the captions of `field` that forced words rewrote."""
+    return f"{field}_forced"
 
-    return engine.run(samples, task_for(settings, options), options)
+
+@dataclasses.dataclass
+class CaptionSummary(RunSummary):
+    """A caption run's `engine.RunSummary`, with what forced words did.
+
+    rewritten: with `force_words`, the captions in the view, stored with this
+        run's model and settings, that the forced words rewrote (their
+        `{field}_forced` is True); None without forced words.
+    off_form: for a bundled shapes model in English, those of the same
+        captions that are not in the shapes caption form ("a COLOUR KIND
+        POSITION" phrases, `shapes.is_english_caption`); None otherwise.
+    """
+
+    rewritten: int | None = None
+    off_form: int | None = None
+
+    def __str__(self) -> str:
+        notes = []
+        if self.rewritten is not None:
+            notes.append(f"{self.rewritten} rewritten by the forced words")
+        if self.off_form is not None:
+            notes.append(f"{self.off_form} not in the shapes caption form")
+        return super().__str__() + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def forced_counts(samples, task, settings: CaptionSettings) -> tuple[int, int | None]:
+    """(rewritten, off_form) of `CaptionSummary`, counted from what is stored in `samples`."""
+    from fiftyone import ViewField as F
+
+    from fiftyone_blip import models
+    from fiftyone_blip.shapes.data import is_english_caption
+
+    stored = samples.match(F(task.run_field) == task.run_stamp)
+    rewritten = stored.match(F(forced_field_of(task.field)) == True).count()  # noqa: E712
+    if settings.model not in models.BUNDLED or settings.language not in (None, BASE_LANGUAGE):
+        return rewritten, None
+    texts = stored.values(task.field)
+    return rewritten, sum(1 for text in texts if text is not None and not is_english_caption(text))
+
+
+def run(samples, settings: CaptionSettings, options):
+    """Captions `samples` on the engine; see `fiftyone_blip.caption`. With forced words, the summary and
+    the run's record count the captions they rewrote (and, for a shapes model, those out of form)."""
+    from fiftyone_blip import engine
+    from fiftyone_blip import run_records as runs
+
+    task = task_for(settings, options)
+    summary = engine.run(samples, task, options)
+    if not settings.force_words:
+        return summary
+    rewritten, off_form = forced_counts(samples, task, settings)
+    runs.entry(samples._dataset, task.capability, task.field, summary.run_id).update(
+        forced_rewritten=rewritten, off_form=off_form
+    )
+    return CaptionSummary(**dataclasses.asdict(summary), rewritten=rewritten, off_form=off_form)

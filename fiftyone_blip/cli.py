@@ -693,12 +693,15 @@ def embed(dataset, saved_view, no_index, **values):
     builds the similarity index BRAIN_KEY over the embedded samples. Text
     search then works from Python (`dataset.sort_by_similarity("a red
     circle", brain_key=...)`), from `fiftyone-blip search` and in the App,
-    in any later session. Re-running resumes and rebuilds the index.
+    in any later session; with the default backend (blip) a text query is
+    re-ranked by BLIP's ITM head there too. Re-running resumes and rebuilds
+    the index.
 
     \b
     Examples:
         fiftyone-blip embed my-dataset
         fiftyone-blip embed my-dataset -m shapes-tiny -b shapes_sim
+        fiftyone-blip embed my-dataset --backend sklearn   # FiftyOne's own index: ITC only
         fiftyone-blip embed my-dataset --backend lancedb
         fiftyone-blip embed my-dataset --shard 0/2 -q   # and 1/2 elsewhere; then once without --shard
     """

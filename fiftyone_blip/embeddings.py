@@ -216,6 +216,16 @@ def check_index_key(samples, brain_key: str, model_name: str) -> bool:
     return True
 
 
+def backend_config(backend):
+    """What `compute_similarity(backend=...)` takes for a backend name: fiftyone-blip's re-ranking
+    backend ("blip") as its config class, which FiftyOne accepts and stores by name; others as given."""
+    from fiftyone_blip import similarity_backend
+
+    if backend == similarity_backend.BACKEND_NAME:
+        return similarity_backend.BlipSimilarityConfig
+    return backend
+
+
 def build_index(
     samples,
     model_name: str,
@@ -230,6 +240,9 @@ def build_index(
     The index covers the samples of `samples` that hold an embedding. An
     existing index under `brain_key` built with the same model is replaced;
     one built with another model is an error.
+
+    `backend`: "blip" (`similarity_backend`: sklearn storage, text queries
+    re-ranked by ITM), None (FiftyOne's default) or any backend FiftyOne knows.
 
     Returns:
         the `fiftyone.brain.SimilarityIndex`.
@@ -254,7 +267,7 @@ def build_index(
         model=model,
         model_kwargs=model_kwargs,
         brain_key=brain_key,
-        backend=backend,
+        backend=backend_config(backend),
         progress=False,
         **backend_kwargs,
     )
@@ -354,7 +367,7 @@ def search(
     if shortlist is not None and (not isinstance(shortlist, int) or shortlist < k):
         raise ValueError(f"`shortlist` must be an integer >= k ({k}), got {shortlist!r}")
     # The query sample comes back as its own nearest neighbour; it is dropped below.
-    depth = (shortlist or max(4 * k, DEFAULT_SHORTLIST)) if rerank else k + int(by_id)
+    depth = shortlist_size(k, shortlist) if rerank else k + int(by_id)
 
     results = dataset.load_brain_results(brain_key)
     depth = min(depth, indexed_in_view(results, samples, brain_key))
@@ -393,11 +406,26 @@ def search(
     if not rerank:
         return [Hit(ids[i], paths[i], float(itc[i]), float(itc[i])) for i in order[:k]]
 
-    logits = _itm_logits(loaded, query, paths, batch_size).astype(np.float64)
-    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
-    score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + itc)
+    score, probability = rerank_scores(loaded, query, paths, itc, batch_size)
     order = np.argsort(-score, kind="stable")
     return [Hit(ids[i], paths[i], float(score[i]), float(itc[i]), float(probability[i])) for i in order[:k]]
+
+
+def shortlist_size(k: int | None, shortlist: int | None = None) -> int:
+    """How many ITC results the ITM head re-scores: `shortlist`, else max(4k, DEFAULT_SHORTLIST)."""
+    return shortlist or max(4 * (k or 0), DEFAULT_SHORTLIST)
+
+
+def rerank_scores(loaded, query: str, paths: list[str], itc: np.ndarray, batch_size: int = 16):
+    """BLIP's re-ranking of an ITC shortlist: (score, ITM match probability) per image.
+
+    The score, which orders the shortlist, is the ITM match logit plus the ITC
+    cosine; an unreadable image scores -inf (it sinks to the end).
+    """
+    logits = _itm_logits(loaded, query, paths, batch_size).astype(np.float64)
+    probability = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1], overflow-free
+    score = np.where(np.isnan(logits[:, 1]), -np.inf, logits[:, 1] + np.asarray(itc, dtype=np.float64))
+    return score, probability
 
 
 def _index_vectors(results, sample_ids: list[str]) -> dict:

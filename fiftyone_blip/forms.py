@@ -204,8 +204,8 @@ def check_nonempty(params, name):
         raise ValueError(f"`{name}` must not be empty")
 
 
+# What scheduling needs of the server is in the README ("Scheduling runs"); the form names the one command.
 SCHEDULE_NOTE = (
-    "**Schedule** runs this in the background: the App must run with "
-    "`FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true` and a `fiftyone delegated launch` must be running "
-    "(`fiftyone-blip app DATASET` starts both); `fiftyone delegated list` shows the queued and finished runs."
+    "**Schedule** runs this in the background, in an App started with `fiftyone-blip app DATASET`; "
+    "`fiftyone delegated list` shows the queued and finished runs."
 )

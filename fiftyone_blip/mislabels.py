@@ -172,10 +172,10 @@ def label_classes(samples, label_field: str, kind: str) -> list[str]:
 
 
 METHOD_LABELS = {
-    "auto": "Auto (ITM probability)",
-    "itm": "ITM probability",
-    "itc": "ITC cosine (needs ITC scores)",
-    "itm+margin": "ITM + margin against the best other class",
+    "auto": "Auto (careful match)",
+    "itm": "Careful match: how unlikely the label is",
+    "itc": "Quick similarity (needs the quick similarity stored)",
+    "itm+margin": "Careful match, and how much better another class fits",
 }
 FLAG_BY = ("threshold", "percentile", "top_k")
 
@@ -186,18 +186,24 @@ class FlagSettings(Settings):
     threshold, percentile and top_k (none: threshold 0.96, i.e. an ITM probability of at most 0.04)."""
 
     field: str | None = setting(
-        None, "where the scores are (None: '{label_field}_match')", label="Score field", cli_flags=("-f",)
+        None,
+        "where the scores are (default: the label field's name followed by '_match')",
+        label="Score field",
+        cli_flags=("-f",),
     )
     method: str = setting(
         "auto",
-        "the score to rank by: 'itm': 1 - p; 'itc': (1 - cosine) / 2; 'itm+margin': (2 - p - margin) / 3 ('auto': itm)",
+        "how suspicious a label is: the careful match rates how unlikely the label is for the image; the quick "
+        "similarity how far apart the image and the label are; the margin adds how much better another class "
+        "fits (auto: the careful match)",
         label="Score to rank by",
         choices=METHODS,
         choice_labels=METHOD_LABELS,
     )
     threshold: float | None = setting(
         None,
-        "flag mistakenness >= this, in [0, 1] (None with no percentile or top_k: 0.96)",
+        "flag the samples whose mistakenness (from 0 to 1) is at least this (default: 0.96, unless a "
+        "percentile or a number of samples is given)",
         label="Flag mistakenness at or above",
         min=0,
         max=1,
@@ -206,7 +212,7 @@ class FlagSettings(Settings):
     )
     percentile: float | None = setting(
         None,
-        "flag mistakenness at or above this percentile, in [0, 100)",
+        "flag the samples whose mistakenness is at or above this percentile (from 0, below 100)",
         label="Flag at or above percentile",
         min=0,
         max=100,
@@ -223,7 +229,8 @@ class FlagSettings(Settings):
     )
     level: str = setting(
         "sample",
-        "'sample' flags samples; 'label' flags classifications / detections (and tags them) and their samples",
+        "'sample' flags whole samples; 'label' flags (and tags) each suspicious classification or detection, "
+        "and its sample",
         label="Flag",
         choices=LEVELS,
         choice_labels={"sample": "Samples", "label": "Individual labels"},
@@ -231,7 +238,9 @@ class FlagSettings(Settings):
     )
     tag: str = setting("mislabel", "the sample (and label) tag")
     view_name: str | None = setting(
-        None, "the saved review view (None: '{field}-review', underscores as dashes)", advanced=True
+        None,
+        "the saved review view (default: the score field's name, underscores as dashes, then '-review')",
+        advanced=True,
     )
 
     def __post_init__(self):
@@ -258,32 +267,42 @@ class MislabelSettings(FlagSettings):
 
     model: str | None = setting(
         None,
-        "a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-itm-base-coco)",
+        "a BLIP image-text matching model (BlipForImageTextRetrieval): a Hugging Face hub id, a model folder or "
+        "'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_MATCH_MODEL",
     )
     template: str | None = setting(
         None,
-        "the label prompt; must contain {label} (None: 'a photo of a {label}'; 'a {label}' for shapes-tiny)",
+        "the text each label is put in; must contain {label} (default: 'a photo of a {label}'; 'a {label}' for "
+        "shapes-tiny)",
         label="Prompt template",
         form_when={"kind": ("classification", "classifications", "detections")},
     )
     classes: list[str] | None = setting(
-        None, "the label set for margins, a list or comma-separated text (None: the labels present)", advanced=True
+        None,
+        "the classes a label is compared with for margins, comma-separated (default: the labels present)",
+        advanced=True,
     )
     margin: bool = setting(
         True,
-        "compute margins against the best other class (one ITM pass per class and label)",
-        label="Margin against the best other class",
+        "compute margins against the best other class (one careful match per class and label)",
+        label="Compare with the best other class (margin)",
         cli_flags=("--no-margin",),
         cli_help="Skip margins against the best other class (one ITM pass per class and label).",
         form_when={"kind": ("classification", "classifications", "detections")},
     )
     itc: bool = setting(
-        False, "also store ITC cosine similarities", label="Also store ITC cosine similarity", advanced=True
+        False,
+        "also store the quick similarity of image and label (the one quick search ranks by)",
+        label="Also store the quick similarity",
+        advanced=True,
     )
     crop_padding: float | None = setting(
-        None, "detections: box growth factor, >= 1 (None: 1.25; 3.0 for shapes-tiny)", min=1, advanced=True
+        None,
+        "detections: how much each box grows before it is matched, at least 1 (default: 1.25; 3.0 for shapes-tiny)",
+        min=1,
+        advanced=True,
     )
 
     def __post_init__(self):
@@ -333,7 +352,7 @@ class MatchSettings:
         else:
             self.classes, self.margin = [], False
         if not isinstance(self.crop_padding, (int, float)) or self.crop_padding < 1:
-            raise ValueError(f"`crop_padding` must be >= 1, got {self.crop_padding!r}")
+            raise ValueError(f"`crop_padding` must be at least 1, got {self.crop_padding!r}")
         check_resize(self.resize)
 
     def prompt(self, label: str) -> str:
@@ -673,17 +692,17 @@ def select_flags(scores: np.ndarray, threshold=None, percentile=None, top_k=None
     flags = np.zeros(len(scores), dtype=bool)
     if threshold is not None:
         if not 0 <= threshold <= 1:
-            raise ValueError(f"`threshold` must be in [0, 1] (a mistakenness score), got {threshold}")
+            raise ValueError(f"`threshold` must be from 0 to 1 (a mistakenness score), got {threshold}")
         flags[valid] = scores[valid] >= threshold
     elif percentile is not None:
         if not 0 <= percentile < 100:
-            raise ValueError(f"`percentile` must be in [0, 100), got {percentile}")
+            raise ValueError(f"`percentile` must be from 0 and below 100, got {percentile}")
         if valid.any():
             cut = np.percentile(scores[valid], percentile)
             flags[valid] = scores[valid] >= cut
     else:
         if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"`top_k` must be an integer >= 1, got {top_k!r}")
+            raise ValueError(f"`top_k` must be a whole number, at least 1, got {top_k!r}")
         order = np.argsort(-np.where(valid, scores, -np.inf), kind="stable")
         flags[order[: min(top_k, int(valid.sum()))]] = True
     return flags

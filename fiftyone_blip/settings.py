@@ -96,7 +96,7 @@ def check_value(name: str, value: Any, metadata: dict) -> None:
     """Checks one value against its field's choices and bounds; the message names the parameter."""
     choices = metadata.get("choices")
     if choices is not None and value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+        raise ValueError(f"`{name}` must be one of {', '.join(map(str, choices))}; got {value!r}")
     lo, hi = metadata.get("min"), metadata.get("max")
     if value is None or (lo is None and hi is None) or isinstance(value, bool):
         return
@@ -105,12 +105,13 @@ def check_value(name: str, value: Any, metadata: dict) -> None:
     exclusive = metadata.get("min_exclusive")
     too_low = lo is not None and (value <= lo if exclusive else value < lo)
     if too_low or (hi is not None and value > hi):
+        low = f"above {lo}" if exclusive else f"at least {lo}"
         if lo is not None and hi is not None:
-            span = f"({lo}, {hi}]" if exclusive else f"{lo}..{hi}"
-            raise ValueError(f"`{name}` must be in {span}, got {value!r}")
+            span = f"{low} and at most {hi}" if exclusive else f"from {lo} to {hi}"
+            raise ValueError(f"`{name}` must be {span}, got {value!r}")
         if lo is not None:
-            raise ValueError(f"`{name}` must be {'>' if exclusive else '>='} {lo}, got {value!r}")
-        raise ValueError(f"`{name}` must be <= {hi}, got {value!r}")
+            raise ValueError(f"`{name}` must be {low}, got {value!r}")
+        raise ValueError(f"`{name}` must be at most {hi}, got {value!r}")
 
 
 def form_shows(field: dataclasses.Field, params: dict) -> bool:
@@ -240,7 +241,7 @@ class Settings:
             if lo is not None and hi is not None:
                 text += f", in ({lo}, {hi}]" if meta.get("min_exclusive") else f", {lo}..{hi}"
             default = cls.run_defaults.get(f.name, cls.defaults()[f.name])
-            if not (default is None and "(None:" in text):
+            if not (default is None and ("(None:" in text or "(default:" in text or "(empty:" in text)):
                 text += f" ({default!r})"
             lines.append(f"    {f.name}: {text}.")
         return "\n".join(lines)
@@ -281,7 +282,9 @@ def check_revision(revision) -> str | None:
 def revision_setting():
     """The `revision` setting, declared once for `RunOptions` and adapter training."""
     return setting(
-        None, "the model's Hugging Face hub revision: a branch, tag or commit (None: the default branch)", advanced=True
+        None,
+        "the model's Hugging Face hub revision: a branch, tag or commit (empty: the default branch)",
+        advanced=True,
     )
 
 
@@ -300,11 +303,14 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
         try:
             index, count = (int(part) for part in shard.split("/"))
         except ValueError:
-            raise ValueError(f"`shard` must look like 'I/N' (e.g. '0/4'), got {shard!r}") from None
+            raise ValueError(f"`shard` must be a part and a number of parts like '0/4', got {shard!r}") from None
     else:
         index, count = shard
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"`shard` must be I/N with 0 <= I < N, got {index}/{count}")
+        raise ValueError(
+            f"`shard` must be a part and a number of parts, parts counted from 0 (the last of 4 is 3/4), "
+            f"got {index}/{count}"
+        )
     return index, count
 
 
@@ -336,14 +342,15 @@ class RunOptions(Settings):
         "decode large JPEGs at 1/2, 1/4 or 1/8 scale: 2-3x less decode time for 2000 px and larger, "
         "but the model's input pixels differ slightly from BLIP's own processor's, and so may results "
         "(off: every pixel decoded)",
+        label="Decode large JPEGs faster",
         advanced=True,
     )
     batch_size: int = setting(16, "images per model step", min=1, max=MAX_BATCH_SIZE, advanced=True)
     device: str = setting("auto", "where the model runs", choices=DEVICES, advanced=True, envvar="FIFTYONE_BLIP_DEVICE")
     dtype: str = setting(
         "auto",
-        "weights and activations (auto: float32 on CPU, bfloat16 on GPUs; int8: CPU only, fastest there, "
-        "one activation scale per token, so a result does not depend on its batch)",
+        "the number format the model computes in (auto: float32 on CPU, bfloat16 on GPUs; int8: CPU only, "
+        "the fastest there)",
         label="Precision",
         choices=DTYPES,
         advanced=True,
@@ -358,7 +365,10 @@ class RunOptions(Settings):
         cli_flags=("--workers",),
     )
     shard: str | None = setting(
-        None, "'I/N': only shard I of N, for N parallel workers", label="Shard (I/N)", advanced=True
+        None,
+        "one part of the run, for several workers side by side: '0/4' is the first of 4 parts, '3/4' the last",
+        label="Shard (I/N)",
+        advanced=True,
     )
     overwrite: bool = setting(
         False, "recompute and replace results already in the field", label="Recompute samples already done"
@@ -376,7 +386,7 @@ class RunOptions(Settings):
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
-            raise ValueError(f"`batch_size` must be in 1..{MAX_BATCH_SIZE}, got {self.batch_size!r}")
+            raise ValueError(f"`batch_size` must be a whole number from 1 to {MAX_BATCH_SIZE}, got {self.batch_size!r}")
         parse_shard(self.shard)
         check_revision(self.revision)
 
@@ -394,26 +404,29 @@ class EmbedSettings(Settings):
 
     model: str | None = setting(
         None,
-        "a BlipForImageTextRetrieval hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-itm-base-coco)",
+        "a BLIP image-text matching model (BlipForImageTextRetrieval): a Hugging Face hub id, a model folder or "
+        "'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_MATCH_MODEL",
     )
     field: str = setting(DEFAULT_EMBEDDING_FIELD, "the embeddings field", label="Embeddings field", cli_flags=("-f",))
     brain_key: str | None = setting(
         DEFAULT_BRAIN_KEY,
-        "the similarity index to build, which the App's similarity search lists (None: embed only)",
+        "the similarity index to build, which the App's similarity search lists (empty: embed only)",
         label="Similarity index (brain key)",
         cli_flags=("-b",),
     )
     backend: str | None = setting(
-        None,
-        "the similarity backend: None for FiftyOne's default (sklearn), or e.g. 'lancedb'",
+        "blip",
+        "how the similarity index answers: 'blip' (stored as FiftyOne's default does; text searches get a "
+        "quick search, then careful re-ranking of its best matches, in the App too), 'sklearn' (FiftyOne's "
+        "default: quick search only), or e.g. 'lancedb'",
         label="Similarity backend",
         choice_labels={
-            "sklearn": "FiftyOne default (in the database)",
-            "lancedb": "LanceDB (embedded vector database)",
+            "blip": "fiftyone-blip: quick search, then careful re-ranking (in the database)",
+            "sklearn": "FiftyOne default: quick search only (in the database)",
+            "lancedb": "LanceDB: quick search only (embedded vector database)",
         },
-        form_default="sklearn",
     )
 
     def __post_init__(self):
@@ -453,7 +466,9 @@ class SearchSettings(Settings):
         surfaces=SDK_CLI,
     )
     rerank: bool = setting(
-        False, "re-score the ITC shortlist with BLIP's ITM head (text queries only)", surfaces=SDK_CLI
+        False,
+        "re-rank the quick search's best matches carefully, with BLIP's matching head (text queries only)",
+        surfaces=SDK_CLI,
     )
     shortlist: int | None = setting(
         None, "how many ITC results the ITM head re-scores, >= k (None: max(4k, 128))", surfaces=SDK_CLI

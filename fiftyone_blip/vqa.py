@@ -56,7 +56,8 @@ class VqaSettings(Settings):
 
     model: str | None = setting(
         None,
-        "a BlipForQuestionAnswering hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-vqa-base)",
+        "a BLIP question answering model (BlipForQuestionAnswering): a Hugging Face hub id, a model folder or "
+        "'shapes-tiny' (default: Salesforce/blip-vqa-base)",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_VQA_MODEL",
     )

@@ -64,7 +64,7 @@ _WORDLIKE = re.compile(r"\w")
 
 MODE_LABELS = {
     "cross-attention": "Cross-attention (captioner decoder, with word probabilities)",
-    "gradcam": "Grad-CAM (ITM head; any text)",
+    "gradcam": "Grad-CAM (matching model; any text)",
 }
 TOKEN_POSITION_LABELS = {
     "both": "Steps that read and that predict the word",
@@ -89,19 +89,22 @@ class HeatmapSettings(Settings):
 
     mode: str = setting(
         "cross-attention",
-        "cross-attention: the captioner's decoder; gradcam: gradient x cross-attention of the matcher's ITM head",
+        "where a map comes from: cross-attention shows where the captioner looked as it wrote each word; "
+        "Grad-CAM shows which parts of the image made the matching model accept the text",
         choices=MODES,
         choice_labels=MODE_LABELS,
     )
     model: str | None = setting(
         None,
-        "a hub id, a local directory or 'shapes-tiny' (None: Salesforce's captioning or ITM base model, by mode)",
+        "a Hugging Face hub id, a model folder or 'shapes-tiny' (default: Salesforce's base captioning model "
+        "for cross-attention, its base matching model for Grad-CAM)",
         cli_flags=("-m",),
     )
     field: str = setting("heatmap", "the field for the caption heatmap", label="Heatmap field", cli_flags=("-f",))
     text_field: str | None = setting(
         "caption",
-        "the field holding each sample's text; None with no `text`: cross-attention captions each image first",
+        "the field holding each sample's text (with neither a field nor a text, cross-attention captions each "
+        "image first)",
         form_when={"text_source": ("field",)},
     )
     text: str | None = setting(
@@ -112,11 +115,11 @@ class HeatmapSettings(Settings):
     )
     layers: str | int | list[int] | None = setting(
         None,
-        "'all', 'last', an index or indices like 0,1 of the text layers to average (None: by mode)",
+        "which text layers to average: 'all', 'last', or layer numbers like 0,1 (default: all for cross-attention, one chosen layer for Grad-CAM)",
         advanced=True,
     )
     heads: str | list[int] = setting(
-        "all", "'all' or indices like 0,1 of the attention heads to average", advanced=True
+        "all", "which attention heads to average: 'all', or head numbers like 0,1", advanced=True
     )
     token_positions: str = setting(
         "both",
@@ -137,7 +140,9 @@ class HeatmapSettings(Settings):
         64, "long side of stored maps in pixels", label="Map size (long side, pixels)", min=8, max=1024, advanced=True
     )
     maps_dir: str | None = setting(
-        None, "a folder for per-word PNG maps (None: stored in the samples)", label="Folder for per-word PNG maps"
+        None,
+        "a folder for per-word PNG maps (empty: the maps are stored in the samples)",
+        label="Folder for per-word PNG maps",
     )
 
     def __post_init__(self):
@@ -155,13 +160,13 @@ class HeatmapSettings(Settings):
         if self.heads != "all":
             self.heads = _int_list(self.heads, "heads", "'all' or a list of indices")
             if min(self.heads) < 0:
-                raise ValueError(f"`heads` indices must be >= 0, got {self.heads}")
+                raise ValueError(f"`heads` numbers must be 0 or more, got {self.heads}")
         if self.token_positions not in TOKEN_POSITIONS:
             raise ValueError(f"`token_positions` must be one of {TOKEN_POSITIONS}, got {self.token_positions!r}")
         if not isinstance(self.normalize_heads, bool):
             raise ValueError(f"`normalize_heads` must be True or False, got {self.normalize_heads!r}")
         if not isinstance(self.map_size, int) or not 8 <= self.map_size <= 1024:
-            raise ValueError(f"`map_size` must be in 8..1024, got {self.map_size!r}")
+            raise ValueError(f"`map_size` must be from 8 to 1024, got {self.map_size!r}")
         check_field_name(self.field)
         if self.text is None and self.text_field is not None:
             check_field_name(self.text_field)
@@ -763,6 +768,15 @@ def overlay(image, map2d: np.ndarray, alpha: float = 0.5, colormap: str = "jet")
     colours = matplotlib.colormaps[colormap](np.asarray(stretched) / 255.0)[..., :3]
     blended = (1 - alpha) * np.asarray(image, dtype=np.float64) / 255.0 + alpha * colours
     return Image.fromarray(np.rint(blended * 255).astype(np.uint8), mode="RGB")
+
+
+def colour_scale(colormap: str = "jet", width: int = 256, height: int = 12):
+    """The colours `overlay` draws a map in, lowest (left) to highest (right): an RGB PIL image, a legend."""
+    import matplotlib
+    from PIL import Image
+
+    row = matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, width))[:, :3]
+    return Image.fromarray(np.rint(np.repeat(row[None], height, axis=0) * 255).astype(np.uint8), mode="RGB")
 
 
 def write_overlays(sample, output_dir, field: str = "heatmap", alpha: float = 0.5) -> list[Path]:

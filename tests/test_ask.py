@@ -64,7 +64,7 @@ def test_sdk_bad_input_is_refused_before_any_work(fresh_dataset):
         (dict(questions=" ", fields="a"), "empty question"),
         (dict(questions="q?", fields="a", answers=["Red", "red."]), "'red' twice"),
         (dict(questions="q?", fields="a b"), "`field` must be a name"),
-        (dict(questions="q?", fields="a", num_beams=0), "`num_beams` must be in 1..10"),
+        (dict(questions="q?", fields="a", num_beams=0), "`num_beams` must be from 1 to 10"),
         (dict(questions="is there a " + "red " * 80 + "circle?", fields="a"), "tokens long"),
         (dict(questions="q?", fields="gt_caption"), "already exists as a"),
         (dict(questions="q?", fields="a", answers=["1", "2"], boolean=True), "must be 'yes' and 'no'"),
@@ -178,7 +178,7 @@ def test_form_flags_bad_input_at_its_field(fresh_dataset, plugin_installed):
     assert "'yes' and 'no'" in errors["answers"]
     # as the App sends them: the advanced settings nested in their section
     errors, _ = _form_errors(fresh_dataset, {**ok, "advanced": {"strategy": "beam", "num_beams": 42}})
-    assert errors == {"num_beams": "Beams must be in 1..10, got 42"}
+    assert errors == {"num_beams": "Beams must be from 1 to 10, got 42"}
     assert properties["strategy"].default == "greedy" and "strategy" not in _top_level(fresh_dataset, ok)
 
 

@@ -181,6 +181,26 @@ def test_sdk_records_constraints_and_refuses_another_into_the_same_field(fresh_d
     assert "other" not in fresh_dataset.get_field_schema()
 
 
+def test_a_forced_run_counts_the_captions_it_rewrote(fresh_dataset):
+    """The summary and the run's record count the captions the forced word rewrote (the model's own caption
+    lacked it; each is marked in `caption_forced`) and, for shapes-tiny, the captions out of the shapes form."""
+    view = fresh_dataset.limit(16)
+    fiftyone_blip.caption(view, model="shapes-tiny", field="plain", progress=False)
+    summary = fiftyone_blip.caption(view, model="shapes-tiny", force_words="star", progress=False)
+    plain, forced, marks = view.values(["plain", "caption", "caption_forced"])
+    lacked = ["star" not in caption.split() for caption in plain]
+    assert sum(lacked) >= 3 and marks == lacked
+    assert all(after == before for after, before, lack in zip(forced, plain, lacked) if not lack)
+    assert summary.rewritten == sum(lacked) and summary.done == 16
+    assert summary.off_form == sum(not shapes.is_english_caption(caption) for caption in forced)
+    assert f"{sum(lacked)} rewritten by the forced words" in str(summary)
+    [record] = [r for r in fiftyone_blip.runs(fresh_dataset) if r["field"] == "caption"]
+    assert (record["forced_rewritten"], record["off_form"]) == (summary.rewritten, summary.off_form)
+    # a run without forced words takes the marks away with the captions they marked
+    again = fiftyone_blip.caption(view, model="shapes-tiny", overwrite=True, progress=False)
+    assert not hasattr(again, "rewritten") and view.count("caption_forced") == 0
+
+
 def test_cli_constraints_and_one_line_errors(fresh_dataset):
     from fiftyone_blip.cli import main
 
@@ -230,6 +250,20 @@ def test_form_offers_constraints_as_advanced_and_flags_them_at_their_inputs(fres
     }
     errors = errors_of({"ban_words": "star", "force_words": "star"})
     assert "force_words" in errors and "both hold 'star'" in errors["force_words"]
+
+
+def test_the_form_says_what_forcing_words_costs(fresh_dataset, plugin_installed):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    def notices(params):
+        ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params=params))
+        resolved = foo.get_operator("@fiftyone-blip/blip/caption_samples").resolve_input(ctx)
+        return [p.view.label for name, p in resolved.type.properties.items() if name == "force_words_notice"]
+
+    assert notices({}) == [] and notices({"advanced": {"force_words": ""}}) == []
+    [notice] = notices({"field": "forced", "advanced": {"force_words": "star"}})
+    assert "rewrite captions" in notice and "3 to 4 times as long" in notice and "'forced_forced'" in notice
 
 
 def test_a_banned_phrase_may_hold_a_forced_word():

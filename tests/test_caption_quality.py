@@ -100,7 +100,7 @@ def test_num_captions_settings():
         (dict(num_captions=2), "at most 1 with strategy 'greedy'"),
         (dict(strategy="beam", num_beams=3, num_captions=4), "at most 3 with strategy 'beam'"),
         (dict(strategy="diverse-beam", num_beams=4, num_captions=3), "num_beam_groups"),
-        (dict(strategy="sample", num_captions=11), "1..10"),
+        (dict(strategy="sample", num_captions=11), "from 1 to 10"),
     ]:
         with pytest.raises(ValueError, match=message):
             CaptionSettings(**kwargs)

@@ -49,7 +49,7 @@ def test_errors_are_one_line(fresh_dataset):
     assert result.exit_code == 1 and "dataset 'no-such-dataset' not found" in result.output
     result = invoke("caption", fresh_dataset.name, "-m", "shapes-tiny", "-s", "beam", "--num-beams", "20")
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: `num_beams` must be in 1..10, got 20"
+    assert result.output.strip() == "Error: `num_beams` must be from 1 to 10, got 20"
     result = invoke("caption", fresh_dataset.name, "-m", "./missing-model-dir")
     assert result.exit_code == 1 and "does not exist" in result.output
     result = invoke("caption", fresh_dataset.name, "--view", "nope")

@@ -210,8 +210,20 @@ def test_panel_shows_the_chosen_words_map_and_probability(heatmapped, plugin_ins
     assert ctx.panel.state.message is None
     assert ctx.panel.state.words == sample.heatmap_words
     assert ctx.panel.state.word == "1"  # the first content word: the caption starts with "a"
+    import base64
+    import io
+
     rendered = panel.render(ctx)
     assert "word" in rendered.type.properties and "overlay" in rendered.type.properties
+    # a colour legend under the map (the overlay's colour scale, lowest to highest), and what the
+    # sidebar's overlay shows
+    assert {"legend", "legend_note"} <= set(rendered.type.properties)
+    legend = Image.open(io.BytesIO(base64.b64decode(ctx.panel.data.legend.split(",", 1)[1]))).convert("RGB")
+    low, high = legend.getpixel((0, legend.height // 2)), legend.getpixel((legend.width - 1, legend.height // 2))
+    ramp = np.asarray(overlay(Image.new("RGB", (2, 1)), np.array([[0, 255]]), alpha=1.0), dtype=int)
+    assert np.abs(np.array([low, high]) - ramp[0]).max() <= 2  # jet: blue for 0, red for 255
+    note = rendered.type.properties["legend_note"].default
+    assert "Blue: where BLIP looked least" in note and "does not follow the word picked here" in note
 
     word_index = 2
     ctx.params = {"value": str(word_index)}
@@ -220,9 +232,6 @@ def test_panel_shows_the_chosen_words_map_and_probability(heatmapped, plugin_ins
     assert ctx.panel.state.word == "2"
     assert f"{probs[word_index]:.3f}" in ctx.panel.state.score and words[word_index] in ctx.panel.state.score
     # the overlay is the stored map of that word over the image, scaled up for the panel
-    import base64
-    import io
-
     shown = Image.open(io.BytesIO(base64.b64decode(ctx.panel.data.overlay.split(",", 1)[1])))
     image = load_image(sample.filepath).resize(shown.size, Image.Resampling.BICUBIC)
     expected = np.asarray(overlay(image, maps[word_index]), dtype=int)

@@ -307,8 +307,8 @@ def test_plain_templates_with_escaped_braces_pass():
     [
         ({"strategy": "sample", "temperature": float("inf")}, "`temperature` must be a finite number"),
         ({"strategy": "sample", "temperature": float("nan")}, "`temperature` must be a (finite )?number"),
-        ({"strategy": "sample", "seed": 2**70}, r"`seed` must be an integer in 0\.\.9223372036854775807"),
-        ({"strategy": "sample", "seed": -1}, "`seed` must be an integer"),
+        ({"strategy": "sample", "seed": 2**70}, "`seed` must be a whole number from 0 to 9223372036854775807"),
+        ({"strategy": "sample", "seed": -1}, "`seed` must be a whole number"),
         ({"repetition_penalty": float("inf")}, "`repetition_penalty` must be a finite number"),
     ],
 )

@@ -91,7 +91,7 @@ def test_invalid_form_is_marked_invalid_and_nothing_runs(fresh_dataset):
         request_params=dict(dataset_name=fresh_dataset.name, params=dict(strategy="beam", num_beams=42))
     )
     form = operator.resolve_input(ctx)
-    assert form_errors(form) == {"num_beams": "Beams must be in 1..10, got 42"}
+    assert form_errors(form) == {"num_beams": "Beams must be from 1 to 10, got 42"}
 
     with pytest.raises(Exception, match="num_beams"):
         foo.execute_operator(
@@ -139,7 +139,7 @@ def test_invalid_inputs_are_flagged_at_their_fields_with_their_labels(fresh_data
         dict(model="no-such-model", field="gt_label", max_new_tokens=500, shard="3/2", batch_size=0),
     )
     assert set(caption) == {"model", "field", "max_new_tokens", "shard", "batch_size"}, caption
-    assert caption["max_new_tokens"] == "Max new tokens must be in 1..128, got 500"
+    assert caption["max_new_tokens"] == "Max new tokens must be from 1 to 128, got 500"
     assert "holds Classification values, not text" in caption["field"]
     assert "must be shapes-tiny or a hub id" in caption["model"] and "'no-such-model'" in caption["model"]
 

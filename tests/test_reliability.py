@@ -1047,7 +1047,7 @@ def test_bounds_are_checked_before_any_work(capability, bad, untouched, no_model
     from app_forms import form_inputs
 
     invalid = {name: p for name, p in form_inputs(form).items() if getattr(p, "invalid", False)}
-    # the form names the input by its label ("Beams must be in 1..10"): the error must sit at
+    # the form names the input by its label ("Beams must be from 1 to 10"): the error must sit at
     # the input given the bad value, or carry the library's words
     assert invalid and any(name in bad.params or bad.message in p.error_message for name, p in invalid.items())
     with pytest.raises(Exception) as raised:

@@ -144,7 +144,7 @@ def test_bad_questions_are_refused(args, message):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="`strategy`"):
         vqa.VqaSettings(strategy="sample")
-    with pytest.raises(ValueError, match="`num_beams` must be in 1..10"):
+    with pytest.raises(ValueError, match="`num_beams` must be from 1 to 10"):
         vqa.VqaSettings(num_beams=11)
 
 

@@ -47,21 +47,25 @@ class AdapterTrainingSettings(Settings):
     rank: int = setting(8, "LoRA rank", label="LoRA rank", min=1, max=256)
     alpha: float = setting(
         16.0,
-        "LoRA scaling numerator; the update is scaled by alpha / rank",
+        "how strongly the adapter changes the model, relative to its rank (twice the rank doubles the change)",
         label="LoRA alpha",
         min=0,
         min_exclusive=True,
     )
-    dropout: float = setting(0.0, "LoRA dropout, in [0, 1)", label="LoRA dropout")
+    dropout: float = setting(
+        0.0,
+        "LoRA dropout: the share of the adapter dropped at random in training, from 0, below 1",
+        label="LoRA dropout",
+    )
     learning_rate: float = setting(
-        2e-3, "peak AdamW learning rate, after a short warm-up, cosine-decayed", cli_flags=("--lr",)
+        2e-3, "the highest learning rate, reached after a short warm-up and then lowered smoothly", cli_flags=("--lr",)
     )
     epochs: int = setting(
         30, "most passes over the training split (early stopping may end sooner)", label="Most epochs", min=1
     )
     batch_size: int = setting(64, "image-caption pairs per step", min=1, max=4096)
     validation_fraction: float = setting(
-        0.1, "share of pairs held out, in (0, 0.5]", min=0, max=0.5, min_exclusive=True
+        0.1, "share of pairs held out to judge training, above 0, at most 0.5", min=0, max=0.5, min_exclusive=True
     )
     max_validation: int = setting(1000, "most held-out pairs", min=1)
     patience: int = setting(3, "stop after this many epochs without a better held-out loss", min=1)
@@ -78,9 +82,9 @@ class AdapterTrainingSettings(Settings):
         super().__post_init__()
         # open bounds the declared checks do not express
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"`dropout` must be from 0 and below 1, got {self.dropout}")
         if not 0 < self.learning_rate < 1:
-            raise ValueError(f"`learning_rate` must be in (0, 1), got {self.learning_rate}")
+            raise ValueError(f"`learning_rate` must be above 0 and below 1, got {self.learning_rate}")
 
 
 @dataclasses.dataclass
@@ -100,7 +104,8 @@ class AdapterJobSettings(Settings):
     )
     model: str | None = setting(
         None,
-        "the base captioner: hub id, local directory or 'shapes-tiny' (None: Salesforce/blip-image-captioning-base)",
+        "the base captioner: a Hugging Face hub id, a model folder or 'shapes-tiny' (default: "
+        "Salesforce/blip-image-captioning-base)",
         label="Base model",
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_CAPTION_MODEL",

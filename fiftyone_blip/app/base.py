@@ -62,17 +62,19 @@ def _app_folder(value, name):
     if not value or not str(value).strip():
         return None
     if app_root() is None:
-        raise ValueError(f"`{name}` is not available in the App: the server sets {APP_ROOT_ENV} to allow folders")
+        # the setting's name is in the README (its App section): a form speaks of no environment variables
+        raise ValueError(f"`{name}` is not available in the App: its server allows no folders")
     path = under_app_root(value)
     if path is None:
         raise ValueError(f"`{name}` must be a folder under {str(app_root())!r}, got {value!r}")
     return path
 
 
-def _app_model(value):
+def _app_model(value, task=None):
     """A model from a form: a bundled name, a folder under the App root, or a hub id. Any other server
     path is refused with the same message whether it exists or not. A hub id is loaded from the
-    hub only (`models.HubId`), never from a server folder of that name outside the root."""
+    hub only (`models.HubId`), never from a server folder of that name outside the root. The refusal's
+    example is a hub id of the `task`'s kind ("caption": a captioning model), when it is known."""
     if not value or not str(value).strip():
         return None
     value = str(value).strip()
@@ -86,10 +88,8 @@ def _app_model(value):
     if path is not None:
         return path  # under the root, not there: the loader says so
     where = f", or a folder under {str(root)!r}" if root is not None else ""
-    raise ValueError(
-        f"`model` must be {', '.join(models.BUNDLED)} or a hub id like Salesforce/blip-itm-base-coco{where}; "
-        f"got {value!r}"
-    )
+    example = f"a hub id like {models.DEFAULT_MODELS[task]}" if task in models.DEFAULT_MODELS else "a hub id"
+    raise ValueError(f"`model` must be {', '.join(models.BUNDLED)} or {example}{where}; got {value!r}")
 
 
 def _default_caption_field(language):
@@ -106,9 +106,9 @@ def app_params(params: dict) -> dict:
     """A form's params with the server paths it names confined (see `_app_model`, `_app_folder`); the
     library and the CLI take any path, as they run as the user."""
     params = dict(params or {})
-    for name in ("model", "caption_model", "match_model"):
+    for name, task in (("model", None), ("caption_model", "caption"), ("match_model", "match")):
         if params.get(name):
-            params[name] = _app_model(params[name])
+            params[name] = _app_model(params[name], task)
     if params.get("maps_dir"):
         params["maps_dir"] = _app_folder(params["maps_dir"], "maps_dir")
     return params
@@ -137,7 +137,7 @@ def check_model(name, task, revision=None):
     that a `revision` goes with a hub model only."""
     if not name:
         return None
-    name = _app_model(name)
+    name = _app_model(name, task)
     _, local = models.resolve_name(name, task)  # raises for a folder that does not exist
     models.check_revision_applies(name, task, revision)
     return local

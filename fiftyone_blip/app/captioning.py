@@ -29,6 +29,26 @@ def _default_caption_field(language):
         return captions.default_field(None)
 
 
+def forced_words_notice(inputs, field):
+    """What forcing words costs, shown once the form has any (figures: BENCHMARKS.md, "Forced words")."""
+    import fiftyone.operators.types as types
+
+    from fiftyone_blip.captions import forced_field_of
+
+    inputs.view(
+        "force_words_notice",
+        types.Notice(
+            label=(
+                "Forced words rewrite captions: every caption without them is written again around them, "
+                "which takes about 3 to 4 times as long (measured on the shapes test images). Force a word "
+                "the captions rarely hold and most captions are rewritten, some of them oddly (about 1 in 10 "
+                'on the shapes test images, e.g. "a red square triangle"). The run counts the captions it '
+                f"rewrote and marks them in {forced_field_of(field)!r}."
+            )
+        ),
+    )
+
+
 class CaptionSamples(EngineOperator):
     settings_class = CaptionSettings
     skip = ("language",)
@@ -56,6 +76,8 @@ class CaptionSamples(EngineOperator):
             lambda: check_text_field(ctx.dataset, "field", params.get("field"), must_exist=False),
             lambda: params.get("language") is None or adapters.check_language(params["language"]),
         ]
+        if params.get("force_words"):
+            forced_words_notice(inputs, params.get("field") or defaults["field"])
         return Form(defaults=defaults, checks=checks)
 
     def planned_task(self, params, settings, options):
@@ -111,8 +133,8 @@ class CleanCaptions(ReviewOperator):
         return engine_config(
             "clean_captions",
             "BLIP: clean captions",
-            "CapFilt: sample synthetic captions, score them and the existing ones by ITM, keep the best and "
-            "flag the images whose caption the filter rejects",
+            "CapFilt: write new captions, score them and the existing ones by how well they match the image, keep "
+            "the best and flag the images whose caption the filter rejects",
         )
 
     def form(self, ctx, inputs, params):
@@ -155,7 +177,7 @@ class EvaluateCaptions(ReviewOperator):
         return engine_config(
             "evaluate_captions",
             "BLIP: evaluate captions",
-            "Score captions against reference captions (BLEU-1..4, ROUGE-L, CIDEr-D) and by BLIP's ITM head",
+            "Score captions against reference captions (BLEU, ROUGE-L, CIDEr-D) and by how well they match their images",
         )
 
     def form(self, ctx, inputs, params):
@@ -187,6 +209,6 @@ class EvaluateCaptions(ReviewOperator):
     def message(self, result, settings):
         from fiftyone_blip.caption_metrics import METRIC_NAMES
 
-        names = {**METRIC_NAMES, "itm": "ITM"}
+        names = {**METRIC_NAMES, "itm": "match"}
         figures = ", ".join(f"{names[k]} {v:.3f}" for k, v in result["corpus"].items() if v is not None)
         return f"BLIP caption evaluation of {result['samples']} samples: {figures}; review view {result['view']!r}"

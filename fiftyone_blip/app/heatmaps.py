@@ -101,6 +101,15 @@ def first_content_word(words) -> int:
     return next((i for i, word in enumerate(words) if word.lower().strip(".,") not in FUNCTION_WORDS), 0)
 
 
+# What the panel says with its colour legend: how to read the colours, and what the sidebar's overlay
+# shows (the App draws the `heatmap` field's stored map, whichever word the panel shows).
+LEGEND_NOTE = (
+    "Blue: where BLIP looked least for the word; red: where it looked most (each map is scaled to its own "
+    "range). The heatmap overlay you tick in the sidebar shows the whole caption's map: it does not follow "
+    "the word picked here."
+)
+
+
 class WordHeatmapsPanel(foo.Panel):
     """Sample modal panel: pick a caption word, see its map over the image and its probability.
 
@@ -169,6 +178,7 @@ class WordHeatmapsPanel(foo.Panel):
         else:
             state.score = f"**{shown['word']}**"
         ctx.panel.data.overlay = shown["overlay"]
+        ctx.panel.data.legend = word_heatmaps.data_url(word_heatmaps.colour_scale())
 
     def render(self, ctx):
         state = ctx.panel.state
@@ -192,8 +202,15 @@ class WordHeatmapsPanel(foo.Panel):
         if state.caption:
             panel.md(f"*{state.caption}*", name="caption")
         panel.md(state.score or "", name="score")
-        panel.img("overlay", alt_text="the word's map over the image", width="100%")
-        return types.Property(panel, view=types.GridView(orientation="vertical"))
+        # the legend above the map, so it is in sight whatever the map's size
+        panel.img("legend", alt_text="colour scale: blue for the least, red for the most", width="100%", height="12px")
+        panel.md(LEGEND_NOTE, name="legend_note")
+        # the map as wide as the pane, and no taller than most of the window (its shape kept)
+        fit = {"image": {"style": {"maxHeight": "60vh", "objectFit": "contain"}}}
+        panel.img("overlay", alt_text="the word's map over the image", width="100%", componentsProps=fit)
+        # "stretch": the App's vertical grid otherwise sizes its column to the widest content (the image's
+        # own width), so the map would not fill the pane
+        return types.Property(panel, view=types.GridView(orientation="vertical", align_x="stretch"))
 
 
 # --- label QA: mislabels by image-text matching ---------------------------------------------------------------

@@ -33,7 +33,7 @@ class FindMislabels(ReviewOperator):
         return engine_config(
             "find_mislabels",
             "BLIP: find mislabels",
-            "Score labels, detections or captions against their images with BLIP's ITM head; "
+            "Score how well labels, detections or captions match their images with BLIP; "
             "flag and tag the most suspicious for review",
         )
 

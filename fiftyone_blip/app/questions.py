@@ -54,7 +54,7 @@ class AskQuestion(EngineOperator):
         )
         inputs.bool(
             "boolean",
-            label="Yes/no question: store True/False",
+            label="Yes/no question: store the answer as yes or no",
             default=False,
             description="answers 'yes' or 'no' only, stored as a boolean with its confidence beside it",
         )

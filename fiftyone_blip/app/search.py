@@ -17,7 +17,7 @@ class ComputeEmbeddings(EngineOperator):
         return engine_config(
             "compute_embeddings",
             "BLIP: compute embeddings and similarity index",
-            "Embed images with BLIP (ITC) and build a similarity index with text search",
+            "Embed images with BLIP and build a similarity index for quick search by text or by image",
         )
 
     def form(self, ctx, inputs, params):
@@ -84,7 +84,8 @@ class SearchByText(foo.Operator):
         return foo.OperatorConfig(
             name="search_by_text",
             label="BLIP: search by text",
-            description="Find the samples that best match a text: ITC shortlist re-scored by BLIP's ITM head",
+            description="Find the samples that best match a text: a quick search, then a careful re-ranking of its best "
+            "matches",
             dynamic=True,
         )
 
@@ -111,7 +112,7 @@ class SearchByText(foo.Operator):
         setting_input(inputs, SearchSettings, SearchSettings.declared("k"), default=k_default)
         inputs.properties["k"].view.label = "Results (k)"
         setting_input(inputs, SearchSettings, SearchSettings.declared("rerank"), default=True)
-        inputs.properties["rerank"].view.label = "Re-rank the ITC shortlist with the ITM head"
+        inputs.properties["rerank"].view.label = "Re-rank the quick search's best matches carefully"
         params = ctx.params
 
         def check_k():
@@ -130,7 +131,7 @@ class SearchByText(foo.Operator):
         results = fiftyone_blip.search(view, query, k=k, brain_key=brain_key, rerank=rerank)
         ids = results.values("id")
         ctx.ops.set_view(view=results)
-        ranking = "ITC shortlist re-scored by ITM" if rerank else "ITC cosine"
+        ranking = "quick search, then careful re-ranking" if rerank else "quick search"
         ctx.ops.notify(
             f"BLIP search: the {len(ids)} best matches of {query!r}, best first ({ranking}; index {brain_key!r})",
             variant="success",

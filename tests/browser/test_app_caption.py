@@ -46,7 +46,9 @@ def test_caption_the_current_view_from_the_operator_form(app, app_dataset):
 
     # An invalid setting is flagged in the form before anything runs, and cleared with it.
     app.fill(form, {"Shard (I/N)": "3/2"})
-    invalid = form.get_by_text("Shard (I/N) must be I/N with 0 <= I < N, got 3/2")
+    invalid = form.get_by_text(
+        "Shard (I/N) must be a part and a number of parts, parts counted from 0 (the last of 4 is 3/4), got 3/2"
+    )
     invalid.wait_for()
     invalid.scroll_into_view_if_needed()
     app.expect(invalid).to_be_visible()

@@ -22,10 +22,16 @@ def test_invalid_inputs_are_flagged_at_their_fields(app, app_dataset):
     form = app.open_operator(*CAPTION)
     execute = app.execute_button()
     app.expect(execute).to_be_enabled()
-    flag(app, form, "Max new tokens", 500, "Max new tokens must be in 1..128, got 500")
+    flag(app, form, "Max new tokens", 500, "Max new tokens must be from 1 to 128, got 500")
     app.expect(execute).to_be_disabled()
-    flag(app, form, "Batch size", 0, "Batch size must be in 1..1024, got 0")
-    flag(app, form, "Shard (I/N)", "3/2", "Shard (I/N) must be I/N with 0 <= I < N, got 3/2")
+    flag(app, form, "Batch size", 0, "Batch size must be from 1 to 1024, got 0")
+    flag(
+        app,
+        form,
+        "Shard (I/N)",
+        "3/2",
+        "Shard (I/N) must be a part and a number of parts, parts counted from 0 (the last of 4 is 3/4), got 3/2",
+    )
     flag(
         app,
         form,
@@ -38,11 +44,11 @@ def test_invalid_inputs_are_flagged_at_their_fields(app, app_dataset):
         form,
         "Model",
         "no-such-model",
-        "Model must be shapes-tiny or a hub id like Salesforce/blip-itm-base-coco; got 'no-such-model'",
+        "Model must be shapes-tiny or a hub id like Salesforce/blip-image-captioning-base; got 'no-such-model'",
     )
     app.screenshot("form-errors-caption")
     # every earlier error is still shown: the form judges each input alone
-    for message in ("Max new tokens must be in 1..128, got 500", "Batch size must be in 1..1024, got 0"):
+    for message in ("Max new tokens must be from 1 to 128, got 500", "Batch size must be from 1 to 1024, got 0"):
         app.expect(form.get_by_text(message, exact=True)).to_have_count(1)
     app.expect(form.get_by_text("Invalid settings")).to_have_count(0)
     app.page.keyboard.press("Escape")
@@ -57,7 +63,7 @@ def test_invalid_inputs_are_flagged_at_their_fields(app, app_dataset):
         "Text field 'no_such_field' is not a field of dataset 'app-errors-form'",
     )
     flag(app, form, "Layers", "99", "Layers index 99 is out of range for a 2-layer text model")
-    flag(app, form, "Map size (long side, pixels)", 4, "Map size (long side, pixels) must be in 8..1024, got 4")
+    flag(app, form, "Map size (long side, pixels)", 4, "Map size (long side, pixels) must be from 8 to 1024, got 4")
     app.expect(app.execute_button()).to_be_disabled()
     app.screenshot("form-errors-heatmaps")
     app.page.keyboard.press("Escape")

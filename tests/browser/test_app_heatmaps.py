@@ -114,6 +114,12 @@ def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
     listbox.get_by_role("option", name=f"1. {words[0]}", exact=True).click()
     app.expect(score).to_contain_text(f"{words[0]}: probability {sample['heatmap_probs'][0]:.3f}")
     app.expect(panel_image).not_to_have_attribute("src", first_src)
+    # the map fills the panel's width, a colour legend under it, and the panel says what the sidebar shows
+    legend = panel.get_by_alt_text("colour scale: blue for the least, red for the most")
+    app.expect(legend).to_be_in_viewport()
+    app.expect(panel.get_by_text(re.compile(r"does not follow the word picked here"))).to_be_visible()
+    image_box, panel_box = panel_image.bounding_box(), panel.bounding_box()
+    assert image_box["width"] >= 0.8 * panel_box["width"], (image_box, panel_box)
     app.screenshot("heatmap-panel")
 
 

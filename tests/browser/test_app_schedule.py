@@ -62,7 +62,7 @@ def test_a_scheduled_run_completes_and_its_status_is_listed(app, app_dataset, la
     app.open("app-schedule")
     form = app.open_operator(NAME, LABEL)
     # the form says what scheduling needs
-    app.expect(form.get_by_text(re.compile(r"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"))).to_be_visible()
+    app.expect(form.get_by_text(re.compile(r"fiftyone-blip app DATASET"))).to_be_visible()
 
     # the execute button's menu offers "Schedule" (the server allows it, as `fiftyone-blip app` does)
     execute = app.execute_button()

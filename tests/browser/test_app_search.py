@@ -1,4 +1,5 @@
-"""Text search in the App: the grid's own similarity search, with a text prompt, over a BLIP index."""
+"""Text search in the App: the grid's own similarity search, with a text prompt, over a BLIP index
+(re-ranked by ITM), and the plugin's search-by-text operator."""
 
 import re
 
@@ -9,7 +10,7 @@ BRAIN_KEY = "blip_sim"
 SHOWN = 6  # the first tiles compared with the SDK's order
 
 
-def test_text_search_sorts_the_grid_by_similarity(app, app_dataset):
+def test_text_search_sorts_the_grid_by_the_reranked_order(app, app_dataset):
     dataset = app_dataset("app-search", count=24)
     fiftyone_blip.embed(dataset, model="shapes-tiny", brain_key=BRAIN_KEY, progress=False, num_workers=0)
     before = dataset.values("gt_caption")[:SHOWN]
@@ -17,6 +18,12 @@ def test_text_search_sorts_the_grid_by_similarity(app, app_dataset):
     expected = ranked.values("gt_caption")[:SHOWN]
     best = ranked.first().id
     assert expected != before  # the query re-orders the first tiles
+    # embed's index re-ranks a text prompt by ITM, as the SDK's re-ranked search: not the ITC order
+    captions = dict(zip(*dataset.values(["id", "gt_caption"])))
+    reranked = fiftyone_blip.search(dataset, QUERY, k=24, brain_key=BRAIN_KEY, rerank=True).values("id")
+    itc = fiftyone_blip.search(dataset, QUERY, k=24, brain_key=BRAIN_KEY).values("id")
+    assert ranked.values("id") == reranked
+    assert [captions[i] for i in itc[:SHOWN]] != expected
 
     app.open("app-search")
     app.expect(app.cy("looker")).to_have_count(24)
