@@ -329,6 +329,9 @@ def test_a_scheduled_run_returns_its_outcome_as_the_operations_result(fresh_data
     assert list(outcome["failures"].values()) == [2] and outcome["error_field"] == "caption_error"
     assert outcome["result"]["field"] == "caption" and outcome["result"]["done"] == 46
     assert fresh_dataset.count("caption") == 46
+    # the App's view of the run shows the outcome through the operator's outputs
+    shown = done.metadata["outputs_schema"]["type"]["properties"]
+    assert {"summary", "done", "failed", "skipped", "total", "failures"} <= set(shown)
 
 
 def test_failures_are_counted_and_their_samples_offered_in_one_click(fresh_dataset):
