@@ -24,6 +24,8 @@ def test_new_fields_and_groups_show_and_failed_samples_are_one_click_away(app, a
     app.page.locator("#notistack-snackbar").filter(has_text=counted).wait_for(timeout=240_000)
     show = app.page.get_by_role("button", name="Show the 2 failed samples")
     show.wait_for()
+    app.expect(app.cy("looker")).to_have_count(8)
+    app.page.wait_for_function("() => document.querySelectorAll('[data-cy=looker] canvas').length >= 8")
     app.screenshot("failed-samples-offer")
 
     # the new fields are in the sidebar, with no reload of the page (the App keeps the sidebar groups
