@@ -395,6 +395,12 @@ def test_runs_are_listed_opened_and_deleted_from_the_app(fresh_dataset):
     opened = foo.execute_operator(uri, ctx=dict(dataset=fresh_dataset, params=dict(run_key=key, action="load_view")))
     opened.raise_exceptions()
     assert opened.result == {"run_key": key, "view": "loaded"}
+    # a run on the whole dataset was made on the dataset itself
+    fiftyone_blip.caption(fresh_dataset, model="shapes-tiny", field="whole", progress=False)
+    whole = dict(run_key="blip_caption_whole", action="load_view")
+    opened = foo.execute_operator(uri, ctx=dict(dataset=fresh_dataset, params=whole))
+    opened.raise_exceptions()
+    assert opened.result == {"run_key": "blip_caption_whole", "view": "loaded"}
 
     asked = form(dict(run_key=key, action="delete"))
     warning = asked.type.properties["warning"].view.description
