@@ -178,10 +178,8 @@ def eval_task(
     )
 
 
-def corpus_scores(samples, pred_field: str, gt_field: str) -> tuple[dict, dict, str, int]:
-    """(corpus metrics, per-sample mean metrics by id, a digest of the evaluated texts, samples scored)."""
-    from fiftyone_blip import engine
-
+def corpus_texts(samples, pred_field: str, gt_field: str) -> tuple[list, list, list]:
+    """(ids, predictions, references) of the samples that hold both; a ValueError where none does."""
     ids, preds, refs = [], [], []
     for sample_id, pred, ref in zip(*samples.values(["id", pred_field, gt_field])):
         p, r = texts_of(pred), texts_of(ref)
@@ -191,29 +189,56 @@ def corpus_scores(samples, pred_field: str, gt_field: str) -> tuple[dict, dict, 
             refs.append(r)
     if not ids:
         raise ValueError(f"no sample has both a prediction in {pred_field!r} and a reference in {gt_field!r}")
+    return ids, preds, refs
+
+
+def corpus_scores(texts: tuple[list, list, list]) -> tuple[dict, dict]:
+    """(corpus metrics, per-sample mean metrics by id) of `corpus_texts`."""
+    ids, preds, refs = texts
     corpus, rows = score_captions(preds, refs)
     per_sample = {
         sample_id: {m: sum(row[m] for row in image) / len(image) for m in METRICS}
         for sample_id, image in zip(ids, rows)
     }
-    return corpus, per_sample, engine.input_digest([ids, preds, refs]), len(ids)
+    return corpus, per_sample
 
 
-def run(samples, pred_field: str, gt_field: str, eval_key: str, settings: CaptionEvalSettings, options) -> dict:
-    """Evaluates `samples`; see `fiftyone_blip.evaluate_captions`."""
-    from fiftyone_blip import engine, models
-    from fiftyone_blip import run_records as runs
-
-    names = field_names(eval_key)
-    for name in names.values():
+def check_fields(samples, pred_field: str, gt_field: str, eval_key: str) -> None:
+    """The fields an evaluation reads hold text, differ, and its key makes valid field names."""
+    for name in field_names(eval_key).values():
         check_field_name(name)
     check_text_field(samples, pred_field, "pred_field")
     check_text_field(samples, gt_field, "gt_field")
     if pred_field == gt_field:
         raise ValueError(f"`pred_field` and `gt_field` are both {pred_field!r}")
-    corpus, per_sample, digest, count = corpus_scores(samples, pred_field, gt_field)
+
+
+def task_for(samples, pred_field: str, gt_field: str, eval_key: str, settings, options, texts=None, scores=None):
+    """The engine `Task` an evaluation with these fields and settings would run (its model not loaded).
+
+    `texts`: `corpus_texts` (None: read here); `scores`: the per-sample metrics it writes (None: none
+    computed, as for the form's preflight, which writes nothing).
+    """
+    from fiftyone_blip import engine, models
+
+    check_fields(samples, pred_field, gt_field, eval_key)
+    texts = corpus_texts(samples, pred_field, gt_field) if texts is None else texts
     model = models.reference_for(settings.model, "match", options) if settings.itm else None
-    task = eval_task(model, pred_field, gt_field, eval_key, per_sample, digest, options.resize, options.fast_decode)
+    digest = engine.input_digest(list(texts))
+    return eval_task(model, pred_field, gt_field, eval_key, scores or {}, digest, options.resize, options.fast_decode)
+
+
+def run(samples, pred_field: str, gt_field: str, eval_key: str, settings: CaptionEvalSettings, options) -> dict:
+    """Evaluates `samples`; see `fiftyone_blip.evaluate_captions`."""
+    from fiftyone_blip import engine
+    from fiftyone_blip import run_records as runs
+
+    names = field_names(eval_key)
+    check_fields(samples, pred_field, gt_field, eval_key)
+    texts = corpus_texts(samples, pred_field, gt_field)
+    corpus, per_sample = corpus_scores(texts)
+    task = task_for(samples, pred_field, gt_field, eval_key, settings, options, texts, per_sample)
+    count = len(texts[0])
     view_name = settings.view_name or review_views.default_name(eval_key)
     review_views.check(samples._dataset, view_name, runs.run_key(CAPABILITY, task.field))
     summary = engine.run(samples, task, options)

@@ -328,9 +328,9 @@ def flag(samples, out_field: str, tag: str, view_name: str | None, before=()) ->
     }
 
 
-def run(samples, caption_field: str, out_field: str, settings: CapFiltSettings, options) -> dict:
-    """CapFilt on `samples`; see `fiftyone_blip.capfilt`."""
-    from fiftyone_blip import engine, models
+def task_for(samples, caption_field: str, out_field: str, settings: CapFiltSettings, options):
+    """The engine `Task` a CapFilt run with these fields and settings would run (its models not loaded)."""
+    from fiftyone_blip import models
 
     schema_fields.check_field_name(out_field)
     check_caption_field(samples, caption_field)
@@ -338,7 +338,14 @@ def run(samples, caption_field: str, out_field: str, settings: CapFiltSettings, 
         raise ValueError(f"`out_field` must differ from `caption_field` ({caption_field!r}): originals are kept")
     captioning = models.reference_for(settings.caption_model, "caption", options)
     matching = models.reference_for(settings.match_model, "match", options)
-    task = capfilt_task(captioning, matching, settings, caption_field, out_field, options.resize, options.fast_decode)
+    return capfilt_task(captioning, matching, settings, caption_field, out_field, options.resize, options.fast_decode)
+
+
+def run(samples, caption_field: str, out_field: str, settings: CapFiltSettings, options) -> dict:
+    """CapFilt on `samples`; see `fiftyone_blip.capfilt`."""
+    from fiftyone_blip import engine
+
+    task = task_for(samples, caption_field, out_field, settings, options)
     before = rejected_ids(samples, out_field)
     view_name = settings.view_name or review_views.default_name(out_field)
     review_views.check(samples._dataset, view_name, run_key(task.capability, task.field))

@@ -983,7 +983,15 @@ def _last_settings(samples, field: str) -> dict | None:
 
 def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
     """Scores, then flags, the labels of `samples`; see `fiftyone_blip.find_mislabels`."""
-    from fiftyone_blip import engine, models
+    from fiftyone_blip import engine
+
+    summary = engine.run(samples, task_for(samples, label_field, settings, options), options)
+    return {"run": summary, **flag_with(samples, label_field, settings)}
+
+
+def task_for(samples, label_field: str, settings: MislabelSettings, options):
+    """The engine `Task` that scores `label_field` with these settings (its model not loaded)."""
+    from fiftyone_blip import models
 
     kind = label_kind(samples, label_field)
     field = settings.score_field(label_field)
@@ -1004,11 +1012,9 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
     review_views.check(
         samples._dataset, settings.view_name or review_views.default_name(field), runs.run_key("match", field)
     )
-    task = match_task(
+    return match_task(
         models.reference_for(settings.model, "match", options), scoring, label_field, field, samples._dataset
     )
-    summary = engine.run(samples, task, options)
-    return {"run": summary, **flag_with(samples, label_field, settings)}
 
 
 def flag_with(samples, label_field: str, settings: FlagSettings) -> dict:

@@ -128,6 +128,11 @@ def form_default(cls, field: dataclasses.Field):
     return cls.run_defaults.get(field.name, cls.defaults()[field.name])
 
 
+def _declared_float(field: dataclasses.Field) -> bool:
+    """Whether a settings field is declared a float (`float` or `float | None`)."""
+    return str(field.type).split("|")[0].strip() in ("float", "<class 'float'>")
+
+
 class Settings:
     """Mixin for settings dataclasses: declared checks, `from_params`, `replace`, `as_dict`.
 
@@ -187,6 +192,10 @@ class Settings:
                 value = f.metadata.get("form_default", dataclasses.MISSING) if chosen else None
                 if value is dataclasses.MISSING or value is None:
                     continue
+            if isinstance(value, int) and not isinstance(value, bool) and _declared_float(f):
+                # JSON (the App's params) has one number type: 1.0 arrives as 1. Settings go into a run's
+                # fingerprint, so a form's 1 must be the SDK's 1.0, or a re-run would refuse its own results.
+                value = float(value)
             values[f.name] = value
         values.update(overrides)
         return cls(**values)

@@ -11,6 +11,7 @@ from fiftyone_blip.app.heatmaps import ComputeHeatmaps, WordHeatmapsPanel
 from fiftyone_blip.app.label_fixes import FixMislabels
 from fiftyone_blip.app.label_qa import FindMislabels
 from fiftyone_blip.app.questions import AskQuestion
+from fiftyone_blip.app.runs import ManageRuns, ShowFailedSamples
 from fiftyone_blip.app.search import ComputeEmbeddings, SearchByText
 
 # in the order the App's operator browser lists them
@@ -26,4 +27,6 @@ OPERATORS = (
     SearchByText,
     AskQuestion,
     TrainLanguageAdapter,
+    ShowFailedSamples,
+    ManageRuns,
 )

@@ -157,14 +157,12 @@ def engine_config(name, label, description):
 
 
 def _run_with_progress(ctx, work):
-    """Runs `work(progress)` and reports progress where the App can see it.
+    """Runs `work(progress)` in an immediate run and reports progress where the App can see it.
 
-    Delegated runs report through `ctx.set_progress`. Immediate runs can only
-    talk to the App by yielding, so the work runs in a thread and this
-    generator yields its progress messages.
+    Immediate runs can only talk to the App by yielding, so the work runs in a
+    thread and this generator yields its progress messages. (A delegated run
+    reports through `ctx.set_progress`: `EngineOperator.execute`.)
     """
-    if ctx.delegated:
-        return work(lambda done, total: ctx.set_progress(done / max(total, 1), f"{done}/{total}"))
     messages = queue.Queue()
     outcome = {}
 
@@ -187,11 +185,83 @@ def _run_with_progress(ctx, work):
     return outcome["result"]
 
 
-def _notify(ctx, message):
-    """The tail of an immediate run: reload the dataset and say what was done."""
-    if not ctx.delegated:
-        yield ctx.trigger("reload_dataset")
-        yield ctx.trigger("notify", dict(message=message, variant="success"))
+SHOW_FAILURES = "@fiftyone-blip/blip/show_failed_samples"
+
+
+def _notify(ctx, outcome):
+    """The end of an immediate run: say what was done with the failures counted and, where samples
+    failed, show the outcome in the run's dialog with a button to their view and reasons
+    (`runs.ShowFailedSamples`: one click)."""
+    failed = outcome.get("failed") or 0
+    yield ctx.trigger("notify", dict(message=outcome["summary"], variant="warning" if failed else "success"))
+    if failed:
+        outputs = types.Object()
+        outputs.md(outcome["summary"], name="summary")
+        outputs.btn(
+            "show_failed",
+            label=f"Show the {failed} failed samples",
+            on_click=SHOW_FAILURES,
+            params={"error_field": outcome["error_field"]},
+            variant="contained",
+        )
+        shown = types.Property(outputs, view=types.View(label="Some samples failed"))
+        yield ctx.ops.show_output(shown.to_json(), {"summary": outcome["summary"]})
+
+
+def run_summary(result):
+    """The engine's `RunSummary` in an SDK call's result (the summary itself, or a dict's "run"); None."""
+    from fiftyone_blip import engine
+
+    if isinstance(result, engine.RunSummary):
+        return result
+    if isinstance(result, dict) and isinstance(result.get("run"), engine.RunSummary):
+        return result["run"]
+    return None
+
+
+def jsonable(value):
+    """`value` as JSON values: dataclasses as dicts, numpy numbers as Python's, anything else as text."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+# The reasons a run's outcome lists (most frequent first); the failed samples' view shows them all.
+FAILURE_REASONS_SHOWN = 5
+
+
+def failure_reasons(samples, error_field, limit=FAILURE_REASONS_SHOWN) -> dict:
+    """{reason: samples} of the samples of `samples` whose `error_field` is set, most frequent first."""
+    if samples is None or error_field not in samples._dataset.get_field_schema():
+        return {}
+    counts = samples.count_values(error_field)
+    counts.pop(None, None)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))[:limit])
+
+
+def run_outcome(result, message, samples) -> dict:
+    """What a run tells its user and its record: the notice (`summary`, failures counted), the counts,
+    the failure reasons and the result, as JSON (a delegated run's operation result)."""
+    summary = run_summary(result)
+    outcome = {"summary": message, "result": jsonable(result)}
+    if summary is not None:
+        error_field = f"{summary.field}_error"
+        outcome.update(field=summary.field, done=summary.done, failed=summary.failed, skipped=summary.skipped)
+        outcome.update(total=summary.total, error_field=error_field)
+        if summary.failed:
+            reasons = failure_reasons(samples, error_field)
+            outcome["failures"] = reasons
+            listed = "; ".join(f"{count}: {reason}" for reason, count in reasons.items())
+            outcome["summary"] = f"{message}. {summary.failed} samples failed ({listed})"
+    return outcome
 
 
 def failure_reason(error) -> str:
@@ -307,6 +377,11 @@ class EngineOperator(foo.Operator):
         """The engine `Task` the run would start (see `check_run`); None: the form checks no run ahead."""
         return None
 
+    def planned_task_on(self, samples, params, settings, options):
+        """The engine `Task` the run would start on `samples` (the form's target): `planned_task`, unless
+        the capability's task depends on the samples (the label classes, the evaluated captions)."""
+        return self.planned_task(params, settings, options)
+
     def check_run(self, ctx, params, model_param="model", task="caption"):
         """The capability's own checks of the run this form would start, then the engine's preflight,
         before Execute: words the model cannot write, layers it does not have, a field that holds
@@ -328,17 +403,51 @@ class EngineOperator(foo.Operator):
             options = run_options(params, self.settings_class, None)
         except (ValueError, models.ModelLoadError):
             return  # flagged by the form's other checks
-        planned = self.planned_task(params, settings, options)  # the capability's checks before loading
+        view = ctx.target_view()
+        planned = self.planned_task_on(view, params, settings, options)  # the capability's checks before loading
         if planned is not None:
-            engine.preflight(ctx.target_view(), planned, options)
+            engine.preflight(view, planned, options)
 
     def message(self, result, settings) -> str:
         raise NotImplementedError
 
+    def after_run(self, ctx, result):
+        """What an immediate run shows in the App besides the notice (triggers to yield); nothing here."""
+        return ()
+
+    def resolve_output(self, ctx):
+        """The outcome of a scheduled run, as the App's runs list shows it (its operation's result)."""
+        if not ctx.delegated:
+            return None
+        outputs = types.Object()
+        outputs.str("summary", label="Summary")
+        for name, label in (("done", "Done"), ("failed", "Failed"), ("skipped", "Skipped"), ("total", "Of")):
+            outputs.int(name, label=label)
+        outputs.obj("failures", label="Failure reasons (samples)", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label=f"{self.config.label}: outcome"))
+
+    def _start(self, ctx):
+        """The run the form asks for: (declared params, settings, target view)."""
+        params = declared_params(self, ctx)
+        return params, self.settings_class.from_params(params), ctx.target_view()
+
     def execute(self, ctx):
+        """Runs the capability: a scheduled run returns its outcome (`run_outcome`, stored as the
+        operation's result); an immediate one streams progress, then reloads and tells the App."""
+        if not ctx.delegated:
+            return self._execute_in_app(ctx)
+        params, settings, view = self._start(ctx)
+        options = run_options(
+            params,
+            self.settings_class,
+            lambda done, total: ctx.set_progress(done / max(total, 1), f"{done}/{total}"),
+        )
+        result = self.run(params, view, settings, options)
+        return run_outcome(result, self.message(result, settings), view)
+
+    def _execute_in_app(self, ctx):
         try:
-            params = declared_params(self, ctx)
-            settings, view = self.settings_class.from_params(params), ctx.target_view()
+            params, settings, view = self._start(ctx)
             result = yield from _run_with_progress(
                 ctx,
                 lambda progress: self.run(params, view, settings, run_options(params, self.settings_class, progress)),
@@ -346,18 +455,18 @@ class EngineOperator(foo.Operator):
         except Exception as error:
             yield from _notify_failure(ctx, self.config.label, error)
             raise
-        yield from _notify(ctx, self.message(result, settings))
-        return result
+        outcome = run_outcome(result, self.message(result, settings), view)
+        yield ctx.trigger("reload_dataset")  # new fields and sidebar groups show, as the brain plugin does
+        yield from self.after_run(ctx, result)
+        yield from _notify(ctx, outcome)
+        return outcome
 
 
 class ReviewOperator(EngineOperator):
     """An engine operator whose run saves a review view (`result["view"]`), shown once an immediate run ends."""
 
-    def execute(self, ctx):
-        result = yield from super().execute(ctx)
-        if not ctx.delegated:
-            # Open the review view by its stages: the App looks a view name up in the saved views
-            # it fetched with the page, which do not hold the one this run just saved, so
-            # `set_view(name=...)` would fail there.
-            yield ctx.ops.set_view(view=ctx.dataset.load_saved_view(result["view"]))
-        return result
+    def after_run(self, ctx, result):
+        # Open the review view by its stages: the App looks a view name up in the saved views
+        # it fetched with the page, which do not hold the one this run just saved, so
+        # `set_view(name=...)` would fail there.
+        yield ctx.ops.set_view(view=ctx.dataset.load_saved_view(result["view"]))

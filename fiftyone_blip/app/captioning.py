@@ -2,7 +2,7 @@
 
 import fiftyone_blip
 from fiftyone_blip import CapFiltSettings, CaptionEvalSettings, CaptionSettings
-from fiftyone_blip.app.base import EngineOperator, Form, ReviewOperator, default_model, engine_config
+from fiftyone_blip.app.base import EngineOperator, Form, ReviewOperator, check_model, default_model, engine_config
 from fiftyone_blip.forms import check_nonempty, check_text_field, dropdown, form_default
 
 
@@ -148,6 +148,14 @@ class CleanCaptions(ReviewOperator):
             checks=[lambda: check_nonempty(params, "out_field")],
         )
 
+    def planned_task_on(self, samples, params, settings, options):
+        from fiftyone_blip import caption_filter
+
+        if not check_model(params.get("match_model"), "match") or not params.get("caption_field"):
+            return None  # a hub matcher is checked when the run starts (see `check_run`)
+        out_field = params.get("out_field") or "capfilt"
+        return caption_filter.task_for(samples, params["caption_field"], out_field, settings, options)
+
     def run(self, params, view, settings, options):
         return fiftyone_blip.capfilt(
             view, params["caption_field"], params.get("out_field") or "capfilt", settings, options
@@ -184,6 +192,14 @@ class EvaluateCaptions(ReviewOperator):
             models={"model": "match"},
             checks=[lambda: check_nonempty(params, "eval_key")],
         )
+
+    def planned_task_on(self, samples, params, settings, options):
+        from fiftyone_blip import caption_eval
+
+        if not params.get("pred_field") or not params.get("gt_field"):
+            return None
+        eval_key = params.get("eval_key") or "eval"
+        return caption_eval.task_for(samples, params["pred_field"], params["gt_field"], eval_key, settings, options)
 
     def run(self, params, view, settings, options):
         return fiftyone_blip.evaluate_captions(

@@ -74,6 +74,14 @@ class FindMislabels(ReviewOperator):
             checks=[lambda: check_nonempty(params, "tag"), check_label_field],
         )
 
+    def planned_task_on(self, samples, params, settings, options):
+        from fiftyone_blip import mislabels
+
+        label_field = params.get("label_field")
+        if not label_field or label_field not in mislabels.compatible_fields(samples):
+            return None  # flagged at the label field's input
+        return mislabels.task_for(samples, label_field, settings, options)
+
     def run(self, params, view, settings, options):
         return fiftyone_blip.find_mislabels(view, params["label_field"], settings, options)
 

@@ -40,6 +40,14 @@ def launcher(tmp_path):
     log.close()
 
 
+def delegated_info(dataset: str) -> str:
+    """What `fiftyone delegated info ID` shows of the dataset's one run of the plugin (its result too)."""
+    _, listed = delegated_states(dataset)
+    ids = [line.split()[0] for line in listed.splitlines() if f"@fiftyone-blip/blip/{NAME}" in line]
+    command, env = _fiftyone("delegated", "info", ids[0])
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
 def delegated_states(dataset: str) -> tuple[list[str], str]:
     """The states `fiftyone delegated list --dataset DATASET` shows for the plugin's runs, and its output."""
     command, env = _fiftyone("delegated", "list", "--dataset", dataset)
@@ -85,6 +93,11 @@ def test_a_scheduled_run_completes_and_its_status_is_listed(app, app_dataset, la
     dataset.reload()
     assert "caption" in dataset.get_field_schema(), listed
     assert dataset.count("caption") == 6
+
+    # the run's outcome is its operation's result: `fiftyone delegated info` shows the summary
+    info = delegated_info("app-schedule")
+    assert re.search(r"BLIP captions: 6 done, 0 failed, 0 skipped of 6", info), info
+    assert re.search(r"'failed': 0|\"failed\": 0", info), info
 
     # the App shows the results once the dataset is opened again
     app.page.keyboard.press("Escape")
