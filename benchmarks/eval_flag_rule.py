@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import eval_mislabels as E  # noqa: E402
 
 from fiftyone_blip import mislabels, models  # noqa: E402
+from fiftyone_blip.images import crop  # noqa: E402
 from fiftyone_blip.shapes import data as shapes  # noqa: E402
 
 NOISE = 0.1
@@ -135,7 +136,7 @@ def main(argv=None):
         for obj in scene.objects:
             x0, y0, x1, y1 = obj.box
             box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(mislabels.crop(image, box, padding))
+            crops.append(crop(image, box, padding))
             det_truth.append(kinds.index(obj.kind))
     itm, _ = E.class_scores(matcher, E.pixels_of(preprocess, crops), kinds, template)
     det_truth = np.array(det_truth)

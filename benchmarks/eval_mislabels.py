@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fiftyone_blip import mislabels, models  # noqa: E402
-from fiftyone_blip.images import Preprocessor  # noqa: E402
+from fiftyone_blip.images import Preprocessor, crop  # noqa: E402
 from fiftyone_blip.shapes import data as shapes  # noqa: E402
 
 
@@ -247,7 +247,7 @@ def main(argv=None):
         for obj in scene.objects:
             x0, y0, x1, y1 = obj.box
             box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(mislabels.crop(image, box, padding))
+            crops.append(crop(image, box, padding))
             det_truth.append(kind_index[obj.kind])
             det_scene.append(s)
     crop_pixels = pixels_of(preprocess, crops)

@@ -35,7 +35,7 @@ import string
 
 import numpy as np
 
-from fiftyone_blip import app_config
+from fiftyone_blip import app_config, images
 from fiftyone_blip import fields as schema_fields
 from fiftyone_blip.settings import Settings, setting
 
@@ -443,19 +443,6 @@ class _Item:
     siblings: list[set]  # per view: labels that must not count as "the best other class"
 
 
-def crop(image, box: list[float], padding: float):
-    """Crops a relative [x, y, w, h] box grown by `padding` around its center (clipped to the image)."""
-    width, height = image.size
-    x, y, w, h = box
-    cx, cy = (x + w / 2) * width, (y + h / 2) * height
-    half_w, half_h = max(w * width * padding / 2, 1.0), max(h * height * padding / 2, 1.0)
-    left, top = max(0, int(round(cx - half_w))), max(0, int(round(cy - half_h)))
-    right, bottom = min(width, int(round(cx + half_w))), min(height, int(round(cy + half_h)))
-    if right <= left or bottom <= top:
-        raise ValueError(f"box {box} lies outside the image")
-    return image.crop((left, top, right, bottom))
-
-
 def _views(preprocess, settings: MatchSettings, label_field: str, path, value, sample_id=None) -> _Item:
     """The image views (whole image or crops) and texts one sample gives to score.
 
@@ -482,7 +469,7 @@ def _views(preprocess, settings: MatchSettings, label_field: str, path, value, s
         image = load_image(path)
         detections = {detection.id: detection for detection in value.detections}
         boxes = [detections[key[1]].bounding_box for _, key in labels]
-        pixels = [preprocess.from_image(crop(image, box, settings.crop_padding))[0] for box in boxes]
+        pixels = [preprocess.from_image(images.crop(image, box, settings.crop_padding))[0] for box in boxes]
         siblings = [{label} for label, _ in labels]
     else:
         array = preprocess(path)[0]

@@ -1,0 +1,114 @@
+"""Patches views: every capability runs on `to_patches` / `to_evaluation_patches` views, the label is
+the unit of work, and the results land on the source dataset's labels under the whole write contract."""
+
+import pytest
+
+import fiftyone_blip as fb
+from fiftyone_blip import run_records
+
+QUIET = {"progress": False, "batch_size": 16}
+
+
+@pytest.fixture
+def scenes(fresh_dataset):
+    """The first 8 shapes images of a fresh dataset (with about 16 objects)."""
+    return fresh_dataset.limit(8)
+
+
+def _objects(dataset) -> int:
+    return dataset.count("gt_objects.detections")
+
+
+def _attribute(dataset, name: str) -> list:
+    return dataset.values(f"gt_objects.detections.{name}", unwind=True)
+
+
+def test_caption_on_patches_writes_each_object_caption_on_its_source_label(fresh_dataset, scenes):
+    patches = scenes.to_patches("gt_objects")
+    # the unit of work: a patch's id is its label's id
+    assert set(patches.values("id")) == set(scenes.values("gt_objects.detections.id", unwind=True))
+    summary = fb.caption(patches, model="shapes-tiny", **QUIET)
+    objects = _objects(scenes)
+    assert (summary.done, summary.failed, summary.skipped, summary.total) == (objects, 0, 0, objects)
+    assert summary.field == "gt_objects.detections.caption"
+    captions = _attribute(scenes, "caption")
+    assert len(captions) == objects and all(isinstance(c, str) and c for c in captions)
+    assert all(0 < c <= 1 for c in _attribute(scenes, "caption_confidence"))
+    assert fresh_dataset.skip(8).count("gt_objects.detections.caption") == 0  # only the view's objects
+    # no sample field was made; the view shows the labels' results at once, as a new view does
+    assert "caption" not in fresh_dataset.get_field_schema()
+    ids, stored = scenes.values(["gt_objects.detections.id", "gt_objects.detections.caption"], unwind=True)
+    by_id = dict(zip(ids, stored))
+    assert patches.values("gt_objects.caption") == [by_id[label_id] for label_id in patches.values("id")]
+    assert scenes.to_patches("gt_objects").values("gt_objects.caption") == patches.values("gt_objects.caption")
+    field = fresh_dataset.get_field("gt_objects.detections.caption")
+    assert field.info["written_by"] == "fiftyone-blip" and field.description.startswith("caption of the image")
+    record = fb.runs(fresh_dataset)[-1]
+    assert (record["done"], record["total"], record["settings"]["context"]) == (objects, objects, 1.0)
+    assert "blip_caption_gt_objects__caption" in fresh_dataset.list_runs()
+
+
+def test_a_rerun_skips_labels_done_and_finishes_the_rest(fresh_dataset, scenes):
+    patches = scenes.to_patches("gt_objects")
+    first = fb.caption(patches.limit(5), model="shapes-tiny", **QUIET)
+    assert first.done == 5
+    again = fb.caption(scenes.to_patches("gt_objects"), model="shapes-tiny", **QUIET)
+    objects = _objects(scenes)
+    assert (again.done, again.skipped, again.total) == (objects - 5, 5, objects)
+    runs = [r for r in fb.runs(fresh_dataset) if r["capability"] == "caption"]
+    assert [(r["done"], r["skipped"], r["status"]) for r in runs] == [
+        (5, 0, "completed"),
+        (objects - 5, 5, "completed"),
+    ]
+    # another context is another result: refused without overwrite (naming the difference), then replaced
+    with pytest.raises(
+        ValueError, match=r"'gt_objects.detections.caption' already holds values on \d+ labels"
+    ) as error:
+        fb.caption(patches, model="shapes-tiny", context=2.0, **QUIET)
+    assert "context=1.0" in str(error.value) and "context=2.0" in str(error.value)
+    redone = fb.caption(patches, model="shapes-tiny", context=2.0, overwrite=True, **QUIET)
+    assert (redone.done, redone.skipped) == (objects, 0)
+
+
+def _snapshot(dataset):
+    """Every sample's labels as stored, and the schema."""
+    docs = list(dataset._sample_collection.find({}, {"gt_objects": 1, "last_modified_at": 1}))
+    return docs, sorted(dataset.get_field_schema(flat=True))
+
+
+def test_a_users_attribute_of_the_same_name_is_refused_and_nothing_is_written(fresh_dataset, scenes):
+    sample = scenes.first()
+    sample.gt_objects.detections[0]["caption"] = "my own words"
+    sample.save()
+    before = _snapshot(fresh_dataset)
+    with pytest.raises(ValueError, match=r"'gt_objects.detections.caption' already holds values on 1 labels"):
+        fb.caption(scenes.to_patches("gt_objects"), model="shapes-tiny", **QUIET)
+    assert _snapshot(fresh_dataset) == before
+    assert fresh_dataset.first().gt_objects.detections[0]["caption"] == "my own words"
+    assert not fb.runs(fresh_dataset)
+
+
+def test_a_second_run_while_a_claim_is_held_is_refused(fresh_dataset, scenes):
+    lease = run_records.Lease(fresh_dataset, ["gt_objects.detections.caption"], None, "other-run")
+    lease.take()
+    try:
+        before = _snapshot(fresh_dataset)
+        with pytest.raises(ValueError, match=r"is being written by run other-run"):
+            fb.caption(scenes.to_patches("gt_objects"), model="shapes-tiny", **QUIET)
+        assert _snapshot(fresh_dataset) == before
+    finally:
+        lease.release()
+    # a run into the sample field `caption` is not in the way of the labels' one
+    lease = run_records.Lease(fresh_dataset, ["caption"], None, "other-run")
+    lease.take()
+    try:
+        assert fb.caption(scenes.to_patches("gt_objects").limit(3), model="shapes-tiny", **QUIET).done == 3
+    finally:
+        lease.release()
+
+
+def test_context_is_refused_on_whole_images(fresh_dataset):
+    before = _snapshot(fresh_dataset)
+    with pytest.raises(ValueError, match="`context` .* grows the boxes of a patches view"):
+        fb.caption(fresh_dataset, model="shapes-tiny", context=2.0, **QUIET)
+    assert _snapshot(fresh_dataset) == before
