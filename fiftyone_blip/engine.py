@@ -79,6 +79,7 @@ class Task:
         labels: set by the engine on a patches view (`on_labels`): the whole
             result set is then attributes of each patch's label in the source
             dataset (`patches.Labels`), and the label is the unit of work.
+        no_patches: why the capability does not run on patches views ("": it does).
     """
 
     capability: str
@@ -95,6 +96,7 @@ class Task:
     siblings: tuple[str, ...] = ()
     descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
     labels: Any = None
+    no_patches: str = ""
 
     def __post_init__(self):
         if self.field not in self.fields:
@@ -105,6 +107,8 @@ class Task:
     def on_labels(self, labels) -> Task:
         """This task writing to the labels of a patches view (`patches.Labels`); its settings name the
         label fields and the context, so they are in the fingerprint and the run record."""
+        if self.no_patches:
+            raise ValueError(self.no_patches)
         if self.label_attributes:
             raise ValueError(f"{self.capability} writes per-label attributes of its own: it does not run on patches")
         settings = {**self.settings, "patches": list(labels.fields), "context": labels.context}

@@ -112,3 +112,79 @@ def test_context_is_refused_on_whole_images(fresh_dataset):
     with pytest.raises(ValueError, match="`context` .* grows the boxes of a patches view"):
         fb.caption(fresh_dataset, model="shapes-tiny", context=2.0, **QUIET)
     assert _snapshot(fresh_dataset) == before
+
+
+def test_ask_on_patches_answers_each_object_on_its_source_label(fresh_dataset, scenes):
+    patches = scenes.to_patches("gt_objects")
+    summary = fb.ask(
+        patches,
+        ["what shape is it?", "is it red?"],
+        ["shape", "red"],
+        boolean=[False, True],
+        model="shapes-tiny",
+        **QUIET,
+    )
+    objects = _objects(scenes)
+    assert (summary.done, summary.failed) == (objects, 0)
+    shapes = _attribute(scenes, "shape")
+    assert len(shapes) == objects and all(answer.label for answer in shapes)
+    assert {type(value) for value in _attribute(scenes, "red")} == {bool}
+    assert (
+        fb.ask(
+            patches,
+            ["what shape is it?", "is it red?"],
+            ["shape", "red"],
+            boolean=[False, True],
+            model="shapes-tiny",
+            **QUIET,
+        ).skipped
+        == objects
+    )
+
+
+def test_embed_on_patches_builds_a_patches_index_that_a_text_query_searches(fresh_dataset, scenes):
+    patches = scenes.to_patches("gt_objects")
+    summary = fb.embed(patches, model="shapes-tiny", brain_key="obj_sim", **QUIET)
+    objects = _objects(scenes)
+    assert summary.done == objects
+    vectors = _attribute(scenes, "blip_embedding")
+    assert len(vectors) == objects and all(abs(float((v**2).sum()) - 1) < 1e-4 for v in vectors)
+    info = fresh_dataset.get_brain_info("obj_sim")
+    assert info.config.patches_field == "gt_objects"
+    found = patches.sort_by_similarity("a red circle", k=5, brain_key="obj_sim")
+    assert len(found) == 5 and set(found.values("id")) <= set(patches.values("id"))
+    # the boxes it ranks first are mostly red circles: the crops carry the object
+    labels = found.values("gt_objects.label")
+    colours = found.values("gt_objects.colour")
+    assert sum(label == "circle" or colour == "red" for label, colour in zip(labels, colours)) >= 3
+
+
+def test_heatmaps_refuse_patches_views_in_one_line_and_change_nothing(fresh_dataset, scenes):
+    before = _snapshot(fresh_dataset)
+    with pytest.raises(ValueError, match="word heatmaps do not run on patches views") as error:
+        fb.heatmaps(scenes.to_patches("gt_objects"), model="shapes-tiny", text="a shape", **QUIET)
+    assert "\n" not in str(error.value)
+    assert _snapshot(fresh_dataset) == before and not fb.runs(fresh_dataset)
+
+
+def test_evaluation_patches_write_each_patch_label(fresh_dataset, scenes):
+    import fiftyone as fo
+
+    predictions = []
+    for detections in scenes.values("gt_objects"):
+        kept = [fo.Detection(label=d.label, bounding_box=d.bounding_box) for d in detections.detections[1:]]
+        kept.append(fo.Detection(label="circle", bounding_box=[0.0, 0.0, 0.2, 0.2]))
+        predictions.append(fo.Detections(detections=kept))
+    scenes.set_values("pred", predictions)
+    scenes.evaluate_detections("pred", gt_field="gt_objects", eval_key="ev")
+    patches = scenes.to_evaluation_patches("ev")
+    summary = fb.caption(patches, model="shapes-tiny", field="cap", **QUIET)
+    assert summary.done == len(patches)
+    gt_ids = set(patches.values("id")) & set(scenes.values("gt_objects.detections.id", unwind=True))
+    pred_ids = set(patches.values("id")) - gt_ids
+    on_gt = dict(zip(*scenes.values(["gt_objects.detections.id", "gt_objects.detections.cap"], unwind=True)))
+    on_pred = dict(zip(*scenes.values(["pred.detections.id", "pred.detections.cap"], unwind=True)))
+    assert gt_ids and pred_ids  # true positives and false negatives; unmatched predictions
+    assert all(on_gt[i] for i in gt_ids) and all(on_pred[i] for i in pred_ids)
+    # a matched prediction is not a patch's own label: it gets nothing
+    assert sum(1 for i, value in on_pred.items() if i not in pred_ids and value is not None) == 0
