@@ -20,7 +20,8 @@ def _objects(dataset) -> int:
 
 
 def _attribute(dataset, name: str) -> list:
-    return dataset.values(f"gt_objects.detections.{name}", unwind=True)
+    """The values of a label attribute of the objects that hold one."""
+    return [v for v in dataset.values(f"gt_objects.detections.{name}", unwind=True) if v is not None]
 
 
 def test_caption_on_patches_writes_each_object_caption_on_its_source_label(fresh_dataset, scenes):
@@ -188,3 +189,22 @@ def test_evaluation_patches_write_each_patch_label(fresh_dataset, scenes):
     assert all(on_gt[i] for i in gt_ids) and all(on_pred[i] for i in pred_ids)
     # a matched prediction is not a patch's own label: it gets nothing
     assert sum(1 for i, value in on_pred.items() if i not in pred_ids and value is not None) == 0
+
+
+def test_the_cli_runs_caption_and_embed_on_the_objects_of_a_label_field(fresh_dataset):
+    from click.testing import CliRunner
+
+    from fiftyone_blip.cli import main
+
+    fresh_dataset.save_view("few", fresh_dataset.limit(4))
+    args = [fresh_dataset.name, "--view", "few", "--patches", "gt_objects", "-m", "shapes-tiny", "-q", "--json"]
+    result = CliRunner().invoke(main, ["caption", *args, "--context", "1.5"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    objects = _objects(fresh_dataset.limit(4))
+    assert f'"done": {objects}' in result.output and '"field": "gt_objects.detections.caption"' in result.output
+    assert len(_attribute(fresh_dataset, "caption")) == objects
+    result = CliRunner().invoke(main, ["embed", *args, "-b", "obj_sim"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert fresh_dataset.get_brain_info("obj_sim").config.patches_field == "gt_objects"
+    result = CliRunner().invoke(main, ["caption", fresh_dataset.name, "--patches", "gt_caption", "-q"])
+    assert result.exit_code == 1 and "--patches gt_caption" in result.output and "\n" not in result.output.strip()
