@@ -898,6 +898,8 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
     """Scores, then flags, the labels of `samples`; see `fiftyone_blip.find_mislabels`."""
     from fiftyone_blip import engine, models
 
+    if getattr(samples, "_is_patches", False):
+        samples, settings, options = _patch_labels(samples, label_field, settings, options)
     kind = label_kind(samples, label_field)
     field = settings.score_field(label_field)
     if field == label_field:
@@ -919,6 +921,23 @@ def run(samples, label_field: str, settings: MislabelSettings, options) -> dict:
     )
     summary = engine.run(samples, task, options)
     return {"run": summary, **flag_with(samples, label_field, settings)}
+
+
+def _patch_labels(patches, label_field: str, settings: MislabelSettings, options):
+    """A patches view's labels as label QA scores them: the source's samples holding them, with
+    `label_field` holding only them; a `context` other than 1 is the crop padding."""
+    if label_field not in patches._label_fields:
+        raise ValueError(
+            f"`label_field` {label_field!r} is not a label field of the patches view "
+            f"({', '.join(patches._label_fields)})"
+        )
+    if options.context != 1:
+        if settings.crop_padding is not None and settings.crop_padding != options.context:
+            raise ValueError("give `context` or `crop_padding` on a patches view, not both: both grow the box")
+        settings = dataclasses.replace(settings, crop_padding=options.context)
+        options = dataclasses.replace(options, context=1.0)
+    # the run's view: the source's samples holding these labels, each label field holding only them
+    return patches._root_dataset.select_labels(ids=patches.values("id"), fields=label_field), settings, options
 
 
 def flag_with(samples, label_field: str, settings: FlagSettings) -> dict:

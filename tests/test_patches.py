@@ -208,3 +208,20 @@ def test_the_cli_runs_caption_and_embed_on_the_objects_of_a_label_field(fresh_da
     assert fresh_dataset.get_brain_info("obj_sim").config.patches_field == "gt_objects"
     result = CliRunner().invoke(main, ["caption", fresh_dataset.name, "--patches", "gt_caption", "-q"])
     assert result.exit_code == 1 and "--patches gt_caption" in result.output and "\n" not in result.output.strip()
+
+
+def test_find_mislabels_on_patches_scores_and_flags_the_views_objects_on_their_source_labels(fresh_dataset, scenes):
+    from fiftyone import ViewField as F
+
+    patches = scenes.to_patches("gt_objects").match(F("gt_objects.label") != "star")
+    chosen = set(patches.values("id"))
+    result = fb.find_mislabels(patches, "gt_objects", model="shapes-tiny", top_k=2, context=3.0, **QUIET)
+    ids, scores = fresh_dataset.values(
+        ["gt_objects.detections.id", "gt_objects.detections.gt_objects_match_itm"], unwind=True
+    )
+    scored = {i for i, score in zip(ids, scores) if score is not None}
+    assert scored == chosen and result["run"].failed == 0
+    assert result["flagged_samples"] >= 1
+    assert fb.runs(fresh_dataset)[-1]["settings"]["crop_padding"] == 3.0
+    with pytest.raises(ValueError, match="`label_field` 'pred' is not a label field of the patches view"):
+        fb.find_mislabels(patches, "pred", model="shapes-tiny", **QUIET)
