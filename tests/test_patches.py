@@ -225,3 +225,34 @@ def test_find_mislabels_on_patches_scores_and_flags_the_views_objects_on_their_s
     assert fb.runs(fresh_dataset)[-1]["settings"]["crop_padding"] == 3.0
     with pytest.raises(ValueError, match="`label_field` 'pred' is not a label field of the patches view"):
         fb.find_mislabels(patches, "pred", model="shapes-tiny", **QUIET)
+
+
+def test_the_app_operators_run_on_the_current_patches_view_and_its_selected_patches(
+    fresh_dataset, scenes, plugin_installed
+):
+    import fiftyone.operators as foo
+    from app_forms import form_errors
+    from fiftyone.operators.executor import ExecutionContext
+
+    patches = scenes.to_patches("gt_objects")
+    uri = "@fiftyone-blip/blip/caption_samples"
+    params = dict(model="shapes-tiny", field="caption", context=1.5, view_target="CURRENT_VIEW")
+    result = foo.execute_operator(uri, ctx=dict(view=patches, params=params))
+    result.raise_exceptions()
+    assert len(_attribute(scenes, "caption")) == _objects(scenes)
+    assert "caption" not in fresh_dataset.get_field_schema()
+    # selected patches: only their labels
+    chosen = patches.take(3, seed=1).values("id")
+    params = dict(model="shapes-tiny", field="other", view_target="SELECTED_SAMPLES")
+    result = foo.execute_operator(uri, ctx=dict(view=patches, selected=chosen, params=params))
+    result.raise_exceptions()
+    ids, values = fresh_dataset.values(["gt_objects.detections.id", "gt_objects.detections.other"], unwind=True)
+    assert {i for i, value in zip(ids, values) if value} == set(chosen)
+    # the form runs the engine's preflight on the patches view: another context is flagged at the field
+    request = dict(
+        dataset_name=fresh_dataset.name,
+        view=patches._serialize(),
+        params=dict(model="shapes-tiny", field="caption", context=2.0, view_target="CURRENT_VIEW"),
+    )
+    errors = form_errors(foo.get_operator(uri).resolve_input(ExecutionContext(request_params=request)))
+    assert set(errors) == {"field"} and "'gt_objects.detections.caption' already holds values on" in errors["field"]
