@@ -96,7 +96,6 @@ def vqa_accuracy(fiftyone_blip, patches, field: str, context: float, colours, ki
             model=model,
             context=context,
             progress=False,
-            overwrite=True,
         )
         truths, answers = view.values(["gt_objects.colour", f"gt_objects.{field}.label"])
         right += sum(t == a for t, a in zip(truths, answers))
