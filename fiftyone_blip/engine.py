@@ -357,7 +357,8 @@ class _Writer:
         if stored:
             sample_ids = list({place.sample for place in stored})
             runs.with_retry(lambda: fos.Sample._reload_docs(self.collection_name, sample_ids=sample_ids))
-        kept = [op for place, op in zip(rows, mirror_ops) if place in set(stored)]
+        kept_places = set(stored)
+        kept = [op for place, op in zip(rows, mirror_ops) if place in kept_places]
         if kept and self.mirror is not None:
             mirror = self.mirror._sample_collection
             runs.with_retry(lambda: mirror.bulk_write(kept, ordered=False))
@@ -822,6 +823,10 @@ def _read_label_page(samples, task: Task, ids: list) -> list[_Row]:
 
     def read():
         docs = patches.read_page(samples, labels, ids, extra)
+        missing = [oid for oid in ids if oid not in docs]
+        if missing:
+            # what the view no longer yields (its result changed as the run wrote) is read from its patches
+            docs.update(patches.read_page(samples._dataset, labels, missing, extra))
         return docs, patches.stored_results(samples._root_dataset, task, ids)
 
     docs, stored = runs.with_retry(read)

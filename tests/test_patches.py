@@ -240,3 +240,24 @@ def test_the_app_operators_run_on_the_current_patches_view_and_its_selected_patc
     )
     errors = form_errors(foo.get_operator(uri).resolve_input(ExecutionContext(request_params=request)))
     assert set(errors) == {"field"} and "'gt_objects.detections.caption' already holds values on" in errors["field"]
+
+
+def test_a_view_whose_result_changes_as_the_run_writes_gets_every_object_of_its_start(fresh_dataset, scenes):
+    from fiftyone import ViewField as F
+
+    patches = scenes.to_patches("gt_objects")
+    todo = patches.match(F("gt_objects.caption") == None)  # noqa: E711 - shrinks as captions are written
+    summary = fb.caption(todo, model="shapes-tiny", progress=False, batch_size=2, chunk_size=2)
+    assert summary.done == _objects(scenes) == len(_attribute(scenes, "caption"))
+
+
+def test_deleting_a_patches_run_removes_its_label_attributes_and_record(fresh_dataset, scenes):
+    fb.caption(scenes.limit(2).to_patches("gt_objects"), model="shapes-tiny", **QUIET)
+    key = "blip_caption_gt_objects__caption"
+    planned = "\n".join(fb.delete_run(fresh_dataset, key, dry_run=True).lines())
+    assert "gt_objects.detections.caption" in planned and "gt_objects.detections.caption_run" in planned
+    fb.delete_run(fresh_dataset, key)
+    flat = fresh_dataset.get_field_schema(flat=True)
+    assert not [name for name in flat if name.startswith("gt_objects.detections.caption")]
+    assert key not in fresh_dataset.list_runs() and not _attribute(fresh_dataset, "caption")
+    assert _attribute(fresh_dataset, "colour")  # the labels themselves stay
