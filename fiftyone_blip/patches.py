@@ -60,11 +60,13 @@ def labels_of(samples, context: float) -> Labels | None:
     """The `Labels` a run on `samples` writes to: None for a collection of whole images.
 
     Raises:
-        ValueError: patches of labels that are not boxes.
+        ValueError: patches of labels that are not boxes, or of video frames.
     """
     if not getattr(samples, "_is_patches", False):
         return None
     source = samples._root_dataset
+    if source.media_type != "image":
+        raise ValueError(f"patches of {source.media_type} samples are not supported: only of images")
     paths = []
     for field in samples._label_fields:
         label_type = source._get_label_field_type(field)
