@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-# the label types whose objects a patch crops
-PATCH_LABEL_TYPES = ("Detection", "Detections")
+# the label types whose objects a patch crops (FiftyOne makes patches of Detections, Polylines, Keypoints)
+PATCH_LABEL_TYPES = ("Detections",)
 
 
 @dataclasses.dataclass(frozen=True)

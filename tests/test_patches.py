@@ -261,3 +261,14 @@ def test_deleting_a_patches_run_removes_its_label_attributes_and_record(fresh_da
     assert not [name for name in flat if name.startswith("gt_objects.detections.caption")]
     assert key not in fresh_dataset.list_runs() and not _attribute(fresh_dataset, "caption")
     assert _attribute(fresh_dataset, "colour")  # the labels themselves stay
+
+
+def test_patches_of_polylines_are_refused_in_one_line_and_change_nothing(fresh_dataset, scenes):
+    import fiftyone as fo
+
+    line = fo.Polyline(label="edge", points=[[(0.1, 0.1), (0.5, 0.5)]])
+    scenes.set_values("lines", [fo.Polylines(polylines=[line.copy()]) for _ in range(8)])
+    before = _snapshot(fresh_dataset)
+    with pytest.raises(ValueError, match=r"patches of Polylines labels \(field 'lines'\) are not supported") as error:
+        fb.caption(scenes.to_patches("lines"), model="shapes-tiny", **QUIET)
+    assert "\n" not in str(error.value) and _snapshot(fresh_dataset) == before
