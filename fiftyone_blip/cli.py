@@ -664,9 +664,10 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
 @settings_options(MislabelSettings, RunOptions)
 @click.option("--rescore/--flag-only", default=True, help="--flag-only re-flags stored scores without a model.")
 @VIEW_OPTION
+@PATCHES_OPTION
 @prints_summary
 @translate_errors
-def mislabels(dataset, label_field, rescore, saved_view, **values):
+def mislabels(dataset, label_field, rescore, saved_view, patches_field, **values):
     """Flag likely mislabels in LABEL_FIELD of DATASET by image-text matching.
 
     Scores every label (classification, detection crop, or free-text caption)
@@ -681,10 +682,13 @@ def mislabels(dataset, label_field, rescore, saved_view, **values):
         fiftyone-blip mislabels my-dataset --label-field detections --level label --threshold 0.7
         fiftyone-blip mislabels my-dataset --label-field caption --itc            # caption self-check
         fiftyone-blip mislabels my-dataset --label-field ground_truth --flag-only --top-k 20
+        fiftyone-blip mislabels my-dataset --label-field detections --patches detections --view to-check
     """
     import fiftyone_blip
 
-    samples = load_samples(dataset, saved_view)
+    samples = load_samples(dataset, saved_view, patches_field)
+    if patches_field is not None and not rescore:
+        raise click.ClickException("--patches scores the objects of a view: it does not go with --flag-only")
     if rescore:
         result = fiftyone_blip.find_mislabels(samples, label_field, **values)
     else:

@@ -190,6 +190,11 @@ def test_the_cli_runs_caption_and_embed_on_the_objects_of_a_label_field(fresh_da
     result = CliRunner().invoke(main, ["embed", *args, "-b", "obj_sim"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert fresh_dataset.get_brain_info("obj_sim").config.patches_field == "gt_objects"
+    result = CliRunner().invoke(
+        main, ["mislabels", *args[:-1], "--label-field", "gt_objects", "--top-k", "2", "--context", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "flagged" in result.output and len(_attribute(fresh_dataset, "gt_objects_match_itm")) == objects
     result = CliRunner().invoke(main, ["caption", fresh_dataset.name, "--patches", "gt_caption", "-q"])
     assert result.exit_code == 1 and "--patches gt_caption" in result.output and "\n" not in result.output.strip()
 
