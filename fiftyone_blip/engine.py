@@ -591,8 +591,8 @@ def count_foreign_values(samples, task: Task, name: str, snapshot: Snapshot | No
     that `task` would not own, as the dataset stores them (see `stored_results`); for a task on
     labels, how many labels of the snapshot."""
     if task.labels is not None:
-        snapshot = snapshot or Snapshot.of(samples, None)
-        return patches.count_foreign(samples._root_dataset, task, name, snapshot.chunks(_IDS_PER_QUERY))
+        chunks = [None] if snapshot is None else snapshot.chunks(_IDS_PER_QUERY)
+        return patches.count_foreign(samples._root_dataset, task, name, chunks)
     collection = samples._dataset._sample_collection
     if snapshot is None:
         return collection.count_documents(_foreign(task, name))
@@ -688,7 +688,7 @@ def preflight(samples, task: Task, options) -> tuple:
     snapshot = Snapshot.of(samples, options.shard_spec)
     clears = _siblings_present(dataset, task)
     if not options.overwrite:
-        whole = samples is dataset and options.shard_spec is None
+        whole = (samples is dataset or patches.of_whole(samples)) and options.shard_spec is None
         _check_no_foreign_values(samples, task, snapshot, clears, whole)
     return samples, snapshot, clears
 

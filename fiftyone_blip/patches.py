@@ -79,6 +79,15 @@ def labels_of(samples, context: float) -> Labels | None:
     return Labels(tuple(samples._label_fields), tuple(paths), float(context))
 
 
+def of_whole(samples) -> bool:
+    """Whether a patches view holds every label of its field: `to_patches` of its whole dataset, no stage
+    after (its foreign values are then counted in one query, without reading its ids)."""
+    if not getattr(samples, "_is_patches", False) or samples._stages or len(samples._label_fields) != 1:
+        return False  # an evaluation patch's unit is one of its labels: matched predictions are none
+    source = samples._source_collection
+    return source._root_dataset is samples._root_dataset and not source._serialize()
+
+
 @dataclasses.dataclass(frozen=True)
 class Place:
     """Where one label lives: its id, its sample's id (ObjectIds), its field, and whether the patch
@@ -158,7 +167,8 @@ def foreign_query(task, name: str, prefix: str) -> dict:
 
 
 def count_foreign(dataset, task, name: str, id_chunks) -> int:
-    """How many labels of `id_chunks` (lists of label ObjectIds) hold in `name` a value `task` would not own."""
+    """How many labels of `id_chunks` (lists of label ObjectIds; a None chunk: every label of the fields)
+    hold in `name` a value `task` would not own."""
     count = 0
     for ids in id_chunks:
         for field in task.labels.fields:

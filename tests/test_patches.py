@@ -4,7 +4,7 @@ the unit of work, and the results land on the source dataset's labels under the 
 import pytest
 
 import fiftyone_blip as fb
-from fiftyone_blip import run_records
+from fiftyone_blip import engine, run_records
 
 QUIET = {"progress": False, "batch_size": 16}
 
@@ -82,8 +82,12 @@ def test_a_users_attribute_of_the_same_name_is_refused_and_nothing_is_written(fr
     sample.gt_objects.detections[0]["caption"] = "my own words"
     sample.save()
     before = _snapshot(fresh_dataset)
-    with pytest.raises(ValueError, match=r"'gt_objects.detections.caption' already holds values on 1 labels"):
-        fb.caption(scenes.to_patches("gt_objects"), model="shapes-tiny", **QUIET)
+    for patches in (scenes.to_patches("gt_objects"), fresh_dataset.to_patches("gt_objects")):
+        with pytest.raises(ValueError, match=r"'gt_objects.detections.caption' already holds values on 1 labels"):
+            fb.caption(patches, model="shapes-tiny", **QUIET)
+    assert engine.patches.of_whole(fresh_dataset.to_patches("gt_objects"))
+    assert not engine.patches.of_whole(scenes.to_patches("gt_objects"))
+    assert not engine.patches.of_whole(fresh_dataset.to_patches("gt_objects").limit(3))
     assert _snapshot(fresh_dataset) == before
     assert fresh_dataset.first().gt_objects.detections[0]["caption"] == "my own words"
     assert not fb.runs(fresh_dataset)
