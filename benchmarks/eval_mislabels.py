@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fiftyone_blip import mislabels, models  # noqa: E402
-from fiftyone_blip.images import Preprocessor  # noqa: E402
+from fiftyone_blip.images import Preprocessor, crop  # noqa: E402
 from fiftyone_blip.shapes import data as shapes  # noqa: E402
 
 
@@ -155,7 +155,7 @@ def object_crops(scenes, images, kinds, padding):
         for obj in scene.objects:
             x0, y0, x1, y1 = obj.box
             box = [x0 / scene.size, y0 / scene.size, (x1 - x0) / scene.size, (y1 - y0) / scene.size]
-            crops.append(mislabels.crop(image, box, padding))
+            crops.append(crop(image, box, padding))
             truth.append(kinds.index(obj.kind))
             scene_of.append(s)
     return crops, truth, scene_of

@@ -86,7 +86,10 @@ def caption(samples, settings=None, options=None, **overrides):
         fb.caption(dataset, CaptionSettings(strategy="sample", seed=1), batch_size=32)
 
     Args:
-        samples: a FiftyOne dataset or view.
+        samples: a FiftyOne dataset or view; or a patches view
+            (`dataset.to_patches(field)`, `to_evaluation_patches`): each
+            object's crop is captioned into attributes of its source label
+            (`field.detections.caption`, ...; the box grown by `context`).
         settings: a `captions.CaptionSettings` (None: its defaults).
         options: a `RunOptions` (None: its defaults).
         **overrides: any field of either, by name:
@@ -227,7 +230,8 @@ def ask(samples, questions, fields, answers=None, boolean=False, settings=None, 
                 answers=[["yes", "no"], None], boolean=[True, False])
 
     Args:
-        samples: a FiftyOne dataset or view.
+        samples: a FiftyOne dataset or view; or a patches view: each object's
+            crop is asked, the answers go into attributes of its source label.
         questions: a question, or a list of them.
         fields: the field of each question (one name, or a list as long as `questions`).
         answers: None for free generation (the answer decoder writes the
@@ -477,7 +481,9 @@ def embed(samples, settings=None, options=None, **overrides):
     set FIFTYONE_BRAIN_SIMILARITY_LANCEDB_URI so later processes find it.
 
     Args:
-        samples: a FiftyOne dataset or view.
+        samples: a FiftyOne dataset or view; or a patches view (`to_patches`):
+            each object's crop is embedded into an attribute of its source
+            label, and the index is a patches index (`patches_field`).
         settings: an `EmbedSettings` (None: its defaults).
         options: a `RunOptions` (None: its defaults).
         **overrides: any field of `settings` or `options`, by name; other
@@ -593,7 +599,9 @@ def find_mislabels(samples, label_field: str, settings=None, options=None, **ove
     i.e. mistakenness >= 0.96).
 
     Args:
-        samples: a FiftyOne dataset or view.
+        samples: a FiftyOne dataset or view; or a patches view of
+            `label_field`: its objects are scored and flagged (`context`, when
+            not 1, is the crop padding).
         label_field: the field to check (Classification, Classifications,
             Detections or string).
         settings: a `mislabels.MislabelSettings` (None: its defaults).

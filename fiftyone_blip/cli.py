@@ -66,7 +66,20 @@ class OneLineErrors(click.Group):
         return translate_errors(super().invoke)(ctx)
 
 
-def load_samples(dataset_name: str, view_name: str | None = None):
+def load_samples(dataset_name: str, view_name: str | None = None, patches_field: str | None = None):
+    """The dataset, its saved view, and with `patches_field` their patches view of that label field."""
+    samples = _load_view(dataset_name, view_name)
+    if patches_field is None:
+        return samples
+    if samples.get_field(patches_field) is None:
+        raise click.ClickException(f"dataset {dataset_name!r} has no label field {patches_field!r} (--patches)")
+    try:
+        return samples.to_patches(patches_field)
+    except ValueError as error:
+        raise click.ClickException(f"--patches {patches_field}: {str(error).splitlines()[0]}") from None
+
+
+def _load_view(dataset_name: str, view_name: str | None = None):
     import fiftyone as fo
 
     if not fo.dataset_exists(dataset_name):
@@ -136,6 +149,14 @@ def _with_run_defaults(cls, owner):
 
 
 VIEW_OPTION = click.option("--view", "saved_view", default=None, help="A saved view of the dataset.")
+PATCHES_OPTION = click.option(
+    "--patches",
+    "patches_field",
+    default=None,
+    metavar="FIELD",
+    help="Run on the objects of this Detections field (its patches view): each box's crop goes through the "
+    "model and the results become attributes of its label (e.g. FIELD.detections.caption).",
+)
 
 
 # ---- summaries: what a command prints, as text or JSON, and its exit code
@@ -222,9 +243,10 @@ def main():
 @click.argument("dataset")
 @settings_options(CaptionSettings, RunOptions)
 @VIEW_OPTION
+@PATCHES_OPTION
 @prints_summary
 @translate_errors
-def caption(dataset, saved_view, **values):
+def caption(dataset, saved_view, patches_field, **values):
     """Caption every image of DATASET into a string field.
 
     Writes FIELD, FIELD_confidence, FIELD_error and FIELD_run. Samples already
@@ -240,10 +262,11 @@ def caption(dataset, saved_view, **values):
         fiftyone-blip caption my-dataset --shard 0/2   # and --shard 1/2 elsewhere
         fiftyone-blip caption my-dataset --language de -f caption_de
         fiftyone-blip caption my-dataset -s beam --num-beams 5 --num-captions 5   # and FIELD_candidates
+        fiftyone-blip caption my-dataset --patches ground_truth --context 1.5   # one caption per object
     """
     import fiftyone_blip
 
-    run = fiftyone_blip.caption(load_samples(dataset, saved_view), **values)
+    run = fiftyone_blip.caption(load_samples(dataset, saved_view, patches_field), **values)
     return Summary([str(run)], {"dataset": dataset, **run_data(run)}, run)
 
 
@@ -352,9 +375,10 @@ def delete_caption_evaluation_command(dataset, eval_key):
 @click.option("--boolean", is_flag=True, help="Yes/no questions: store a bool (True for yes) and FIELD_confidence.")
 @settings_options(VqaSettings, RunOptions)
 @VIEW_OPTION
+@PATCHES_OPTION
 @prints_summary
 @translate_errors
-def ask(dataset, questions, fields, answers, boolean, saved_view, **values):
+def ask(dataset, questions, fields, answers, boolean, saved_view, patches_field, **values):
     """Ask every image of DATASET one or more QUESTIONS; each answer goes into its own field.
 
     A question's FIELD holds a Classification (label: the normalised answer,
@@ -369,6 +393,7 @@ def ask(dataset, questions, fields, answers, boolean, saved_view, **values):
         fiftyone-blip ask my-dataset "is it night?" -f night --answers yes,no --boolean
         fiftyone-blip ask my-dataset "what colour is the car?" -f car --answers red,blue,white,black
         fiftyone-blip ask shapes-demo "how many shapes are there?" "is there a star?" -f n -f star -m shapes-tiny
+        fiftyone-blip ask shapes-demo "what colour is it?" -f colour -m shapes-tiny --patches gt_objects
     """
     import fiftyone_blip
     from fiftyone_blip import vqa
@@ -388,7 +413,7 @@ def ask(dataset, questions, fields, answers, boolean, saved_view, **values):
         parsed = [vqa.parse_answers(answers[0])] * len(questions)
     else:
         parsed = [vqa.parse_answers(a) for a in answers]
-    samples = load_samples(dataset, saved_view)
+    samples = load_samples(dataset, saved_view, patches_field)
     run = fiftyone_blip.ask(samples, list(questions), list(fields), answers=parsed, boolean=boolean, **values)
     return Summary([str(run)], {"dataset": dataset, "fields": list(fields), **run_data(run)}, run)
 
@@ -642,9 +667,10 @@ def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
 @settings_options(MislabelSettings, RunOptions)
 @click.option("--rescore/--flag-only", default=True, help="--flag-only re-flags stored scores without a model.")
 @VIEW_OPTION
+@PATCHES_OPTION
 @prints_summary
 @translate_errors
-def mislabels(dataset, label_field, rescore, saved_view, **values):
+def mislabels(dataset, label_field, rescore, saved_view, patches_field, **values):
     """Flag likely mislabels in LABEL_FIELD of DATASET by image-text matching.
 
     Scores every label (classification, detection crop, or free-text caption)
@@ -659,10 +685,13 @@ def mislabels(dataset, label_field, rescore, saved_view, **values):
         fiftyone-blip mislabels my-dataset --label-field detections --level label --threshold 0.7
         fiftyone-blip mislabels my-dataset --label-field caption --itc            # caption self-check
         fiftyone-blip mislabels my-dataset --label-field ground_truth --flag-only --top-k 20
+        fiftyone-blip mislabels my-dataset --label-field detections --patches detections --view to-check
     """
     import fiftyone_blip
 
-    samples = load_samples(dataset, saved_view)
+    samples = load_samples(dataset, saved_view, patches_field)
+    if patches_field is not None and not rescore:
+        raise click.ClickException("--patches scores the objects of a view: it does not go with --flag-only")
     if rescore:
         result = fiftyone_blip.find_mislabels(samples, label_field, **values)
     else:
@@ -766,9 +795,10 @@ def labels_clear(dataset, label_field, field, saved_view):
 @settings_options(EmbedSettings, RunOptions)
 @click.option("--no-index", is_flag=True, help="Only embed; build no similarity index.")
 @VIEW_OPTION
+@PATCHES_OPTION
 @prints_summary
 @translate_errors
-def embed(dataset, saved_view, no_index, **values):
+def embed(dataset, saved_view, patches_field, no_index, **values):
     """Embed every image of DATASET with BLIP (ITC) and build a similarity index.
 
     Writes FIELD (a unit vector per image), FIELD_error and FIELD_run, then
@@ -786,12 +816,13 @@ def embed(dataset, saved_view, no_index, **values):
         fiftyone-blip embed my-dataset --backend sklearn   # FiftyOne's own index: ITC only
         fiftyone-blip embed my-dataset --backend lancedb
         fiftyone-blip embed my-dataset --shard 0/2 -q   # and 1/2 elsewhere; then once without --shard
+        fiftyone-blip embed my-dataset --patches ground_truth -b object_sim   # an index of the objects
     """
     import fiftyone_blip
 
     if no_index:
         values["brain_key"] = None
-    run = fiftyone_blip.embed(load_samples(dataset, saved_view), **values)
+    run = fiftyone_blip.embed(load_samples(dataset, saved_view, patches_field), **values)
     index = values["brain_key"] if values["brain_key"] and not values["shard"] else None
     lines = [str(run)] + ([f"similarity index {index!r} ready"] if index else [])
     return Summary(lines, {"dataset": dataset, **run_data(run), "brain_key": index}, run)

@@ -233,11 +233,14 @@ def build_index(
     brain_key: str = DEFAULT_BRAIN_KEY,
     backend: str | None = None,
     revision: str | None = None,
+    patches_field: str | None = None,
     **backend_kwargs,
 ):
     """Builds (or rebuilds) a brain similarity index from the embeddings stored in `field`.
 
-    The index covers the samples of `samples` that hold an embedding. An
+    The index covers the samples of `samples` that hold an embedding (with
+    `patches_field`: the objects of that label field whose attribute `field`
+    holds one, as `compute_similarity(patches_field=...)` does). An
     existing index under `brain_key` built with the same model is replaced;
     one built with another model is an error.
 
@@ -253,17 +256,22 @@ def build_index(
     dataset = samples._root_dataset
     if check_index_key(samples, brain_key, model_name):
         dataset.delete_brain_run(brain_key)
-    if field not in dataset.get_field_schema():
-        raise ValueError(f"dataset {dataset.name!r} has no embeddings field {field!r}: embed it first")
-    with_embeddings = samples.match(F(field) != None)  # noqa: E711
+    if patches_field is None:
+        path, with_embeddings = field, samples.match(F(field) != None)  # noqa: E711
+    else:
+        path = f"{dataset._get_label_field_root(patches_field)[0]}.{field}"
+        with_embeddings = samples.filter_labels(patches_field, F(field) != None)  # noqa: E711
+    if path not in dataset.get_field_schema(flat=patches_field is not None):
+        raise ValueError(f"dataset {dataset.name!r} has no embeddings field {path!r}: embed it first")
     if len(with_embeddings) == 0:
-        raise ValueError(f"no sample of {dataset.name!r} holds an embedding in {field!r}")
+        raise ValueError(f"no sample of {dataset.name!r} holds an embedding in {path!r}")
     from fiftyone_blip import zoo
 
     model, model_kwargs = zoo.index_reference(model_name, revision)
     return fob.compute_similarity(
         with_embeddings,
         embeddings=field,
+        patches_field=patches_field,
         model=model,
         model_kwargs=model_kwargs,
         brain_key=brain_key,
@@ -515,10 +523,19 @@ def run(samples, settings, options, **backend_kwargs):
     brain_key = settings.brain_key
     if brain_key is not None:
         check_index_key(dataset, brain_key, stored_name)  # before any image is embedded
-    task = task_for(settings, options)
+    task = engine.placed(engine.run_collection(samples), task_for(settings, options), options)
+    if task.labels is not None and len(task.labels.fields) > 1 and brain_key is not None:
+        raise ValueError(
+            "a similarity index covers one label field: embed evaluation patches with brain_key=None, "
+            "or run on dataset.to_patches(FIELD)"
+        )
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:
-        embedded = dataset.match(F(task.run_field) == task.run_stamp)
+        patches_field = None if task.labels is None else task.labels.fields[0]
+        if patches_field is None:
+            embedded = dataset.match(F(task.run_field) == task.run_stamp)
+        else:
+            embedded = dataset.filter_labels(patches_field, F(task.run_field) == task.run_stamp)
         build_index(
             embedded,
             stored_name,
@@ -526,6 +543,7 @@ def run(samples, settings, options, **backend_kwargs):
             brain_key=brain_key,
             backend=settings.backend,
             revision=options.revision,
+            patches_field=patches_field,
             **backend_kwargs,
         )
     return summary

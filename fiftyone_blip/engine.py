@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fiftyone_blip import app_config, fields
+from fiftyone_blip import app_config, fields, patches
 from fiftyone_blip import run_records as runs
 from fiftyone_blip.progress import Progress
 
@@ -76,6 +76,10 @@ class Task:
         descriptions: what each written field holds, name (a dotted path for
             label attributes) -> one sentence: the fields' FiftyOne
             `description`; the engine describes `{field}_error` and `{field}_run`.
+        labels: set by the engine on a patches view (`on_labels`): the whole
+            result set is then attributes of each patch's label in the source
+            dataset (`patches.Labels`), and the label is the unit of work.
+        no_patches: why the capability does not run on patches views ("": it does).
     """
 
     capability: str
@@ -91,12 +95,36 @@ class Task:
     label_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
     siblings: tuple[str, ...] = ()
     descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
+    labels: Any = None
+    no_patches: str = ""
 
     def __post_init__(self):
         if self.field not in self.fields:
             raise ValueError(f"a task's `fields` must hold its main field {self.field!r}")
         if (self.bind is None) == (self.step is None):
             raise ValueError("a task gives either `bind` or its `prepare` and `step`")
+
+    def on_labels(self, labels) -> Task:
+        """This task writing to the labels of a patches view (`patches.Labels`); its settings name the
+        label fields and the context, so they are in the fingerprint and the run record."""
+        if self.no_patches:
+            raise ValueError(self.no_patches)
+        if self.label_attributes:
+            raise ValueError(f"{self.capability} writes per-label attributes of its own: it does not run on patches")
+        settings = {**self.settings, "patches": list(labels.fields), "context": labels.context}
+        return dataclasses.replace(self, labels=labels, settings=settings)
+
+    @property
+    def record_field(self) -> str:
+        """The name of the result set in run keys, records and leases' messages: the main field, or for
+        labels, the label fields and the attribute ("ground_truth__caption")."""
+        if self.labels is None:
+            return self.field
+        return f"{'_'.join(self.labels.fields)}__{self.field}"
+
+    def stored(self, name: str) -> list[str]:
+        """Where a field of the set is stored: the sample field, or the attribute on every label field."""
+        return [name] if self.labels is None else self.labels.attributes([name])
 
     @property
     def error_field(self) -> str:
@@ -225,12 +253,23 @@ class _Writer:
     """
 
     def __init__(
-        self, dataset, task: Task, record: runs.Record, lease, chunk_size: int, chunk_seconds: float, clears=()
+        self,
+        dataset,
+        task: Task,
+        record: runs.Record,
+        lease,
+        chunk_size: int,
+        chunk_seconds: float,
+        clears=(),
+        patches_dataset=None,
     ):
         # handles kept aside: a Dataset object deleted in this process refuses every attribute
         self.dataset_name = dataset.name
+        self.dataset = dataset
         self.collection = dataset._sample_collection
         self.collection_name = dataset._sample_collection_name
+        # a patches view's own collection, which shows the labels' results beside the source's
+        self.mirror = patches_dataset
         self.task = task
         self.record = record
         self.lease = lease
@@ -281,6 +320,8 @@ class _Writer:
         # a single-document update atomically, so a crash mid-chunk never leaves a
         # sample with a result but no fingerprint (or the reverse).
         now = datetime.datetime.now(datetime.timezone.utc)
+        if self.task.labels is not None:
+            return self._write_labels(rows, now)
         ids = [ObjectId(sid) for sid in rows]
         ops = [
             UpdateOne({"_id": oid}, {"$set": {**self._values(row), "last_modified_at": now}})
@@ -298,6 +339,31 @@ class _Writer:
         if stored:
             # refreshes Sample objects held in memory, as FiftyOne's own bulk writes do
             runs.with_retry(lambda: fos.Sample._reload_docs(self.collection_name, sample_ids=ids))
+        return stored
+
+    def _write_labels(self, rows: dict, now) -> list:
+        """Writes the rows of labels (keyed by `patches.Place`) onto the source's labels, then onto the
+        view's patches; returns the places the source still held."""
+        import fiftyone.core.sample as fos
+
+        labels = self.task.labels
+        source_ops, mirror_ops = patches.write_ops(labels, rows, self._values, now)
+        result = runs.with_retry(lambda: self.collection.bulk_write(source_ops, ordered=False))
+        if result.matched_count == len(source_ops):
+            stored = list(rows)
+        else:
+            present = runs.with_retry(lambda: patches.present(self.dataset, labels, list(rows)))
+            stored = [place for place in rows if place.label in present]
+        if stored:
+            sample_ids = list({place.sample for place in stored})
+            runs.with_retry(lambda: fos.Sample._reload_docs(self.collection_name, sample_ids=sample_ids))
+        kept_places = set(stored)
+        kept = [op for place, op in zip(rows, mirror_ops) if place in kept_places]
+        if kept and self.mirror is not None:
+            mirror = self.mirror._sample_collection
+            runs.with_retry(lambda: mirror.bulk_write(kept, ordered=False))
+            ids = [place.label for place in stored]
+            runs.with_retry(lambda: fos.Sample._reload_docs(self.mirror._sample_collection_name, sample_ids=ids))
         return stored
 
     def _dataset_exists(self) -> bool:
@@ -400,8 +466,8 @@ def run_collection(samples):
 
 def _check_collection(samples) -> None:
     """Refuses collections whose results could not be written back where they belong."""
-    if samples._is_generated:
-        kind = "patches" if samples._is_patches else "frames" if samples._is_frames else "clips"
+    if samples._is_generated and not samples._is_patches:  # patches: results go on the source's labels
+        kind = "frames" if samples._is_frames else "clips"
         if samples._is_clips or not samples._is_frames:
             where = "run on the source dataset"
         else:
@@ -433,9 +499,9 @@ def _siblings_present(dataset, task: Task) -> list[str]:
     """The task's siblings that an earlier fiftyone-blip run wrote for the same main field."""
     present = []
     for name in task.siblings:
-        field = dataset.get_field(name)
+        field = dataset.get_field(task.stored(name)[0])
         info = (field.info or {}) if field is not None else {}
-        if info.get("written_by") == "fiftyone-blip" and info.get("field") == task.field:
+        if info.get("written_by") == "fiftyone-blip" and info.get("field") == task.record_field:
             present.append(name)
     return present
 
@@ -444,6 +510,9 @@ def _declare_fields(dataset, task: Task) -> None:
     """Adds the task's fields and label attributes (every check passed before) and groups them in the App."""
     import fiftyone as fo
 
+    if task.labels is not None:
+        fields.declare(dataset, _stored_specs(task), task.capability, flat=True)
+        return
     fields.declare(dataset, task.result_fields, task.capability)
     if task.label_attributes:
         fields.declare(dataset, task.label_attributes, task.capability, flat=True)
@@ -455,8 +524,28 @@ def _declare_fields(dataset, task: Task) -> None:
             app_config.heatmap_colorscale(dataset, name)
 
 
+def _stored_specs(task: Task) -> dict:
+    """Every stored path of a label task's result set (on each label field) -> its field class."""
+    return {path: spec for name, spec in task.result_fields.items() for path in task.stored(name)}
+
+
+def _declare_mirror(samples, task: Task) -> None:
+    """Declares the result set on a patches view's own patches, which show the labels' results."""
+    specs = {}
+    for field in task.labels.fields:
+        root = samples._dataset._get_label_field_root(field)[0]
+        specs.update({f"{root}.{name}": spec for name, spec in task.result_fields.items()})
+    fields.declare(samples._dataset, specs, task.capability, flat=True)
+
+
 def field_descriptions(task: Task) -> dict[str, str]:
-    """The description of every field a task writes (a generic one where the task gives none)."""
+    """The description of every field a task writes (a generic one where the task gives none), by
+    where it is stored (for labels, the attribute of each label field)."""
+    described = _descriptions(task)
+    return {path: text for name, text in described.items() for path in task.stored(name)}
+
+
+def _descriptions(task: Task) -> dict[str, str]:
     generic = f"{task.capability} result of fiftyone-blip (see the field's info for the model)"
     return {
         **{name: generic for name in task.fields},
@@ -499,7 +588,11 @@ def _foreign(task: Task, name: str) -> dict:
 
 def count_foreign_values(samples, task: Task, name: str, snapshot: Snapshot | None = None) -> int:
     """How many samples of `snapshot` (None: the whole dataset, in one query) hold a value in `name`
-    that `task` would not own, as the dataset stores them (see `stored_results`)."""
+    that `task` would not own, as the dataset stores them (see `stored_results`); for a task on
+    labels, how many labels of the snapshot."""
+    if task.labels is not None:
+        chunks = [None] if snapshot is None else snapshot.chunks(_IDS_PER_QUERY)
+        return patches.count_foreign(samples._root_dataset, task, name, chunks)
     collection = samples._dataset._sample_collection
     if snapshot is None:
         return collection.count_documents(_foreign(task, name))
@@ -507,11 +600,11 @@ def count_foreign_values(samples, task: Task, name: str, snapshot: Snapshot | No
     return sum(collection.count_documents({"_id": {"$in": ids}, **_foreign(task, name)}) for ids in chunks)
 
 
-def foreign_values_message(name: str, count: int, earlier: str = "") -> str:
+def foreign_values_message(name: str, count: int, earlier: str = "", unit: str = "samples") -> str:
     """The one refusal of values a run would not own (the SDK, the CLI and the forms say it alike);
-    `earlier` says how the run that wrote them differs, where one did."""
+    `earlier` says how the run that wrote them differs, where one did; `unit`: samples or labels."""
     return (
-        f"field {name!r} already holds values on {count} samples that were not written by "
+        f"field {name!r} already holds values on {count} {unit} that were not written by "
         f"fiftyone-blip with this model and these settings{earlier}; pass overwrite=True "
         f'(CLI --overwrite; in the App, the form\'s "Recompute" checkbox) to replace them, or choose another field'
     )
@@ -522,13 +615,16 @@ def _check_no_foreign_values(samples, task: Task, snapshot, clears, whole: bool)
 
     `whole`: the snapshot is the whole dataset (counted in one query each, not by ids).
     """
-    schema = samples._dataset.get_field_schema()
+    schema = samples._root_dataset.get_field_schema(flat=task.labels is not None)
     for name in [*task.fields, *clears]:
-        if name not in schema:
-            continue
+        stored = [path for path in task.stored(name) if path in schema]
+        if not stored and task.labels is None:
+            continue  # a label's attribute may be there undeclared (set on a label object): counted all the same
         count = count_foreign_values(samples, task, name, None if whole else snapshot)
         if count:
-            raise ValueError(foreign_values_message(name, count, _earlier_run(samples, task, name)))
+            unit = "samples" if task.labels is None else "labels"
+            shown = name if task.labels is None else " / ".join(task.stored(name))
+            raise ValueError(foreign_values_message(shown, count, _earlier_run(samples, task, name), unit))
 
 
 # identity keys a reader can tell apart (the weights' version is left out, as from the fingerprint)
@@ -538,13 +634,18 @@ _IDENTITY_KEYS = ("model", "revision", "dtype", "language", "quantization")
 def _earlier_run(samples, task: Task, name: str) -> str:
     """How the run that wrote a value of others in `name` differs from `task`, as " (...)"; "" when
     no fiftyone-blip record names it (a user's own values). Reads only."""
-    doc = samples._dataset._sample_collection.find_one(_foreign(task, name), {task.run_field: 1})
-    fingerprint = ((doc or {}).get(task.run_field) or "").split(":")[0]
+    dataset = samples._root_dataset
+    if task.labels is not None:
+        stamp = patches.foreign_stamp(dataset, task, name)
+    else:
+        doc = dataset._sample_collection.find_one(_foreign(task, name), {task.run_field: 1})
+        stamp = (doc or {}).get(task.run_field) or ""
+    fingerprint = stamp.split(":")[0]
     if not fingerprint:
         return ""
     entries = [
         entry
-        for run in runs._own_runs(samples._dataset)
+        for run in runs._own_runs(dataset)
         for entry in run["config"].get("history", [])
         if entry.get("fingerprint") == fingerprint
     ]
@@ -574,17 +675,53 @@ def preflight(samples, task: Task, options) -> tuple:
             this model and these settings would not own (without `overwrite`).
     """
     samples = run_collection(samples)
-    dataset = samples._dataset
-    runs.check_run_key(dataset, task.capability, task.field)
-    fields.check(dataset, task.result_fields, task.capability)
+    task = placed(samples, task, options)
+    dataset = samples._root_dataset
+    runs.check_run_key(dataset, task.capability, task.record_field)
+    if task.labels is not None:
+        fields.check(dataset, _stored_specs(task), task.capability, flat=True)
+        _check_patch_reads(samples, task)
+    else:
+        fields.check(dataset, task.result_fields, task.capability)
     if task.label_attributes:
         fields.check(dataset, task.label_attributes, task.capability, flat=True)
     snapshot = Snapshot.of(samples, options.shard_spec)
     clears = _siblings_present(dataset, task)
     if not options.overwrite:
-        whole = samples is dataset and options.shard_spec is None
+        whole = (samples is dataset or patches.of_whole(samples)) and options.shard_spec is None
         _check_no_foreign_values(samples, task, snapshot, clears, whole)
     return samples, snapshot, clears
+
+
+def placed(samples, task: Task, options) -> Task:
+    """The task as it runs on `samples`: on a patches view, writing to its labels (`Task.on_labels`).
+
+    Raises:
+        ValueError: a `context` other than 1 on a collection of whole images;
+            patches of labels that are not boxes.
+    """
+    context = getattr(options, "context", 1.0)
+    if task.labels is not None:
+        return task
+    labels = patches.labels_of(samples, context)
+    if labels is None:
+        if context != 1:
+            raise ValueError(
+                f"`context` ({context}) grows the boxes of a patches view; run on dataset.to_patches(FIELD) "
+                "or leave it at 1"
+            )
+        return task
+    return task.on_labels(labels)
+
+
+def _check_patch_reads(samples, task: Task) -> None:
+    """Refuses a task that reads a sample field a patches view does not hold."""
+    for name in task.reads:
+        if name != "id" and samples.get_field(name) is None:
+            raise ValueError(
+                f"{task.capability} reads field {name!r}, which the patches view does not hold "
+                "(to_patches keeps only the patches' label field)"
+            )
 
 
 # ---------------------------------------------------------------- what to process
@@ -644,6 +781,8 @@ class _Row:
 
 def _read_page(samples, task: Task, ids: list) -> list[_Row]:
     """The samples `ids` (ObjectIds, in id order): file path, the task's reads, the stored stamp."""
+    if task.labels is not None:
+        return _read_label_page(samples, task, ids)
     project = {"filepath": 1, **{name: 1 for name in task.reads if name != "id"}}  # `_id` always comes
     stages = [{"$match": {"_id": {"$in": ids}}}, {"$project": project}]
     dataset = samples._dataset
@@ -672,6 +811,36 @@ def _read_page(samples, task: Task, ids: list) -> list[_Row]:
         for oid in ids
         if oid in docs  # deleted since the run started
     ]
+
+
+def _read_label_page(samples, task: Task, ids: list) -> list[_Row]:
+    """The patches `ids` (label ObjectIds, in id order): the label's place, the region of the image it
+    covers, the task's reads, the stamp its label stores."""
+    from fiftyone_blip.images import Region
+
+    labels = task.labels
+    extra = {name: 1 for name in task.reads if name != "id"}
+
+    def read():
+        docs = patches.read_page(samples, labels, ids, extra)
+        missing = [oid for oid in ids if oid not in docs]
+        if missing:
+            # what the view no longer yields (its result changed as the run wrote) is read from its patches
+            docs.update(patches.read_page(samples._dataset, labels, missing, extra))
+        return docs, patches.stored_results(samples._root_dataset, task, ids)
+
+    docs, stored = runs.with_retry(read)
+    rows = []
+    for oid in ids:
+        found = patches.place_of(docs[oid], labels) if oid in docs else None
+        if found is None:
+            continue  # deleted since the run started
+        place, box = found
+        region = Region(docs[oid].get("filepath"), tuple(box) if box else None, labels.context)
+        result = stored.get(oid, {})
+        reads = tuple(_get_path(docs[oid], name) for name in task.reads)
+        rows.append(_Row(place, region, reads, result.get(task.run_field), result.get("_has", False)))
+    return rows
 
 
 def _get_path(doc: dict, name: str):
@@ -860,7 +1029,8 @@ def run(samples, task: Task, options=None) -> RunSummary:
 
     options = options or RunOptions()
     started = time.time()
-    dataset = samples._dataset
+    dataset = samples._root_dataset
+    task = placed(samples, task, options)
     record_id = uuid.uuid4().hex
     lease = runs.Lease(dataset, lease_fields(task), options.shard_spec, record_id)
     # claimed before the checks: two runs sharing any field of their sets cannot both pass them
@@ -869,15 +1039,17 @@ def run(samples, task: Task, options=None) -> RunSummary:
         samples, snapshot, clears = preflight(samples, task, options)
         task = task.bound()
         _declare_fields(dataset, task)
+        if task.labels is not None:
+            _declare_mirror(samples, task)
         fields.describe(
             dataset,
             field_descriptions(task),
             fields.writer_info(
                 task.capability,
-                task.field,
+                task.record_field,
                 task.identity,
                 task.fingerprint,
-                run_key=runs.run_key(task.capability, task.field),
+                run_key=runs.run_key(task.capability, task.record_field),
             ),
         )
         return _run_claimed(samples, task, options, snapshot, clears, lease, record_id, started)
@@ -886,15 +1058,17 @@ def run(samples, task: Task, options=None) -> RunSummary:
 
 
 def lease_fields(task: Task) -> list[str]:
-    """The fields a run claims: its whole result set and the siblings it may clear."""
-    return list(dict.fromkeys([*task.fields, *task.siblings]))
+    """The fields a run claims: its whole result set and the siblings it may clear (for labels, their
+    attributes on each label field)."""
+    return [path for name in dict.fromkeys([*task.fields, *task.siblings]) for path in task.stored(name)]
 
 
 def _run_claimed(samples, task: Task, options, snapshot, clears, lease, record_id: str, started: float) -> RunSummary:
-    dataset = samples._dataset
+    dataset = samples._root_dataset
     total = len(snapshot)
     record = runs.start(samples, task, options.shard_spec, options.batch_size, record_id, total)
-    writer = _Writer(dataset, task, record, lease, options.chunk_size, options.chunk_seconds, clears)
+    mirror = samples._dataset if task.labels is not None else None
+    writer = _Writer(dataset, task, record, lease, options.chunk_size, options.chunk_seconds, clears, mirror)
     progress = Progress(options.progress, total, task.capability)
     selection = _Selection(samples, task, snapshot, options.overwrite, on_skip=progress.advance)
     stepper = _Stepper(task, writer, progress)
@@ -937,7 +1111,7 @@ def _run_claimed(samples, task: Task, options, snapshot, clears, lease, record_i
             runs.refresh(dataset)
     return RunSummary(
         run_id=record_id,
-        field=task.field,
+        field=task.field if task.labels is None else task.stored(task.field)[0],
         total=selection.total,
         done=writer.done,
         failed=writer.failed,

@@ -35,7 +35,7 @@ import string
 
 import numpy as np
 
-from fiftyone_blip import app_config, review_views
+from fiftyone_blip import app_config, images, review_views
 from fiftyone_blip import fields as schema_fields
 from fiftyone_blip import run_records as runs
 from fiftyone_blip.settings import Settings, setting
@@ -459,19 +459,6 @@ class _Item:
     siblings: list[set]  # per view: labels that must not count as "the best other class"
 
 
-def crop(image, box: list[float], padding: float):
-    """Crops a relative [x, y, w, h] box grown by `padding` around its center (clipped to the image)."""
-    width, height = image.size
-    x, y, w, h = box
-    cx, cy = (x + w / 2) * width, (y + h / 2) * height
-    half_w, half_h = max(w * width * padding / 2, 1.0), max(h * height * padding / 2, 1.0)
-    left, top = max(0, int(round(cx - half_w))), max(0, int(round(cy - half_h)))
-    right, bottom = min(width, int(round(cx + half_w))), min(height, int(round(cy + half_h)))
-    if right <= left or bottom <= top:
-        raise ValueError(f"box {box} lies outside the image")
-    return image.crop((left, top, right, bottom))
-
-
 def _views(preprocess, settings: MatchSettings, label_field: str, path, value, sample_id=None) -> _Item:
     """The image views (whole image or crops) and texts one sample gives to score.
 
@@ -498,7 +485,7 @@ def _views(preprocess, settings: MatchSettings, label_field: str, path, value, s
         image = load_image(path)
         detections = {detection.id: detection for detection in value.detections}
         boxes = [detections[key[1]].bounding_box for _, key in labels]
-        pixels = [preprocess.from_image(crop(image, box, settings.crop_padding))[0] for box in boxes]
+        pixels = [preprocess.from_image(images.crop(image, box, settings.crop_padding))[0] for box in boxes]
         siblings = [{label} for label, _ in labels]
     else:
         array = preprocess(path)[0]
@@ -993,6 +980,8 @@ def task_for(samples, label_field: str, settings: MislabelSettings, options):
     """The engine `Task` that scores `label_field` with these settings (its model not loaded)."""
     from fiftyone_blip import models
 
+    if getattr(samples, "_is_patches", False):
+        samples, settings, options = _patch_labels(samples, label_field, settings, options)
     kind = label_kind(samples, label_field)
     field = settings.score_field(label_field)
     if field == label_field:
@@ -1015,6 +1004,23 @@ def task_for(samples, label_field: str, settings: MislabelSettings, options):
     return match_task(
         models.reference_for(settings.model, "match", options), scoring, label_field, field, samples._dataset
     )
+
+
+def _patch_labels(patches, label_field: str, settings: MislabelSettings, options):
+    """A patches view's labels as label QA scores them: the source's samples holding them, with
+    `label_field` holding only them; a `context` other than 1 is the crop padding."""
+    if label_field not in patches._label_fields:
+        raise ValueError(
+            f"`label_field` {label_field!r} is not a label field of the patches view "
+            f"({', '.join(patches._label_fields)})"
+        )
+    if options.context != 1:
+        if settings.crop_padding is not None and settings.crop_padding != options.context:
+            raise ValueError("give `context` or `crop_padding` on a patches view, not both: both grow the box")
+        settings = dataclasses.replace(settings, crop_padding=options.context)
+        options = dataclasses.replace(options, context=1.0)
+    # the run's view: the source's samples holding these labels, each label field holding only them
+    return patches._root_dataset.select_labels(ids=patches.values("id"), fields=label_field), settings, options
 
 
 def flag_with(samples, label_field: str, settings: FlagSettings) -> dict:

@@ -195,7 +195,7 @@ def start(samples, task, shard, batch_size: int, run_id: str, total: int) -> Rec
     """
     dataset = samples._root_dataset
     migrate(dataset)
-    run_doc_id = _register(dataset, task.capability, task.field)
+    run_doc_id = _register(dataset, task.capability, task.record_field)
     stages = view_stages(samples)
     with_retry(lambda: _db().runs.update_one({"_id": run_doc_id}, {"$set": {"view_stages": stages}}))
     entry = {

@@ -345,6 +345,15 @@ class RunOptions(Settings):
         label="Decode large JPEGs faster",
         advanced=True,
     )
+    context: float = setting(
+        1.0,
+        "patches views: grow each object's box by this factor around its center before cropping "
+        "(1: the box alone; 2: twice its width and height, clipped to the image)",
+        label="Context around objects",
+        min=1,
+        max=10,
+        advanced=True,
+    )
     batch_size: int = setting(16, "images per model step", min=1, max=MAX_BATCH_SIZE, advanced=True)
     device: str = setting("auto", "where the model runs", choices=DEVICES, advanced=True, envvar="FIFTYONE_BLIP_DEVICE")
     dtype: str = setting(

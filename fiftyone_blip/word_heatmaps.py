@@ -602,6 +602,8 @@ def heatmap_task(
         reads=reads,
         siblings=tuple(name for name in sibling_names(field) if name not in wanted),
         descriptions=field_descriptions(names, settings.mode, maps_dir),
+        no_patches="word heatmaps do not run on patches views: run them on the images "
+        "(the maps cover the whole image, where the boxes are drawn)",
     )
 
 

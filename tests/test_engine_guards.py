@@ -307,12 +307,23 @@ def test_keyboard_interrupt_records_interrupted_and_keeps_what_was_computed(fres
 # ---------------------------------------------------------------- views it cannot write back
 
 
-def test_patches_views_are_refused_before_any_work(fresh_dataset):
-    patches = fresh_dataset.to_patches("gt_objects")
-    with pytest.raises(ValueError, match="patches views are not supported") as error:
-        engine.run(patches, toy_task(step=_never), RunOptions(**QUIET))
-    assert "\n" not in str(error.value)
-    assert "size" not in fresh_dataset.get_field_schema()
+def test_patches_views_run_on_their_labels_and_frames_and_clips_views_stay_refused(fresh_dataset, fo, tmp_path):
+    patches = fresh_dataset.limit(2).to_patches("gt_objects")
+    task = toy_task(prepare=lambda region: len(region.box), step=lambda inputs: [{"size": x} for x in inputs])
+    summary = engine.run(patches, task, RunOptions(**QUIET))  # each patch's input: its object's region
+    assert summary.done == len(patches) and "size" not in fresh_dataset.get_field_schema()
+    assert fresh_dataset.limit(2).values("gt_objects.detections.size", unwind=True) == [4] * len(patches)
+    videos = fo.Dataset()
+    try:
+        support = fo.TemporalDetections(detections=[fo.TemporalDetection(label="a", support=[1, 5])])
+        videos.add_sample(fo.Sample(filepath=str(tmp_path / "clip.mp4"), events=support))
+        for view, kind in ((videos.to_clips("events"), "clips"), (videos.to_frames(sample_frames=False), "frames")):
+            with pytest.raises(ValueError, match=f"{kind} views are not supported") as error:
+                engine.run(view, toy_task(step=_never), RunOptions(**QUIET))
+            assert "\n" not in str(error.value)
+            assert "size" not in videos.get_field_schema() and "size" not in videos.get_frame_field_schema()
+    finally:
+        videos.delete()
 
 
 def test_video_datasets_and_remote_media_are_refused_before_any_work(fo, tmp_path):
