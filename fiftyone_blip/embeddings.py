@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from fiftyone_blip.settings import DEFAULT_BRAIN_KEY
+from fiftyone_blip.settings import DEFAULT_BRAIN_KEY, check_brain_key
 from fiftyone_blip.settings import DEFAULT_EMBEDDING_FIELD as DEFAULT_FIELD
 
 # ITC results the ITM head re-scores unless told (at least 4k): BLIP's own
@@ -178,17 +178,6 @@ def check_same_model(samples, brain_key: str, model: str | None) -> str:
             f"its embeddings are not comparable; search it without `model` or re-embed with {model!r}"
         )
     return built_with
-
-
-def check_brain_key(brain_key) -> str:
-    """Checks a brain key by FiftyOne's own rule (`BaseRun.validate_run`: a valid Python identifier),
-    which FiftyOne applies only when the index is saved, after every image was embedded."""
-    if not isinstance(brain_key, str) or not brain_key.isidentifier():
-        raise ValueError(
-            f"`brain_key` must be a valid Python identifier (letters, digits and underscores, not starting "
-            f"with a digit), got {brain_key!r}"
-        )
-    return brain_key
 
 
 def check_index_key(samples, brain_key: str, model_name: str) -> bool:

@@ -295,6 +295,16 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
 
+def check_brain_key(brain_key) -> str:
+    """A brain key by FiftyOne's own rule for run keys (`BaseRun.validate_run`: a Python identifier), which
+    FiftyOne applies only when an index is saved, after every image was embedded."""
+    if not isinstance(brain_key, str) or not brain_key.isidentifier():
+        raise ValueError(
+            f"`brain_key` must be letters, digits and underscores, not starting with a digit, got {brain_key!r}"
+        )
+    return brain_key
+
+
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """Parses a shard spec "I/N" into (I, N), checking 0 <= I < N."""
     if shard is None or shard == "":
@@ -445,12 +455,8 @@ class EmbedSettings(Settings):
         check_field_name(self.field)
         if self.brain_key is not None and not (isinstance(self.brain_key, str) and self.brain_key):
             raise ValueError(f"`brain_key` must be a non-empty name or None, got {self.brain_key!r}")
-        # FiftyOne's own rule for run keys (fiftyone.core.runs): a Python identifier
-        if self.brain_key is not None and not self.brain_key.isidentifier():
-            raise ValueError(
-                "`brain_key` must be letters, digits and underscores, not starting with a digit, "
-                f"got {self.brain_key!r}"
-            )
+        if self.brain_key is not None:
+            check_brain_key(self.brain_key)
 
     @classmethod
     def from_params(cls, params: dict, **overrides):
