@@ -125,19 +125,7 @@ def eval_task(
             return pixels, texts, sample_id
 
         def step(inputs):
-            itm = {}
-            scored = [n for n, (pixels, texts, _) in enumerate(inputs) if pixels is not None]
-            if scored:
-                import torch
-
-                with torch.inference_mode(), loaded.autocast():
-                    pixels = preprocess.to_pixel_values([inputs[n][0] for n in scored], loaded.device)
-                    embeds = loaded.image_embeds(pixels)
-                    pairs = [(i, text) for i, n in enumerate(scored) for text in inputs[n][1]]
-                    probs = matcher.itm(embeds, [i for i, _ in pairs], [t for _, t in pairs]).tolist()
-                for i, n in enumerate(scored):
-                    mine = [p for (j, _), p in zip(pairs, probs) if j == i]
-                    itm[n] = sum(mine) / len(mine)
+            itm = _mean_itm(loaded, matcher, preprocess, inputs) if matcher is not None else {}
             rows = []
             for n, (_, _, sample_id) in enumerate(inputs):
                 values = scores.get(sample_id) or {}
@@ -176,6 +164,26 @@ def eval_task(
         reads=(pred_field, gt_field, "id"),
         descriptions=descriptions,
     )
+
+
+def _mean_itm(loaded, matcher, preprocess, inputs) -> dict[int, float]:
+    """The mean ITM probability of each input's predictions against its image, by input index
+    (inputs without pixels, i.e. without predictions, left out)."""
+    import torch
+
+    scored = [n for n, (pixels, _texts, _) in enumerate(inputs) if pixels is not None]
+    if not scored:
+        return {}
+    with torch.inference_mode(), loaded.autocast():
+        pixels = preprocess.to_pixel_values([inputs[n][0] for n in scored], loaded.device)
+        embeds = loaded.image_embeds(pixels)
+        pairs = [(i, text) for i, n in enumerate(scored) for text in inputs[n][1]]
+        probs = matcher.itm(embeds, [i for i, _ in pairs], [t for _, t in pairs]).tolist()
+    itm = {}
+    for i, n in enumerate(scored):
+        mine = [p for (j, _), p in zip(pairs, probs) if j == i]
+        itm[n] = sum(mine) / len(mine)
+    return itm
 
 
 def corpus_texts(samples, pred_field: str, gt_field: str) -> tuple[list, list, list]:

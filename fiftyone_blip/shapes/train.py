@@ -536,7 +536,7 @@ def kind_label_auroc(model, tokenizer, pixels, scenes, rate: float = 0.1, seed: 
 
 def crop_set(processor, scenes: list[shapes.ShapeScene], seed: int, padding: float = 3.0):
     """One object per scene, cropped as `find_mislabels` crops detections: (pixels, objects, the scenes' other kinds)."""
-    from fiftyone_blip.mislabels import crop
+    from fiftyone_blip.images import crop
 
     rng = random.Random(seed)
     chunks, objects, others = [], [], []

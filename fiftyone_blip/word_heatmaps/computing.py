@@ -1,51 +1,8 @@
-"""Where BLIP looked: one heatmap per caption word, and one for the whole caption.
-
-(The SDK function is `fiftyone_blip.heatmaps`, whose work is `run` here; a
-module named `heatmaps` would replace that function on the package when
-imported, so this one is `word_heatmaps`.)
-
-Two modes:
-
-- "cross-attention": one teacher-forced pass of the captioner's text decoder
-  over the caption (`generate` returns no cross-attentions for BLIP), with
-  attention outputs; heads and layers are averaged over a chosen set. A word's
-  map is the mean over the decoder steps that read its word pieces and/or the
-  steps that predict them (`token_positions`). Each word also gets its
-  probability under the model (the product of its pieces' probabilities).
-- "gradcam": BLIP's own Grad-CAM, for any text (a caption or a query): the
-  gradient of the ITM head's match logit with respect to the cross-attention
-  probabilities of one text-encoder layer, clamped at zero, times those
-  probabilities, averaged over heads.
-
-Maps come out on the model's patch grid (image_size // patch_size, read from
-the config) and are mapped back onto the original image through the resize
-`Geometry`, so an overlay lines up whatever the resize mode: with
-center-crop, parts the model never saw are zero; with letterbox, the padding
-is dropped. Stored maps are uint8 (0..255, each map scaled to its own range)
-with the long side `map_size` pixels and the image's aspect.
-
-`heatmap_task` turns a loaded model and `HeatmapSettings` into an engine
-`Task` that writes, per sample (`F` is the field):
-
-- `F`: an `fo.Heatmap` of the whole caption, which the App overlays;
-- `F_words`: the caption's words (word pieces merged; punctuation dropped);
-- `F_maps`: a uint8 array (words, height, width) of per-word maps, or, with
-  `maps_dir`, `F_word_maps`: one `fo.Heatmap` per word, each a greyscale PNG
-  file (`map_path`). FiftyOne's exporters treat every `map_path` of a Heatmap
-  as media, also inside a list, so a FiftyOneDataset export with
-  `export_media=True` copies the per-word files with the caption's and
-  rewrites their paths (datasets written before kept plain paths in
-  `F_map_paths`; they are still read);
-- `F_text`: the text the maps explain;
-- `F_probs` (cross-attention): each word's probability under the captioner;
-  `F_match` (gradcam): the ITM match probability of image and text;
-- `F_error` / `F_run`: written by the engine.
-"""
+"""Computing word heatmaps: maps on the model's patch grid, brought back onto each image, and the engine task that stores them."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import re
@@ -53,204 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fiftyone_blip.fields import check_field_name
-from fiftyone_blip.settings import Settings, setting
-
-MODES = ("cross-attention", "gradcam")
-TOKEN_POSITIONS = ("both", "reading", "predicting")
-MODE_TASKS = {"cross-attention": "caption", "gradcam": "match"}
-_WORDLIKE = re.compile(r"\w")
-
-
-MODE_LABELS = {
-    "cross-attention": "Cross-attention (captioner decoder, with word probabilities)",
-    "gradcam": "Grad-CAM (matching model; any text)",
-}
-TOKEN_POSITION_LABELS = {
-    "both": "Steps that read and that predict the word",
-    "reading": "Steps that read the word",
-    "predicting": "Steps that predict the word",
-}
-# the fields of `HeatmapSettings` that change the maps themselves (the rest say where they go)
-MAP_SETTINGS = ("mode", "layers", "heads", "token_positions", "normalize_heads", "map_size")
-
-
-@dataclasses.dataclass
-class HeatmapSettings(Settings):
-    """What `heatmaps` explains, where it writes, and how the maps are computed.
-
-    `layers` (None): "all" for cross-attention; for gradcam the layer at two
-    thirds of the depth, but at most the last but one, whose word tokens
-    still reach the match logit: layer 8 of 12 for BLIP-base, as in BLIP's
-    own Grad-CAM.
-    """
-
-    run_defaults = {"batch_size": 8}
-
-    mode: str = setting(
-        "cross-attention",
-        "where a map comes from: cross-attention shows where the captioner looked as it wrote each word; "
-        "Grad-CAM shows which parts of the image made the matching model accept the text",
-        choices=MODES,
-        choice_labels=MODE_LABELS,
-    )
-    model: str | None = setting(
-        None,
-        "a Hugging Face hub id, a model folder or 'shapes-tiny' (default: Salesforce's base captioning model "
-        "for cross-attention, its base matching model for Grad-CAM)",
-        cli_flags=("-m",),
-    )
-    field: str = setting("heatmap", "the field for the caption heatmap", label="Heatmap field", cli_flags=("-f",))
-    text_field: str | None = setting(
-        "caption",
-        "the field holding each sample's text (with neither a field nor a text, cross-attention captions each "
-        "image first)",
-        form_when={"text_source": ("field",)},
-    )
-    text: str | None = setting(
-        None,
-        "one text (e.g. a query) to explain on every image",
-        cli_flags=("-t",),
-        form_when={"text_source": ("text",)},
-    )
-    layers: str | int | list[int] | None = setting(
-        None,
-        "which text layers to average: 'all', 'last', or layer numbers like 0,1 (default: all for cross-attention, one chosen layer for Grad-CAM)",
-        advanced=True,
-    )
-    heads: str | list[int] = setting(
-        "all", "which attention heads to average: 'all', or head numbers like 0,1", advanced=True
-    )
-    token_positions: str = setting(
-        "both",
-        "cross-attention: average the decoder steps that read a word, predict it, or both",
-        label="Word steps",
-        choices=TOKEN_POSITIONS,
-        choice_labels=TOKEN_POSITION_LABELS,
-        form_when={"mode": ("cross-attention",)},
-        advanced=True,
-    )
-    normalize_heads: bool = setting(
-        False,
-        "standardise each head's map over the patches before averaging, so diffuse and peaked heads weigh the same",
-        label="Standardise each head's map before averaging",
-        advanced=True,
-    )
-    map_size: int = setting(
-        64, "long side of stored maps in pixels", label="Map size (long side, pixels)", min=8, max=1024, advanced=True
-    )
-    maps_dir: str | None = setting(
-        None,
-        "a folder for per-word PNG maps (empty: the maps are stored in the samples)",
-        label="Folder for per-word PNG maps",
-    )
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
-        # "0,2" (from a form or a command line) means [0, 2]; empty text means the default
-        if isinstance(self.layers, str):
-            self.layers = self.layers.strip() or None
-        if isinstance(self.heads, str):
-            self.heads = self.heads.strip() or "all"
-        if isinstance(self.layers, int):
-            self.layers = [self.layers]
-        elif self.layers is not None and self.layers not in ("all", "last"):
-            self.layers = _int_list(self.layers, "layers", "'all', 'last', an index or a list of indices")
-        if self.heads != "all":
-            self.heads = _int_list(self.heads, "heads", "'all' or a list of indices")
-            if min(self.heads) < 0:
-                raise ValueError(f"`heads` numbers must be 0 or more, got {self.heads}")
-        if self.token_positions not in TOKEN_POSITIONS:
-            raise ValueError(f"`token_positions` must be one of {TOKEN_POSITIONS}, got {self.token_positions!r}")
-        if not isinstance(self.normalize_heads, bool):
-            raise ValueError(f"`normalize_heads` must be True or False, got {self.normalize_heads!r}")
-        if not isinstance(self.map_size, int) or not 8 <= self.map_size <= 1024:
-            raise ValueError(f"`map_size` must be from 8 to 1024, got {self.map_size!r}")
-        check_field_name(self.field)
-        if self.text is None and self.text_field is not None:
-            check_field_name(self.text_field)
-        if self.text is not None and not self.text.strip():
-            raise ValueError("`text` must not be empty")
-        if self.text is None and self.text_field is None and self.mode == "gradcam":
-            raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
-
-    @classmethod
-    def from_params(cls, params: dict, **overrides):
-        # a form picks the text by `text_source`: a field, one text, or (cross-attention) a fresh caption
-        source = (params or {}).get("text_source")
-        if source is not None:
-            if source != "field":
-                overrides.setdefault("text_field", None)
-            if source != "text":
-                overrides.setdefault("text", None)
-        return super().from_params(params, **overrides)
-
-    def layer_indices(self, num_layers: int) -> list[int]:
-        """The layers to use for a text model of `num_layers` layers."""
-        if self.layers == "all" or (self.layers is None and self.mode == "cross-attention"):
-            return list(range(num_layers))
-        if self.layers == "last":
-            return [num_layers - 1]
-        if self.layers is None:
-            return [default_gradcam_layer(num_layers)]
-        for index in self.layers:
-            if not -num_layers <= index < num_layers:
-                raise ValueError(f"`layers` index {index} is out of range for a {num_layers}-layer text model")
-        return sorted({index % num_layers for index in self.layers})
-
-    def head_indices(self, num_heads: int) -> list[int]:
-        if self.heads == "all":
-            return list(range(num_heads))
-        for index in self.heads:
-            if not 0 <= index < num_heads:
-                raise ValueError(f"`heads` index {index} is out of range for {num_heads} attention heads")
-        return sorted(set(self.heads))
-
-    def as_dict(self) -> dict:
-        """The settings that change the maps (they form the run fingerprint)."""
-        keep = {name: getattr(self, name) for name in MAP_SETTINGS}
-        if self.mode == "gradcam":
-            keep.pop("token_positions")
-        return keep
-
-
-def _int_list(values, name: str, expected: str) -> list[int]:
-    if isinstance(values, str):
-        values = [v for v in re.split(r"[,\s]+", values.strip()) if v]
-    try:
-        result = [int(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be {expected}, got {values!r}") from None
-    if not result:
-        raise ValueError(f"`{name}` must be {expected}, got none")
-    return result
-
-
-def default_gradcam_layer(num_layers: int) -> int:
-    """Two thirds of the depth (8 of 12, as in BLIP's Grad-CAM), at most the last but one.
-
-    The last layer's word tokens do not reach the match logit, which reads
-    only the first token's output: their gradient is zero there.
-    """
-    return max(0, min(round(num_layers * 2 / 3), num_layers - 2))
-
-
-def merge_word_pieces(tokens: list[str], positions: list[int]) -> list[tuple[str, list[int]]]:
-    """Groups WordPiece tokens into words: [(word, [positions of its pieces])].
-
-    A piece starting with "##" continues the word before it. Words with no
-    letter or digit (punctuation) are dropped.
-    """
-    words: list[tuple[str, list[int]]] = []
-    for token, position in zip(tokens, positions):
-        if token.startswith("##") and words:
-            word, places = words[-1]
-            words[-1] = (word + token[2:], places + [position])
-        else:
-            words.append((token, [position]))
-    return [(word, places) for word, places in words if _WORDLIKE.search(word)]
-
+from fiftyone_blip.word_heatmaps.settings import MODE_TASKS, HeatmapSettings, merge_word_pieces
 
 # ---------------------------------------------------------------- geometry
 
@@ -530,14 +290,10 @@ def heatmap_task(
     other mode's and storage's fields that an earlier run wrote into `field`
     are cleared by each new result.
     """
-    import fiftyone as fo
 
     from fiftyone_blip import engine
 
-    if text is not None and not text.strip():
-        raise ValueError("`text` must not be empty")
-    if text is None and text_field is None and settings.mode == "gradcam":
-        raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
+    _check_text_source(text, text_field, settings.mode)
     check_model(model, settings)
     names = field_names(field, settings.mode, maps_dir)
     reads = (text_field,) if text is None and text_field else ()
@@ -564,23 +320,11 @@ def heatmap_task(
                 for i, caption in zip(missing, maker.generate_captions(pixels[missing])):
                     texts[i] = caption or "."
             rows = maker(pixels, texts)
-            out = []
             written = [] if written is None else written  # files this step created
-            for (_, geometry, _, _), sample_text, row in zip(inputs, texts, rows):
-                word_maps = to_uint8(grid_to_image(row["maps"], geometry, settings.map_size))
-                overall = to_uint8(grid_to_image(row["overall"], geometry, settings.map_size))
-                values = {names["words"]: row["words"], names["text"]: sample_text}
-                if folder is not None:
-                    caption_path, paths = save_map_files(folder, overall, row["words"], word_maps, written)
-                    heatmap = fo.Heatmap(map_path=caption_path, range=[0, 255])
-                    values[names["maps"]] = [fo.Heatmap(map_path=p, range=[0, 255]).to_mongo() for p in paths]
-                else:
-                    heatmap = fo.Heatmap(map=overall, range=[0, 255])
-                    values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)
-                values[names["heatmap"]] = heatmap.to_mongo()
-                values[names["scores"]] = row["probs"] if settings.mode == "cross-attention" else row["match"]
-                out.append(values)
-            return out
+            return [
+                _stored_values(row, geometry, sample_text, names, settings, folder, written)
+                for (_, geometry, _, _), sample_text, row in zip(inputs, texts, rows)
+            ]
 
         return prepare, _removing_files_on_error(step) if folder is not None else step
 
@@ -605,6 +349,33 @@ def heatmap_task(
         no_patches="word heatmaps do not run on patches views: run them on the images "
         "(the maps cover the whole image, where the boxes are drawn)",
     )
+
+
+def _check_text_source(text: str | None, text_field: str | None, mode: str) -> None:
+    """Refuses an empty text, and gradcam with nothing to explain (it does not caption)."""
+    if text is not None and not text.strip():
+        raise ValueError("`text` must not be empty")
+    if text is None and text_field is None and mode == "gradcam":
+        raise ValueError("gradcam explains a given text: pass `text` or `text_field`")
+
+
+def _stored_values(row, geometry, text: str, names: dict, settings: HeatmapSettings, folder, written: list) -> dict:
+    """One sample's stored values: its maps brought onto the image, in the database or as files in `folder`."""
+    import fiftyone as fo
+
+    word_maps = to_uint8(grid_to_image(row["maps"], geometry, settings.map_size))
+    overall = to_uint8(grid_to_image(row["overall"], geometry, settings.map_size))
+    values = {names["words"]: row["words"], names["text"]: text}
+    if folder is not None:
+        caption_path, paths = save_map_files(folder, overall, row["words"], word_maps, written)
+        heatmap = fo.Heatmap(map_path=caption_path, range=[0, 255])
+        values[names["maps"]] = [fo.Heatmap(map_path=p, range=[0, 255]).to_mongo() for p in paths]
+    else:
+        heatmap = fo.Heatmap(map=overall, range=[0, 255])
+        values[names["maps"]] = fo.ArrayField().to_mongo(word_maps)
+    values[names["heatmap"]] = heatmap.to_mongo()
+    values[names["scores"]] = row["probs"] if settings.mode == "cross-attention" else row["match"]
+    return values
 
 
 def field_descriptions(names: dict[str, str], mode: str, maps_dir) -> dict[str, str]:
@@ -718,146 +489,6 @@ def _removing_files_on_error(step):
             raise OSError(error.errno, f"heatmap maps could not be written ({reason}): {error.filename}") from None
 
     return guarded
-
-
-# ---------------------------------------------------------------- reading stored maps
-
-
-def word_maps(sample, field: str = "heatmap") -> tuple[list[str], np.ndarray, list[float] | None]:
-    """A sample's stored words, their maps (words, height, width; uint8) and probabilities (or None)."""
-    words = sample.get_field(f"{field}_words") if sample.has_field(f"{field}_words") else None
-    if not words:
-        raise ValueError(f"sample {sample.id} has no heatmaps in field {field!r}")
-    maps = sample.get_field(f"{field}_maps") if sample.has_field(f"{field}_maps") else None
-    paths = None
-    if maps is None and sample.has_field(f"{field}_word_maps") and sample.get_field(f"{field}_word_maps"):
-        paths = [heatmap.map_path for heatmap in sample.get_field(f"{field}_word_maps")]
-    elif maps is None and sample.has_field(f"{field}_map_paths") and sample.get_field(f"{field}_map_paths"):
-        paths = sample.get_field(f"{field}_map_paths")  # written before maps were Heatmaps
-    if paths is not None:
-        from PIL import Image
-
-        maps = np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])
-    if maps is None:
-        raise ValueError(f"sample {sample.id} has words but no maps in field {field!r}")
-    probs = sample.get_field(f"{field}_probs") if sample.has_field(f"{field}_probs") else None
-    return list(words), np.asarray(maps), probs
-
-
-def heatmap_fields(dataset) -> list[str]:
-    """The fields of a dataset that hold heatmaps with per-word maps."""
-    import fiftyone as fo
-
-    schema = dataset.get_field_schema()
-    return [
-        name
-        for name, kind in schema.items()
-        if isinstance(kind, fo.EmbeddedDocumentField) and kind.document_type is fo.Heatmap and f"{name}_words" in schema
-    ]
-
-
-def overlay(image, map2d: np.ndarray, alpha: float = 0.5, colormap: str = "jet"):
-    """The image with a map over it (stretched to the image, like the App): an RGB PIL image."""
-    import matplotlib
-    from PIL import Image
-
-    from fiftyone_blip.images import to_rgb
-
-    image = to_rgb(image)
-    stretched = Image.fromarray(np.asarray(map2d, dtype=np.uint8), mode="L").resize(
-        image.size, Image.Resampling.BILINEAR
-    )
-    colours = matplotlib.colormaps[colormap](np.asarray(stretched) / 255.0)[..., :3]
-    blended = (1 - alpha) * np.asarray(image, dtype=np.float64) / 255.0 + alpha * colours
-    return Image.fromarray(np.rint(blended * 255).astype(np.uint8), mode="RGB")
-
-
-def colour_scale(colormap: str = "jet", width: int = 256, height: int = 12):
-    """The colours `overlay` draws a map in, lowest (left) to highest (right): an RGB PIL image, a legend."""
-    import matplotlib
-    from PIL import Image
-
-    row = matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, width))[:, :3]
-    return Image.fromarray(np.rint(np.repeat(row[None], height, axis=0) * 255).astype(np.uint8), mode="RGB")
-
-
-def write_overlays(sample, output_dir, field: str = "heatmap", alpha: float = 0.5) -> list[Path]:
-    """Writes one PNG per word (and `caption.png`) of a sample's image with the map over it."""
-    from PIL import Image
-
-    from fiftyone_blip.images import load_image
-
-    words, maps, _ = word_maps(sample, field)
-    image = load_image(sample.filepath)
-    output = writable_folder(output_dir, "output_dir")
-    written = []
-    heatmap = sample.get_field(field)
-    if heatmap is not None:
-        overall = heatmap.get_map() if hasattr(heatmap, "get_map") else heatmap.map
-        if overall is None and heatmap.map_path:
-            overall = np.asarray(Image.open(heatmap.map_path).convert("L"))
-        if overall is not None:
-            target = output / "caption.png"
-            overlay(image, overall, alpha).save(target)
-            written.append(target)
-    for i, (word, word_map) in enumerate(zip(words, maps)):
-        target = output / f"{i:03d}-{re.sub(r'[^A-Za-z0-9]+', '_', word)[:40]}.png"
-        overlay(image, word_map, alpha).save(target)
-        written.append(target)
-    return written
-
-
-def data_url(image) -> str:
-    """A PIL image as a PNG data URL, for an image view in an App panel."""
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-# The most pixels the panel draws an overlay with (1024 x 1024): its work and its data URL are
-# bounded whatever the image's shape (a 1000x10 strip scaled to a 384 px short side was 38400x384).
-MAX_OVERLAY_PIXELS = 1 << 20
-
-
-def display_size(width: int, height: int, min_side: int = 384, max_pixels: int = MAX_OVERLAY_PIXELS):
-    """(width, height) to draw an image at, aspect kept: small images scaled up towards a `min_side`
-    short side, and no more than `max_pixels` in all (large or long images scaled down)."""
-    factor = max(1.0, min_side / max(min(width, height), 1))
-    if width * height * factor * factor > max_pixels:
-        factor = (max_pixels / (width * height)) ** 0.5
-    return max(1, int(width * factor)), max(1, int(height * factor))
-
-
-def word_view(sample, field: str = "heatmap", word_index: int = 0, min_side: int = 384) -> dict:
-    """What the App panel shows for one word of a sample: word, probability, overlay (data URL).
-
-    The overlay is drawn at `display_size`: small images scaled up to a `min_side` short side so
-    the map can be seen, and at most `MAX_OVERLAY_PIXELS` pixels.
-    """
-    from PIL import Image
-
-    from fiftyone_blip.images import load_image
-
-    words, maps, probs = word_maps(sample, field)
-    index = min(max(int(word_index), 0), len(words) - 1)
-    image = load_image(sample.filepath)
-    size = display_size(image.width, image.height, min_side)
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    match = sample.get_field(f"{field}_match") if sample.has_field(f"{field}_match") else None
-    return {
-        "words": words,
-        "index": index,
-        "word": words[index],
-        "probability": None if probs is None else float(probs[index]),
-        "match": None if match is None else float(match),
-        "text": sample.get_field(f"{field}_text") if sample.has_field(f"{field}_text") else None,
-        "map": maps[index],
-        "overlay": data_url(overlay(image, maps[index])),
-    }
 
 
 def run(samples, settings: HeatmapSettings, options):
