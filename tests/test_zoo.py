@@ -179,6 +179,105 @@ def test_captioning_model_matches_the_library(clone, zoo_dir):
     assert np.allclose([label.confidence for label in labels], view.values("lib_caption_confidence"), atol=1e-5)
 
 
+@pytest.fixture
+def with_corrupt_file(base, fo, tmp_path, request):
+    """Seven shapes images; the third sample's file is not an image."""
+    name = "t-zoo-bad-" + request.node.name[:36]
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = base.limit(7).clone(name)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG file")
+    sample = dataset.skip(2).first()
+    sample.filepath = str(broken)
+    sample.save()
+    yield dataset, sample.id
+    fo.delete_dataset(name)
+
+
+def test_a_corrupt_file_costs_its_own_sample_in_a_batch(with_corrupt_file, zoo_dir, caplog):
+    import fiftyone as fo
+    import fiftyone.zoo as foz
+
+    dataset, bad_id = with_corrupt_file
+    zoo.register_source()
+    model = foz.load_zoo_model("blip-itc-shapes-tiny", classes=list(KINDS))
+    with caplog.at_level(logging.WARNING):
+        vectors = dataset.compute_embeddings(model, batch_size=4, progress=False)
+    assert [v is None for v in vectors] == [False, False, True, False, False, False, False]
+    assert bad_id in caplog.text and "not an image" in caplog.text  # the sample and its reason
+
+    fiftyone_blip.embed(dataset, model="shapes-tiny", field="lib_embedding", brain_key=None, progress=False)
+    library = dataset.values("lib_embedding")
+    assert library[2] is None
+    for zoo_vector, lib_vector in zip(vectors, library):
+        if lib_vector is not None:
+            assert np.abs(zoo_vector - lib_vector).max() < 1e-5
+
+    dataset.compute_embeddings(model, embeddings_field="zoo_embedding", batch_size=4, progress=False)
+    assert [v is None for v in dataset.values("zoo_embedding")] == [v is None for v in vectors]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        dataset.apply_model(model, "zero_shot", batch_size=4, progress=False)
+    labels = dataset.values("zero_shot")
+    assert [label is None for label in labels] == [False, False, True, False, False, False, False]
+    assert all(isinstance(label, fo.Classification) for label in labels if label is not None)
+    assert bad_id in caplog.text and "not an image" in caplog.text
+
+    with pytest.raises(Exception, match="not an image"):
+        dataset.apply_model(model, "strict", batch_size=4, skip_failures=False, progress=False)
+
+
+def test_zoo_models_decode_files_in_their_own_threads(with_corrupt_file, zoo_dir):
+    import threading
+
+    import fiftyone.zoo as foz
+
+    dataset, _ = with_corrupt_file
+    zoo.register_source()
+    for workers, expected in ((2, {"blip-decode"}), (0, {threading.current_thread().name})):
+        model = foz.load_zoo_model("blip-captioning-shapes-tiny", num_workers=workers, max_new_tokens=8)
+        threads = set()
+        original = model.preprocessor.pixels
+
+        def spy(path, original=original, threads=threads):
+            threads.add(threading.current_thread().name.split("_")[0])
+            return original(path)
+
+        model.preprocessor.pixels = spy
+        dataset.apply_model(model, f"caption_{workers}", batch_size=4, progress=False)
+        assert threads == expected
+        assert len(dataset.exists(f"caption_{workers}")) == 6
+    with pytest.raises(ValueError, match="`num_workers` must be"):
+        foz.load_zoo_model("blip-itc-shapes-tiny", num_workers=-1)
+
+
+def test_zoo_models_read_files_as_the_library_does(clone, zoo_dir, tmp_path):
+    """An RGBA cut-out: the library composites it over white, FiftyOne's own reader drops alpha."""
+    from PIL import Image
+
+    import fiftyone.zoo as foz
+
+    view = clone.limit(3)
+    for sample in view:
+        rgba = Image.open(sample.filepath).convert("RGBA")
+        alpha = Image.new("L", rgba.size, 255)
+        alpha.paste(0, (0, 0, rgba.width // 2, rgba.height))
+        rgba.putalpha(alpha)
+        sample.filepath = str(tmp_path / f"{sample.id}.png")
+        rgba.save(sample.filepath)
+        sample.save()
+    zoo.register_source()
+    model = foz.load_zoo_model("blip-itc-shapes-tiny")
+    vectors = view.compute_embeddings(model, batch_size=2, progress=False)
+    single = view.compute_embeddings(model, progress=False)  # FiftyOne's per-sample loop too
+    fiftyone_blip.embed(view, model="shapes-tiny", field="lib_embedding", brain_key=None, progress=False)
+    library = np.stack(view.values("lib_embedding"))
+    assert np.abs(np.stack(vectors) - library).max() < 1e-5
+    assert np.abs(np.stack(single) - library).max() < 1e-5
+
+
 def test_an_index_is_queried_by_text_in_a_process_with_another_model_zoo_dir(clone, tmp_path, monkeypatch):
     """The index stores the source URL; a process whose model_zoo_dir lacks the source fetches it
     from there (a local server stands in for GitHub) and reloads the prompt model by name."""
