@@ -424,31 +424,31 @@ class BlipItmModel(_BlipModel, fom.SamplesMixin):
         return out
 
 
+# `CaptionSettings` fields a zoo captioner does not take: its checkpoint is the config's own `model`,
+# FiftyOne's `label_field` is the field, and language adapters belong to `fiftyone_blip.caption` runs.
+_NOT_ZOO_CAPTION_SETTINGS = ("model", "field", "language")
+
+
 class BlipCaptionModelConfig(BlipModelConfig):
     """`BlipModelConfig` plus the decoding settings of `fiftyone_blip.captions.CaptionSettings`
-    (strategy, num_beams, max_new_tokens, prompt, ...)."""
+    (strategy, num_beams, max_new_tokens, prompt, ban_words, ...: every field but model, field
+    and language), with its checks; the best of `num_captions` candidates is the label."""
 
-    _KEYS = BlipModelConfig._KEYS + (
-        "strategy",
-        "num_beams",
-        "num_beam_groups",
-        "diversity_penalty",
-        "top_k",
-        "top_p",
-        "temperature",
-        "seed",
-        "min_new_tokens",
-        "max_new_tokens",
-        "repetition_penalty",
-        "no_repeat_ngram_size",
-        "prompt",
-    )
+    @classmethod
+    def caption_keys(cls) -> tuple[str, ...]:
+        from fiftyone_blip.captions import CaptionSettings
+
+        return tuple(f.name for f in CaptionSettings.fields() if f.name not in _NOT_ZOO_CAPTION_SETTINGS)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return BlipModelConfig._KEYS + cls.caption_keys()
 
     def __init__(self, d):
         from fiftyone_blip.captions import CaptionSettings
 
         super().__init__(d)
-        self.settings = CaptionSettings(**{k: d[k] for k in self._KEYS[len(BlipModelConfig._KEYS) :] if k in d})
+        self.settings = CaptionSettings(**{k: d[k] for k in self.caption_keys() if k in d})
 
 
 class BlipCaptionModel(_BlipModel):

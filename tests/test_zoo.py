@@ -255,9 +255,8 @@ def test_zoo_models_decode_files_in_their_own_threads(with_corrupt_file, zoo_dir
 
 def test_zoo_models_read_files_as_the_library_does(clone, zoo_dir, tmp_path):
     """An RGBA cut-out: the library composites it over white, FiftyOne's own reader drops alpha."""
-    from PIL import Image
-
     import fiftyone.zoo as foz
+    from PIL import Image
 
     view = clone.limit(3)
     for sample in view:
@@ -276,6 +275,29 @@ def test_zoo_models_read_files_as_the_library_does(clone, zoo_dir, tmp_path):
     library = np.stack(view.values("lib_embedding"))
     assert np.abs(np.stack(vectors) - library).max() < 1e-5
     assert np.abs(np.stack(single) - library).max() < 1e-5
+
+
+def test_the_captioner_takes_every_caption_setting_of_the_library(clone, zoo_dir):
+    """The zoo captioner's keywords are `CaptionSettings`' fields (not a list of its own): settings
+    added there, such as the word constraints, reach the zoo too, with the same results."""
+    import dataclasses
+
+    import fiftyone.zoo as foz
+
+    from fiftyone_blip.captions import CaptionSettings
+
+    zoo.register_source()
+    keys = set(zoo.BlipCaptionModelConfig.keys()) - set(zoo.BlipModelConfig.keys())
+    assert keys == {f.name for f in dataclasses.fields(CaptionSettings)} - {"model", "field", "language"}
+    view = clone.limit(8)
+    settings = {"ban_words": ("circle",), "stop_strings": (" on",), "max_new_tokens": 12}
+    captioner = foz.load_zoo_model("blip-captioning-shapes-tiny", **settings)
+    view.apply_model(captioner, "zoo_caption", batch_size=4, progress=False)
+    fiftyone_blip.caption(view, model="shapes-tiny", field="lib_caption", progress=False, **settings)
+    assert view.values("zoo_caption.label") == view.values("lib_caption")
+    assert not any("circle" in caption or " on " in caption for caption in view.values("lib_caption"))
+    with pytest.raises(ValueError, match="unknown setting"):
+        foz.load_zoo_model("blip-captioning-shapes-tiny", language="de")
 
 
 def test_an_index_is_queried_by_text_in_a_process_with_another_model_zoo_dir(clone, tmp_path, monkeypatch):
