@@ -35,9 +35,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 import eta.core.config as etac
 import eta.core.learning as etal
@@ -63,6 +68,99 @@ logger = logging.getLogger(__name__)
 def load_model(name: str, **kwargs):
     """Builds the zoo model `name` with `kwargs` over its defaults (what FiftyOne's loader does)."""
     return fom.load_model(deployment(name), **kwargs)
+
+
+# --- weights in the zoo folder ----------------------------------------------------------------------------
+
+# Written into a weights folder before it takes its final name: a folder holding it is one a download made.
+DOWNLOAD_FILE = ".fiftyone-blip-download.json"
+
+
+def download(name: str, model_path: str | os.PathLike) -> Path:
+    """Fetches the weights of the zoo model `name` into the zoo folder (FiftyOne's `download_model`).
+
+    A hub checkpoint's files (config, processor, tokenizer, .safetensors
+    weights) go into a folder beside the marker `model_path` (e.g.
+    `<model_zoo_dir>/fiftyone-blip/blip-itc-base-coco/`): copied from the
+    local Hugging Face cache when it holds them, else fetched with
+    `huggingface_hub.snapshot_download` (HF_ENDPOINT, tokens and proxies as
+    for any hub download). They land in a temporary folder, are checked to be
+    the BLIP architecture the model needs, and only then take the folder's
+    name; the marker, which FiftyOne reads as "downloaded", is written last.
+    A failed download leaves neither. A bundled checkpoint, or a model whose
+    checkpoint is chosen at load (`blip-itc`), has nothing to fetch: its
+    marker says so. Returns the marker's path.
+    """
+    from fiftyone_blip import models
+
+    config = deployment(name)["config"]
+    checkpoint, revision = config.get("model"), config.get("revision")
+    marker = Path(model_path)
+    weights = None
+    if checkpoint is not None and checkpoint not in models.BUNDLED:
+        task = globals()[deployment(name)["type"].rsplit(".", 1)[1]]._TASK
+        weights = _fetch(checkpoint, revision, task, marker.with_suffix(""))
+    record = {"model": name, "checkpoint": checkpoint, "revision": revision, "weights": weights}
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(marker)
+    return marker
+
+
+def _fetch(checkpoint: str, revision: str | None, task: str, folder: Path) -> str:
+    """Puts the hub checkpoint's files into `folder` (replacing only an earlier download); returns its name."""
+    from huggingface_hub import snapshot_download
+
+    from fiftyone_blip import models
+
+    if folder.exists() and not (folder / DOWNLOAD_FILE).is_file():
+        raise ValueError(f"{folder} exists and was not made by a download of this model; move it away first")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        try:  # the local cache first: a model loaded before downloads with no network
+            cached = models._hub_snapshot(checkpoint, revision, local_only=True)
+            shutil.copytree(cached, partial, dirs_exist_ok=True, copy_function=_link_or_copy)
+        except models.ModelLoadError:
+            snapshot_download(checkpoint, revision=revision, allow_patterns=models.HUB_FILES, local_dir=partial)
+        models._checked_config(checkpoint, partial, task, None)
+        (partial / DOWNLOAD_FILE).write_text(json.dumps({"checkpoint": checkpoint, "revision": revision}) + "\n")
+        if folder.exists():
+            stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+            folder.replace(stale / folder.name)
+            partial.replace(folder)
+            shutil.rmtree(stale)
+        else:
+            partial.replace(folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return folder.name
+
+
+def _link_or_copy(source, target):
+    """Hard-links a cached file (no second copy on disk), or copies it across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+def _checkpoint(config) -> str | None:
+    """What a zoo model loads: the folder its download fetched when that holds the checkpoint and
+    revision asked for, else its `model` setting (bundled, a local folder, or the Hugging Face cache)."""
+    try:
+        record = json.loads(Path(config.model_path).read_text()) if config.model_path else {}
+    except (OSError, ValueError):
+        record = {}
+    weights = record.get("weights")
+    if weights and (record.get("checkpoint"), record.get("revision")) == (config.model, config.revision):
+        folder = Path(config.model_path).parent / weights
+        if (folder / DOWNLOAD_FILE).is_file():
+            return str(folder)
+    return config.model
 
 
 # --- the models -------------------------------------------------------------------------------------------
@@ -471,11 +569,6 @@ class BlipCaptionModel(_BlipModel):
 
 
 # --- FiftyOne's loops over image files --------------------------------------------------------------
-
-
-def _checkpoint(config) -> str | None:
-    """The checkpoint a zoo model loads: its `model` setting."""
-    return config.model
 
 
 class _FileLoops:

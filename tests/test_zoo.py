@@ -1,11 +1,17 @@
 """BLIP as FiftyOne zoo models: the source FiftyOne reads, batching, zero-shot classes, ITM,
 captions, and a similarity index whose prompt model reloads in any process."""
 
+import contextlib
+import hashlib
+import http.server
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -333,3 +339,152 @@ print(json.dumps({{"ids": ids, "model": type(model).__name__, "sources": foz.lis
     assert out["model"] == "BlipItcModel"
     assert out["sources"] == [url]
     assert (other_zoo / "fiftyone-blip" / "manifest.json").is_file()
+
+
+# --- a real download, offline: a local server stands in for the Hugging Face hub --------------------------
+
+_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """The three routes `huggingface_hub.snapshot_download` reads: a repo's revision, its file tree,
+    and each file (HEAD and GET); `repos` maps a repo id to a folder written by `save_pretrained`."""
+
+    repos: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, body: bytes, headers: dict, head: bool = False):
+        self.send_response(200)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _files(self, repo):
+        return sorted(p for p in self.repos[repo].iterdir() if p.is_file())
+
+    def _route(self, head: bool):
+        path = self.path.split("?")[0]
+        if m := re.fullmatch(r"/api/models/(.+?)/revision/[^/]+", path):
+            if m.group(1) in self.repos:
+                info = {
+                    "id": m.group(1),
+                    "sha": _COMMIT,
+                    "siblings": [{"rfilename": p.name} for p in self._files(m.group(1))],
+                }
+                return self._send(json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
+        if m := re.fullmatch(r"/api/models/(.+?)/tree/[^/]+", path):
+            if m.group(1) in self.repos:
+                tree = [
+                    {
+                        "type": "file",
+                        "path": p.name,
+                        "size": p.stat().st_size,
+                        "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
+                    }
+                    for p in self._files(m.group(1))
+                ]
+                return self._send(json.dumps(tree).encode(), {"Content-Type": "application/json"}, head)
+        if m := re.fullmatch(r"/(.+?)/resolve/[^/]+/(.+)", path):
+            file = self.repos[m.group(1)] / m.group(2) if m.group(1) in self.repos else None
+            if file is not None and file.is_file():
+                data = file.read_bytes()
+                etag = f'"{hashlib.sha1(data).hexdigest()}"'
+                return self._send(data, {"X-Repo-Commit": _COMMIT, "ETag": etag}, head)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        self._route(False)
+
+    def do_HEAD(self):
+        self._route(True)
+
+
+@contextlib.contextmanager
+def _hub(repos: dict):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Hub", (_Hub,), {"repos": repos}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _python(code: str, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_download_fetches_the_weights_into_the_zoo_folder_and_they_load_offline(tmp_path):
+    """`fiftyone zoo models download` fetches the checkpoint with huggingface_hub into the model's zoo
+    folder; a failed download (a missing repo, a repo of the wrong architecture) leaves "not
+    downloaded" and no files; the downloaded model then loads with HF_HUB_OFFLINE=1 and the hub gone."""
+    from fiftyone_blip.random_models import build_random_blip
+
+    repo = build_random_blip(tmp_path / "repo-match", task="match", size="small")
+    wrong = build_random_blip(tmp_path / "repo-caption", task="caption", size="small")
+    models_dir = tmp_path / "models"
+    source = zoo.register_source(models_dir=models_dir)
+    env = {**os.environ, "FIFTYONE_MODEL_ZOO_DIR": str(models_dir), "HF_HOME": str(tmp_path / "hf")}
+    report = """
+import json, os
+import fiftyone.zoo as foz
+names = ["blip-itc-base-coco", "blip-itc-large-coco", "blip-itm-base-coco"]
+print(json.dumps({"downloaded": {n: foz.is_zoo_model_downloaded(n) for n in names},
+                  "files": sorted(os.listdir(SOURCE)), "error": ERROR}))
+""".replace("SOURCE", repr(str(source)))
+    with _hub({"Salesforce/blip-itm-base-coco": repo, "Salesforce/blip-itm-large-coco": wrong}) as url:
+        online = {**env, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"}
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "fiftyone"), "zoo", "models", "download", "blip-itc-base-coco"],
+            env=online, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr[-3000:]
+        failed = _python(
+            "import fiftyone.zoo as foz\ntry:\n    foz.load_zoo_model('blip-itc-large-coco')\n    ERROR = None\n"
+            "except Exception as error:\n    ERROR = str(error)\n" + report,
+            online,
+        )
+    assert failed["downloaded"] == {
+        "blip-itc-base-coco": True,
+        "blip-itc-large-coco": False,
+        "blip-itm-base-coco": False,
+    }
+    assert "BlipForImageTextRetrieval" in failed["error"]  # the caption model is not what an ITC model needs
+    assert failed["files"] == ["__init__.py", "blip-itc-base-coco", "blip-itc-base-coco.json", "manifest.json"]
+    weights = source / "blip-itc-base-coco"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in weights.iterdir()}
+    marker = json.loads((source / "blip-itc-base-coco.json").read_text())
+    assert marker["checkpoint"] == "Salesforce/blip-itm-base-coco" and marker["weights"] == "blip-itc-base-coco"
+
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": url}  # the server is down
+    loaded = _python(
+        f"""
+import json
+import numpy as np
+import fiftyone.zoo as foz
+from fiftyone_blip import zoo
+model = foz.load_zoo_model("blip-itc-base-coco")
+direct = zoo.load_model("blip-itc-base-coco", model={str(repo)!r})
+a, b = model.embed_prompts(["a red circle"]), direct.embed_prompts(["a red circle"])
+ERROR = float(np.abs(a - b).max())
+"""
+        + report,
+        offline,
+    )
+    assert loaded["error"] == 0.0  # the downloaded weights, with no network
+    assert loaded["downloaded"]["blip-itc-base-coco"] is True
+    itm = subprocess.run(
+        [sys.executable, "-c", "import fiftyone.zoo as foz; foz.load_zoo_model('blip-itm-base-coco')"],
+        env=offline, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert itm.returncode != 0  # offline and not in the cache: refused, and still not downloaded
+    assert sorted(p.name for p in source.iterdir()) == failed["files"]
