@@ -18,10 +18,16 @@ any hub id, local directory or bundled name, as `fiftyone_blip.load_model`).
 
 The models run the library's own model steps (`models.load_model`,
 `embeddings.Embedder`, `mislabels.Matcher`, `captions.Captioner`, the
-`images.Preprocessor`), so a zoo model and `fiftyone_blip.embed`/`caption`
-give the same numbers. The library's functions remain the fast path (parallel
-decode, resumable runs, run records); these models are for code that lives in
-FiftyOne's API (`apply_model`, `compute_embeddings`, the brain).
+`images.Preprocessor`), and while FiftyOne holds one entered they read the
+image files themselves, as the library does (`_FileLoops`: its decoder, the
+engine's decode threads, one unreadable file costing its own sample), so a
+zoo model and `fiftyone_blip.embed`/`caption` give the same numbers. The
+library's functions remain the fast path for whole datasets (resumable runs,
+run records, shards); these models are for code that lives in FiftyOne's API
+(`apply_model`, `compute_embeddings`, the brain).
+
+`fiftyone zoo models download NAME` fetches a hub checkpoint into the model's
+zoo folder (`download`), from where it loads with no network.
 
 A similarity index built by `fiftyone_blip.embed` stores the source's URL and
 a model name (`index_reference`), so a later process reloads its prompt model
@@ -123,7 +129,13 @@ def _fetch(checkpoint: str, revision: str | None, task: str, folder: Path) -> st
             cached = models._hub_snapshot(checkpoint, revision, local_only=True)
             shutil.copytree(cached, partial, dirs_exist_ok=True, copy_function=_link_or_copy)
         except models.ModelLoadError:
-            snapshot_download(checkpoint, revision=revision, allow_patterns=models.HUB_FILES, local_dir=partial)
+            try:
+                snapshot_download(checkpoint, revision=revision, allow_patterns=models.HUB_FILES, local_dir=partial)
+            except Exception as error:  # the hub client raises many types for "offline" or "not found"
+                reason = (str(error).strip().splitlines() or [""])[0][:200]
+                raise models.ModelLoadError(
+                    f"cannot download {checkpoint!r} from the hub ({type(error).__name__}: {reason})"
+                ) from None
         models._checked_config(checkpoint, partial, task, None)
         (partial / DOWNLOAD_FILE).write_text(json.dumps({"checkpoint": checkpoint, "revision": revision}) + "\n")
         if folder.exists():
