@@ -1,7 +1,6 @@
 """BLIP as FiftyOne zoo models: the source FiftyOne reads, batching, zero-shot classes, ITM,
 captions, and a similarity index whose prompt model reloads in any process."""
 
-import contextlib
 import hashlib
 import http.server
 import json
@@ -236,8 +235,6 @@ def test_a_corrupt_file_costs_its_own_sample_in_a_batch(with_corrupt_file, zoo_d
 
 
 def test_zoo_models_decode_files_in_their_own_threads(with_corrupt_file, zoo_dir):
-    import threading
-
     import fiftyone.zoo as foz
 
     dataset, _ = with_corrupt_file
@@ -405,16 +402,9 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         self._route(True)
 
 
-@contextlib.contextmanager
 def _hub(repos: dict):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Hub", (_Hub,), {"repos": repos}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """Serves `repos` as the hub while the block runs; yields its URL."""
+    return serve(handler=type("Hub", (_Hub,), {"repos": repos}))
 
 
 def _python(code: str, env: dict) -> dict:
