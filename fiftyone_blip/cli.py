@@ -160,23 +160,26 @@ def run_data(run) -> dict:
     return dataclasses.asdict(run)
 
 
-def prints_summary(function):
-    """Gives a command --json and --fail-on-error; the command returns a `Summary`, printed here.
+def prints_summary(function=None, *, runs_samples=True):
+    """Gives a command --json (and, where it runs over samples, --fail-on-error); the command returns a
+    `Summary`, printed here.
 
     The exit status is EXIT_SAMPLES_FAILED when samples failed and none has a
     result (e.g. "0 done, 3 failed"; samples skipped as already done have one,
     so re-running over a dataset with one unreadable file gives the same status
     as the first run did), or, with --fail-on-error, when any sample failed.
     """
-
-    @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-    @click.option(
+    if function is None:
+        return functools.partial(prints_summary, runs_samples=runs_samples)
+    fail_option = click.option(
         "--fail-on-error",
         is_flag=True,
         help=f"Exit with status {EXIT_SAMPLES_FAILED} if any sample failed (without it: only if no sample has a result).",
     )
+
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
     @functools.wraps(function)
-    def wrapper(*args, as_json, fail_on_error, **kwargs):
+    def wrapper(*args, as_json, fail_on_error=False, **kwargs):
         if kwargs.get("progress") is False or kwargs.get("quiet"):  # -q: no loading bars either
             from fiftyone_blip.models import quiet_loading
 
@@ -199,7 +202,7 @@ def prints_summary(function):
             )
             click.get_current_context().exit(EXIT_SAMPLES_FAILED)
 
-    return wrapper
+    return fail_option(wrapper) if runs_samples else wrapper
 
 
 @click.group(cls=OneLineErrors)
@@ -318,7 +321,7 @@ def evaluate_captions_command(dataset, pred_field, gt_field, eval_key, saved_vie
 @main.command("delete-caption-evaluation")
 @click.argument("dataset")
 @click.argument("eval_key")
-@prints_summary
+@prints_summary(runs_samples=False)
 @translate_errors
 def delete_caption_evaluation_command(dataset, eval_key):
     """Delete the caption evaluation EVAL_KEY of DATASET: its fields, run record and review view."""
@@ -436,7 +439,7 @@ def runs_list(dataset, as_json):
 @click.argument("key")
 @click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Delete without asking.")
-@prints_summary
+@prints_summary(runs_samples=False)
 @translate_errors
 def runs_delete(dataset, key, dry_run, yes):
     """Delete the run KEY of DATASET: its fields, its record, the map files it owns and its index.
@@ -471,7 +474,7 @@ def runs_delete(dataset, key, dry_run, yes):
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Rebuild the dataset if this command built it (any other is refused).")
-@prints_summary
+@prints_summary(runs_samples=False)
 @translate_errors
 def shapes(name, count, split, seed, overwrite):
     """Build a FiftyOne dataset NAME of synthetic shapes images with ground truth."""
@@ -490,7 +493,7 @@ def plugin():
 
 @plugin.command("install")
 @click.option("--plugins-dir", default=None, help="[default: FiftyOne's plugins_dir]")
-@prints_summary
+@prints_summary(runs_samples=False)
 @translate_errors
 def plugin_install(plugins_dir):
     """Link the plugin into FiftyOne's plugins folder so the App finds its operators."""
@@ -601,7 +604,7 @@ def heatmaps_command(dataset, saved_view, generate, **values):
 @click.option("--sample-id", default=None, help="The sample to draw. [default: the first one with heatmaps]")
 @click.option("-f", "--field", default="heatmap", show_default=True, help="The heatmap field.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Opacity of the map over the image.")
-@prints_summary
+@prints_summary(runs_samples=False)
 @translate_errors
 def heatmap_overlays(dataset, output_dir, sample_id, field, alpha):
     """Write one sample's per-word heatmap overlays as PNG files into OUTPUT_DIR, for a report.
@@ -765,7 +768,7 @@ def adapters():
 @VIEW_OPTION
 @settings_options(AdapterJobSettings, AdapterTrainingSettings)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@prints_summary
+@prints_summary(runs_samples=False)
 @translate_errors
 def adapters_train(dataset_name, saved_view, quiet, **values):
     """Train a LoRA adapter that captions in another language, and install it.

@@ -24,8 +24,9 @@ import dataclasses
 
 import numpy as np
 
-DEFAULT_FIELD = "blip_embedding"
-DEFAULT_BRAIN_KEY = "blip_sim"
+from fiftyone_blip.settings import DEFAULT_BRAIN_KEY
+from fiftyone_blip.settings import DEFAULT_EMBEDDING_FIELD as DEFAULT_FIELD
+
 # ITC results the ITM head re-scores unless told (at least 4k): BLIP's own
 # retrieval evaluation re-ranks the top 128 (Flickr30k) or 256 (COCO).
 DEFAULT_SHORTLIST = 128
@@ -50,15 +51,14 @@ class Embedder:
     def dim(self) -> int:
         return self.model.config.image_text_hidden_size
 
-    def _normalized(self, features) -> np.ndarray:
-        features = self.torch.nn.functional.normalize(features.float(), dim=-1)
+    def _array(self, features) -> np.ndarray:
         return features.cpu().numpy().astype(np.float32)
 
     def embed_images(self, pixel_values) -> np.ndarray:
         """(N, 3, S, S) preprocessed pixels -> (N, D) unit vectors."""
         with self.torch.inference_mode(), self.loaded.autocast():
             image_embeds = self.loaded.image_embeds(pixel_values)
-            return self._normalized(self.model.vision_proj(image_embeds[:, 0]))
+            return self._array(self.loaded.heads.image_features(image_embeds))
 
     def _tokens(self, texts: list[str]):
         return self.loaded.text_tokens(texts, self.max_tokens)
@@ -68,8 +68,7 @@ class Embedder:
         texts = [check_query(text) for text in texts]
         input_ids, attention_mask = self._tokens(texts)
         with self.torch.inference_mode(), self.loaded.autocast():
-            out = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self._normalized(self.model.text_proj(out[:, 0]))
+            return self._array(self.loaded.heads.text_features(input_ids, attention_mask))
 
     def itm_logits(self, pixel_values, text: str) -> np.ndarray:
         """ITM "match" logits of N images against one text (the ITM head's class 1)."""
@@ -192,6 +191,31 @@ def check_brain_key(brain_key) -> str:
     return brain_key
 
 
+def check_index_key(samples, brain_key: str, model_name: str) -> bool:
+    """The rule for the brain key an index is built under: a name FiftyOne accepts that holds no brain run,
+    or a fiftyone-blip index of the same model (`stored_model_name`), which the build replaces.
+
+    Returns:
+        whether the key holds such an index.
+    """
+    check_brain_key(brain_key)
+    dataset = samples._root_dataset
+    if brain_key not in dataset.list_brain_runs():
+        return False
+    try:
+        built_with = index_model_name(dataset, brain_key)
+    except ValueError:
+        raise ValueError(
+            f"`brain_key` {brain_key!r} holds another kind of brain run, not a fiftyone-blip index: choose another key"
+        ) from None
+    if built_with != model_name:
+        raise ValueError(
+            f"`brain_key` {brain_key!r} already holds an index built with model {built_with!r}; choose another "
+            f"key or delete it (dataset.delete_brain_run({brain_key!r}))"
+        )
+    return True
+
+
 def build_index(
     samples,
     model_name: str,
@@ -213,15 +237,8 @@ def build_index(
     import fiftyone.brain as fob
     from fiftyone import ViewField as F
 
-    check_brain_key(brain_key)
     dataset = samples._root_dataset
-    if brain_key in dataset.list_brain_runs():
-        built_with = index_model_name(samples, brain_key)
-        if built_with != model_name:
-            raise ValueError(
-                f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
-                f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
-            )
+    if check_index_key(samples, brain_key, model_name):
         dataset.delete_brain_run(brain_key)
     if field not in dataset.get_field_schema():
         raise ValueError(f"dataset {dataset.name!r} has no embeddings field {field!r}: embed it first")
@@ -469,14 +486,7 @@ def run(samples, settings, options, **backend_kwargs):
     dataset = samples._root_dataset
     brain_key = settings.brain_key
     if brain_key is not None:
-        check_brain_key(brain_key)
-    if brain_key is not None and brain_key in dataset.list_brain_runs():
-        built_with = index_model_name(dataset, brain_key)
-        if built_with != stored_name:
-            raise ValueError(
-                f"brain key {brain_key!r} already holds an index built with model {built_with!r}; "
-                f"choose another `brain_key` or delete it (dataset.delete_brain_run({brain_key!r}))"
-            )
+        check_index_key(dataset, brain_key, stored_name)  # before any image is embedded
     task = task_for(settings, options)
     summary = engine.run(samples, task, options)
     if brain_key is not None and options.shard is None:

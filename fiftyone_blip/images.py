@@ -27,7 +27,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-RESIZE_MODES = ("squash", "center-crop", "letterbox")
+from fiftyone_blip.settings import RESIZE_MODES
+
 # Above this many pixels a file is treated as a decompression bomb and refused,
 # from its header alone, before anything is decoded. Pillow's own hard limit
 # (2 x Image.MAX_IMAGE_PIXELS, about 179 megapixels by default) still applies above it.
@@ -145,6 +146,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def check_resize(mode: str) -> str:
+    """A resize mode is one of `RESIZE_MODES`."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {mode!r}")
+    return mode
+
+
 def fit_image(
     image: Image.Image, size: int, mode: str = "squash", fill: tuple[int, int, int] = (124, 116, 104)
 ) -> tuple[Image.Image, Geometry]:
@@ -153,8 +161,7 @@ def fit_image(
     `fill` is the letterbox padding colour (default: the BLIP normalisation mean,
     which becomes zero after normalising).
     """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {mode!r}")
+    check_resize(mode)
     width, height = image.size
     resample = Image.Resampling.BICUBIC
     if mode == "squash":
@@ -192,8 +199,7 @@ class Preprocessor:
     """
 
     def __init__(self, image_processor, size: int, mode: str = "squash", fast_decode: bool = False):
-        if mode not in RESIZE_MODES:
-            raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {mode!r}")
+        check_resize(mode)
         self.size = size
         self.mode = mode
         self.fast_decode = fast_decode

@@ -320,7 +320,7 @@ class MatchSettings:
     fast_decode: bool = False
 
     def __post_init__(self):
-        from fiftyone_blip.images import RESIZE_MODES
+        from fiftyone_blip.images import check_resize
 
         if self.kind not in ("classification", "classifications", "detections", "text"):
             raise ValueError(f"unsupported label kind {self.kind!r}")
@@ -333,8 +333,7 @@ class MatchSettings:
             self.classes, self.margin = [], False
         if not isinstance(self.crop_padding, (int, float)) or self.crop_padding < 1:
             raise ValueError(f"`crop_padding` must be >= 1, got {self.crop_padding!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {self.resize!r}")
+        check_resize(self.resize)
 
     def prompt(self, label: str) -> str:
         return label if self.kind == "text" else self.template.format(label=label)
@@ -383,15 +382,12 @@ class Matcher:
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
     def image_features(self, image_embeds):
-        """Normalized ITC image embeddings."""
-        features = self.model.vision_proj(image_embeds[:, 0]).float()
-        return self.torch.nn.functional.normalize(features, dim=-1)
+        """Normalized ITC image embeddings (the model's retrieval heads)."""
+        return self.loaded.heads.image_features(image_embeds)
 
     def text_features(self, texts: list[str]):
         """Normalized ITC text embeddings (unimodal text encoder)."""
-        ids, mask = self.tokens(texts)
-        hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.torch.nn.functional.normalize(self.model.text_proj(hidden[:, 0]).float(), dim=-1)
+        return self.loaded.heads.text_features(*self.tokens(texts))
 
     def score(
         self,

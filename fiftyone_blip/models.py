@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from fiftyone_blip.settings import DEVICES, DTYPES
+
 BUNDLED_DIR = Path(__file__).parent / "shapes" / "models"
 BUNDLED = {
     "shapes-tiny": {"caption": BUNDLED_DIR / "captioner", "match": BUNDLED_DIR / "matcher", "vqa": BUNDLED_DIR / "vqa"}
@@ -29,8 +31,6 @@ DEFAULT_MODELS = {
     "vqa": "Salesforce/blip-vqa-base",
 }
 TASKS = tuple(DEFAULT_MODELS)
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ATTENTIONS = ("sdpa", "eager")
 
 
@@ -116,6 +116,42 @@ class LoadedModel:
         tokenizer = tokenizer if tokenizer is not None else self.processor.tokenizer
         batch = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    @functools.cached_property
+    def heads(self) -> RetrievalHeads:
+        """The retrieval heads (ITC features, ITM) of a matching model: embeddings, label QA, search and
+        the zoo models score through them."""
+        return RetrievalHeads(self)
+
+    def itm_logits(self, image_embeds, input_ids, attention_mask):
+        """The ITM head's (no match, match) logits, in float32 (see `RetrievalHeads.itm_logits`)."""
+        return self.heads.itm_logits(image_embeds, input_ids, attention_mask)
+
+
+class RetrievalHeads:
+    """BLIP's retrieval heads on a loaded `BlipForImageTextRetrieval`: ITC image and text features
+    (unit vectors in the shared space) and ITM match logits of fused image-text pairs.
+
+    The one place that names BLIP's retrieval submodules (`vision_proj`,
+    `text_proj`, `text_encoder`, `itm_head`): another model family (BLIP-2's
+    Q-Former retrieval, say) plugs in by giving these three methods.
+    """
+
+    def __init__(self, loaded: LoadedModel):
+        self.model = loaded.model
+
+    def image_features(self, image_embeds):
+        """Normalised ITC features (float32) of images from their patch embeddings (`image_embeds`)."""
+        import torch
+
+        return torch.nn.functional.normalize(self.model.vision_proj(image_embeds[:, 0]).float(), dim=-1)
+
+    def text_features(self, input_ids, attention_mask):
+        """Normalised ITC features (float32) of texts from the unimodal text encoder."""
+        import torch
+
+        hidden = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return torch.nn.functional.normalize(self.model.text_proj(hidden[:, 0]).float(), dim=-1)
 
     def itm_logits(self, image_embeds, input_ids, attention_mask):
         """The ITM head's (no match, match) logits, in float32, of each text fused with its image."""

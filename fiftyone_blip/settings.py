@@ -277,6 +277,8 @@ def revision_setting():
 
 
 RESIZE_MODES = ("squash", "center-crop", "letterbox")
+DEFAULT_EMBEDDING_FIELD = "blip_embedding"
+DEFAULT_BRAIN_KEY = "blip_sim"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
@@ -387,9 +389,9 @@ class EmbedSettings(Settings):
         cli_flags=("-m",),
         envvar="FIFTYONE_BLIP_MATCH_MODEL",
     )
-    field: str = setting("blip_embedding", "the embeddings field", label="Embeddings field", cli_flags=("-f",))
+    field: str = setting(DEFAULT_EMBEDDING_FIELD, "the embeddings field", label="Embeddings field", cli_flags=("-f",))
     brain_key: str | None = setting(
-        "blip_sim",
+        DEFAULT_BRAIN_KEY,
         "the similarity index to build, which the App's similarity search lists (None: embed only)",
         label="Similarity index (brain key)",
         cli_flags=("-b",),
@@ -434,7 +436,7 @@ class SearchSettings(Settings):
     k: int = setting(
         20, "how many results, 1 .. the number of samples searched", cli_flags=("-k", "--top-k"), surfaces=SDK_CLI
     )
-    brain_key: str = setting("blip_sim", "the index built by `embed`", cli_flags=("-b",), surfaces=SDK_CLI)
+    brain_key: str = setting(DEFAULT_BRAIN_KEY, "the index built by `embed`", cli_flags=("-b",), surfaces=SDK_CLI)
     model: str | None = setting(
         None,
         "the model the index must use; another is an error (None: the index's own)",

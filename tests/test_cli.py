@@ -263,3 +263,17 @@ def test_a_missing_dataset_lists_a_few_names(fo):
     finally:
         for name in made:
             fo.delete_dataset(name)
+
+
+def test_fail_on_error_is_offered_only_where_samples_can_fail():
+    from click.testing import CliRunner
+
+    from fiftyone_blip.cli import main
+
+    def options(*command):
+        return CliRunner().invoke(main, [*command, "--help"]).output
+
+    for command in (("caption",), ("ask",), ("embed",), ("mislabels",), ("heatmaps",), ("capfilt",)):
+        assert "--fail-on-error" in options(*command), command
+    for command in (("runs", "delete"), ("shapes",), ("plugin", "install"), ("adapters", "train")):
+        assert "--fail-on-error" not in options(*command), command

@@ -234,8 +234,10 @@ def test_large_targets_are_offered_for_scheduling_first(fresh_dataset, monkeypat
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionContext
 
+    from fiftyone_blip.app.base import EngineOperator
+
     operator = foo.get_operator(URI)
-    module = sys.modules[type(operator).__module__]
+    module = sys.modules[EngineOperator.__module__]
     ctx = ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params=dict(view_target="DATASET")))
     options = operator.resolve_execution_options(ctx)
     assert options.allow_immediate_execution and options.allow_delegated_execution

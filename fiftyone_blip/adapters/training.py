@@ -273,10 +273,7 @@ def train_adapter(
 
     settings = settings or AdapterTrainingSettings()
     target = _check_request(pairs, language, out, overwrite)
-    if threads is not None:
-        if threads < 1:
-            raise AdapterError(f"`threads` must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     clock = (time.time(), time.process_time())
     # A private copy: training resizes embeddings and injects layers, which
     # must not leak into the cached model that captioning uses.
@@ -302,6 +299,16 @@ def train_adapter(
     _save(adapter.peft_model, adapter.tokenizer, manifest, target)
     manifest["path"] = str(target)
     return manifest
+
+
+def _set_threads(threads: int | None) -> None:
+    """Sets torch's CPU threads (None: torch's default)."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise AdapterError(f"`threads` must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
 
 
 def _check_request(pairs, language: str, out, overwrite: bool) -> Path:
@@ -625,6 +632,37 @@ def refresh_adapter_folder(directory) -> None:
 LANGUAGE_NAMES = {"de": "German", "ru": "Russian", "fr": "French", "es": "Spanish", "it": "Italian", "ja": "Japanese"}
 
 
+# The model card's section on loading an adapter, with plain peft and with fiftyone-blip.
+_LOADING = (
+    "## Load it with plain peft",
+    "",
+    "```python",
+    "from peft import AutoPeftModel",
+    "",
+    "# the base named in adapter_config.json, resized to this folder's tokenizer",
+    'model = AutoPeftModel.from_pretrained("path/to/this/folder")',
+    "```",
+    "",
+    "or onto a base model you load yourself (resize it to the adapter's tokenizer first):",
+    "",
+    "```python",
+    'base.resize_token_embeddings(len(AutoTokenizer.from_pretrained("path/to/this/folder")))',
+    'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+    "```",
+    "",
+    "Caption with the base's image processor and decode with this folder's tokenizer:",
+    "",
+    "```python",
+    'ids = model.generate(pixel_values=processor(images=image, return_tensors="pt").pixel_values, max_new_tokens=30)',
+    "caption = tokenizer.decode(ids[0], skip_special_tokens=True)",
+    "```",
+    "",
+    "With fiftyone-blip (`import fiftyone_blip as fb`): `fb.caption(dataset, model=..., language=...)`"
+    " after installing the folder in the adapter registry.",
+    "",
+)
+
+
 def model_card(manifest: dict, config: dict) -> str:
     """The adapter folder's README.md: base model, language, data, figures, and loading with plain peft."""
     base, language = manifest["base_model"], manifest["language"]
@@ -652,33 +690,7 @@ def model_card(manifest: dict, config: dict) -> str:
         f"{tokens['first_added_id'] + tokens['added_tokens'] - 1}) for the words and letters the base vocabulary "
         f"cannot write. The adapter's cased, accent-keeping tokenizer is saved beside it.",
         "",
-        "## Load it with plain peft",
-        "",
-        "```python",
-        "from peft import AutoPeftModel",
-        "",
-        "# the base named in adapter_config.json, resized to this folder's tokenizer",
-        'model = AutoPeftModel.from_pretrained("path/to/this/folder")',
-        "```",
-        "",
-        "or onto a base model you load yourself (resize it to the adapter's tokenizer first):",
-        "",
-        "```python",
-        'base.resize_token_embeddings(len(AutoTokenizer.from_pretrained("path/to/this/folder")))',
-        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
-        "```",
-        "",
-        "Caption with the base's image processor and decode with this folder's tokenizer:",
-        "",
-        "```python",
-        'ids = model.generate(pixel_values=processor(images=image, return_tensors="pt").pixel_values,'
-        " max_new_tokens=30)",
-        "caption = tokenizer.decode(ids[0], skip_special_tokens=True)",
-        "```",
-        "",
-        "With fiftyone-blip (`import fiftyone_blip as fb`): `fb.caption(dataset, model=..., language=...)`"
-        " after installing the folder in the adapter registry.",
-        "",
+        *_LOADING,
         "## Training data",
         "",
         f"{data['train_pairs']} image-caption pairs in {language}, with {data.get('held_out_pairs', 'no')} more held"
