@@ -116,27 +116,12 @@ def download(name: str, model_path: str | os.PathLike) -> Path:
 
 def _fetch(checkpoint: str, revision: str | None, task: str, folder: Path) -> str:
     """Puts the hub checkpoint's files into `folder` (replacing only an earlier download); returns its name."""
-    from huggingface_hub import snapshot_download
-
-    from fiftyone_blip import models
-
     if folder.exists() and not (folder / DOWNLOAD_FILE).is_file():
         raise ValueError(f"{folder} exists and was not made by a download of this model; move it away first")
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     try:
-        try:  # the local cache first: a model loaded before downloads with no network
-            cached = models._hub_snapshot(checkpoint, revision, local_only=True)
-            shutil.copytree(cached, partial, dirs_exist_ok=True, copy_function=_link_or_copy)
-        except models.ModelLoadError:
-            try:
-                snapshot_download(checkpoint, revision=revision, allow_patterns=models.HUB_FILES, local_dir=partial)
-            except Exception as error:  # the hub client raises many types for "offline" or "not found"
-                reason = (str(error).strip().splitlines() or [""])[0][:200]
-                raise models.ModelLoadError(
-                    f"cannot download {checkpoint!r} from the hub ({type(error).__name__}: {reason})"
-                ) from None
-        models._checked_config(checkpoint, partial, task, None)
+        _fill(partial, checkpoint, revision, task)
         (partial / DOWNLOAD_FILE).write_text(json.dumps({"checkpoint": checkpoint, "revision": revision}) + "\n")
         if folder.exists():
             stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
@@ -151,10 +136,35 @@ def _fetch(checkpoint: str, revision: str | None, task: str, folder: Path) -> st
     return folder.name
 
 
+def _fill(partial: Path, checkpoint: str, revision: str | None, task: str) -> None:
+    """Fills the empty folder `partial` with the checkpoint's files, checked: from the local Hugging Face
+    cache when it holds a whole model (one loaded before downloads with no network), else from the hub."""
+    from huggingface_hub import snapshot_download
+
+    from fiftyone_blip import models
+
+    try:
+        cached = models._hub_snapshot(checkpoint, revision, local_only=True)
+        shutil.copytree(cached, partial, dirs_exist_ok=True, copy_function=_link_or_copy)
+        models._checked_config(checkpoint, partial, task, None)
+        return
+    except models.ModelLoadError:  # not cached, or only in part (a config read before): start afresh
+        shutil.rmtree(partial)
+        partial.mkdir()
+    try:
+        snapshot_download(checkpoint, revision=revision, allow_patterns=models.HUB_FILES, local_dir=partial)
+    except Exception as error:  # the hub client raises many types for "offline" or "not found"
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise models.ModelLoadError(
+            f"cannot download {checkpoint!r} from the hub ({type(error).__name__}: {reason})"
+        ) from None
+    models._checked_config(checkpoint, partial, task, None)
+
+
 def _link_or_copy(source, target):
     """Hard-links a cached file (no second copy on disk), or copies it across file systems."""
     try:
-        os.link(source, target)
+        os.link(os.path.realpath(source), target)  # the cache's snapshot files are symlinks to its blobs
     except OSError:
         shutil.copy2(source, target)
     return target

@@ -478,3 +478,47 @@ ERROR = float(np.abs(a - b).max())
     )  # fmt: skip
     assert itm.returncode != 0  # offline and not in the cache: refused, and still not downloaded
     assert sorted(p.name for p in source.iterdir()) == failed["files"]
+
+
+def test_download_takes_a_checkpoint_from_the_hugging_face_cache_with_no_network(tmp_path):
+    """A checkpoint that the local Hugging Face cache holds (a model loaded before) downloads into the
+    zoo folder with HF_HUB_OFFLINE=1: hard links to the cached files; one that is cached only in part
+    (a config read before) is not taken as downloaded."""
+    from fiftyone_blip.random_models import build_random_blip
+
+    repo = build_random_blip(tmp_path / "repo-match", task="match", size="small")
+    models_dir = tmp_path / "models"
+    source = zoo.register_source(models_dir=models_dir)
+    env = {**os.environ, "FIFTYONE_MODEL_ZOO_DIR": str(models_dir), "HF_HOME": str(tmp_path / "hf")}
+    fill = """
+import json
+from huggingface_hub import hf_hub_download, snapshot_download
+snapshot_download("Salesforce/blip-itm-base-coco", allow_patterns=["*.json", "*.safetensors", "*.txt"])
+hf_hub_download("Salesforce/blip-itm-large-coco", "config.json")
+print(json.dumps({}))
+"""
+    with _hub({"Salesforce/blip-itm-base-coco": repo, "Salesforce/blip-itm-large-coco": repo}) as url:
+        _python(fill, {**env, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"})
+    out = _python(
+        """
+import json
+import fiftyone.zoo as foz
+try:
+    foz.download_zoo_model("blip-itm-large-coco")
+    error = None
+except Exception as e:
+    error = str(e)
+foz.download_zoo_model("blip-itm-base-coco")
+model = foz.load_zoo_model("blip-itm-base-coco")
+print(json.dumps({"error": error, "large": foz.is_zoo_model_downloaded("blip-itm-large-coco"),
+                  "base": foz.is_zoo_model_downloaded("blip-itm-base-coco"), "model": type(model).__name__}))
+""",
+        {**env, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out == {"error": out["error"], "large": False, "base": True, "model": "BlipItmModel"}
+    assert "cannot download 'Salesforce/blip-itm-large-coco'" in out["error"]
+    weights = source / "blip-itm-base-coco" / "model.safetensors"
+    assert weights.stat().st_nlink == 2  # a hard link to the cached blob, not a second copy
+    assert sorted(p.name for p in source.iterdir()) == [
+        "__init__.py", "blip-itm-base-coco", "blip-itm-base-coco.json", "manifest.json",
+    ]  # fmt: skip
