@@ -234,6 +234,26 @@ def test_a_corrupt_file_costs_its_own_sample_in_a_batch(with_corrupt_file, zoo_d
         dataset.apply_model(model, "strict", batch_size=4, skip_failures=False, progress=False)
 
 
+def test_fiftyone_loops_of_another_shape_are_left_alone(with_corrupt_file, zoo_dir, caplog, monkeypatch):
+    """If FiftyOne's image loops change their signatures, the model does not take them over: one
+    warning, FiftyOne decodes (a bad file then fails its batch, as FiftyOne's own models do)."""
+    import fiftyone.core.models as fom
+    import fiftyone.zoo as foz
+
+    dataset, _ = with_corrupt_file
+    changed = dict(zoo._FileLoops.SIGNATURES, _apply_image_model_batch=("samples", "model", "options"))
+    monkeypatch.setattr(zoo._FileLoops, "SIGNATURES", changed)
+    monkeypatch.setattr(zoo._FILE_LOOPS, "_warned", False)
+    original = fom._apply_image_model_batch
+    zoo.register_source()
+    model = foz.load_zoo_model("blip-itc-shapes-tiny", classes=list(KINDS))
+    with caplog.at_level(logging.WARNING):
+        dataset.apply_model(model, "zero_shot", batch_size=4, progress=False)
+    assert fom._apply_image_model_batch is original
+    assert "FiftyOne's image loops changed" in caplog.text
+    assert [label is None for label in dataset.values("zero_shot")] == [True] * 4 + [False] * 3
+
+
 def test_zoo_models_decode_files_in_their_own_threads(with_corrupt_file, zoo_dir):
     import fiftyone.zoo as foz
 
