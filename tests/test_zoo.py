@@ -202,9 +202,11 @@ def with_corrupt_file(base, fo, tmp_path, request):
 
 def test_a_corrupt_file_costs_its_own_sample_in_a_batch(with_corrupt_file, zoo_dir, caplog):
     import fiftyone as fo
+    import fiftyone.core.models as fom
     import fiftyone.zoo as foz
 
     dataset, bad_id = with_corrupt_file
+    loops = {name: getattr(fom, name) for name in zoo._FileLoops.SIGNATURES}
     zoo.register_source()
     model = foz.load_zoo_model("blip-itc-shapes-tiny", classes=list(KINDS))
     with caplog.at_level(logging.WARNING):
@@ -232,6 +234,7 @@ def test_a_corrupt_file_costs_its_own_sample_in_a_batch(with_corrupt_file, zoo_d
 
     with pytest.raises(Exception, match="not an image"):
         dataset.apply_model(model, "strict", batch_size=4, skip_failures=False, progress=False)
+    assert {name: getattr(fom, name) for name in loops} == loops  # FiftyOne's own loops again once it is done
 
 
 def test_fiftyone_loops_of_another_shape_are_left_alone(with_corrupt_file, zoo_dir, caplog, monkeypatch):
