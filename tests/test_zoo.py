@@ -522,6 +522,8 @@ print(json.dumps({}))
 """
     with _hub({"Salesforce/blip-itm-base-coco": repo, "Salesforce/blip-itm-large-coco": repo}) as url:
         _python(fill, {**env, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0"})
+    old_marker = {"model": "blip-itm-base-coco", "weights": "resolved by fiftyone_blip.models.load_model"}
+    (source / "blip-itm-base-coco.json").write_text(json.dumps(old_marker))
     out = _python(
         """
 import json
@@ -531,14 +533,15 @@ try:
     error = None
 except Exception as e:
     error = str(e)
-foz.download_zoo_model("blip-itm-base-coco")
+old = foz.is_zoo_model_downloaded("blip-itm-base-coco")  # the marker of fiftyone-blip 0.1.0, no weights
+foz.download_zoo_model("blip-itm-base-coco", overwrite=True)
 model = foz.load_zoo_model("blip-itm-base-coco")
-print(json.dumps({"error": error, "large": foz.is_zoo_model_downloaded("blip-itm-large-coco"),
+print(json.dumps({"error": error, "old": old, "large": foz.is_zoo_model_downloaded("blip-itm-large-coco"),
                   "base": foz.is_zoo_model_downloaded("blip-itm-base-coco"), "model": type(model).__name__}))
 """,
         {**env, "HF_HUB_OFFLINE": "1"},
     )
-    assert out == {"error": out["error"], "large": False, "base": True, "model": "BlipItmModel"}
+    assert out == {"error": out["error"], "old": True, "large": False, "base": True, "model": "BlipItmModel"}
     assert "cannot download 'Salesforce/blip-itm-large-coco'" in out["error"]
     weights = source / "blip-itm-base-coco" / "model.safetensors"
     assert weights.stat().st_nlink == 2  # a hard link to the cached blob, not a second copy
