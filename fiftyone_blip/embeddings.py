@@ -14,7 +14,7 @@ The index is a FiftyOne brain similarity run. FiftyOne reloads its model in a
 later process (a script, or the App's text search) by calling
 `fiftyone.zoo.load_zoo_model(config.model, **config.model_kwargs)`; the run
 stores the URL of fiftyone-blip's model-zoo source and the zoo model's name
-(see `fiftyone_blip.zoo.index_reference`), so that call works whatever the
+(see `fiftyone_blip.zoo_manifest.index_reference`), so that call works whatever the
 process's `model_zoo_dir`.
 """
 
@@ -146,10 +146,10 @@ def index_model_name(samples, brain_key: str) -> str:
             f"dataset {dataset.name!r} has no similarity index {brain_key!r} "
             f"(indexes: {', '.join(keys) or 'none'}); build one with `fiftyone-blip embed {dataset.name}`"
         )
-    from fiftyone_blip import zoo
+    from fiftyone_blip import zoo_manifest
 
     config = dataset.get_brain_info(brain_key).config
-    checkpoint = zoo.index_checkpoint(getattr(config, "model", None), getattr(config, "model_kwargs", None))
+    checkpoint = zoo_manifest.index_checkpoint(getattr(config, "model", None), getattr(config, "model_kwargs", None))
     if checkpoint is None:
         raise ValueError(
             f"brain key {brain_key!r} is not a fiftyone-blip index (it was built with model "
@@ -254,9 +254,9 @@ def build_index(
         raise ValueError(f"dataset {dataset.name!r} has no embeddings field {path!r}: embed it first")
     if len(with_embeddings) == 0:
         raise ValueError(f"no sample of {dataset.name!r} holds an embedding in {path!r}")
-    from fiftyone_blip import zoo
+    from fiftyone_blip import zoo_manifest
 
-    model, model_kwargs = zoo.index_reference(model_name, revision)
+    model, model_kwargs = zoo_manifest.index_reference(model_name, revision)
     return fob.compute_similarity(
         with_embeddings,
         embeddings=field,

@@ -164,12 +164,12 @@ def _paths_referenced_elsewhere(dataset, fields: list[str]) -> set[str]:
 
 def _own_indexes(dataset, field: str) -> list[str]:
     """The similarity indexes `fiftyone_blip.embed` built over `field`."""
-    from fiftyone_blip import zoo
+    from fiftyone_blip import zoo_manifest
 
     keys = []
     for key in dataset.list_brain_runs(type="similarity"):
         config = dataset.get_brain_info(key).config
-        if getattr(config, "embeddings_field", None) == field and zoo.built_by_embed(
+        if getattr(config, "embeddings_field", None) == field and zoo_manifest.built_by_embed(
             getattr(config, "model", None), getattr(config, "model_kwargs", None)
         ):
             keys.append(key)

@@ -157,14 +157,14 @@ class BlipSimilarityIndex(SklearnSimilarityIndex):
         """The index model's BLIP checkpoint, loaded (its ITM head re-ranks), or None with a warning.
 
         The prompt model's own loaded copy when it has one, else the checkpoint
-        the index names (`zoo.index_checkpoint`), through the library's loader.
+        the index names (`zoo_manifest.index_checkpoint`), through the library's loader.
         """
-        from fiftyone_blip import models, zoo
+        from fiftyone_blip import models, zoo_manifest
 
         loaded = getattr(self.get_model(), "loaded", None)
         if getattr(loaded, "task", None) == "match":
             return loaded
-        checkpoint = zoo.index_checkpoint(self.config.model, self.config.model_kwargs)
+        checkpoint = zoo_manifest.index_checkpoint(self.config.model, self.config.model_kwargs)
         if checkpoint is None:
             logger.warning(
                 "similarity index %r: its model (%r) is not a fiftyone-blip ITC model, so text queries "

@@ -18,10 +18,16 @@ any hub id, local directory or bundled name, as `fiftyone_blip.load_model`).
 
 The models run the library's own model steps (`models.load_model`,
 `embeddings.Embedder`, `mislabels.Matcher`, `captions.Captioner`, the
-`images.Preprocessor`), so a zoo model and `fiftyone_blip.embed`/`caption`
-give the same numbers. The library's functions remain the fast path (parallel
-decode, resumable runs, run records); these models are for code that lives in
-FiftyOne's API (`apply_model`, `compute_embeddings`, the brain).
+`images.Preprocessor`), and while FiftyOne holds one entered they read the
+image files themselves, as the library does (`_FileLoops`: its decoder, the
+engine's decode threads, one unreadable file costing its own sample), so a
+zoo model and `fiftyone_blip.embed`/`caption` give the same numbers. The
+library's functions remain the fast path for whole datasets (resumable runs,
+run records, shards); these models are for code that lives in FiftyOne's API
+(`apply_model`, `compute_embeddings`, the brain).
+
+`fiftyone zoo models download NAME` fetches a hub checkpoint into the model's
+zoo folder (`download`), from where it loads with no network.
 
 A similarity index built by `fiftyone_blip.embed` stores the source's URL and
 a model name (`index_reference`), so a later process reloads its prompt model
@@ -32,9 +38,16 @@ from the URL first, as for any remote zoo source.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
+import logging
 import math
 import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 import eta.core.config as etac
@@ -42,134 +55,134 @@ import eta.core.learning as etal
 import fiftyone.core.models as fom
 import numpy as np
 
-REPOSITORY_URL = "https://github.com/fiftyone-blip/fiftyone-blip"
-# Where a later process fetches the source when its model_zoo_dir lacks it; a mirror
-# (an archive URL with the same content) can stand in for GitHub on closed networks.
-SOURCE_URL_ENV = "FIFTYONE_BLIP_ZOO_SOURCE"
-SOURCE_NAME = "fiftyone-blip"
-SOURCE_DIR = Path(__file__).parent / "zoo_source"
-# Name under which indexes built before the source existed stored their model.
-LEGACY_ITC_NAME = "fiftyone-blip-itc"
-GENERIC_ITC_NAME = "blip-itc"
+from fiftyone_blip.zoo_manifest import (  # noqa: F401 (the source's names, read here too)
+    REPOSITORY_URL,
+    SOURCE_DIR,
+    SOURCE_NAME,
+    SOURCE_URL_ENV,
+    deployment,
+    index_reference,
+    manifest,
+    model_entries,
+    register_source,
+    source_url,
+)
 
-
-def source_url() -> str:
-    """The URL a similarity index stores to reload its model: $FIFTYONE_BLIP_ZOO_SOURCE or the repository."""
-    return os.environ.get(SOURCE_URL_ENV) or REPOSITORY_URL
-
-
-def manifest() -> dict:
-    """The source's manifest as shipped in the package."""
-    return json.loads((SOURCE_DIR / "manifest.json").read_text())
-
-
-def model_entries() -> dict[str, dict]:
-    """{zoo name: manifest entry} of every model of the source."""
-    return {entry["base_name"]: entry for entry in manifest()["models"]}
-
-
-def _deployment(name: str) -> dict:
-    entries = model_entries()
-    if name not in entries:
-        raise ValueError(f"`model_name` must be one of {sorted(entries)}, got {name!r}")
-    return entries[name]["default_deployment_config_dict"]
+logger = logging.getLogger(__name__)
 
 
 def load_model(name: str, **kwargs):
     """Builds the zoo model `name` with `kwargs` over its defaults (what FiftyOne's loader does)."""
-    return fom.load_model(_deployment(name), **kwargs)
+    return fom.load_model(deployment(name), **kwargs)
 
 
-# --- the source in FiftyOne's model_zoo_dir -------------------------------------------------------------
+# --- weights in the zoo folder ----------------------------------------------------------------------------
+
+# Written into a weights folder before it takes its final name: a folder holding it is one a download made.
+DOWNLOAD_FILE = ".fiftyone-blip-download.json"
 
 
-def register_source(models_dir: str | os.PathLike | None = None, url: str | None = None) -> Path:
-    """Copies the package's zoo source into FiftyOne's `model_zoo_dir`; returns its folder.
+def download(name: str, model_path: str | os.PathLike) -> Path:
+    """Fetches the weights of the zoo model `name` into the zoo folder (FiftyOne's `download_model`).
 
-    The copy records `url` (default: `source_url()`), so that FiftyOne treats it
-    as the registered source of that URL (`foz.list_zoo_model_sources()`) and
-    loads `foz.load_zoo_model(url, model_name=...)` from it with no download.
-    Idempotent. It only writes into `<model_zoo_dir>/fiftyone-blip`, and only
-    over a source of that name: any other folder there is an error.
+    A hub checkpoint's files (config, processor, tokenizer, .safetensors
+    weights) go into a folder beside the marker `model_path` (e.g.
+    `<model_zoo_dir>/fiftyone-blip/blip-itc-base-coco/`): copied from the
+    local Hugging Face cache when it holds them, else fetched with
+    `huggingface_hub.snapshot_download` (HF_ENDPOINT, tokens and proxies as
+    for any hub download). They land in a temporary folder, are checked to be
+    the BLIP architecture the model needs, and only then take the folder's
+    name; the marker, which FiftyOne reads as "downloaded", is written last.
+    A failed download leaves neither. A bundled checkpoint, or a model whose
+    checkpoint is chosen at load (`blip-itc`), has nothing to fetch: its
+    marker says so. Returns the marker's path.
     """
-    import fiftyone as fo
-    import fiftyone.zoo.models as fozm
+    from fiftyone_blip import models
 
-    root = Path(models_dir or fo.config.model_zoo_dir).expanduser() / SOURCE_NAME
-    existing = root / "manifest.json"
-    if root.exists():
-        try:
-            name = json.loads(existing.read_text()).get("name")
-        except (OSError, ValueError):
-            name = None
-        if name != SOURCE_NAME:
-            raise ValueError(f"{root} exists and is not a {SOURCE_NAME} model source; move it away first")
-    root.mkdir(parents=True, exist_ok=True)
-    text = dict(manifest(), url=url or source_url())
-    files = {
-        "manifest.json": json.dumps(text, indent=4) + "\n",
-        "__init__.py": (SOURCE_DIR / "__init__.py").read_text(),
-    }
-    for filename, content in files.items():
-        path = root / filename
-        if not path.exists() or path.read_text() != content:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(content)
-            tmp.replace(path)
-    invalidate = getattr(fozm, "_invalidate_zoo_models_manifest", None)
-    if invalidate is not None:  # FiftyOne versions that can memoize the manifest: it predates this copy
-        invalidate()
-    return root
+    config = deployment(name)["config"]
+    checkpoint, revision = config.get("model"), config.get("revision")
+    marker = Path(model_path)
+    weights = None
+    if checkpoint is not None and checkpoint not in models.BUNDLED:
+        task = globals()[deployment(name)["type"].rsplit(".", 1)[1]]._TASK
+        weights = _fetch(checkpoint, revision, task, marker.with_suffix(""))
+    record = {"model": name, "checkpoint": checkpoint, "revision": revision, "weights": weights}
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(marker)
+    return marker
 
 
-def index_reference(model: str, revision: str | None = None) -> tuple[str, dict]:
-    """(model, model_kwargs) a brain similarity run stores for a BLIP ITC checkpoint.
-
-    `model` is the source URL and `model_kwargs` carries `model_name` (the zoo
-    name) and `model` (the checkpoint: a bundled name, an absolute directory or a
-    hub id), so the brain's `foz.load_zoo_model(model, **model_kwargs)` finds the
-    model in any process. Registers the source in this process's model_zoo_dir.
-    """
-    url = source_url()
-    register_source(url=url)
-    name = GENERIC_ITC_NAME
-    for zoo_name, entry in model_entries().items():
-        config = entry["default_deployment_config_dict"]
-        if config["type"].endswith(".BlipItcModel") and config["config"].get("model") == model:
-            name = zoo_name
-            break
-    kwargs = {"model_name": name, "model": model}
-    if revision:
-        kwargs["revision"] = revision
-    return url, kwargs
-
-
-def index_checkpoint(model, model_kwargs) -> str | None:
-    """The BLIP checkpoint of a brain run's model if it is one of this source's ITC models, else None.
-
-    Both ways a similarity index names it count: `fiftyone_blip.embed` stores the
-    source URL with `model_kwargs={"model_name": ..., "model": ...}`
-    (`index_reference`); FiftyOne's own `compute_similarity(model="blip-itc-base-coco")`
-    stores the zoo name as `model` (and the `load_zoo_model` keywords, if any).
-    """
-    kwargs = model_kwargs or {}
-    if model == LEGACY_ITC_NAME:
-        return kwargs.get("model")
-    name = kwargs.get("model_name", model)
-    if isinstance(model, str) and name in model_entries():
-        deployment = _deployment(name)
-        if deployment["type"].endswith(".BlipItcModel"):
-            from fiftyone_blip.models import DEFAULT_MODELS
-
-            return kwargs.get("model") or deployment["config"].get("model") or DEFAULT_MODELS["match"]
-    return None
+def _fetch(checkpoint: str, revision: str | None, task: str, folder: Path) -> str:
+    """Puts the hub checkpoint's files into `folder` (replacing only an earlier download); returns its name."""
+    if folder.exists() and not (folder / DOWNLOAD_FILE).is_file():
+        raise ValueError(f"{folder} exists and was not made by a download of this model; move it away first")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        _fill(partial, checkpoint, revision, task)
+        (partial / DOWNLOAD_FILE).write_text(json.dumps({"checkpoint": checkpoint, "revision": revision}) + "\n")
+        if folder.exists():
+            stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+            folder.replace(stale / folder.name)
+            partial.replace(folder)
+            shutil.rmtree(stale)
+        else:
+            partial.replace(folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return folder.name
 
 
-def built_by_embed(model, model_kwargs) -> bool:
-    """Whether `fiftyone_blip.embed` built a similarity index (it stores `index_reference`), not a user."""
-    return model == LEGACY_ITC_NAME or (
-        "model_name" in (model_kwargs or {}) and index_checkpoint(model, model_kwargs) is not None
-    )
+def _fill(partial: Path, checkpoint: str, revision: str | None, task: str) -> None:
+    """Fills the empty folder `partial` with the checkpoint's files, checked: from the local Hugging Face
+    cache when it holds a whole model (one loaded before downloads with no network), else from the hub."""
+    from huggingface_hub import snapshot_download
+
+    from fiftyone_blip import models
+
+    try:
+        cached = models._hub_snapshot(checkpoint, revision, local_only=True)
+        shutil.copytree(cached, partial, dirs_exist_ok=True, copy_function=_link_or_copy)
+        models._checked_config(checkpoint, partial, task, None)
+        return
+    except models.ModelLoadError:  # not cached, or only in part (a config read before): start afresh
+        shutil.rmtree(partial)
+        partial.mkdir()
+    try:
+        snapshot_download(checkpoint, revision=revision, allow_patterns=models.HUB_FILES, local_dir=partial)
+    except Exception as error:  # the hub client raises many types for "offline" or "not found"
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise models.ModelLoadError(
+            f"cannot download {checkpoint!r} from the hub ({type(error).__name__}: {reason})"
+        ) from None
+    models._checked_config(checkpoint, partial, task, None)
+
+
+def _link_or_copy(source, target):
+    """Hard-links a cached file (no second copy on disk), or copies it across file systems."""
+    try:
+        os.link(os.path.realpath(source), target)  # the cache's snapshot files are symlinks to its blobs
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+def _checkpoint(config) -> str | None:
+    """What a zoo model loads: the folder its download fetched when that holds the checkpoint and
+    revision asked for, else its `model` setting (bundled, a local folder, or the Hugging Face cache)."""
+    try:
+        record = json.loads(Path(config.model_path).read_text()) if config.model_path else {}
+    except (OSError, ValueError):
+        record = {}
+    weights = record.get("weights")
+    if weights and (record.get("checkpoint"), record.get("revision")) == (config.model, config.revision):
+        folder = Path(config.model_path).parent / weights
+        if (folder / DOWNLOAD_FILE).is_file():
+            return str(folder)
+    return config.model
 
 
 # --- the models -------------------------------------------------------------------------------------------
@@ -199,20 +212,33 @@ class BlipModelConfig(etac.Config, etal.HasPublishedModel):
         dtype: "auto", "float32", "bfloat16", "float16" or "int8" ("auto").
         revision: hub revision (None).
         resize: "squash", "center-crop" or "letterbox" ("squash", BLIP's own).
+        num_workers: threads that decode image files for `apply_model` and
+            `compute_embeddings`; 0 decodes in the calling thread (None: one
+            per core, as the library's runs).
     """
 
-    _KEYS = ("model", "device", "dtype", "revision", "resize")
+    _KEYS = ("model", "device", "dtype", "revision", "resize", "num_workers")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The settings this config takes (`load_zoo_model` keywords)."""
+        return cls._KEYS
 
     def __init__(self, d):
-        unknown = sorted(set(d) - set(self._KEYS))
+        unknown = sorted(set(d) - set(self.keys()))
         if unknown:
-            raise ValueError(f"unknown setting(s) {unknown} for {type(self).__name__}; known: {list(self._KEYS)}")
+            raise ValueError(f"unknown setting(s) {unknown} for {type(self).__name__}; known: {list(self.keys())}")
         self.model = self.parse_string(d, "model", default=None)
         self.device = self.parse_string(d, "device", default="auto")
         self.dtype = self.parse_string(d, "dtype", default="auto")
         self.revision = self.parse_string(d, "revision", default=None)
         self.resize = self.parse_string(d, "resize", default="squash")
-        # Where FiftyOne's loader records the zoo copy (HasPublishedModel); weights come from `model`.
+        self.num_workers = d.get("num_workers")
+        if self.num_workers is not None and (
+            isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0
+        ):
+            raise ValueError(f"`num_workers` must be an integer >= 0 or None, got {self.num_workers!r}")
+        # Where FiftyOne's loader records the zoo copy (HasPublishedModel): the marker of a download.
         self.model_name = None
         self.model_path = None
 
@@ -228,25 +254,33 @@ def _check_classes(classes) -> list[str] | None:
 class _BlipModel(fom.Model):
     """Loads through `fiftyone_blip.models.load_model`; turns images into one pixel batch.
 
-    Not a `TorchModelMixin`: FiftyOne's DataLoader path needs torchvision, which
-    fiftyone-blip does not. With `batch_size`, `apply_model` and
-    `compute_embeddings` pass lists of decoded images of any size, which
-    `_pixels` resizes into one batch.
+    Not a `TorchModelMixin`: FiftyOne's DataLoader path imports
+    `fiftyone.utils.torch`, which needs torchvision (see `_FileLoops`). While
+    FiftyOne holds the model entered (`apply_model`, `compute_embeddings`),
+    the model reads the image files itself, as the library does; images
+    handed over decoded (video frames, patches, direct calls) are resized by
+    `_pixels`.
     """
 
     _TASK = "match"
 
     def __init__(self, config):
         from fiftyone_blip import models
-        from fiftyone_blip.images import Preprocessor
 
         self.config = config
         self.loaded = models.load_model(
-            config.model, task=self._TASK, device=config.device, dtype=config.dtype, revision=config.revision
+            _checkpoint(config), task=self._TASK, device=config.device, dtype=config.dtype, revision=config.revision
         )
-        preprocessor = Preprocessor(self.loaded.processor.image_processor, self.loaded.image_size, config.resize)
-        self._transforms = _ImageTransform(preprocessor)
+        self.preprocessor = self.loaded.preprocessor(config.resize)
+        self._transforms = _ImageTransform(self.preprocessor)
         self._preprocess = True
+
+    def __enter__(self):
+        _FILE_LOOPS.enter()
+        return self
+
+    def __exit__(self, *args):
+        _FILE_LOOPS.exit()
 
     @property
     def media_type(self):
@@ -280,6 +314,37 @@ class _BlipModel(fom.Model):
 
     def predict(self, arg):
         return self.predict_all([arg])[0]
+
+    def _predict_pixels(self, pixels, samples):
+        """`predict_all` on a pixel batch the model decoded itself (`samples`: their samples)."""
+        if isinstance(self, fom.SamplesMixin):
+            return self.predict_all(pixels, samples=samples)
+        return self.predict_all(pixels)
+
+    def _decoded_batches(self, samples, batch_size: int, skip_failures: bool):
+        """Yields (batch of samples, [(sample, pixels)] of the files that decoded), decoding ahead in
+        the engine's threads; a file that fails is logged with its reason (raised without `skip_failures`)."""
+        from fiftyone_blip import engine
+        from fiftyone_blip.images import ImageDecodeError
+
+        workers = engine.default_workers() if self.config.num_workers is None else self.config.num_workers
+        items = ((sample.id, sample, sample.filepath) for sample in samples)
+        decoded = engine.decoded_in_order(
+            items, lambda path: self.preprocessor.pixels(path)[0], workers, max(2 * batch_size, 4 * workers)
+        )
+        for batch in engine._batches(decoded, batch_size):
+            good = []
+            for _, sample, pixels, error in batch:
+                if error is None:
+                    good.append((sample, pixels))
+                elif not skip_failures:
+                    raise ImageDecodeError(f"{sample.filepath}: {error}")
+                else:
+                    logger.warning("Sample: %s\nError: %s: %s\n", sample.id, sample.filepath, error)
+            yield [entry[1] for entry in batch], good
+
+    def _to_device(self, good):
+        return self.preprocessor.to_pixel_values([pixels for _, pixels in good], self.loaded.device)
 
 
 class BlipItcModelConfig(BlipModelConfig):
@@ -479,31 +544,31 @@ class BlipItmModel(_BlipModel, fom.SamplesMixin):
         return out
 
 
+# `CaptionSettings` fields a zoo captioner does not take: its checkpoint is the config's own `model`,
+# FiftyOne's `label_field` is the field, and language adapters belong to `fiftyone_blip.caption` runs.
+_NOT_ZOO_CAPTION_SETTINGS = ("model", "field", "language")
+
+
 class BlipCaptionModelConfig(BlipModelConfig):
     """`BlipModelConfig` plus the decoding settings of `fiftyone_blip.captions.CaptionSettings`
-    (strategy, num_beams, max_new_tokens, prompt, ...)."""
+    (strategy, num_beams, max_new_tokens, prompt, ban_words, ...: every field but model, field
+    and language), with its checks; the best of `num_captions` candidates is the label."""
 
-    _KEYS = BlipModelConfig._KEYS + (
-        "strategy",
-        "num_beams",
-        "num_beam_groups",
-        "diversity_penalty",
-        "top_k",
-        "top_p",
-        "temperature",
-        "seed",
-        "min_new_tokens",
-        "max_new_tokens",
-        "repetition_penalty",
-        "no_repeat_ngram_size",
-        "prompt",
-    )
+    @classmethod
+    def caption_keys(cls) -> tuple[str, ...]:
+        from fiftyone_blip.captions import CaptionSettings
+
+        return tuple(f.name for f in CaptionSettings.fields() if f.name not in _NOT_ZOO_CAPTION_SETTINGS)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return BlipModelConfig._KEYS + cls.caption_keys()
 
     def __init__(self, d):
         from fiftyone_blip.captions import CaptionSettings
 
         super().__init__(d)
-        self.settings = CaptionSettings(**{k: d[k] for k in self._KEYS[len(BlipModelConfig._KEYS) :] if k in d})
+        self.settings = CaptionSettings(**{k: d[k] for k in self.caption_keys() if k in d})
 
 
 class BlipCaptionModel(_BlipModel):
@@ -523,6 +588,161 @@ class BlipCaptionModel(_BlipModel):
 
         rows = self.captioner(self._pixels(args))
         return [fol.Classification(label=row["caption"], confidence=row["confidence"]) for row in rows]
+
+
+# --- FiftyOne's loops over image files --------------------------------------------------------------
+
+
+class _FileLoops:
+    """While a BLIP zoo model is entered, FiftyOne's loops over image files run the model's own.
+
+    FiftyOne's `apply_model` and `compute_embeddings` read every file of a
+    batch with OpenCV before a model sees it, so one unreadable file fails its
+    whole batch; and they pass `num_workers` only to their DataLoader path,
+    which imports `fiftyone.utils.torch` and with it torchvision (no build on
+    the package index for torch 2.13). For a BLIP model, the four loops below
+    decode each file with the library's `images.load_image` in the engine's
+    decode threads (the model's `num_workers`), and a file that fails costs
+    its own sample: logged with its reason, nothing written for it. Every
+    other model goes through FiftyOne's own loops. If FiftyOne's loops change
+    shape, they are left alone (with one warning) and batches fail as FiftyOne's do.
+    """
+
+    SIGNATURES = {
+        "_apply_image_model_single": (
+            "samples", "model", "label_field", "confidence_thresh", "classes", "skip_failures", "filename_maker",
+            "progress",
+        ),
+        "_apply_image_model_batch": (
+            "samples", "model", "label_field", "confidence_thresh", "classes", "batch_size", "skip_failures",
+            "filename_maker", "progress",
+        ),
+        "_compute_image_embeddings_single": ("samples", "model", "embeddings_field", "skip_failures", "progress"),
+        "_compute_image_embeddings_batch": (
+            "samples", "model", "embeddings_field", "batch_size", "skip_failures", "progress",
+        ),
+    }  # fmt: skip
+    HELPERS = ("_select_fields_for_inference", "_select_fields_for_embeddings", "_export_arrays")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._originals: dict = {}
+        self._warned = False
+
+    def enter(self) -> None:
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1 and self._fits():
+                for name in self.SIGNATURES:
+                    self._originals[name] = getattr(fom, name)
+                    setattr(fom, name, self._hook(self._originals[name]))
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth = max(0, self._depth - 1)
+            if self._depth == 0:
+                for name, original in self._originals.items():
+                    setattr(fom, name, original)
+                self._originals = {}
+
+    def _fits(self) -> bool:
+        try:
+            fits = all(
+                tuple(inspect.signature(getattr(fom, name)).parameters) == params
+                for name, params in self.SIGNATURES.items()
+            ) and all(callable(getattr(fom, name, None)) for name in self.HELPERS)
+        except (AttributeError, TypeError, ValueError):
+            fits = False
+        if not fits and not self._warned:
+            self._warned = True
+            logger.warning("FiftyOne's image loops changed: BLIP zoo models get images decoded by FiftyOne")
+        return fits
+
+    @staticmethod
+    def _hook(original):
+        signature = inspect.signature(original)
+        run = _label_files if "label_field" in signature.parameters else _embed_files
+
+        @functools.wraps(original)
+        def hook(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            if not isinstance(arguments["model"], _BlipModel):
+                return original(*args, **kwargs)
+            return run(**arguments)
+
+        return hook
+
+
+_FILE_LOOPS = _FileLoops()
+
+
+def _label_files(
+    samples, model, label_field, confidence_thresh, classes, skip_failures, filename_maker, progress, batch_size=None
+):
+    """FiftyOne's `_apply_image_model_batch` (and `_single`) for a BLIP model: see `_FileLoops`."""
+    import fiftyone.core.collections as foc
+    import fiftyone.core.utils as fou
+
+    samples = fom._select_fields_for_inference(samples, model)
+    with contextlib.ExitStack() as context:
+        bar = context.enter_context(fou.ProgressBar(samples, progress=progress))
+        saver = context.enter_context(foc.SaveContext(samples))
+        for batch, good in model._decoded_batches(samples, batch_size or 1, skip_failures):
+            try:
+                labels = model._predict_pixels(model._to_device(good), [s for s, _ in good]) if good else []
+                for (sample, _), label in zip(good, labels):
+                    if filename_maker is not None:
+                        fom._export_arrays(label, sample.filepath, filename_maker)
+                    sample.add_labels(
+                        label, label_field=label_field, confidence_thresh=confidence_thresh, classes=classes
+                    )
+                    saver.save(sample)
+            except Exception as error:
+                if not skip_failures:
+                    raise
+                logger.warning("Batch: %s - %s\nError: %s\n", batch[0].id, batch[-1].id, error)
+            bar.update(len(batch))
+
+
+def _embed_files(samples, model, embeddings_field, skip_failures, progress, batch_size=None):
+    """FiftyOne's `_compute_image_embeddings_batch` (and `_single`) for a BLIP model: see `_FileLoops`.
+
+    Returns what FiftyOne's returns: None with a field, else an (N, D) array,
+    or a list with None for each sample without a vector.
+    """
+    import fiftyone.core.collections as foc
+    import fiftyone.core.utils as fou
+
+    samples = fom._select_fields_for_embeddings(samples, embeddings_field)
+    embeddings: list = []
+    missing = False
+    with contextlib.ExitStack() as context:
+        bar = context.enter_context(fou.ProgressBar(samples, progress=progress))
+        saver = None if embeddings_field is None else context.enter_context(foc.SaveContext(samples))
+        for batch, good in model._decoded_batches(samples, batch_size or 1, skip_failures):
+            vectors = {}
+            try:
+                if good:
+                    vectors = dict(zip([s.id for s, _ in good], model.embed_all(model._to_device(good))))
+            except Exception as error:
+                if not skip_failures:
+                    raise
+                logger.warning("Batch: %s - %s\nError: %s\n", batch[0].id, batch[-1].id, error)
+            missing = missing or len(vectors) < len(batch)
+            for sample in batch:
+                vector = vectors.get(sample.id)
+                if saver is None:
+                    embeddings.append(vector)
+                elif vector is not None:  # a sample whose file failed keeps what its field held
+                    sample[embeddings_field] = vector
+                    saver.save(sample)
+            bar.update(len(batch))
+    if embeddings_field is not None:
+        return None
+    if missing:
+        return embeddings
+    return np.stack(embeddings) if embeddings else np.empty((0, 0), dtype=float)
 
 
 __all__ = [

@@ -37,9 +37,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(folder: Path):
-    """Serves `folder` on 127.0.0.1 while the block runs; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+def serve(folder: Path | None = None, handler=None):
+    """Serves `folder` (or answers with `handler`, a request handler class) on 127.0.0.1 while the
+    block runs; yields the base URL."""
+    handler = handler or functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -13,9 +13,6 @@ hooks FiftyOne calls for remote sources. The models need the fiftyone-blip
 package (`pip install fiftyone-blip`, or the plugin's requirements).
 """
 
-import json
-import os
-
 
 def _zoo():
     try:
@@ -29,12 +26,9 @@ def _zoo():
 
 
 def download_model(model_name, model_path):
-    """Nothing to fetch here: weights resolve through `fiftyone_blip.models.load_model` (bundled,
-    local, or the Hugging Face cache on first use). Writes the marker FiftyOne checks for."""
-    os.makedirs(os.path.dirname(model_path), exist_ok=True)
-    with open(model_path, "w") as f:
-        json.dump({"model": model_name, "weights": "resolved by fiftyone_blip.models.load_model"}, f)
-        f.write("\n")
+    """Fetches the model's weights into its folder beside `model_path`, then writes `model_path`, the
+    marker FiftyOne reads as "downloaded" (see `fiftyone_blip.zoo.download`)."""
+    _zoo().download(model_name, model_path)
 
 
 def load_model(model_name, model_path, **kwargs):
