@@ -95,6 +95,7 @@ def vqa_accuracy(fiftyone_blip, patches, field: str, context: float, colours, ki
             answers=[list(colours)],
             model=model,
             context=context,
+            overwrite=True,  # measured afresh: an earlier run's answers (other code, other model) never count
             progress=False,
         )
         truths, answers = view.values(["gt_objects.colour", f"gt_objects.{field}.label"])
@@ -126,10 +127,19 @@ def main(argv: list[str] | None = None) -> dict:
     for context in args.contexts:
         tag = f"c{int(round(context * 10))}"
         t0 = time.time()
-        fiftyone_blip.caption(patches, model=args.model, field=f"cap_{tag}", context=context, progress=False)
+        # every figure is measured afresh (overwrite): a field an earlier run wrote never counts
+        fiftyone_blip.caption(
+            patches, model=args.model, field=f"cap_{tag}", context=context, overwrite=True, progress=False
+        )
         captions = caption_scores(dataset.to_patches("gt_objects"), f"cap_{tag}", colours, kinds)
         fiftyone_blip.embed(
-            patches, model=args.model, field=f"emb_{tag}", brain_key=f"obj_{tag}", context=context, progress=False
+            patches,
+            model=args.model,
+            field=f"emb_{tag}",
+            brain_key=f"obj_{tag}",
+            context=context,
+            overwrite=True,
+            progress=False,
         )
         search = search_precision(
             dataset.to_patches("gt_objects"), f"obj_{tag}", colours, kinds, args.k, args.min_relevant

@@ -20,7 +20,7 @@ import dataclasses
 from fiftyone_blip import review_views
 from fiftyone_blip.caption_metrics import METRIC_NAMES, METRICS, score_captions
 from fiftyone_blip.fields import check_field_name
-from fiftyone_blip.settings import Settings, setting
+from fiftyone_blip.settings import Settings, match_model_setting, setting
 
 CAPABILITY = "caption_eval"
 
@@ -29,13 +29,7 @@ CAPABILITY = "caption_eval"
 class CaptionEvalSettings(Settings):
     """How `evaluate_captions` scores: the matcher for the reference-free ITM score, the review view."""
 
-    model: str | None = setting(
-        None,
-        "the matching model for the match score: a BLIP image-text matching model (BlipForImageTextRetrieval), a "
-        "Hugging Face hub id, a model folder or 'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
-        cli_flags=("-m",),
-        envvar="FIFTYONE_BLIP_MATCH_MODEL",
-    )
+    model: str | None = match_model_setting("the matching model for the match score: ")
     itm: bool = setting(
         True,
         "also score how well each caption matches its image with BLIP's matching model, without the "

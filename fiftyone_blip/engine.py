@@ -628,7 +628,6 @@ def _check_no_foreign_values(samples, task: Task, snapshot, clears, whole: bool)
 
 
 # identity keys a reader can tell apart (the weights' version is left out, as from the fingerprint)
-_IDENTITY_KEYS = ("model", "revision", "dtype", "language", "quantization")
 
 
 def _earlier_run(samples, task: Task, name: str) -> str:
@@ -653,9 +652,15 @@ def _earlier_run(samples, task: Task, name: str) -> str:
         return ""
     earlier = entries[-1]
     before, now = dict(earlier.get("settings") or {}), dict(task.settings)
-    before.update({k: earlier.get(k) for k in _IDENTITY_KEYS if earlier.get(k) is not None})
-    now.update({k: task.identity.get(k) for k in _IDENTITY_KEYS if task.identity.get(k) is not None})
+    # the model's identity as the fingerprint holds it (its weights' version is in each stamp instead)
+    identity_keys = {
+        k for k in (*task.identity, "model", "path", "revision", "dtype", "quantization") if k != "weights"
+    }
+    before.update({k: earlier.get(k) for k in identity_keys if earlier.get(k) is not None})
+    now.update({k: task.identity.get(k) for k in identity_keys if task.identity.get(k) is not None})
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))[:5]
+    if not changed:  # an older record that did not store what differs
+        return f" (they came from {earlier.get('model')!r} with another version of fiftyone-blip)"
 
     def listed(values):
         return ", ".join(f"{k}={values.get(k)!r}" for k in changed)

@@ -279,6 +279,18 @@ def check_revision(revision) -> str | None:
     return revision
 
 
+def match_model_setting(purpose: str = ""):
+    """The image-text matching model setting (`-m`, FIFTYONE_BLIP_MATCH_MODEL), declared once for every
+    capability that scores with BLIP's retrieval heads; `purpose` opens its help."""
+    return setting(
+        None,
+        f"{purpose}a BLIP image-text matching model (BlipForImageTextRetrieval): a Hugging Face hub id, a model "
+        "folder or 'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
+        cli_flags=("-m",),
+        envvar="FIFTYONE_BLIP_MATCH_MODEL",
+    )
+
+
 def revision_setting():
     """The `revision` setting, declared once for `RunOptions` and adapter training."""
     return setting(
@@ -421,13 +433,7 @@ class RunOptions(Settings):
 class EmbedSettings(Settings):
     """What `embed` writes and which similarity index it builds."""
 
-    model: str | None = setting(
-        None,
-        "a BLIP image-text matching model (BlipForImageTextRetrieval): a Hugging Face hub id, a model folder or "
-        "'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
-        cli_flags=("-m",),
-        envvar="FIFTYONE_BLIP_MATCH_MODEL",
-    )
+    model: str | None = match_model_setting()
     field: str = setting(DEFAULT_EMBEDDING_FIELD, "the embeddings field", label="Embeddings field", cli_flags=("-f",))
     brain_key: str | None = setting(
         DEFAULT_BRAIN_KEY,

@@ -98,6 +98,23 @@ def test_a_refusal_names_the_settings_that_differ_from_the_run_that_wrote_the_fi
         fiftyone_blip.caption(view, model="shapes-tiny", field="notes", **QUIET)
 
 
+
+def test_a_refusal_names_a_model_folder_that_moved(fresh_dataset, monkeypatch, tmp_path):
+    # a bundled model installed elsewhere (another checkout, another environment) is another identity:
+    # the refusal said "they came from 'shapes-tiny' with ; this run: " and named nothing
+    import shutil
+
+    view = fresh_dataset.limit(2)
+    fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
+    moved = tmp_path / "captioner"
+    shutil.copytree(models.BUNDLED["shapes-tiny"]["caption"], moved)
+    monkeypatch.setitem(models.BUNDLED["shapes-tiny"], "caption", moved)
+    with pytest.raises(ValueError) as refused:
+        fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
+    message = str(refused.value)
+    assert "they came from 'shapes-tiny' with path=" in message and f"this run: path={str(moved)!r}" in message
+
+
 # ---------------------------------------------------------------- 2. a refused run changes nothing
 
 

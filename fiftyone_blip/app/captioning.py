@@ -89,7 +89,7 @@ class CaptionSamples(EngineOperator):
         return fiftyone_blip.caption(view, settings, options)
 
     def message(self, summary, settings):
-        return f"BLIP captions: {summary}; field {settings.field!r} (tick it in the sidebar to see it on the grid)"
+        return f"BLIP captions: {summary} (tick the field in the sidebar to see it on the grid)"
 
 
 def caption_fields(dataset) -> list[str]:

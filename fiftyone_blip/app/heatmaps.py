@@ -83,10 +83,7 @@ class ComputeHeatmaps(EngineOperator):
         return fiftyone_blip.heatmaps(view, settings, options)
 
     def message(self, summary, settings):
-        return (
-            f"BLIP heatmaps: {summary}; field {settings.field!r}: open a sample and its "
-            "BLIP word heatmaps panel to see each word's map"
-        )
+        return f"BLIP heatmaps: {summary}: open a sample and its BLIP word heatmaps panel to see each word's map"
 
 
 # Words whose maps say little (articles, prepositions): the panel opens on the first other word.

@@ -41,9 +41,9 @@ class ComputeEmbeddings(EngineOperator):
 
     def message(self, summary, settings):
         if settings.brain_key is None:
-            return f"BLIP embeddings: {summary}; field {settings.field!r} (no index built)"
+            return f"BLIP embeddings: {summary} (no index built)"
         return (
-            f"BLIP embeddings: {summary}; field {settings.field!r}, similarity index {settings.brain_key!r}: "
+            f"BLIP embeddings: {summary}; similarity index {settings.brain_key!r}: "
             "search it with the grid's sort-by-similarity button (a text prompt or selected samples) "
             "or the BLIP: search by text operator"
         )

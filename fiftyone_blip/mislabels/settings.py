@@ -8,7 +8,7 @@ import string
 import numpy as np
 
 from fiftyone_blip import fields as schema_fields
-from fiftyone_blip.settings import Settings, setting
+from fiftyone_blip.settings import Settings, match_model_setting, setting
 
 METHODS = ("auto", "itm", "itc", "itm+margin")
 # The default rule: flag a label whose ITM probability is at most 0.04 (mistakenness
@@ -237,13 +237,7 @@ class FlagSettings(Settings):
 class MislabelSettings(FlagSettings):
     """What `find_mislabels` scores, then how it flags (the `FlagSettings` fields)."""
 
-    model: str | None = setting(
-        None,
-        "a BLIP image-text matching model (BlipForImageTextRetrieval): a Hugging Face hub id, a model folder or "
-        "'shapes-tiny' (default: Salesforce/blip-itm-base-coco)",
-        cli_flags=("-m",),
-        envvar="FIFTYONE_BLIP_MATCH_MODEL",
-    )
+    model: str | None = match_model_setting()
     template: str | None = setting(
         None,
         "the text each label is put in; must contain {label} (default: 'a photo of a {label}'; 'a {label}' for "
