@@ -98,7 +98,6 @@ def test_a_refusal_names_the_settings_that_differ_from_the_run_that_wrote_the_fi
         fiftyone_blip.caption(view, model="shapes-tiny", field="notes", **QUIET)
 
 
-
 def test_a_refusal_names_a_model_folder_that_moved(fresh_dataset, monkeypatch, tmp_path):
     # a bundled model installed elsewhere (another checkout, another environment) is another identity:
     # the refusal said "they came from 'shapes-tiny' with ; this run: " and named nothing
