@@ -1,7 +1,7 @@
 """Trains a shapes-tiny language adapter on the `train` images of several generator seeds.
 
     .venv/bin/python benchmarks/train_adapters_seeds.py -l de --seeds 3 5 9 --count 10000 \
-        --lr 5e-3 --epochs 8 --threads 1 -o /tmp/adapters/de
+        --lr 5e-3 --epochs 8 --threads 1 -o build/adapters/de
 
 Builds (or reuses) one shapes dataset per seed (`--count` images of the
 `train` split each, named `<prefix><seed>`), pools their (image, caption)

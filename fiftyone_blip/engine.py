@@ -630,6 +630,10 @@ def _check_no_foreign_values(samples, task: Task, snapshot, clears, whole: bool)
 # identity keys a reader can tell apart (the weights' version is left out, as from the fingerprint)
 
 
+# What a model's identity may hold besides this run's own keys (an earlier run's adapter, quantization).
+_IDENTITY_KEYS = ("model", "path", "revision", "dtype", "language", "quantization")
+
+
 def _earlier_run(samples, task: Task, name: str) -> str:
     """How the run that wrote a value of others in `name` differs from `task`, as " (...)"; "" when
     no fiftyone-blip record names it (a user's own values). Reads only."""
@@ -653,9 +657,7 @@ def _earlier_run(samples, task: Task, name: str) -> str:
     earlier = entries[-1]
     before, now = dict(earlier.get("settings") or {}), dict(task.settings)
     # the model's identity as the fingerprint holds it (its weights' version is in each stamp instead)
-    identity_keys = {
-        k for k in (*task.identity, "model", "path", "revision", "dtype", "quantization") if k != "weights"
-    }
+    identity_keys = {*task.identity, *_IDENTITY_KEYS} - {"weights"}
     before.update({k: earlier.get(k) for k in identity_keys if earlier.get(k) is not None})
     now.update({k: task.identity.get(k) for k in identity_keys if task.identity.get(k) is not None})
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))[:5]

@@ -182,6 +182,12 @@ def checked_form(inputs, label, *checks, params=None):
     return types.Property(inputs, view=types.View(label=label))
 
 
+def nothing_to_run(inputs, name: str, label: str, description: str) -> None:
+    """A warning that the form has nothing to run on (and why), which keeps Execute disabled."""
+    prop = inputs.view(name, types.Warning(label=label, description=description))
+    prop.invalid = True
+
+
 def check_text_field(dataset, param, name, must_exist):
     """Checks that `name` is (or can become) a text field of `dataset`; `param` is the form input."""
     if dataset is None or not name:

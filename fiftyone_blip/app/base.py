@@ -373,14 +373,10 @@ class EngineOperator(foo.Operator):
         """The SDK call; `params` are the form's declared params (`declared_params`)."""
         raise NotImplementedError
 
-    def planned_task(self, params, settings, options):
-        """The engine `Task` the run would start (see `check_run`); None: the form checks no run ahead."""
+    def planned_task(self, samples, params, settings, options):
+        """The engine `Task` the run would start on `samples`, the form's target (see `check_run`); None: the
+        form checks no run ahead. Some tasks depend on the samples (the label classes, the evaluated captions)."""
         return None
-
-    def planned_task_on(self, samples, params, settings, options):
-        """The engine `Task` the run would start on `samples` (the form's target): `planned_task`, unless
-        the capability's task depends on the samples (the label classes, the evaluated captions)."""
-        return self.planned_task(params, settings, options)
 
     def check_run(self, ctx, params, model_param="model", task="caption"):
         """The capability's own checks of the run this form would start, then the engine's preflight,
@@ -404,7 +400,7 @@ class EngineOperator(foo.Operator):
         except (ValueError, models.ModelLoadError):
             return  # flagged by the form's other checks
         view = ctx.target_view()
-        planned = self.planned_task_on(view, params, settings, options)  # the capability's checks before loading
+        planned = self.planned_task(view, params, settings, options)  # the capability's checks before loading
         if planned is not None:
             engine.preflight(view, planned, options)
 

@@ -3,7 +3,7 @@
 import fiftyone_blip
 from fiftyone_blip import CapFiltSettings, CaptionEvalSettings, CaptionSettings
 from fiftyone_blip.app.base import EngineOperator, Form, ReviewOperator, check_model, default_model, engine_config
-from fiftyone_blip.forms import check_nonempty, check_text_field, dropdown, form_default
+from fiftyone_blip.forms import check_nonempty, check_text_field, dropdown, form_default, nothing_to_run
 
 
 def _language_dropdown(inputs, model):
@@ -80,7 +80,7 @@ class CaptionSamples(EngineOperator):
             forced_words_notice(inputs, params.get("field") or defaults["field"])
         return Form(defaults=defaults, checks=checks)
 
-    def planned_task(self, params, settings, options):
+    def planned_task(self, samples, params, settings, options):
         from fiftyone_blip import captions
 
         return captions.task_for(settings, options)
@@ -115,11 +115,8 @@ def caption_fields(dataset) -> list[str]:
 
 def _field_dropdown(inputs, name, label, fields, suggested):
     """A dropdown of the caption fields; False (and the form marked invalid) where there is none."""
-    import fiftyone.operators.types as types
-
     if not fields:
-        prop = inputs.view(name, types.Warning(label="No caption field", description="The dataset has no text field"))
-        prop.invalid = True
+        nothing_to_run(inputs, name, "No caption field", "The dataset has no text field")
         return False
     dropdown(inputs, name, label, {f: f for f in fields}, default=suggested)
     return True
@@ -148,7 +145,7 @@ class CleanCaptions(ReviewOperator):
             checks=[lambda: check_nonempty(params, "out_field")],
         )
 
-    def planned_task_on(self, samples, params, settings, options):
+    def planned_task(self, samples, params, settings, options):
         from fiftyone_blip import caption_filter
 
         if not check_model(params.get("match_model"), "match") or not params.get("caption_field"):
@@ -193,7 +190,7 @@ class EvaluateCaptions(ReviewOperator):
             checks=[lambda: check_nonempty(params, "eval_key")],
         )
 
-    def planned_task_on(self, samples, params, settings, options):
+    def planned_task(self, samples, params, settings, options):
         from fiftyone_blip import caption_eval
 
         if not params.get("pred_field") or not params.get("gt_field"):

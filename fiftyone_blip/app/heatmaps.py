@@ -74,7 +74,7 @@ class ComputeHeatmaps(EngineOperator):
         # a maps folder only under the root the server allows
         return ("mode",) if app_root() is not None else ("mode", "maps_dir")
 
-    def planned_task(self, params, settings, options):
+    def planned_task(self, samples, params, settings, options):
         from fiftyone_blip import word_heatmaps
 
         return word_heatmaps.task_for(settings, options)

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 import fiftyone_blip
 from fiftyone_blip.app.base import declared_params
-from fiftyone_blip.forms import checked_form, dropdown, form_params
+from fiftyone_blip.forms import checked_form, dropdown, form_params, nothing_to_run
 
 MODES = {
     "apply": "Apply the suggested class to the flagged labels",
@@ -54,14 +54,9 @@ class FixMislabels(foo.Operator):
         inputs.view_target(ctx)
         found = label_fixes.suggestion_fields(ctx.dataset) if ctx.dataset is not None else {}
         if not found:
-            prop = inputs.view(
-                "no_suggestions",
-                types.Warning(
-                    label="No suggested labels",
-                    description="Run BLIP: find mislabels on a class-label field first",
-                ),
+            nothing_to_run(
+                inputs, "no_suggestions", "No suggested labels", "Run BLIP: find mislabels on a class-label field first"
             )
-            prop.invalid = True
             return types.Property(inputs, view=types.View(label="BLIP: fix flagged labels"))
         raw = form_params(ctx)
         label_field = raw.get("label_field") if raw.get("label_field") in found else next(iter(found))

@@ -1,11 +1,9 @@
 """The label QA operator: score labels against their images, flag and tag the most suspicious."""
 
-import fiftyone.operators.types as types
-
 import fiftyone_blip
 from fiftyone_blip import MislabelSettings
 from fiftyone_blip.app.base import Form, ReviewOperator, default_model, engine_config
-from fiftyone_blip.forms import check_nonempty, dropdown
+from fiftyone_blip.forms import check_nonempty, dropdown, nothing_to_run
 
 
 def label_field_default(dataset, compatible):
@@ -42,14 +40,12 @@ class FindMislabels(ReviewOperator):
 
         compatible = mislabels.compatible_fields(ctx.dataset) if ctx.dataset is not None else []
         if not compatible:
-            prop = inputs.view(
+            nothing_to_run(
+                inputs,
                 "no_fields",
-                types.Warning(
-                    label="No label field to check",
-                    description="The dataset has no Classification, Classifications, Detections or string field",
-                ),
+                "No label field to check",
+                "The dataset has no Classification, Classifications, Detections or string field",
             )
-            prop.invalid = True
             return None
         suggested = label_field_default(ctx.dataset, compatible)
         dropdown(inputs, "label_field", "Label field", {f: f for f in compatible}, default=suggested)
@@ -74,7 +70,7 @@ class FindMislabels(ReviewOperator):
             checks=[lambda: check_nonempty(params, "tag"), check_label_field],
         )
 
-    def planned_task_on(self, samples, params, settings, options):
+    def planned_task(self, samples, params, settings, options):
         from fiftyone_blip import mislabels
 
         label_field = params.get("label_field")

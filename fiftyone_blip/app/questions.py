@@ -80,7 +80,7 @@ class AskQuestion(EngineOperator):
             checks=[lambda: params.get("question") is None or check_nonempty(params, "question"), check_questions],
         )
 
-    def planned_task(self, params, settings, options):
+    def planned_task(self, samples, params, settings, options):
         from fiftyone_blip import vqa
 
         question = params.get("question")

@@ -6,7 +6,7 @@ import fiftyone.operators.types as types
 import fiftyone_blip
 from fiftyone_blip import EmbedSettings, SearchSettings
 from fiftyone_blip.app.base import EngineOperator, Form, declared_params, default_model, engine_config
-from fiftyone_blip.forms import check_nonempty, checked_form, dropdown, setting_input
+from fiftyone_blip.forms import check_nonempty, checked_form, dropdown, nothing_to_run, setting_input
 
 
 class ComputeEmbeddings(EngineOperator):
@@ -31,7 +31,7 @@ class ComputeEmbeddings(EngineOperator):
             ],
         )
 
-    def planned_task(self, params, settings, options):
+    def planned_task(self, samples, params, settings, options):
         from fiftyone_blip import embeddings
 
         return embeddings.task_for(settings, options)
@@ -94,14 +94,12 @@ class SearchByText(foo.Operator):
         label = "BLIP: search by text"
         keys = blip_indexes(ctx.dataset)
         if not keys:
-            prop = inputs.view(
+            nothing_to_run(
+                inputs,
                 "no_index",
-                types.Warning(
-                    label="No BLIP similarity index",
-                    description="Build one first with the **BLIP: compute embeddings and similarity index** operator",
-                ),
+                "No BLIP similarity index",
+                "Build one first with the **BLIP: compute embeddings and similarity index** operator",
             )
-            prop.invalid = True
             return types.Property(inputs, view=types.View(label=label))
         inputs.str("query", label="Text", required=True, description="what to look for, e.g. 'a red circle'")
         default_key = SearchSettings.defaults()["brain_key"]
