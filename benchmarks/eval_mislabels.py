@@ -75,6 +75,16 @@ def largest(scene):
     return max(scene.objects, key=lambda o: (o.box[2] - o.box[0], -scene.objects.index(o)))
 
 
+# a class label is only as visible as its shape's lead: chosen on the validation split
+LEAD_CLEAR = 3
+
+
+def size_lead(scene) -> int:
+    """How many pixels wider the largest shape's box is than the next one's (0: a tie; -1: one shape)."""
+    widths = sorted((o.box[2] - o.box[0] for o in scene.objects), reverse=True)
+    return widths[0] - widths[1] if len(widths) > 1 else -1
+
+
 def pixels_of(preprocess, images):
     import torch
 
@@ -202,14 +212,22 @@ def suggest_report(args, matcher, preprocess, scenes, images, pixels, kinds, tem
     single = np.array([len(s.objects) == 1 for s in scenes])
     report = {"split": args.split, "seed": args.seed, "count": args.count, "model": args.model, "draws": args.draws}
     report["class"] = suggestion_figures(itm, class_truth, kinds, present, args.draws, "class")
-    report["class, one-shape images"] = suggestion_figures(
-        itm[single],
-        [t for t, one in zip(class_truth, single) if one],
-        kinds,
-        [k for k, one in zip(present, single) if one],
-        args.draws,
-        "class-single",
-    )
+    lead = np.array([size_lead(s) for s in scenes])
+    groups = {
+        "class, one-shape images": single,
+        f"class, largest shape {LEAD_CLEAR}+ px wider than the next": ~single & (lead >= LEAD_CLEAR),
+        f"class, largest shape 1-{LEAD_CLEAR - 1} px wider than the next": ~single & (lead >= 1) & (lead < LEAD_CLEAR),
+        "class, two shapes of the largest width (a tie: the first listed is the class)": ~single & (lead == 0),
+    }
+    for name, chosen in groups.items():
+        report[name] = suggestion_figures(
+            itm[chosen],
+            [t for t, c in zip(class_truth, chosen) if c],
+            kinds,
+            [k for k, c in zip(present, chosen) if c],
+            args.draws,
+            "class-single" if name == "class, one-shape images" else name,
+        )
     crops, det_truth, det_scene = object_crops(scenes, images, kinds, padding)
     det_present = [present[i] for i in det_scene]
     ditm, _ = class_scores(matcher, pixels_of(preprocess, crops), kinds, template)

@@ -666,8 +666,9 @@ def apply_suggestions(samples, label_field: str, field: str | None = None) -> di
     ITM head matches best (`{field}_suggested`, with its ITM probability
     `{field}_suggested_p`). Each label of `samples` that was flagged and whose
     suggestion differs takes the suggested class; its old class goes in the
-    label's `label_before_suggestion` attribute and the time in
-    `suggestion_applied_at` (`undo_suggestions` restores it). A label edited
+    label's `label_before_suggestion` attribute, the class written in
+    `suggestion_applied` and the time in `suggestion_applied_at`
+    (`undo_suggestions` restores it). A label edited
     since it was scored (it no longer reads as `{field}_scored_label`) is left
     as it is and counted; only the labels of `samples` change (a view of
     selected samples, or the review view `find_mislabels` saved).
@@ -693,9 +694,11 @@ def apply_suggestions(samples, label_field: str, field: str | None = None) -> di
 def undo_suggestions(samples, label_field: str, field: str | None = None) -> dict:
     """Restores the labels of `samples` that `apply_suggestions` changed, exactly as they were.
 
-    A label that still holds the suggested class gets its old class back from
-    `label_before_suggestion`, and that attribute and `suggestion_applied_at`
-    are removed. A label changed again since is left as it is and counted.
+    A label that still holds the class applied to it (`suggestion_applied`)
+    gets its old class back from `label_before_suggestion`, and the three
+    attributes are removed. A label changed again since is left as it is and
+    counted. It reads only those attributes: it works after the match run
+    was deleted or run again.
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -707,8 +710,8 @@ def undo_suggestions(samples, label_field: str, field: str | None = None) -> dic
         since the suggestion was applied).
 
     Raises:
-        ValueError: a free-text field, no suggestions stored, or a run
-            writing the scores now.
+        ValueError: a free-text field, no suggestion ever applied to it, or
+            a run writing the scores now.
     """
     from fiftyone_blip import label_fixes
 

@@ -7,11 +7,13 @@ label, with its probability `{field}_suggested_p`) and the label as scored
 collection (a view of selected samples, or a review view):
 
 - `apply`: a flagged label whose suggestion differs takes the suggested class;
-  its old class goes in `label_before_suggestion` and the time in
-  `suggestion_applied_at`, on the label. A label edited since it was scored
+  its old class goes in `label_before_suggestion`, the class written in
+  `suggestion_applied` and the time in `suggestion_applied_at`, on the label. A label edited since it was scored
   (it no longer reads as `{field}_scored_label`) is left alone and counted.
 - `undo`: a label that still holds the suggestion it was given gets its old
-  class back, and both attributes go: the label is as it was before `apply`.
+  class back, and the three attributes go: the label is as it was before
+  `apply`. It needs only those attributes, so it works after the match run
+  is deleted or run again.
 - `clear`: the flag tag leaves the flagged samples (and labels) of the
   collection; scores, flags and labels stay. A sample another label field's
   flags hold with the same tag keeps it.
@@ -29,26 +31,32 @@ from fiftyone_blip import fields as schema_fields
 from fiftyone_blip import mislabels
 
 BEFORE = "label_before_suggestion"
+APPLIED = "suggestion_applied"
 APPLIED_AT = "suggestion_applied_at"
 DESCRIPTIONS = {
     BEFORE: "the class this label held before its suggested class was applied (undo restores it)",
+    APPLIED: "the suggested class applied to this label (undo restores the label while it still reads so)",
     APPLIED_AT: "when the suggested class was applied to this label",
 }
 
 
 def _checked(samples, label_field: str, field: str | None) -> tuple[str, str, str]:
     """(kind, score field, label path) of a class-label field holding suggestions; ValueError otherwise."""
-    kind = mislabels.label_kind(samples, label_field)
-    if kind == "text":
-        raise ValueError(f"`label_field` {label_field!r} holds free text: suggested labels are for class labels")
-    field = schema_fields.check_field_name(field or f"{label_field}_match")
-    base = _base(label_field, kind)
+    kind, field, base = _class_labels(samples, label_field, field)
     if f"{base}.{field}_suggested" not in samples._dataset.get_field_schema(flat=True):
         raise ValueError(
             f"no suggested labels in {label_field!r} for scores {field!r}: run find_mislabels on it first "
             "(with margins, the default)"
         )
     return kind, field, base
+
+
+def _class_labels(samples, label_field: str, field: str | None) -> tuple[str, str, str]:
+    """(kind, score field, label path) of a class-label field; ValueError for free text."""
+    kind = mislabels.label_kind(samples, label_field)
+    if kind == "text":
+        raise ValueError(f"`label_field` {label_field!r} holds free text: suggested labels are for class labels")
+    return kind, schema_fields.check_field_name(field or f"{label_field}_match"), _base(label_field, kind)
 
 
 def _base(label_field: str, kind: str) -> str:
@@ -58,7 +66,8 @@ def _base(label_field: str, kind: str) -> str:
 
 
 def suggestion_fields(samples) -> dict[str, list[str]]:
-    """Class-label field -> the score fields that hold suggestions for it (`{field}_suggested` on its labels)."""
+    """Class-label field -> the score fields that hold suggestions for it (`{field}_suggested` on its labels);
+    a field with applied suggestions but no scores left (its run deleted) maps to [] (undo only)."""
     found: dict[str, list[str]] = {}
     schema = samples._dataset.get_field_schema(flat=True)
     for label_field in mislabels.compatible_fields(samples):
@@ -66,6 +75,8 @@ def suggestion_fields(samples) -> dict[str, list[str]]:
         if kind == "text":
             continue
         prefix = _base(label_field, kind) + "."
+        if prefix + BEFORE in schema:
+            found[label_field] = []
         for path in schema:
             name = path[len(prefix) :] if path.startswith(prefix) else ""
             if "." not in name and name.endswith("_suggested") and name != "_suggested":
@@ -104,12 +115,13 @@ def _label_ids(samples, base: str) -> dict:
     return {i: set(labels if isinstance(labels, list) else [labels]) - {None} for i, labels in zip(ids, label_ids)}
 
 
-def _edit(samples, label_field: str, field: str | None, change) -> dict:
+def _edit(samples, label_field: str, checked: tuple[str, str, str], change) -> dict:
     """Calls `change(label, field)` on each label of `samples`, under the claim on `field`, saving the
-    samples it changed; `change` returns what it did ("applied", "restored", ...) or None. Counts each."""
+    samples it changed; `change` returns what it did ("applied", "restored", ...) or None. Counts each.
+    `checked`: (kind, score field, label path), as `_checked` returns them."""
     from fiftyone_blip import run_records
 
-    kind, field, base = _checked(samples, label_field, field)
+    kind, field, base = checked
     dataset = samples._dataset
     wanted = _label_ids(samples, base)
     counts: dict[str, int] = {}
@@ -132,7 +144,11 @@ def apply(samples, label_field: str, field: str | None = None) -> dict:
     import fiftyone as fo
 
     kind, field, base = _checked(samples, label_field, field)
-    types = {f"{base}.{BEFORE}": fo.StringField, f"{base}.{APPLIED_AT}": fo.DateTimeField}
+    types = {
+        f"{base}.{BEFORE}": fo.StringField,
+        f"{base}.{APPLIED}": fo.StringField,
+        f"{base}.{APPLIED_AT}": fo.DateTimeField,
+    }
     schema_fields.declare(samples._dataset, types, "apply_suggestions", flat=True)
     schema_fields.describe(samples._dataset, {f"{base}.{name}": text for name, text in DESCRIPTIONS.items()})
     when = datetime.datetime.now(datetime.timezone.utc)
@@ -145,27 +161,36 @@ def apply(samples, label_field: str, field: str | None = None) -> dict:
             return "already_applied"
         if label.label != _attribute(label, f"{field}_scored_label"):
             return "edited"  # the user's edit since the run wins
-        label[BEFORE], label[APPLIED_AT], label.label = label.label, when, suggested
+        label[BEFORE], label[APPLIED], label[APPLIED_AT] = label.label, suggested, when
+        label.label = suggested
         return "applied"
 
-    return {"applied": 0, "edited": 0, "already_applied": 0, **_edit(samples, label_field, field, change)}
+    checked = (kind, field, base)
+    return {"applied": 0, "edited": 0, "already_applied": 0, **_edit(samples, label_field, checked, change)}
 
 
 def undo(samples, label_field: str, field: str | None = None) -> dict:
     """Restores the labels `apply` changed in `samples`; see `fiftyone_blip.undo_suggestions`."""
 
+    kind, field, base = _class_labels(samples, label_field, field)
+    if f"{base}.{BEFORE}" not in samples._dataset.get_field_schema(flat=True):
+        raise ValueError(f"no applied suggestions in {label_field!r} to undo (run find_mislabels, then apply them)")
+
     def change(label, field):
         before = _attribute(label, BEFORE)
         if before is None or _attribute(label, APPLIED_AT) is None:
             return None
-        if label.label != _attribute(label, f"{field}_suggested"):
+        # labels applied before `suggestion_applied` was stored: the suggestion the run still holds
+        applied = _attribute(label, APPLIED) or _attribute(label, f"{field}_suggested")
+        if label.label != applied:
             return "edited"  # changed again since the suggestion was applied: the user's edit wins
         label.label = before
-        label.clear_field(BEFORE)
-        label.clear_field(APPLIED_AT)
+        for name in (BEFORE, APPLIED, APPLIED_AT):
+            if label.has_field(name):
+                label.clear_field(name)
         return "restored"
 
-    return {"restored": 0, "edited": 0, **_edit(samples, label_field, field, change)}
+    return {"restored": 0, "edited": 0, **_edit(samples, label_field, (kind, field, base), change)}
 
 
 def clear(samples, label_field: str, field: str | None = None) -> dict:

@@ -65,6 +65,34 @@ def test_apply_keeps_the_old_label_and_undo_restores_it_exactly(fresh_dataset):
     assert undone["restored"] == len(changed) and _labels(fresh_dataset) == before
 
 
+def test_undo_works_after_the_run_is_deleted_or_run_again(fresh_dataset, plugin_installed):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    _flagged_with_truth(fresh_dataset)
+    before = fresh_dataset.values("gt_label.label")
+    applied = fiftyone_blip.apply_suggestions(fresh_dataset.load_saved_view("gt-label-match-review"), "gt_label")
+    assert applied["applied"] >= 3
+    changed = fresh_dataset.exists("gt_label.label_before_suggestion").values("id")
+    # a rerun scores the applied labels: its suggestions are not the ones applied
+    fiftyone_blip.find_mislabels(
+        fresh_dataset, "gt_label", model="shapes-tiny", progress=False, num_workers=0, overwrite=True
+    )
+    fiftyone_blip.delete_run(fresh_dataset, fiftyone_blip.runs(fresh_dataset)[-1]["run_key"])
+    assert "gt_label.gt_label_match_suggested" not in fresh_dataset.get_field_schema(flat=True)
+    # the App's form still offers the way back, and only that
+    form = foo.get_operator(URI).resolve_input(
+        ExecutionContext(request_params=dict(dataset_name=fresh_dataset.name, params={}))
+    )
+    assert [c.value for c in form.type.properties["mode"].view.choices] == ["undo"]
+    assert _run_fix(fresh_dataset, changed[:1], mode="undo")["restored"] == 1
+    undone = fiftyone_blip.undo_suggestions(fresh_dataset, "gt_label")
+    assert undone["restored"] == applied["applied"] - 1 and fresh_dataset.values("gt_label.label") == before
+    assert not any(
+        set(label) & {"label_before_suggestion", "suggestion_applied"} for label in _labels(fresh_dataset).values()
+    )
+
+
 def test_a_label_edited_since_the_run_is_not_overwritten(fresh_dataset):
     _flagged_with_truth(fresh_dataset)
     review = fresh_dataset.load_saved_view("gt-label-match-review")
@@ -131,7 +159,7 @@ def test_a_rerun_does_not_replace_a_users_field_of_the_suggestions_name(fresh_da
 def test_fixes_refuse_text_fields_and_unscored_fields(fresh_dataset):
     with pytest.raises(ValueError, match="free text"):
         fiftyone_blip.apply_suggestions(fresh_dataset, "gt_caption")
-    with pytest.raises(ValueError, match="run find_mislabels"):
+    with pytest.raises(ValueError, match="no applied suggestions in 'gt_label'"):
         fiftyone_blip.undo_suggestions(fresh_dataset, "gt_label")
     with pytest.raises(ValueError, match="run find_mislabels"):
         fiftyone_blip.clear_flags(fresh_dataset, "gt_label")

@@ -61,9 +61,11 @@ class FixMislabels(foo.Operator):
         raw = form_params(ctx)
         label_field = raw.get("label_field") if raw.get("label_field") in found else next(iter(found))
         dropdown(inputs, "label_field", "Label field", {f: f for f in found}, default=label_field)
-        scores = found[label_field]
+        # a field whose match run was deleted keeps its applied suggestions: undo is all it offers
+        scores = found[label_field] or [f"{label_field}_match"]
         dropdown(inputs, "field", "Scores", {f: f for f in scores}, default=scores[0])
-        dropdown(inputs, "mode", "Action", MODES, default="apply")
+        modes = MODES if found[label_field] else {"undo": MODES["undo"]}
+        dropdown(inputs, "mode", "Action", modes, default=next(iter(modes)))
 
         def check():
             if raw.get("field") not in (None, *scores):
