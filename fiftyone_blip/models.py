@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -62,7 +63,7 @@ class LoadedModel:
     device: str
     dtype: str
     attention: str = "eager"
-    weights: str | None = None  # a local folder's weight files, as "size-mtime_ns" (see `weights_version`)
+    weights: str | None = None  # a local folder's weight files (see `weights_version`)
 
     @property
     def identity(self) -> dict:
@@ -448,7 +449,8 @@ INT8_SCHEME = "per-token activations, per-channel weights"
 
 def model_identity(name: str, path: str, revision: str | None, dtype: str, weights: str | None) -> dict:
     """Which weights (and which int8 quantization) produce a result: the model part of a fingerprint."""
-    identity = {"model": name, "path": path, "revision": revision, "dtype": dtype}
+    # a bundled model is the package's own: where it is installed says nothing about its weights
+    identity = {"model": name, "path": "bundled" if name in BUNDLED else path, "revision": revision, "dtype": dtype}
     if dtype == "int8":
         identity["quantization"] = INT8_SCHEME
     if weights is not None:
@@ -456,10 +458,24 @@ def model_identity(name: str, path: str, revision: str | None, dtype: str, weigh
     return identity
 
 
-def weights_version(local: Path) -> str:
-    """Size and mtime of a local folder's weight files: new weights saved over old ones change it."""
-    stats = [path.stat() for path in sorted(local.glob("*.safetensors"))]
+def weights_version(local: Path, bundled: bool = False) -> str:
+    """Which weights a local folder holds: its weight files' size and mtime (new weights saved over old
+    ones change it); for a bundled model their content's hash, the same wherever the package is installed."""
+    files = sorted(local.glob("*.safetensors"))
+    if bundled:
+        return ",".join(_content_hash(path, path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    stats = [path.stat() for path in files]
     return ",".join(f"{stat.st_size}-{stat.st_mtime_ns}" for stat in stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a file (its first 16 hex digits), computed once per size and mtime."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256-" + digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -523,7 +539,7 @@ def load_model(
     dtype = resolve_dtype(dtype, device)
     # lru_cache keeps the undecorated function as __wrapped__: a fresh, private copy.
     # The weights' version is part of the cache key: a model saved again is loaded again.
-    weights = weights_version(local) if local is not None else None
+    weights = weights_version(local, resolved in BUNDLED) if local is not None else None
     loader = _load if cached else _load.__wrapped__
     return loader(resolved, local, task, device, dtype, revision, attention, weights)
 
@@ -553,7 +569,7 @@ class ModelReference:
 
     @property
     def identity(self) -> dict:
-        weights = weights_version(self.local) if self.local is not None else None
+        weights = weights_version(self.local, self.name in BUNDLED) if self.local is not None else None
         return model_identity(self.name, self.path, self.revision, self.dtype, weights)
 
     @functools.cached_property

@@ -98,20 +98,27 @@ def test_a_refusal_names_the_settings_that_differ_from_the_run_that_wrote_the_fi
         fiftyone_blip.caption(view, model="shapes-tiny", field="notes", **QUIET)
 
 
-def test_a_refusal_names_a_model_folder_that_moved(fresh_dataset, monkeypatch, tmp_path):
-    # a bundled model installed elsewhere (another checkout, another environment) is another identity:
-    # the refusal said "they came from 'shapes-tiny' with ; this run: " and named nothing
+def test_a_bundled_model_installed_elsewhere_is_the_same_model_and_other_weights_are_not(
+    fresh_dataset, monkeypatch, tmp_path
+):
+    # the bundled model's identity held its install path and files' mtimes: another checkout or
+    # environment (or a reinstall) made every earlier result foreign, and a rerun refused
+    import os
     import shutil
 
     view = fresh_dataset.limit(2)
     fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
     moved = tmp_path / "captioner"
     shutil.copytree(models.BUNDLED["shapes-tiny"]["caption"], moved)
+    os.utime(moved / "model.safetensors", (1, 1))
     monkeypatch.setitem(models.BUNDLED["shapes-tiny"], "caption", moved)
-    with pytest.raises(ValueError) as refused:
-        fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
-    message = str(refused.value)
-    assert "they came from 'shapes-tiny' with path=" in message and f"this run: path={str(moved)!r}" in message
+    again = fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
+    assert again.skipped == 2 and again.done == 0
+    # other weights under the bundled name (a package update) are not: their results are recomputed
+    weights = moved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    recomputed = fiftyone_blip.caption(view, model="shapes-tiny", **QUIET)
+    assert recomputed.done == 2 and recomputed.skipped == 0
 
 
 # ---------------------------------------------------------------- 2. a refused run changes nothing
