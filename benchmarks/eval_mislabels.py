@@ -23,7 +23,8 @@ kinds) replaced at random by another kind, the labels the default rule flags
 (`mislabels.DEFAULT_THRESHOLD`) and, of the flagged mislabels, the share whose
 suggested class (`mislabels.suggestion`, the class `find_mislabels` stores)
 is the true one, and the share naming a kind present in the image, averaged
-over `--draws` noise draws.
+over `--draws` noise draws; the class label's figures also by how much wider
+the largest shape is than the next (one shape, 3+ px, 1-2 px, a tie).
 
 Scores: ITM (1 - p), ITC cosine ((1 - cos) / 2) and ITM + margin
 ((2 - p - margin) / 3), the same functions `fiftyone_blip.find_mislabels`
