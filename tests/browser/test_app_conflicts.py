@@ -8,9 +8,13 @@ LABEL_QA = ("find_mislabels", "BLIP: find mislabels")
 RECOMPUTE = "Recompute samples already done"
 
 
+def checkbox(form, label):
+    """The checkbox of the form's input shown as `label`."""
+    return form.get_by_text(label, exact=True).locator("xpath=preceding::input[@type='checkbox'][1]")
+
+
 def tick(form, label):
-    """Ticks the checkbox of the form's input shown as `label`."""
-    form.get_by_text(label, exact=True).locator("xpath=preceding::input[@type='checkbox'][1]").check()
+    checkbox(form, label).check()
 
 
 def test_a_conflict_is_shown_in_the_form_before_execute(app, app_dataset):
@@ -48,6 +52,8 @@ def test_a_conflict_is_shown_in_the_form_before_execute(app, app_dataset):
     app.expect(conflict).to_be_visible()
     app.expect(app.execute_button()).to_be_disabled()
     app.screenshot("form-conflict-label-qa")
-    tick(form, RECOMPUTE)
+    # the checkbox's words tick it too, as a user clicks them
+    form.get_by_text(RECOMPUTE, exact=True).click()
+    app.expect(checkbox(form, RECOMPUTE)).to_be_checked()
     app.expect(conflict).to_have_count(0)
     app.expect(app.execute_button()).to_be_enabled()
