@@ -93,6 +93,17 @@ def test_undo_works_after_the_run_is_deleted_or_run_again(fresh_dataset, plugin_
     )
 
 
+def test_labels_applied_before_suggestion_applied_was_stored_still_undo(fresh_dataset):
+    _flagged_with_truth(fresh_dataset)
+    before = _labels(fresh_dataset)
+    applied = fiftyone_blip.apply_suggestions(fresh_dataset.load_saved_view("gt-label-match-review"), "gt_label")
+    for sample in fresh_dataset.exists("gt_label.suggestion_applied"):
+        sample.gt_label.clear_field("suggestion_applied")  # as an earlier version left them
+        sample.save()
+    undone = fiftyone_blip.undo_suggestions(fresh_dataset, "gt_label")
+    assert undone["restored"] == applied["applied"] >= 3 and _labels(fresh_dataset) == before
+
+
 def test_a_label_edited_since_the_run_is_not_overwritten(fresh_dataset):
     _flagged_with_truth(fresh_dataset)
     review = fresh_dataset.load_saved_view("gt-label-match-review")
