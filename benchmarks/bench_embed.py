@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_embed.py                    # 48 images, fp32 and int8
     .venv/bin/python benchmarks/bench_embed.py --count 200 --dtypes float32
+    .venv/bin/python benchmarks/bench_embed.py --rerank 32          # re-ranking: first and later queries
 
 Builds a BLIP-base-sized `BlipForImageTextRetrieval` with random weights
 (transformers' default BlipConfig: ViT-B/16 at 384 px, a 12-layer BERT-base
@@ -10,6 +11,12 @@ and embeds shapes scenes saved as 480x480 JPEG in a FiftyOne dataset with
 `fiftyone_blip.embed` (the engine: decode threads, batches, bulk writes),
 without building an index. Prints images/s per dtype, the model step's share
 of the run, and the text-query embedding time.
+
+`--rerank N`: the time of re-ranking N images for a text query
+(`embeddings.rerank_scores`, what `search(rerank=True)` and the App's search
+run on the shortlist) when the images are new to the model, and for a later
+query over the same images (their vision states kept); medians of 3, each
+with the states cleared first.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ def main() -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "int8"])
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--rerank", type=int, default=0, help="time re-ranking N images (first and later query)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "fiftyone-blip-bench"))
     args = parser.parse_args()
 
@@ -67,6 +75,8 @@ def main() -> dict:
     workdir = Path(args.workdir)
     model_dir = build_blip_base_matcher(workdir / "blip-base-matcher-random")
     dataset = make_dataset("bench-embed", args.count, workdir / "images-480")
+    if args.rerank:
+        return rerank_report(model_dir, dataset.limit(args.rerank).values("filepath"), args.batch_size)
     report = {"count": args.count, "batch_size": args.batch_size, "threads": torch.get_num_threads(), "runs": {}}
     for dtype in args.dtypes:
         models.load_model(str(model_dir), task="match", device="cpu", dtype=dtype)  # load outside the timing
@@ -97,6 +107,36 @@ def main() -> dict:
         embedder.embed_texts(["a red circle on the left"])
     report["text_query_ms"] = round((time.perf_counter() - t0) * 100, 1)
     print(f"text query embedding: {report['text_query_ms']} ms")
+    print(json.dumps(report))
+    return report
+
+
+def rerank_report(model_dir: Path, paths: list[str], batch_size: int) -> dict:
+    """Seconds to re-rank `paths` for a first query and for a later one over the same images (medians of 3)."""
+    import statistics
+
+    import numpy as np
+
+    from fiftyone_blip import embeddings, models
+
+    loaded = models.load_model(str(model_dir), task="match", device="cpu")
+    itc = np.zeros(len(paths))
+    first, later = [], []
+    for _ in range(3):
+        embeddings.vision_states(loaded).states.clear()
+        embeddings.vision_states(loaded).held = 0
+        t0 = time.perf_counter()
+        embeddings.rerank_scores(loaded, "a red circle on the left", paths, itc, batch_size)
+        first.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        embeddings.rerank_scores(loaded, "a blue square at the top", paths, itc, batch_size)
+        later.append(time.perf_counter() - t0)
+    report = {
+        "images": len(paths),
+        "first_query_s": round(statistics.median(first), 2),
+        "later_query_s": round(statistics.median(later), 2),
+    }
+    report["ratio"] = round(report["first_query_s"] / report["later_query_s"], 1)
     print(json.dumps(report))
     return report
 

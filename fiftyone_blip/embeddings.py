@@ -20,7 +20,11 @@ process's `model_zoo_dir`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import os
+import threading
+import weakref
 
 import numpy as np
 
@@ -70,14 +74,78 @@ class Embedder:
         with self.torch.inference_mode(), self.loaded.autocast():
             return self._array(self.loaded.heads.text_features(input_ids, attention_mask))
 
-    def itm_logits(self, pixel_values, text: str) -> np.ndarray:
-        """ITM "match" logits of N images against one text (the ITM head's class 1)."""
+    def image_states(self, pixel_values):
+        """The vision tower's output (`image_embeds`, N x tokens x width) of preprocessed pixels."""
+        with self.torch.inference_mode(), self.loaded.autocast():
+            return self.loaded.image_embeds(pixel_values)
+
+    def itm_logits(self, image_embeds, text: str) -> np.ndarray:
+        """ITM (no match, match) logits of N images, given by their `image_states`, against one text."""
         input_ids, attention_mask = self._tokens([check_query(text)])
         with self.torch.inference_mode(), self.loaded.autocast():
-            image_embeds = self.loaded.image_embeds(pixel_values)
             n = image_embeds.shape[0]
             logits = self.loaded.itm_logits(image_embeds, input_ids.expand(n, -1), attention_mask.expand(n, -1))
         return logits.cpu().numpy()
+
+
+class VisionStates:
+    """The vision tower's output of recently re-ranked images, by file (path, size, modification time).
+
+    Re-ranking runs the vision tower on every image of a shortlist, and most of
+    the cost of a text query is there (BLIP-base: 577 x 768 states an image);
+    a later query over the same images (a refined App search) then runs only
+    the ITM pass. The least recently used states go first once `budget` bytes
+    are held; a file changed on disk has another key.
+    """
+
+    def __init__(self, budget: int):
+        self.budget, self.held = budget, 0
+        self.states: collections.OrderedDict = collections.OrderedDict()
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def key(path: str):
+        """The file's (path, size, mtime), or None where it cannot be read (it is then not kept)."""
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return path, stat.st_size, stat.st_mtime_ns
+
+    def get(self, key):
+        with self.lock:
+            state = self.states.get(key)
+            if state is not None:
+                self.states.move_to_end(key)
+            return state
+
+    def put(self, key, state) -> None:
+        size = state.element_size() * state.nelement()
+        if key is None or size > self.budget:
+            return
+        with self.lock:
+            if key in self.states:
+                return
+            self.states[key] = state
+            self.held += size
+            while self.held > self.budget:
+                _, old = self.states.popitem(last=False)
+                self.held -= old.element_size() * old.nelement()
+
+
+# vision states kept per loaded model for re-ranking (see `VisionStates`)
+VISION_STATES_BYTES = 512 * 2**20
+_VISION_STATES: dict[int, tuple] = {}
+
+
+def vision_states(loaded) -> VisionStates:
+    """The `VisionStates` of a loaded model (one per model object, while it lives)."""
+    key = id(loaded.model)
+    held = _VISION_STATES.get(key)
+    if held is None or held[0]() is not loaded.model:
+        held = (weakref.ref(loaded.model, lambda _: _VISION_STATES.pop(key, None)), VisionStates(VISION_STATES_BYTES))
+        _VISION_STATES[key] = held
+    return held[1]
 
 
 def check_query(text) -> str:
@@ -470,22 +538,36 @@ def search_view(samples, query: str, score_field: str | None = None, **settings)
 
 def _itm_logits(loaded, query: str, paths: list[str], batch_size: int) -> np.ndarray:
     """ITM (no match, match) logits of each image against the query; NaN for an unreadable image."""
+    import torch
+
     from fiftyone_blip import engine
     from fiftyone_blip.images import ImageDecodeError
 
     preprocess = loaded.preprocessor("squash")
     embedder = Embedder(loaded)
+    kept = vision_states(loaded)
     logits = np.full((len(paths), 2), np.nan, dtype=np.float32)
     for start in range(0, len(paths), batch_size):
-        chunk, arrays = [], []
+        states: dict[int, object] = {}
+        fresh, arrays = [], []
         for i in range(start, min(start + batch_size, len(paths))):
+            key = kept.key(paths[i])
+            state = kept.get(key) if key is not None else None
+            if state is not None:
+                states[i] = state
+                continue
             try:
                 arrays.append(preprocess(paths[i])[0])
-                chunk.append(i)
+                fresh.append((i, key))
             except ImageDecodeError:
                 continue  # an unreadable image keeps no ITM score and sinks to the end
         if arrays:
-            logits[chunk] = embedder.itm_logits(engine.to_batch(arrays, "cpu"), query)
+            for (i, key), state in zip(fresh, embedder.image_states(engine.to_batch(arrays, "cpu"))):
+                states[i] = state.clone()  # its own storage: the batch's is not held by the states kept
+                kept.put(key, states[i])
+        if states:
+            chunk = sorted(states)
+            logits[chunk] = embedder.itm_logits(torch.stack([states[i] for i in chunk]), query)
     return logits
 
 

@@ -288,3 +288,36 @@ def test_search_names_a_missing_index_before_complaining_about_k(embedded):
     result = CliRunner().invoke(main, ["search", embedded.name, "a red circle", "-b", "nope", "-k", "1000"])
     assert result.exit_code == 1
     assert "has no similarity index 'nope'" in result.stderr
+
+
+def test_a_second_rerank_over_the_same_images_runs_only_the_itm_pass(base, monkeypatch, tmp_path):
+    # every text query ran the vision tower on its whole shortlist again: most of a query's cost
+    import shutil
+
+    from fiftyone_blip import embeddings, models
+
+    loaded = models.load_model("shapes-tiny", task="match", cached=False)
+    paths = [str(shutil.copy(p, tmp_path)) for p in base.limit(12).values("filepath")]
+    itc = np.zeros(len(paths))
+    calls = []
+    image_embeds = loaded.image_embeds
+    monkeypatch.setattr(loaded, "image_embeds", lambda pixels: calls.append(len(pixels)) or image_embeds(pixels))
+    first = embeddings.rerank_scores(loaded, "a red circle", paths, itc, batch_size=5)
+    assert sum(calls) == 12
+    again = embeddings.rerank_scores(loaded, "a red circle", paths, itc, batch_size=5)
+    other = embeddings.rerank_scores(loaded, "a blue square", paths[:6], itc[:6], batch_size=4)
+    assert sum(calls) == 12  # the states kept: the ITM pass alone
+    np.testing.assert_array_equal(first[0], again[0])
+    fresh = models.load_model("shapes-tiny", task="match", cached=False)
+    np.testing.assert_allclose(
+        other[0], embeddings.rerank_scores(fresh, "a blue square", paths[:6], itc[:6])[0], atol=1e-5
+    )
+    # a file changed on disk is read again; a budget holds the most recent states only
+    shutil.copy(paths[1], paths[0])
+    embeddings.rerank_scores(loaded, "a red circle", paths[:2], itc[:2])
+    assert sum(calls) == 13
+    kept = embeddings.vision_states(loaded)
+    one = kept.states[next(iter(kept.states))]
+    kept.budget = 3 * one.element_size() * one.nelement()
+    kept.put(("new", 0, 0), one.clone())
+    assert len(kept.states) == 3 and kept.held <= kept.budget and ("new", 0, 0) in kept.states
