@@ -220,6 +220,18 @@ def suggest_report(args, matcher, preprocess, scenes, images, pixels, kinds, tem
         f"class, largest shape 1-{LEAD_CLEAR - 1} px wider than the next": ~single & (lead >= 1) & (lead < LEAD_CLEAR),
         "class, two shapes of the largest width (a tie: the first listed is the class)": ~single & (lead == 0),
     }
+    # how visible the class is: the kind covering the most pixels is the class in this share of images
+    most_pixels = [max(s.objects, key=lambda o: shapes.covered_pixels(o, s.size)).kind for s in scenes]
+    agrees = np.array([k == kinds[t] for k, t in zip(most_pixels, class_truth)])
+    report["class is the kind covering the most pixels"] = {
+        "images": round(float(agrees.mean()), 3),
+        "images of several shapes": round(float(agrees[~single].mean()), 3),
+    }
+    best = np.array([int(np.argmax(row)) == t for row, t in zip(itm, class_truth)])  # the same reading by ITM
+    report["class is the kind of the highest ITM"] = {
+        "images": round(float(best.mean()), 3),
+        "images of several shapes": round(float(best[~single].mean()), 3),
+    }
     for name, chosen in groups.items():
         report[name] = suggestion_figures(
             itm[chosen],

@@ -200,14 +200,24 @@ def render_scene(scene: ShapeScene) -> Image.Image:
         jitter = rng.randint(-25, 25)
         draw.point((x, y), fill=tuple(max(0, min(255, c + jitter)) for c in scene.background))
     for obj in scene.objects:
-        fill = COLOURS[obj.colour]
-        if obj.kind == "circle":
-            draw.ellipse(obj.box, fill=fill)
-        elif obj.kind == "square":
-            draw.rectangle(obj.box, fill=fill)
-        else:
-            draw.polygon(_shape_polygon(obj.kind, obj.box), fill=fill)
+        draw_shape(draw, obj, COLOURS[obj.colour])
     return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, obj: ShapeObject, fill) -> None:
+    if obj.kind == "circle":
+        draw.ellipse(obj.box, fill=fill)
+    elif obj.kind == "square":
+        draw.rectangle(obj.box, fill=fill)
+    else:
+        draw.polygon(_shape_polygon(obj.kind, obj.box), fill=fill)
+
+
+def covered_pixels(obj: ShapeObject, size: int) -> int:
+    """How many pixels of a `size`-pixel image the shape covers (the class label goes by box width instead)."""
+    mask = Image.new("L", (size, size), 0)
+    draw_shape(ImageDraw.Draw(mask), obj, 1)
+    return sum(mask.getdata())
 
 
 def make_scene(index: int, split: str = "train", seed: int = 0, size: int = 96) -> ShapeScene:
