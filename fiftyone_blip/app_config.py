@@ -103,6 +103,25 @@ def drop_empty_groups(dataset) -> bool:
     return True
 
 
+# the App-side operator (operators/js/sidebar_groups.js) that shows these groups in the open dataset
+SHOW_GROUPS_OPERATOR = "@fiftyone-blip/blip/show_sidebar_groups"
+
+
+def sidebar_params(dataset) -> dict:
+    """What `SHOW_GROUPS_OPERATOR` takes: the groups of fiftyone-blip in the dataset's config (name, paths,
+    expanded, and `before`: the next group not ours, where a new one goes), and the names of all of ours
+    (a group of ours missing from the config has gone, with its run)."""
+    ours = {*GROUPS.values(), RUN_RECORDS}
+    groups = dataset.app_config.sidebar_groups or []
+    listed = []
+    for at, group in enumerate(groups):
+        if group.name in ours:
+            before = next((g.name for g in groups[at + 1 :] if g.name not in ours), None)
+            paths = list(group.paths or [])
+            listed.append({"name": group.name, "paths": paths, "expanded": group.expanded, "before": before})
+    return {"groups": listed, "names": sorted(ours)}
+
+
 def _index_before(groups, names) -> int:
     return next((i for i, g in enumerate(groups) if g.name in names), len(groups))
 

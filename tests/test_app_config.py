@@ -33,6 +33,20 @@ def test_a_run_groups_its_fields_per_capability(fresh_dataset):
     assert not sidebar.group_fields(fresh_dataset, "caption", ["caption", "caption_confidence"], ["caption_run"])
 
 
+def test_the_app_is_told_the_groups_of_ours_and_where_a_new_one_goes(fresh_dataset):
+    import fiftyone_blip
+
+    assert sidebar.sidebar_params(fresh_dataset)["groups"] == []
+    fiftyone_blip.caption(fresh_dataset.limit(2), model="shapes-tiny", progress=False, num_workers=0)
+    params = sidebar.sidebar_params(fresh_dataset)
+    assert params["groups"] == [
+        {"name": "BLIP captions", "paths": ["caption", "caption_confidence"], "expanded": None, "before": "primitives"},
+        {"name": "BLIP run records", "paths": ["caption_error", "caption_run"], "expanded": False, "before": None},
+    ]
+    # every group of ours is named, so that the App drops those a deleted run emptied
+    assert set(params["names"]) == {*sidebar.GROUPS.values(), sidebar.RUN_RECORDS}
+
+
 def test_a_field_the_user_grouped_stays_in_their_group(fresh_dataset):
     import fiftyone as fo
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import fiftyone_blip
 from fiftyone_blip import vqa
+from fiftyone_blip.app_config import SHOW_GROUPS_OPERATOR as SHOW_GROUPS
 from fiftyone_blip.cli import main
 
 URI = "@fiftyone-blip/blip/ask_question"
@@ -232,7 +233,7 @@ def test_operator_asks_the_current_view(fresh_dataset, plugin_installed):
         executor=Executor(),
     )
     messages = [m.body for m in operator.execute(ctx)]
-    assert [m.operator_uri for m in messages[-2:]] == ["reload_dataset", "notify"]
+    assert [m.operator_uri for m in messages[-3:]] == ["reload_dataset", SHOW_GROUPS, "notify"]
     assert "BLIP answers: 48 done" in messages[-1].params["message"]
     assert set(fresh_dataset.values("n.label")) <= {"1", "2", "3"}
     assert _right_counts(fresh_dataset, "n") >= 40

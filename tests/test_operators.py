@@ -3,6 +3,8 @@
 import pytest
 from app_forms import form_errors
 
+from fiftyone_blip.app_config import SHOW_GROUPS_OPERATOR as SHOW_GROUPS
+
 URI = "@fiftyone-blip/blip/caption_samples"
 
 
@@ -118,7 +120,7 @@ def test_immediate_runs_stream_progress_to_the_app(fresh_dataset):
     messages = [m.body for m in operator.execute(ctx)]
     progress = [m.params for m in messages if m.operator_uri == "set_progress"]
     assert len(progress) == 6 and progress[-1]["progress"] == 1.0 and progress[-1]["label"] == "48/48"
-    assert [m.operator_uri for m in messages[-2:]] == ["reload_dataset", "notify"]
+    assert [m.operator_uri for m in messages[-3:]] == ["reload_dataset", SHOW_GROUPS, "notify"]
     assert "48 done" in messages[-1].params["message"]
     assert fresh_dataset.count("caption") == 48
 
@@ -341,7 +343,7 @@ def test_failures_are_counted_and_their_samples_offered_in_one_click(fresh_datas
     broken = _break_images(fresh_dataset, 3)
     messages = _run_in_app(URI, fresh_dataset, dict(model="shapes-tiny", field="caption", view_target="DATASET"))
     uris = [m.operator_uri for m in messages]
-    assert uris[-3:] == ["reload_dataset", "notify", "show_output"], uris
+    assert uris[-4:] == ["reload_dataset", SHOW_GROUPS, "notify", "show_output"], uris
     notice = messages[-2].params
     assert notice["variant"] == "warning" and "3 samples failed (3: " in notice["message"]
     # the run's dialog shows the outcome with one button: the failed samples' view
@@ -365,7 +367,7 @@ def test_failures_are_counted_and_their_samples_offered_in_one_click(fresh_datas
 
 def test_a_run_without_failures_offers_no_failed_samples(fresh_dataset):
     messages = _run_in_app(URI, fresh_dataset, dict(model="shapes-tiny", view_target="DATASET"))
-    assert [m.operator_uri for m in messages[-2:]] == ["reload_dataset", "notify"]
+    assert [m.operator_uri for m in messages[-3:]] == ["reload_dataset", SHOW_GROUPS, "notify"]
     assert messages[-1].params["variant"] == "success"
     assert _form_errors("@fiftyone-blip/blip/show_failed_samples", fresh_dataset, {}) == {"not_ready": ""}
 

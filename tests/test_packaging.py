@@ -22,6 +22,7 @@ def test_a_wheel_ships_the_plugin_and_plugin_install_links_it(tmp_path):
         "fiftyone_blip/plugin_files/fiftyone.yml",
         "fiftyone_blip/plugin_files/__init__.py",
         "fiftyone_blip/plugin_files/requirements.txt",
+        "fiftyone_blip/plugin_files/js/sidebar_groups.js",
         "fiftyone_blip/zoo_source/manifest.json",
         "fiftyone_blip/zoo_source/__init__.py",
         "fiftyone_blip/shapes/models/matcher/model.safetensors",

@@ -188,6 +188,15 @@ def _run_with_progress(ctx, work):
 SHOW_FAILURES = "@fiftyone-blip/blip/show_failed_samples"
 
 
+def show_sidebar_groups(ctx):
+    """The trigger that shows the runs' sidebar groups in the open dataset: the App keeps the groups it
+    read when it opened the dataset, and a reload only adds new fields to its default groups."""
+    from fiftyone_blip import app_config
+
+    ctx.dataset.reload()
+    return ctx.trigger(app_config.SHOW_GROUPS_OPERATOR, app_config.sidebar_params(ctx.dataset))
+
+
 def _notify(ctx, outcome):
     """The end of an immediate run: say what was done with the failures counted and, where samples
     failed, show the outcome in the run's dialog with a button to their view and reasons
@@ -452,7 +461,8 @@ class EngineOperator(foo.Operator):
             yield from _notify_failure(ctx, self.config.label, error)
             raise
         outcome = run_outcome(result, self.message(result, settings), view)
-        yield ctx.trigger("reload_dataset")  # new fields and sidebar groups show, as the brain plugin does
+        yield ctx.trigger("reload_dataset")  # new fields show, as the brain plugin does
+        yield show_sidebar_groups(ctx)
         yield from self.after_run(ctx, result)
         yield from _notify(ctx, outcome)
         return outcome

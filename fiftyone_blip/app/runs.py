@@ -6,7 +6,13 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_blip
-from fiftyone_blip.app.base import FAILURE_REASONS_SHOWN, declared_params, failure_reasons, jsonable
+from fiftyone_blip.app.base import (
+    FAILURE_REASONS_SHOWN,
+    declared_params,
+    failure_reasons,
+    jsonable,
+    show_sidebar_groups,
+)
 from fiftyone_blip.forms import dropdown
 
 
@@ -154,5 +160,6 @@ class ManageRuns(foo.Operator):
             raise ValueError("`action` must be 'load_view', or 'delete' with `confirm` ticked")
         plan = fiftyone_blip.delete_run(ctx.dataset, key)
         ctx.ops.reload_dataset()
+        show_sidebar_groups(ctx)  # its emptied groups go
         ctx.ops.notify(plan.lines()[-1], variant="success")
         return jsonable(plan)

@@ -1,4 +1,4 @@
-"""Outcomes in sight: after a run the App shows its new fields and sidebar groups without a reload,
+"""Outcomes in sight: after a run the App shows its new fields in their sidebar groups without a reload,
 counts the failures in its notice and shows the failed samples with their reasons in one click;
 the runs of a dataset are listed and one is deleted from the App."""
 
@@ -28,10 +28,16 @@ def test_new_fields_and_groups_show_and_failed_samples_are_one_click_away(app, a
     app.page.wait_for_function("() => document.querySelectorAll('[data-cy=looker] canvas').length >= 8")
     app.screenshot("failed-samples-offer")
 
-    # the new fields are in the sidebar, with no reload of the page (the App keeps the sidebar groups
-    # of an open dataset: the run's own groups show when the dataset is opened again)
-    for field in ("caption", "caption_confidence", "caption_error"):
+    # the new fields are in the sidebar, in the run's own groups, with no reload of the page: the
+    # results under "BLIP captions", the bookkeeping in the collapsed "BLIP run records"
+    captions, records = app.cy("sidebar-group-entry-BLIP CAPTIONS"), app.cy("sidebar-group-entry-BLIP RUN RECORDS")
+    app.expect(captions).to_be_visible()
+    app.expect(records).to_be_visible()
+    for field in ("caption", "caption_confidence"):
         app.expect(app.sidebar_field(field)).to_be_visible()
+        assert captions.bounding_box()["y"] < app.sidebar_field(field).bounding_box()["y"] < records.bounding_box()["y"]
+    hidden = app.sidebar_field("caption_error").bounding_box()  # its group is collapsed: the App draws
+    assert hidden is None or hidden["x"] + hidden["width"] < 0  # a collapsed group's fields off the sidebar
 
     show.click()
     app.expect(app.cy("looker")).to_have_count(2)
@@ -52,6 +58,7 @@ def test_a_run_is_listed_and_deleted_from_the_app(app, app_dataset):
     fiftyone_blip.caption(dataset, model="shapes-tiny", progress=False)
     app.open("app-runs")
     app.sidebar_field("caption").wait_for()
+    app.expect(app.cy("sidebar-group-entry-BLIP CAPTIONS")).to_be_visible()
 
     form = app.open_operator("manage_runs", "BLIP: runs")
     # the run's record: status, counts and settings; nothing to execute until an action is chosen
@@ -69,6 +76,7 @@ def test_a_run_is_listed_and_deleted_from_the_app(app, app_dataset):
     form.get_by_text("Yes, delete these", exact=True).click()
     app.execute(re.compile(r"deleted run 'blip_caption_caption' of dataset 'app-runs': 4 fields"))
     app.expect(app.sidebar_field("caption")).to_have_count(0)
+    app.expect(app.cy("sidebar-group-entry-BLIP CAPTIONS")).to_have_count(0)  # its emptied group goes too
     dataset.reload()
     assert "caption" not in dataset.get_field_schema()
     assert "blip_caption_caption" not in dataset.list_runs()
