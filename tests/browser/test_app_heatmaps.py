@@ -77,7 +77,7 @@ def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
     app.cy("checkbox-heatmap").last.click()
     app.expect(toggle).not_to_be_checked()
     without_overlay = _image_region(app)
-    for _ in range(20):  # the canvas repaints after the click: wait for it to change, not for a time
+    for _ in range(60):  # the canvas repaints after the click: wait for it to change, not for a time
         if without_overlay != with_overlay:
             break
         app.page.wait_for_timeout(250)
@@ -154,7 +154,7 @@ def test_exported_heatmaps_render_after_the_maps_folder_is_gone(app, app_dataset
         app.cy("checkbox-heatmap").last.click()
         app.expect(toggle).not_to_be_checked()
         without_overlay = _image_region(app)
-        for _ in range(20):
+        for _ in range(60):  # up to 15 s: a loaded machine repaints late
             if without_overlay != with_overlay:
                 break
             app.page.wait_for_timeout(250)
