@@ -8,15 +8,32 @@ PANEL = "word_heatmaps"
 PANEL_LABEL = "BLIP word heatmaps"
 
 
-def _overlay_on(app, modal):
-    """Turns the heatmap overlay of the open sample modal on, waits for its canvas; returns the checkbox."""
+def _without_and_with_overlay(app, modal):
+    """(checkbox, image without the heatmap overlay, image with it) of the open sample modal: the overlay
+    off and the image settled first, then on, waiting for the canvas to repaint with the map (the map
+    is read after the click: a loaded machine draws it late)."""
     toggle = modal.locator('[data-cy="checkbox-heatmap"] input')
     toggle.wait_for(state="attached")
-    if not toggle.is_checked():
+    if toggle.is_checked():
         app.cy("checkbox-heatmap").last.click()
-    app.expect(toggle).to_be_checked()
+        app.expect(toggle).not_to_be_checked()
     app.page.wait_for_function("() => document.querySelector('[data-cy=modal-looker-container] canvas') !== null")
-    return toggle
+    without = _image_region(app)
+    for _ in range(60):  # settled: two captures 250 ms apart are the same
+        app.page.wait_for_timeout(250)
+        again = _image_region(app)
+        if again == without:
+            break
+        without = again
+    app.cy("checkbox-heatmap").last.click()
+    app.expect(toggle).to_be_checked()
+    with_overlay = _image_region(app)
+    for _ in range(60):  # up to 15 s for the map to be drawn
+        if with_overlay != without:
+            break
+        app.page.wait_for_timeout(250)
+        with_overlay = _image_region(app)
+    return toggle, without, with_overlay
 
 
 def _image_region(app):
@@ -71,24 +88,13 @@ def test_heatmap_overlay_and_word_panel(app, app_dataset, fo):
     sample = dataset[sample_id]
     words, text = sample["heatmap_words"], sample["heatmap_text"]
     assert text == sample["gt_caption"] and len(words) >= 2
-    toggle = _overlay_on(app, modal)
-    with_overlay = _image_region(app)
-    app.screenshot("heatmap-modal")
-    app.cy("checkbox-heatmap").last.click()
-    app.expect(toggle).not_to_be_checked()
-    without_overlay = _image_region(app)
-    for _ in range(60):  # the canvas repaints after the click: wait for it to change, not for a time
-        if without_overlay != with_overlay:
-            break
-        app.page.wait_for_timeout(250)
-        without_overlay = _image_region(app)
+    _, without_overlay, with_overlay = _without_and_with_overlay(app, modal)
     assert without_overlay != with_overlay
+    app.screenshot("heatmap-modal")
     # readable, not a faint tint: drawn through a colorscale, most of the image changes colour clearly
     changed, mean = overlay_change(without_overlay, with_overlay)
     print(f"heatmap overlay: {changed:.1%} of the image's pixels changed by > 40/255, mean change {mean:.1f}")
     assert changed > 0.3 and mean > 30, (changed, mean)
-    app.cy("checkbox-heatmap").last.click()
-    app.expect(toggle).to_be_checked()
 
     # The panel: the sample's caption, its words, and a map and probability per word.
     # (The modal lists the plugin's panel as a tab next to the sample.)
@@ -149,16 +155,7 @@ def test_exported_heatmaps_render_after_the_maps_folder_is_gone(app, app_dataset
         app.open(name)
         app.expect(app.cy("looker")).to_have_count(4)
         modal = app.open_sample(0)
-        toggle = _overlay_on(app, modal)
-        with_overlay = _image_region(app)
-        app.cy("checkbox-heatmap").last.click()
-        app.expect(toggle).not_to_be_checked()
-        without_overlay = _image_region(app)
-        for _ in range(60):  # up to 15 s: a loaded machine repaints late
-            if without_overlay != with_overlay:
-                break
-            app.page.wait_for_timeout(250)
-            without_overlay = _image_region(app)
+        _, without_overlay, with_overlay = _without_and_with_overlay(app, modal)
         assert without_overlay != with_overlay  # the caption's map, read from the export, is drawn
 
         tab = app.cy(f"panel-tab-{PANEL}")
