@@ -752,13 +752,10 @@ def labels_apply(dataset, label_field, field, saved_view):
     A label edited since it was scored is left as it is (and counted).
     """
     import fiftyone_blip
+    from fiftyone_blip import label_fixes
 
     result = fiftyone_blip.apply_suggestions(load_samples(dataset, saved_view), label_field, field)
-    line = (
-        f"applied the suggested class to {result['applied']} labels of {label_field!r}; "
-        f"{result['edited']} edited since the run left as they are, {result['already_applied']} applied before"
-    )
-    return Summary([line], {"dataset": dataset, **result})
+    return Summary([label_fixes.summary("apply", result)], {"dataset": dataset, **result})
 
 
 @labels.command("undo")
@@ -766,13 +763,10 @@ def labels_apply(dataset, label_field, field, saved_view):
 def labels_undo(dataset, label_field, field, saved_view):
     """Restore the labels of DATASET that `labels apply` changed, exactly as they were."""
     import fiftyone_blip
+    from fiftyone_blip import label_fixes
 
     result = fiftyone_blip.undo_suggestions(load_samples(dataset, saved_view), label_field, field)
-    line = (
-        f"restored {result['restored']} labels of {label_field!r}; "
-        f"{result['edited']} changed since the suggestion was applied left as they are"
-    )
-    return Summary([line], {"dataset": dataset, **result})
+    return Summary([label_fixes.summary("undo", result)], {"dataset": dataset, **result})
 
 
 @labels.command("clear")
@@ -780,14 +774,10 @@ def labels_undo(dataset, label_field, field, saved_view):
 def labels_clear(dataset, label_field, field, saved_view):
     """Remove the flag tag from the flagged samples (and labels) of DATASET; scores and flags stay."""
     import fiftyone_blip
+    from fiftyone_blip import label_fixes
 
     result = fiftyone_blip.clear_flags(load_samples(dataset, saved_view), label_field, field)
-    kept = f"; {result['kept_samples']} kept it (flagged in another field)" if result["kept_samples"] else ""
-    line = (
-        f"removed tag {result['tag']!r} from {result['cleared_samples']} samples "
-        f"and {result['cleared_labels']} labels{kept}"
-    )
-    return Summary([line], {"dataset": dataset, **result})
+    return Summary([label_fixes.summary("clear", result)], {"dataset": dataset, **result})
 
 
 @main.command()

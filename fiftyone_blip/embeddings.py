@@ -24,7 +24,6 @@ import collections
 import dataclasses
 import os
 import threading
-import weakref
 
 import numpy as np
 
@@ -133,19 +132,8 @@ class VisionStates:
                 self.held -= old.element_size() * old.nelement()
 
 
-# vision states kept per loaded model for re-ranking (see `VisionStates`)
+# the vision states a loaded model keeps for re-ranking (`LoadedModel.vision_states`)
 VISION_STATES_BYTES = 512 * 2**20
-_VISION_STATES: dict[int, tuple] = {}
-
-
-def vision_states(loaded) -> VisionStates:
-    """The `VisionStates` of a loaded model (one per model object, while it lives)."""
-    key = id(loaded.model)
-    held = _VISION_STATES.get(key)
-    if held is None or held[0]() is not loaded.model:
-        held = (weakref.ref(loaded.model, lambda _: _VISION_STATES.pop(key, None)), VisionStates(VISION_STATES_BYTES))
-        _VISION_STATES[key] = held
-    return held[1]
 
 
 def check_query(text) -> str:
@@ -545,7 +533,7 @@ def _itm_logits(loaded, query: str, paths: list[str], batch_size: int) -> np.nda
 
     preprocess = loaded.preprocessor("squash")
     embedder = Embedder(loaded)
-    kept = vision_states(loaded)
+    kept = loaded.vision_states
     logits = np.full((len(paths), 2), np.nan, dtype=np.float32)
     for start in range(0, len(paths), batch_size):
         states: dict[int, object] = {}

@@ -193,6 +193,24 @@ def undo(samples, label_field: str, field: str | None = None) -> dict:
     return {"restored": 0, "edited": 0, **_edit(samples, label_field, (kind, field, base), change)}
 
 
+def summary(mode: str, result: dict) -> str:
+    """One line on what `apply`, `undo` or `clear` (`mode`) did and left alone: the CLI prints it, the App
+    notifies it."""
+    field = result["label_field"]
+    if mode == "apply":
+        return (
+            f"applied the suggested class to {result['applied']} labels of {field!r}; "
+            f"{result['edited']} edited since the run left as they are, {result['already_applied']} applied before"
+        )
+    if mode == "undo":
+        return (
+            f"restored {result['restored']} labels of {field!r}; "
+            f"{result['edited']} changed since the suggestion was applied left as they are"
+        )
+    kept = f"; {result['kept_samples']} kept it (flagged in another field)" if result["kept_samples"] else ""
+    return f"removed tag {result['tag']!r} from {result['cleared_samples']} samples and {result['cleared_labels']} labels{kept}"
+
+
 def clear(samples, label_field: str, field: str | None = None) -> dict:
     """Removes the flag tag from the flagged samples and labels of `samples`; see `fiftyone_blip.clear_flags`."""
     from fiftyone import ViewField as F

@@ -119,6 +119,13 @@ class LoadedModel:
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
     @functools.cached_property
+    def vision_states(self):
+        """The vision tower's output of the images this model re-ranked last (`embeddings.VisionStates`)."""
+        from fiftyone_blip import embeddings
+
+        return embeddings.VisionStates(embeddings.VISION_STATES_BYTES)
+
+    @functools.cached_property
     def heads(self) -> RetrievalHeads:
         """The retrieval heads (ITC features, ITM) of a matching model: embeddings, label QA, search and
         the zoo models score through them."""
@@ -462,9 +469,9 @@ def weights_version(local: Path, bundled: bool = False) -> str:
     """Which weights a local folder holds: its weight files' size and mtime (new weights saved over old
     ones change it); for a bundled model their content's hash, the same wherever the package is installed."""
     files = sorted(local.glob("*.safetensors"))
-    if bundled:
-        return ",".join(_content_hash(path, path.stat().st_size, path.stat().st_mtime_ns) for path in files)
     stats = [path.stat() for path in files]
+    if bundled:
+        return ",".join(_content_hash(path, stat.st_size, stat.st_mtime_ns) for path, stat in zip(files, stats))
     return ",".join(f"{stat.st_size}-{stat.st_mtime_ns}" for stat in stats)
 
 

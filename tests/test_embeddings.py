@@ -316,7 +316,7 @@ def test_a_second_rerank_over_the_same_images_runs_only_the_itm_pass(base, monke
     shutil.copy(paths[1], paths[0])
     embeddings.rerank_scores(loaded, "a red circle", paths[:2], itc[:2])
     assert sum(calls) == 13
-    kept = embeddings.vision_states(loaded)
+    kept = loaded.vision_states
     one = kept.states[next(iter(kept.states))]
     kept.budget = 3 * one.element_size() * one.nelement()
     kept.put(("new", 0, 0), one.clone())

@@ -9,6 +9,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_blip
+from fiftyone_blip import label_fixes
 from fiftyone_blip.app.base import declared_params
 from fiftyone_blip.forms import checked_form, dropdown, form_params, nothing_to_run
 
@@ -24,19 +25,6 @@ ACTIONS = {
 }
 
 
-def _message(mode: str, result: dict) -> str:
-    """What the App tells the user a fix did, with what it left alone."""
-    field = result["label_field"]
-    if mode == "apply":
-        edited = f"; {result['edited']} edited since the check left as they are" if result["edited"] else ""
-        return f"BLIP label QA: applied the suggested class to {result['applied']} labels of {field!r}{edited}"
-    if mode == "undo":
-        edited = f"; {result['edited']} changed since left as they are" if result["edited"] else ""
-        return f"BLIP label QA: restored {result['restored']} labels of {field!r}{edited}"
-    kept = f"; {result['kept_samples']} kept it (flagged in another field)" if result["kept_samples"] else ""
-    return f"BLIP label QA: removed tag {result['tag']!r} from {result['cleared_samples']} samples{kept}"
-
-
 class FixMislabels(foo.Operator):
     @property
     def config(self):
@@ -48,8 +36,6 @@ class FixMislabels(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from fiftyone_blip import label_fixes
-
         inputs = types.Object()
         inputs.view_target(ctx)
         found = label_fixes.suggestion_fields(ctx.dataset) if ctx.dataset is not None else {}
@@ -82,5 +68,5 @@ class FixMislabels(foo.Operator):
             ctx.ops.notify(f"BLIP: fix flagged labels failed: {error}", variant="error")
             raise
         ctx.ops.reload_dataset()
-        ctx.ops.notify(_message(mode, result), variant="success")
+        ctx.ops.notify(f"BLIP label QA: {label_fixes.summary(mode, result)}", variant="success")
         return result
